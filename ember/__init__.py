@@ -1,0 +1,50 @@
+"""Ember: a deep probabilistic programming language on PyTorch.
+
+Write models and guides as ordinary Python functions with ``sample``, ``param``,
+``module`` and ``plate``; transform them with the handlers of ``ember.poutine``; fit
+them with ``ember.infer``. Code written for Pyro 1.x runs with ``import ember as pyro``.
+"""
+
+from ember import distributions, params, poutine
+from ember.poutine import condition, do
+from ember.primitives import (
+    clear_param_store,
+    deterministic,
+    enable_validation,
+    factor,
+    get_param_store,
+    iarange,
+    irange,
+    module,
+    param,
+    plate,
+    random_module,
+    sample,
+    set_rng_seed,
+    validation_enabled,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "clear_param_store",
+    "condition",
+    "deterministic",
+    "distributions",
+    "do",
+    "enable_validation",
+    "factor",
+    "get_param_store",
+    "iarange",
+    "irange",
+    "module",
+    "param",
+    "params",
+    "plate",
+    "poutine",
+    "random_module",
+    "sample",
+    "set_rng_seed",
+    "validation_enabled",
+]

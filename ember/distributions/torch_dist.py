@@ -1,0 +1,132 @@
+"""Ember's extensions of ``torch.distributions``: one mixin applied to every class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributions as _td
+from torch.distributions import constraints
+
+__all__ = ["TorchDistributionMixin", "TorchDistribution", "MaskedDistribution"]
+
+
+class TorchDistributionMixin:
+    """What Ember adds to a ``torch.distributions.Distribution``.
+
+    * calling a distribution draws a sample (``rsample`` when reparameterizable), so
+      it can be used directly as a sample site's function;
+    * ``to_event(n)`` / ``independent(n)``: reinterpret the rightmost ``n`` batch dims
+      as event dims (all of them when ``n`` is None);
+    * ``mask(m)``: switch off the log-density where the boolean ``m`` is False;
+    * ``expand_by(shape)``: prepend batch dims; ``shape(sample_shape)``: the shape of a
+      sample, ``sample_shape + batch_shape + event_shape``.
+    """
+
+    def __call__(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if self.has_rsample:
+            return self.rsample(sample_shape)
+        return self.sample(sample_shape)
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    def shape(self, sample_shape: torch.Size = torch.Size()) -> torch.Size:
+        return torch.Size(sample_shape) + self.batch_shape + self.event_shape
+
+    def expand_by(self, sample_shape: Any) -> "TorchDistributionMixin":
+        """Expand the batch shape on the left by ``sample_shape``."""
+        return self.expand(torch.Size(sample_shape) + self.batch_shape)
+
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> "TorchDistributionMixin":
+        """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims as event dims."""
+        if reinterpreted_batch_ndims is None:
+            reinterpreted_batch_ndims = len(self.batch_shape)
+        if reinterpreted_batch_ndims == 0:
+            return self
+        if not 0 < reinterpreted_batch_ndims <= len(self.batch_shape):
+            raise ValueError(
+                f"{type(self).__name__}.to_event({reinterpreted_batch_ndims}): the distribution has only "
+                f"{len(self.batch_shape)} batch dims (batch_shape {tuple(self.batch_shape)}, event_shape "
+                f"{tuple(self.event_shape)}). Did you mean .expand_by(...) first?"
+            )
+        from ember.distributions import Independent
+
+        return Independent(self, reinterpreted_batch_ndims)
+
+    def independent(self, reinterpreted_batch_ndims: int | None = None) -> "TorchDistributionMixin":
+        """Old name of :meth:`to_event`."""
+        return self.to_event(reinterpreted_batch_ndims)
+
+    def mask(self, mask: Any) -> "TorchDistributionMixin":
+        """Switch off the log-density where ``mask`` (bool, or a boolean tensor that
+        broadcasts with the batch shape) is False."""
+        return MaskedDistribution(self, mask)
+
+
+class TorchDistribution(TorchDistributionMixin, _td.Distribution):
+    """Base class for Ember-only distributions."""
+
+
+class MaskedDistribution(TorchDistribution):
+    """``base_dist`` with its log-density zeroed where ``mask`` is False."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base_dist: _td.Distribution, mask: Any) -> None:
+        if isinstance(mask, bool):
+            mask = torch.tensor(mask)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f".mask() expects a bool or a boolean tensor; got {getattr(mask, 'dtype', type(mask).__name__)}")
+        try:
+            batch_shape = torch.broadcast_shapes(mask.shape, base_dist.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f".mask(): mask shape {tuple(mask.shape)} does not broadcast with the batch shape "
+                f"{tuple(base_dist.batch_shape)} of {type(base_dist).__name__}"
+            ) from None
+        if batch_shape != base_dist.batch_shape:
+            base_dist = base_dist.expand(batch_shape)
+        if mask.shape != batch_shape:
+            mask = mask.expand(batch_shape)
+        self.base_dist = base_dist
+        self._mask = mask
+        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base_dist.has_rsample
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return self.base_dist.has_enumerate_support
+
+    @constraints.dependent_property
+    def support(self):
+        return self.base_dist.support
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> "MaskedDistribution":
+        batch_shape = torch.Size(batch_shape)
+        return MaskedDistribution(self.base_dist.expand(batch_shape), self._mask.expand(batch_shape))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base_dist.sample(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base_dist.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = self.base_dist.log_prob(value)
+        return torch.where(self._mask, lp, lp.new_zeros(()))
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return self.base_dist.enumerate_support(expand)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base_dist.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base_dist.variance

@@ -1,0 +1,296 @@
+"""The parameter store: named, optionally constrained, learnable tensors."""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from typing import Any, Iterator
+
+import torch
+from torch.distributions import constraints, transform_to
+
+from ember.params.serialize import atomic_save, constraint_from_spec, constraint_to_spec, safe_load
+
+__all__ = ["ParamStoreDict", "module_from_param_with_module_name", "user_param_name", "param_with_module_name"]
+
+_MODULE_NAMESPACE_DIVIDER = "$$$"
+
+
+def param_with_module_name(pyro_name: str, param_name: str) -> str:
+    return _MODULE_NAMESPACE_DIVIDER.join([pyro_name, param_name])
+
+
+def module_from_param_with_module_name(param_name: str) -> str:
+    return param_name.split(_MODULE_NAMESPACE_DIVIDER)[0]
+
+
+def user_param_name(param_name: str) -> str:
+    if _MODULE_NAMESPACE_DIVIDER in param_name:
+        return param_name.split(_MODULE_NAMESPACE_DIVIDER)[1]
+    return param_name
+
+
+class ParamStoreDict:
+    """Maps names to parameters. Each parameter is kept as an *unconstrained* leaf
+    tensor (what optimizers update); reading it returns the constrained value
+    ``transform_to(constraint)(unconstrained)``, recomputed at each read so that
+    gradients flow to the unconstrained tensor.
+
+    Module parameters (``ember.module``) are stored as the module's own
+    ``nn.Parameter`` objects under ``"<module name>$$$<parameter path>"``.
+    """
+
+    def __init__(self) -> None:
+        self._params: dict[str, torch.Tensor] = {}  # name -> unconstrained leaf tensor
+        self._constraints: dict[str, constraints.Constraint] = {}
+        self._param_to_name: dict[int, str] = {}  # id(unconstrained) -> name
+        # module name -> (weakref to module, [(full name, parameter), ...])
+        self._modules: dict[str, tuple] = {}
+        # names read during the current capture (SVI step): name -> unconstrained tensor
+        self._touched: dict[str, torch.Tensor] | None = None
+
+    # ---- mapping protocol ----------------------------------------------------------------
+    def clear(self) -> None:
+        """Remove every parameter."""
+        self._params.clear()
+        self._constraints.clear()
+        self._param_to_name.clear()
+        self._modules.clear()
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in list(self._params):
+            yield name, self[name]
+
+    def keys(self) -> Any:
+        return self._params.keys()
+
+    def values(self) -> Iterator[torch.Tensor]:
+        for name in list(self._params):
+            yield self[name]
+
+    def __bool__(self) -> bool:
+        return bool(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._params
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._params))
+
+    def __delitem__(self, name: str) -> None:
+        t = self._params.pop(name)
+        self._constraints.pop(name, None)
+        self._param_to_name.pop(id(t), None)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The constrained value of parameter ``name``."""
+        u = self._params[name]
+        c = self._constraints[name]
+        if c is constraints.real:
+            return u
+        return transform_to(c)(u)
+
+    def __setitem__(self, name: str, new_constrained_value: torch.Tensor) -> None:
+        """Set parameter ``name`` (constrained value), keeping its constraint."""
+        c = self._constraints.get(name, constraints.real)
+        self._set(name, new_constrained_value, c)
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, unconstrained tensor) pairs: what an optimizer updates."""
+        return iter(list(self._params.items()))
+
+    def get_all_param_names(self) -> list:
+        return list(self._params)
+
+    def replace_param(self, param_name: str, new_param: torch.Tensor, old_param: torch.Tensor) -> None:
+        if self._params.get(param_name) is not old_param and self[param_name] is not old_param:
+            raise ValueError(f"replace_param: '{param_name}' does not hold the given old tensor")
+        self[param_name] = new_param
+
+    # ---- the hot path -------------------------------------------------------------------------
+    def get_param(self, name: str, init_tensor: Any = None, constraint: constraints.Constraint = constraints.real, event_dim: int | None = None) -> torch.Tensor:
+        """Return the constrained value of ``name``, creating it from ``init_tensor``
+        (a tensor, a number or a zero-argument callable) the first time."""
+        u = self._params.get(name)
+        if u is None:
+            if init_tensor is None:
+                raise KeyError(
+                    f"param '{name}' is not in the parameter store and no initial value was given. "
+                    f"Call ember.param('{name}', init_value) first (known params: {sorted(self._params)[:10]})"
+                )
+            if callable(init_tensor) and not isinstance(init_tensor, torch.Tensor):
+                init_tensor = init_tensor()
+            self._set(name, init_tensor, constraint)
+            u = self._params[name]
+        touched = self._touched
+        if touched is not None:
+            touched[name] = u
+        c = self._constraints[name]
+        if c is constraints.real:
+            return u
+        return transform_to(c)(u)
+
+    def _set(self, name: str, value: Any, constraint: constraints.Constraint) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        if not isinstance(constraint, constraints.Constraint):
+            raise TypeError(f"param '{name}': constraint must be a torch.distributions.constraints object; got {constraint!r}")
+        with torch.no_grad():
+            value = value.detach()
+            if not value.is_floating_point():
+                raise TypeError(f"param '{name}': parameters must be floating point tensors; got dtype {value.dtype}")
+            if constraint is not constraints.real:
+                ok = constraint.check(value)
+                if not bool(torch.as_tensor(ok).all()):
+                    bad = value[~torch.as_tensor(ok).expand(value.shape)] if value.dim() else value
+                    raise ValueError(
+                        f"param '{name}': the initial value lies outside its constraint {_cname(constraint)} "
+                        f"(offending values: {bad.flatten()[:5].tolist()}). Give an initial value inside the constraint."
+                    )
+                u = transform_to(constraint).inv(value)
+                if not bool(torch.isfinite(u).all()):
+                    raise ValueError(
+                        f"param '{name}': the initial value {value.flatten()[:5].tolist()} sits on the boundary of "
+                        f"{_cname(constraint)}, which maps to an infinite unconstrained value; move it inside."
+                    )
+            else:
+                u = value.clone()
+        u = u.contiguous().requires_grad_(True)
+        old = self._params.get(name)
+        if old is not None:
+            self._param_to_name.pop(id(old), None)
+        self._params[name] = u
+        self._constraints[name] = constraint
+        self._param_to_name[id(u)] = name
+
+    def _begin_capture(self) -> dict:
+        self._touched = {}
+        return self._touched
+
+    def _end_capture(self) -> dict:
+        t, self._touched = self._touched, None
+        return t or {}
+
+    # ---- modules -------------------------------------------------------------------------------
+    def _register_module(self, name: str, nn_module: torch.nn.Module, update_module_params: bool) -> list:
+        """Bind the parameters of ``nn_module`` to ``name$$$path`` entries; return them."""
+        entry = self._modules.get(name)
+        if entry is not None and entry[0]() is nn_module:
+            plist = entry[1]
+            # a parameter may have been added or swapped since registration
+            if all(self._params.get(n) is p for n, p in plist):
+                return plist
+        old_module = entry[0]() if entry is not None else None
+        plist = []
+        replaced = []
+        for pname, p in nn_module.named_parameters():
+            full = param_with_module_name(name, pname)
+            old = self._params.get(full)
+            if old is not None and old is not p:
+                if old_module is not None and old_module is not nn_module and not update_module_params:
+                    replaced.append(full)
+                else:
+                    # values loaded from a checkpoint (or update_module_params=True):
+                    # copy them into the module, which stays the single source of truth
+                    if old.shape != p.shape:
+                        raise ValueError(
+                            f"module '{name}': the parameter store holds '{full}' with shape {tuple(old.shape)}, "
+                            f"but the module's parameter has shape {tuple(p.shape)}. Was the store loaded from a "
+                            f"checkpoint of a differently sized network?"
+                        )
+                    with torch.no_grad():
+                        p.copy_(old.detach().to(device=p.device, dtype=p.dtype))
+                self._param_to_name.pop(id(old), None)
+            self._params[full] = p
+            self._constraints[full] = constraints.real
+            self._param_to_name[id(p)] = full
+            plist.append((full, p))
+        if replaced:
+            warnings.warn(
+                f"ember.module('{name}', ...) was given a different module object than before; the parameter store "
+                f"now holds the new module's parameters ({len(replaced)} tensors replaced, e.g. '{replaced[0]}') and "
+                f"the old values are dropped. To keep training the old values, reuse the old module object; to start "
+                f"from stored values on purpose, use update_module_params=True.",
+                UserWarning,
+                stacklevel=4,
+            )
+        # entries of a module parameter that no longer exists
+        prefix = name + _MODULE_NAMESPACE_DIVIDER
+        current = {n for n, _ in plist}
+        for n in [n for n in self._params if n.startswith(prefix) and n not in current]:
+            del self[n]
+        self._modules[name] = (weakref.ref(nn_module), plist)
+        return plist
+
+    # ---- names -----------------------------------------------------------------------------------
+    def param_name(self, p: torch.Tensor) -> str | None:
+        """The name of the unconstrained tensor ``p`` (None if not in the store)."""
+        return self._param_to_name.get(id(p))
+
+    def get_param_constraint(self, name: str) -> constraints.Constraint:
+        return self._constraints[name]
+
+    # ---- state, save, load -----------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Plain data: ``{"params": {name: unconstrained tensor}, "constraints": {name: spec}}``."""
+        return {
+            "params": {k: v.detach().clone() for k, v in self._params.items()},
+            "constraints": {k: constraint_to_spec(c, k) for k, c in self._constraints.items()},
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Replace the values in the store by those in ``state`` (see :meth:`get_state`).
+        Module parameters already bound to a module are updated in place."""
+        if not isinstance(state, dict) or "params" not in state or "constraints" not in state:
+            raise ValueError("ParamStore.set_state: expected a dict with 'params' and 'constraints' (from get_state/save)")
+        for name, u in state["params"].items():
+            if not isinstance(u, torch.Tensor):
+                raise ValueError(f"ParamStore.set_state: entry '{name}' is not a tensor")
+            c = constraint_from_spec(state["constraints"].get(name, "real"))
+            cur = self._params.get(name)
+            if cur is not None and self._is_module_param(name):
+                if cur.shape != u.shape:
+                    raise ValueError(f"ParamStore.set_state: '{name}' has shape {tuple(u.shape)} in the state but {tuple(cur.shape)} in the module")
+                with torch.no_grad():
+                    cur.copy_(u.to(device=cur.device, dtype=cur.dtype))
+                continue
+            if cur is not None:
+                self._param_to_name.pop(id(cur), None)
+            t = u.detach().clone().requires_grad_(True)
+            self._params[name] = t
+            self._constraints[name] = c
+            self._param_to_name[id(t)] = name
+
+    def _is_module_param(self, name: str) -> bool:
+        if _MODULE_NAMESPACE_DIVIDER not in name:
+            return False
+        entry = self._modules.get(module_from_param_with_module_name(name))
+        return entry is not None and entry[0]() is not None
+
+    def save(self, filename: str | os.PathLike) -> None:
+        """Write the store to ``filename`` atomically (temp file, fsync, rename)."""
+        atomic_save({"format": "ember.param_store", "version": 1, **self.get_state()}, filename)
+
+    def load(self, filename: str | os.PathLike, map_location: Any = None) -> None:
+        """Load a store written by :meth:`save`. Never executes code from the file."""
+        state = safe_load(filename, map_location=map_location, what="parameter store")
+        if state.get("format") != "ember.param_store":
+            raise ValueError(f"{filename}: not an Ember parameter store (format tag {state.get('format')!r})")
+        self.set_state(state)
+
+    # ---- constraint helper for pickling -------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        return self.get_state()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.set_state(state)
+
+
+def _cname(c: Any) -> str:
+    return repr(c) if not hasattr(c, "__class__") else c.__class__.__name__.lstrip("_")
+

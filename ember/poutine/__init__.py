@@ -1,0 +1,64 @@
+"""Effect handlers. Each works as ``handler(fn, ...)`` (a new function), as a decorator
+and as a context manager (``with handler(...):``); they compose freely."""
+
+from ember.poutine.block_messenger import BlockMessenger, block
+from ember.poutine.condition_messenger import (
+    ConditionMessenger,
+    DoMessenger,
+    UnconditionMessenger,
+    condition,
+    do,
+    uncondition,
+)
+from ember.poutine.messenger import Messenger
+from ember.poutine.misc_messengers import (
+    EscapeMessenger,
+    InferConfigMessenger,
+    LiftMessenger,
+    SubstituteMessenger,
+    escape,
+    infer_config,
+    lift,
+    substitute,
+)
+from ember.poutine.plate_messenger import CondIndepStackFrame, PlateMessenger
+from ember.poutine.replay_messenger import ReplayMessenger, replay
+from ember.poutine.scale_messenger import MaskMessenger, ScaleMessenger, mask, scale
+from ember.poutine.seed_messenger import SeedMessenger, seed
+from ember.poutine.trace_messenger import TraceMessenger, trace
+from ember.poutine.trace_struct import Trace
+from ember.runtime import NonlocalExit
+
+__all__ = [
+    "BlockMessenger",
+    "CondIndepStackFrame",
+    "ConditionMessenger",
+    "DoMessenger",
+    "EscapeMessenger",
+    "InferConfigMessenger",
+    "LiftMessenger",
+    "MaskMessenger",
+    "Messenger",
+    "NonlocalExit",
+    "PlateMessenger",
+    "ReplayMessenger",
+    "ScaleMessenger",
+    "SeedMessenger",
+    "SubstituteMessenger",
+    "Trace",
+    "TraceMessenger",
+    "UnconditionMessenger",
+    "block",
+    "condition",
+    "do",
+    "escape",
+    "infer_config",
+    "lift",
+    "mask",
+    "replay",
+    "scale",
+    "seed",
+    "substitute",
+    "trace",
+    "uncondition",
+]

@@ -1,0 +1,84 @@
+"""The base class of every effect handler."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from ember.runtime import _STACK, Message
+
+
+class Messenger:
+    """An effect handler: a context manager, a decorator and a higher-order function.
+
+    Subclasses override ``_pyro_sample``, ``_pyro_param``, ... (called with the message
+    before the default action) and ``_pyro_post_sample``, ... (after it). The lookup of
+    these methods is cached per class so that a handler that ignores a message type
+    costs one dictionary lookup on the hot path.
+    """
+
+    def __init__(self, fn: Callable | None = None) -> None:
+        self.fn = fn
+
+    # The handler cache: class -> {msg type -> bound-method name or None}
+    _dispatch_cache: dict = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn = self.fn
+        if fn is None:
+            # used as a decorator with arguments given first: handler(...)(fn)
+            if len(args) == 1 and not kwargs and callable(args[0]):
+                return self._wrap(args[0])
+            raise TypeError(f"{type(self).__name__} has no function to run; use it as handler(fn) or as a context manager")
+        with self:
+            return fn(*args, **kwargs)
+
+    def _wrap(self, fn: Callable) -> "Messenger":
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.fn = fn
+        functools.update_wrapper(new, fn, updated=())
+        return new
+
+    def __enter__(self) -> "Messenger":
+        _STACK.append(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if _STACK and _STACK[-1] is self:
+            _STACK.pop()
+        elif self in _STACK:
+            # exiting out of order (an exception unwound several handlers): drop this
+            # handler and every handler entered after it
+            loc = len(_STACK) - 1 - _STACK[::-1].index(self)
+            del _STACK[loc:]
+
+    def _reset(self) -> None:
+        pass
+
+    def _process_message(self, msg: Message) -> None:
+        method = getattr(self, "_pyro_" + msg.type, None)
+        if method is not None:
+            method(msg)
+
+    def _postprocess_message(self, msg: Message) -> None:
+        method = getattr(self, "_pyro_post_" + msg.type, None)
+        if method is not None:
+            method(msg)
+
+    # Pyro-compatible spelling
+    process_message = _process_message
+    postprocess_message = _postprocess_message
+
+
+def _make_handler(cls: type) -> Callable:
+    """Turn a Messenger class into the ``poutine.xxx(fn, ...)`` function style."""
+
+    @functools.wraps(cls, updated=())
+    def handler(fn: Callable | None = None, *args: Any, **kwargs: Any) -> Messenger:
+        if fn is not None and not callable(fn):
+            # poutine.condition(data={...}) style, or positional non-fn first argument
+            return cls(None, fn, *args, **kwargs)
+        return cls(fn, *args, **kwargs)
+
+    return handler

@@ -1,0 +1,134 @@
+"""``substitute``, ``lift``, ``escape`` and ``infer_config``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ember.poutine.messenger import Messenger
+from ember.runtime import Message, NonlocalExit
+
+
+class SubstituteMessenger(Messenger):
+    """Give param sites (and unobserved sample sites) the values in ``data`` (or those
+    ``substitute_fn(msg)`` returns, when not None). Substituted param values are used
+    as they are: no constraint is applied."""
+
+    def __init__(self, fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> None:
+        super().__init__(fn)
+        if data is not None and substitute_fn is not None:
+            raise ValueError("substitute: give data= or substitute_fn=, not both")
+        self.data = data if data is not None else {}
+        self.substitute_fn = substitute_fn
+
+    def _value_for(self, msg: Message) -> Any:
+        if self.substitute_fn is not None:
+            return self.substitute_fn(msg)
+        return self.data.get(msg.name)
+
+    def _pyro_param(self, msg: Message) -> None:
+        value = self._value_for(msg)
+        if value is not None:
+            msg.value = value
+            msg.done = True
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if msg.is_observed:
+            return
+        value = self._value_for(msg)
+        if value is not None:
+            msg.value = value
+            msg.done = True
+
+
+def substitute(fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> SubstituteMessenger:
+    return SubstituteMessenger(fn, data=data, substitute_fn=substitute_fn)
+
+
+class LiftMessenger(Messenger):
+    """Turn param sites into sample sites drawn from ``prior``: a distribution (for
+    every param), a dict name -> distribution or callable, or a callable."""
+
+    def __init__(self, fn: Callable | None = None, prior: Any = None) -> None:
+        super().__init__(fn)
+        self.prior = prior
+        self._samples_cache: dict = {}
+
+    def __enter__(self):
+        self._samples_cache = {}
+        return super().__enter__()
+
+    def _prior_for(self, name: str) -> Any:
+        prior = self.prior
+        if isinstance(prior, dict):
+            return prior.get(name)
+        return prior
+
+    def _pyro_param(self, msg: Message) -> None:
+        name = msg.name
+        prior = self._prior_for(name)
+        if prior is None:
+            return
+        if name in self._samples_cache:
+            # a repeated param call returns the value sampled the first time
+            msg.value = self._samples_cache[name].value
+            msg.done = True
+            msg.stop = True
+            return
+        msg.type = "sample"
+        if hasattr(prior, "log_prob"):
+            msg.fn = prior
+            msg.args, msg.kwargs = (), {}
+        else:
+            msg.fn = prior
+            msg.args, msg.kwargs = (), {}
+        msg.infer = {}
+        msg.is_observed = False
+        msg.value = None
+        msg.done = False
+        self._samples_cache[name] = msg
+
+
+def lift(fn: Callable | None = None, prior: Any = None) -> LiftMessenger:
+    return LiftMessenger(fn, prior=prior)
+
+
+class EscapeMessenger(Messenger):
+    """Raise :class:`NonlocalExit` at the first site where ``escape_fn(msg)`` is true."""
+
+    def __init__(self, fn: Callable | None = None, escape_fn: Callable | None = None) -> None:
+        super().__init__(fn)
+        if escape_fn is None:
+            raise ValueError("escape needs escape_fn=")
+        self.escape_fn = escape_fn
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if self.escape_fn(msg):
+            msg.done = True
+            msg.stop = True
+
+            def cont(m: Message) -> None:
+                raise NonlocalExit(m)
+
+            msg.continuation = cont
+
+
+def escape(fn: Callable | None = None, escape_fn: Callable | None = None) -> EscapeMessenger:
+    return EscapeMessenger(fn, escape_fn=escape_fn)
+
+
+class InferConfigMessenger(Messenger):
+    """Update each sample/param site's ``infer`` dict with ``config_fn(msg)``."""
+
+    def __init__(self, fn: Callable | None = None, config_fn: Callable | None = None) -> None:
+        super().__init__(fn)
+        if config_fn is None:
+            raise ValueError("infer_config needs config_fn=")
+        self.config_fn = config_fn
+
+    def _process_message(self, msg: Message) -> None:
+        if msg.type in ("sample", "param"):
+            msg.infer = dict(msg.infer, **self.config_fn(msg))
+
+
+def infer_config(fn: Callable | None = None, config_fn: Callable | None = None) -> InferConfigMessenger:
+    return InferConfigMessenger(fn, config_fn=config_fn)

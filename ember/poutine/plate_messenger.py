@@ -1,0 +1,277 @@
+"""``plate``: conditional independence, batch dimensions and subsampling."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterator, NamedTuple
+
+import torch
+
+from ember.poutine.messenger import Messenger
+from ember.runtime import _STACK, Message, apply_stack
+
+
+class CondIndepStackFrame(NamedTuple):
+    """One plate a site is inside: ``size`` is the (subsampled) size along ``dim``;
+    ``dim`` is None for a sequential plate, whose ``counter`` tells the iteration."""
+
+    name: str
+    dim: int | None
+    size: int
+    counter: int
+    full_size: int | None = None
+
+    @property
+    def vectorized(self) -> bool:
+        return self.dim is not None
+
+
+class _Subsample(torch.distributions.Distribution):
+    """The auxiliary distribution a subsampled plate draws its indices from (uniformly
+    without replacement). Its log-density is zero; ELBOs ignore it, and ``replay`` makes
+    the model use the guide's indices."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, size: int, subsample_size: int, device: Any = None) -> None:
+        self.size = size
+        self.subsample_size = subsample_size
+        self.device = device
+        super().__init__(torch.Size(), torch.Size([subsample_size]), validate_args=False)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if sample_shape:
+            raise NotImplementedError("_Subsample does not draw batches of index sets")
+        if self.subsample_size >= self.size:
+            return torch.arange(self.size, device=self.device)
+        return torch.randperm(self.size, device=self.device)[: self.subsample_size]
+
+    def __call__(self) -> torch.Tensor:
+        return self.sample()
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=value.device)
+
+
+# The dims used by the vectorized plates active right now: dim -> plate name
+_ACTIVE_DIMS: dict = {}
+_ARANGE_CACHE: dict = {}
+
+
+def _arange(size: int, device: Any) -> torch.Tensor:
+    key = (size, str(device) if device is not None else None)
+    t = _ARANGE_CACHE.get(key)
+    if t is None:
+        t = torch.arange(size, device=device)
+        if len(_ARANGE_CACHE) > 64:
+            _ARANGE_CACHE.clear()
+        _ARANGE_CACHE[key] = t
+    return t
+
+
+def _shape(s: Any) -> str:
+    return "(" + ", ".join(str(x) for x in s) + ")"
+
+
+class PlateMessenger(Messenger):
+    """A plate of conditionally independent variables.
+
+    ``with plate(name, size) as idx:`` declares a batch dimension (``dim``, negative,
+    allocated right to left when not given) along which sample sites inside are
+    independent; distributions with a size-1 or missing batch dimension there are
+    broadcast to the plate's size. With ``subsample_size`` (or explicit ``subsample``
+    indices) ``idx`` holds the subsampled indices and every log-density inside is
+    scaled by ``size / subsample_size``. ``for i in plate(name, size):`` is the
+    sequential version: one iteration per index, with the same scaling.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        size: int | None = None,
+        subsample_size: int | None = None,
+        subsample: torch.Tensor | None = None,
+        dim: int | None = None,
+        use_cuda: bool | None = None,
+        device: Any = None,
+    ) -> None:
+        super().__init__(None)
+        if not isinstance(name, str):
+            raise TypeError(f"plate: the first argument must be the plate's name (a str); got {name!r}")
+        if size is None:
+            if subsample is None:
+                raise ValueError(f"plate '{name}': give its size (or explicit subsample indices)")
+            size = len(subsample)
+        if isinstance(size, torch.Tensor):
+            size = int(size)
+        if not isinstance(size, numbers.Integral) or size < 0:
+            raise ValueError(f"plate '{name}': size must be a non-negative integer; got {size!r}")
+        if dim is not None and (not isinstance(dim, int) or dim >= 0):
+            raise ValueError(f"plate '{name}': dim must be a negative integer (counted from the right); got {dim!r}")
+        if subsample is not None:
+            subsample_size = len(subsample)
+        elif subsample_size is not None:
+            if not isinstance(subsample_size, numbers.Integral) or subsample_size <= 0:
+                raise ValueError(f"plate '{name}': subsample_size must be a positive integer; got {subsample_size!r}")
+            subsample_size = min(int(subsample_size), int(size))
+        else:
+            subsample_size = int(size)
+        if use_cuda and device is None:
+            device = "cuda"
+        self.name = name
+        self.size = int(size)
+        self.subsample_size = int(subsample_size)
+        self._subsample_given = subsample
+        self.device = device
+        self._dim_request = dim
+        self.dim: int | None = None
+        self.subsample: torch.Tensor | None = None
+        self._scale = self.size / self.subsample_size if self.subsample_size else 1.0
+        self._frame: CondIndepStackFrame | None = None
+
+    # ---- indices ---------------------------------------------------------------------
+    def _draw_subsample(self) -> torch.Tensor:
+        if self._subsample_given is not None:
+            sub = self._subsample_given
+            if not isinstance(sub, torch.Tensor):
+                sub = torch.as_tensor(sub, device=self.device)
+            return sub
+        if self.subsample_size >= self.size:
+            return _arange(self.size, self.device)
+        # record the indices as an auxiliary sample site so replay() reuses them
+        msg = Message("sample", self.name, _Subsample(self.size, self.subsample_size, self.device), infer={"is_auxiliary": True})
+        if _STACK:
+            apply_stack(msg)
+            return msg.value
+        return msg.fn.sample()
+
+    def _allocate_dim(self) -> int:
+        dim = self._dim_request
+        if dim is not None:
+            other = _ACTIVE_DIMS.get(dim)
+            if other is not None:
+                raise ValueError(f"plate '{self.name}' asks for dim {dim}, but plate '{other}' already uses it; nested plates need distinct dims")
+            return dim
+        dim = -1
+        while dim in _ACTIVE_DIMS:
+            dim -= 1
+        return dim
+
+    # ---- vectorized use ----------------------------------------------------------------
+    def __enter__(self) -> torch.Tensor:
+        if self._frame is not None and self in _STACK:
+            raise RuntimeError(f"plate '{self.name}' is already active; a plate cannot be nested in itself")
+        for h in _STACK:
+            if isinstance(h, PlateMessenger) and h.name == self.name and h._frame is not None:
+                raise ValueError(f"plate '{self.name}' is nested inside a plate with the same name; plate names must be unique")
+        self.subsample = self._draw_subsample()
+        dim = self._allocate_dim()
+        self.dim = dim
+        _ACTIVE_DIMS[dim] = self.name
+        self._frame = CondIndepStackFrame(self.name, dim, self.subsample_size, 0, self.size)
+        _STACK.append(self)
+        return self.subsample
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self.dim is not None and _ACTIVE_DIMS.get(self.dim) == self.name:
+            del _ACTIVE_DIMS[self.dim]
+        self._frame = None
+
+    def _reset(self) -> None:
+        if self.dim is not None and _ACTIVE_DIMS.get(self.dim) == self.name:
+            del _ACTIVE_DIMS[self.dim]
+
+    # ---- sequential use ----------------------------------------------------------------
+    def __iter__(self) -> Iterator[int]:
+        sub = self._draw_subsample()
+        self.subsample = sub
+        idx_list = sub.tolist() if isinstance(sub, torch.Tensor) else list(sub)
+        for counter, i in enumerate(idx_list):
+            self.dim = None
+            self._frame = CondIndepStackFrame(self.name, None, 1, counter, self.size)
+            _STACK.append(self)
+            try:
+                yield i
+            finally:
+                super().__exit__(None, None, None)
+                self._frame = None
+
+    def __len__(self) -> int:
+        return self.subsample_size
+
+    # ---- message processing --------------------------------------------------------------
+    def _process_message(self, msg: Message) -> None:
+        t = msg.type
+        if t != "sample" and t != "param":
+            return
+        frame = self._frame
+        msg.cond_indep_stack = (frame,) + msg.cond_indep_stack
+        if t != "sample":
+            return
+        if self._scale != 1.0:
+            s = msg.scale
+            msg.scale = self._scale if (type(s) is float and s == 1.0) else s * self._scale
+        dim = frame.dim
+        if dim is None:
+            return
+        fn = msg.fn
+        batch_shape = getattr(fn, "batch_shape", None)
+        if batch_shape is None or type(fn) is _Subsample:
+            return
+        size = frame.size
+        nd = len(batch_shape)
+        if -dim > nd:
+            new = [1] * (-dim - nd) + list(batch_shape)
+            new[dim] = size
+            msg.fn = fn.expand(torch.Size(new))
+        else:
+            cur = batch_shape[dim]
+            if cur != size:
+                if cur != 1:
+                    raise ValueError(
+                        f"Shape mismatch inside plate('{self.name}') at site '{msg.name}', dim {dim}: the distribution "
+                        f"{type(fn).__name__} has batch_shape {_shape(batch_shape)}, so size {cur} at dim {dim}, but the "
+                        f"plate has size {size}. Make the distribution's parameters size {size} (or 1) along dim {dim}, "
+                        f"or use .to_event() for dims that belong to one event."
+                    )
+                new = list(batch_shape)
+                new[dim] = size
+                msg.fn = fn.expand(torch.Size(new))
+
+    def _postprocess_message(self, msg: Message) -> None:
+        if msg.type != "sample" or not msg.is_observed:
+            return
+        dim = self._frame.dim if self._frame is not None else None
+        if dim is None:
+            return
+        v = msg.value
+        if not isinstance(v, torch.Tensor):
+            return
+        fn = msg.fn
+        event_shape = getattr(fn, "event_shape", ())
+        batch_dims = v.dim() - len(event_shape)
+        if -dim <= batch_dims:
+            cur = v.shape[dim - len(event_shape)]
+            if cur != 1 and cur != self.subsample_size:
+                raise ValueError(
+                    f"Shape mismatch inside plate('{self.name}') at observed site '{msg.name}': the observed value has "
+                    f"shape {_shape(v.shape)} (batch {_shape(v.shape[:batch_dims])}, event {_shape(event_shape)}), so size "
+                    f"{cur} at plate dim {dim}, but the plate has size {self.subsample_size}. "
+                    f"(The distribution {type(fn).__name__} has batch_shape {_shape(fn.batch_shape)}.)"
+                    + (" If you subsample, index the data with the plate's indices: `with plate(...) as idx: obs=data[idx]`." if self.subsample_size != self.size else "")
+                )
+
+
+def plate(
+    name: str,
+    size: int | None = None,
+    subsample_size: int | None = None,
+    subsample: torch.Tensor | None = None,
+    dim: int | None = None,
+    use_cuda: bool | None = None,
+    device: Any = None,
+) -> PlateMessenger:
+    """See :class:`PlateMessenger`."""
+    return PlateMessenger(name, size, subsample_size, subsample, dim, use_cuda, device)

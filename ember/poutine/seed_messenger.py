@@ -1,0 +1,47 @@
+"""``seed``: run a function under a fixed random seed."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ember.poutine.messenger import Messenger
+
+
+def get_rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+
+
+class SeedMessenger(Messenger):
+    """Seed torch, numpy and random on entry; restore their previous states on exit,
+    so the same seed gives a bit-identical run and the outside stream is untouched."""
+
+    def __init__(self, fn: Callable | None = None, rng_seed: int | None = None) -> None:
+        super().__init__(fn)
+        if not isinstance(rng_seed, int):
+            raise TypeError(f"poutine.seed expects an integer rng_seed; got {rng_seed!r}")
+        self.rng_seed = rng_seed
+
+    def __enter__(self) -> "SeedMessenger":
+        self._old_state = get_rng_state()
+        from ember.primitives import set_rng_seed
+
+        set_rng_seed(self.rng_seed)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        set_rng_state(self._old_state)
+        return super().__exit__(*exc)
+
+
+def seed(fn: Callable | None = None, rng_seed: int | None = None) -> SeedMessenger:
+    return SeedMessenger(fn, rng_seed=rng_seed)

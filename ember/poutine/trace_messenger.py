@@ -1,0 +1,68 @@
+"""``trace``: record every site of an execution in a :class:`Trace`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ember.poutine.messenger import Messenger
+from ember.poutine.trace_struct import Trace
+from ember.runtime import Message
+
+
+class TraceMessenger(Messenger):
+    """Record sample and param sites (``param_only=True``: param sites only).
+
+    Use as ``with trace() as tr: ...; tr.trace`` or ``trace(fn).get_trace(*args)``.
+    Sites are recorded as the message objects themselves, after every handler inside
+    this one has processed them; ``_INPUT`` and ``_RETURN`` hold the arguments and the
+    return value when a function is run through the handler.
+    """
+
+    def __init__(self, fn: Callable | None = None, graph_type: str | None = None, param_only: bool | None = None) -> None:
+        super().__init__(fn)
+        self.graph_type = graph_type or "flat"
+        self.param_only = bool(param_only)
+        self.trace = Trace(self.graph_type)
+
+    def __enter__(self) -> "TraceMessenger":
+        self.trace = Trace(self.graph_type)
+        return super().__enter__()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn is None:
+            return super().__call__(*args, **kwargs)
+        with self:
+            self.trace.add_node("_INPUT", type="args", args=args, kwargs=kwargs)
+            try:
+                ret = self.fn(*args, **kwargs)
+            except (ValueError, RuntimeError) as e:
+                raise e
+            self.trace.add_node("_RETURN", type="return", value=ret)
+        return ret
+
+    def get_trace(self, *args: Any, **kwargs: Any) -> Trace:
+        """Run the function and return its trace."""
+        self(*args, **kwargs)
+        return self.trace
+
+    def _process_message(self, msg: Message) -> None:
+        pass
+
+    def _postprocess_message(self, msg: Message) -> None:
+        t = msg.type
+        if t == "sample" or t == "param":
+            if self.param_only and t != "param":
+                return
+            nodes = self.trace.nodes
+            name = msg.name
+            if name in nodes:
+                self.trace._add_site(msg)  # raises a clear duplicate-site error (or re-records a param)
+            else:
+                nodes[name] = msg
+        elif not self.param_only and msg.name is not None:
+            self.trace._add_site(msg)
+
+
+def trace(fn: Callable | None = None, graph_type: str | None = None, param_only: bool | None = None) -> TraceMessenger:
+    """Record the sites of ``fn``'s execution; see :class:`TraceMessenger`."""
+    return TraceMessenger(fn, graph_type=graph_type, param_only=param_only)

@@ -1,0 +1,219 @@
+"""Trace: the record of one execution of a stochastic function."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ember.runtime import Message, is_validation_enabled
+
+__all__ = ["Trace", "site_is_subsample", "scale_and_mask"]
+
+
+def site_is_subsample(site: Message) -> bool:
+    """True for the auxiliary site a subsampled plate records its indices in."""
+    return site.type == "sample" and type(site.fn).__name__ == "_Subsample"
+
+
+def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> torch.Tensor:
+    """Zero ``tensor`` where ``mask`` is False (never NaN * 0) and multiply by ``scale``."""
+    if mask is not None and mask is not True:
+        if mask is False:
+            tensor = torch.zeros_like(tensor)
+        else:
+            tensor = torch.where(mask, tensor, tensor.new_zeros(()))
+    if not (type(scale) is float and scale == 1.0):
+        tensor = tensor * scale
+    return tensor
+
+
+def _shape_str(shape: Any) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class Trace:
+    """An ordered mapping from site name to site (a processed :class:`Message`).
+
+    ``trace.nodes[name]`` is the site; it supports ``site["value"]`` and ``site.value``.
+    ``_INPUT`` and ``_RETURN`` nodes hold the call's arguments and return value.
+    """
+
+    def __init__(self, graph_type: str = "flat") -> None:
+        self.nodes: "OrderedDict[str, Message]" = OrderedDict()
+        self.graph_type = graph_type
+
+    # ---- building --------------------------------------------------------------------
+    def add_node(self, site_name: str, **kwargs: Any) -> None:
+        """Pyro-style ``add_node(name, type=..., value=..., ...)``."""
+        msg = Message(kwargs.pop("type"), site_name)
+        for k, v in kwargs.items():
+            msg[k] = v
+        self._add_site(msg)
+
+    def _add_site(self, msg: Message) -> None:
+        name = msg.name
+        nodes = self.nodes
+        if name in nodes:
+            old = nodes[name]
+            if old.type != msg.type:
+                raise RuntimeError(f"site '{name}' is already in the trace as a {old.type} site; it cannot also be a {msg.type} site")
+            if msg.type != "param":
+                raise RuntimeError(
+                    f"Multiple {msg.type} sites named '{name}'. Every sample site in one run of a model "
+                    f"needs a unique name; inside loops or recursion build it from the step, e.g. "
+                    f"pyro.sample(f'{name}_{{t}}', ...)."
+                )
+        nodes[name] = msg
+
+    def remove_node(self, name: str) -> None:
+        del self.nodes[name]
+
+    # ---- mapping protocol --------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __repr__(self) -> str:
+        return f"Trace({list(self.nodes)})"
+
+    def copy(self) -> "Trace":
+        new = Trace(self.graph_type)
+        new.nodes = OrderedDict((k, v.copy()) for k, v in self.nodes.items())
+        return new
+
+    def detach_(self) -> "Trace":
+        for site in self.nodes.values():
+            if site.type in ("sample", "param") and isinstance(site.value, torch.Tensor):
+                site.value = site.value.detach()
+        return self
+
+    # ---- views -------------------------------------------------------------------------
+    @property
+    def stochastic_nodes(self) -> list:
+        return [n for n, s in self.nodes.items() if s.type == "sample" and not s.is_observed and not site_is_subsample(s)]
+
+    @property
+    def observation_nodes(self) -> list:
+        return [n for n, s in self.nodes.items() if s.type == "sample" and s.is_observed]
+
+    @property
+    def param_nodes(self) -> list:
+        return [n for n, s in self.nodes.items() if s.type == "param"]
+
+    @property
+    def reparameterized_nodes(self) -> list:
+        return [
+            n
+            for n, s in self.nodes.items()
+            if s.type == "sample" and not s.is_observed and getattr(s.fn, "has_rsample", False) and not site_is_subsample(s)
+        ]
+
+    @property
+    def nonreparam_stochastic_nodes(self) -> list:
+        rep = set(self.reparameterized_nodes)
+        return [n for n in self.stochastic_nodes if n not in rep]
+
+    def iter_stochastic_nodes(self) -> Iterator:
+        for name, site in self.nodes.items():
+            if site.type == "sample" and not site.is_observed and not site_is_subsample(site):
+                yield name, site
+
+    # ---- log densities -----------------------------------------------------------------
+    def compute_log_prob(self, site_filter: Callable[[str, Message], bool] = lambda name, site: True) -> None:
+        """Fill ``site.log_prob`` (masked and scaled), ``site.unscaled_log_prob`` and
+        ``site.log_prob_sum`` for every sample site, once (cached)."""
+        validate = is_validation_enabled()
+        for name, site in self.nodes.items():
+            if site.type != "sample" or site.log_prob is not None or not site_filter(name, site):
+                continue
+            fn = site.fn
+            if type(fn).__name__ == "_Subsample":
+                continue
+            try:
+                lp = fn.log_prob(site.value, *site.args, **site.kwargs)
+            except (ValueError, RuntimeError) as e:
+                raise type(e)(
+                    f"Error while computing log_prob at site '{name}' ({type(fn).__name__}):\n{e}\n{self.format_shapes(last_site=name)}"
+                ) from e
+            if validate:
+                self._check_log_prob_shape(name, site, lp)
+            site.unscaled_log_prob = lp
+            lp = scale_and_mask(lp, site.scale, site.mask)
+            site.log_prob = lp
+            site.log_prob_sum = lp.sum()
+
+    def log_prob_sum(self, site_filter: Callable[[str, Message], bool] = lambda name, site: True) -> torch.Tensor:
+        """Sum over sample sites of the scaled, masked log-density: a scalar tensor."""
+        self.compute_log_prob(site_filter)
+        total = 0.0
+        for name, site in self.nodes.items():
+            if site.type == "sample" and site.log_prob_sum is not None and site_filter(name, site):
+                total = total + site.log_prob_sum
+        if not isinstance(total, torch.Tensor):
+            total = torch.tensor(total)
+        return total
+
+    def compute_score_parts(self) -> None:
+        """Pyro-compatible: ``site.score_parts = (log_prob, score_function, entropy_term)``."""
+        self.compute_log_prob()
+        for site in self.nodes.values():
+            if site.type == "sample" and site.log_prob is not None and site.score_parts is None:
+                if site.is_observed or getattr(site.fn, "has_rsample", False):
+                    sf = 0
+                else:
+                    sf = scale_and_mask(site.unscaled_log_prob, 1.0, site.mask)
+                site.score_parts = (site.log_prob, sf, 0)
+
+    def _check_log_prob_shape(self, name: str, site: Message, lp: torch.Tensor) -> None:
+        shape = lp.shape
+        frames = {f.dim: f for f in site.cond_indep_stack if f.vectorized}
+        for d in range(-len(shape), 0):
+            size = shape[d]
+            frame = frames.get(d)
+            if frame is None:
+                if size != 1:
+                    raise ValueError(
+                        f"At site '{name}', the log_prob has shape {_shape_str(shape)}, but dim {d} (size {size}) is not "
+                        f"declared by any plate. Try one of: enclose the batched tensor in `with pyro.plate(...)`; "
+                        f"declare event dims with `.to_event(...)`; permute the data dimensions.\n"
+                        f"{self.format_shapes(last_site=name)}"
+                    )
+            elif size != frame.size and size != 1:
+                raise ValueError(
+                    f"At site '{name}', dim {d} of the log_prob has size {size}, but plate '{frame.name}' has size "
+                    f"{frame.size}.\n{self.format_shapes(last_site=name)}"
+                )
+
+    # ---- display -----------------------------------------------------------------------
+    def format_shapes(self, title: str = "Trace Shapes:", last_site: str | None = None) -> str:
+        """A table of the shapes at each site: distribution batch|event shape, value shape,
+        log_prob shape, and the plates the site is in."""
+        rows = [(title, "", "", "", "")]
+        rows.append(("site", "batch|event", "value", "log_prob", "plates"))
+        for name, site in self.nodes.items():
+            if site.type == "param" and isinstance(site.value, torch.Tensor):
+                rows.append((f"{name} (param)", "", _shape_str(site.value.shape), "", ""))
+            elif site.type == "sample":
+                fn = site.fn
+                try:
+                    dshape = f"{_shape_str(fn.batch_shape)}|{_shape_str(fn.event_shape)}"
+                except Exception:
+                    dshape = "?"
+                v = site.value
+                vshape = _shape_str(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                lp = site.log_prob
+                lshape = _shape_str(lp.shape) if isinstance(lp, torch.Tensor) else ""
+                plates = " ".join(f"{f.name}[{f.dim}]={f.size}" for f in site.cond_indep_stack)
+                obs = " (obs)" if site.is_observed else ""
+                rows.append((f"{name}{obs}", dshape, vshape, lshape, plates))
+            if last_site is not None and name == last_site:
+                break
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,244 @@
+"""The language: ``sample``, ``param``, ``module``, ``plate``, ``factor``, ``deterministic``, ..."""
+
+from __future__ import annotations
+
+import numbers
+import random
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.distributions import constraints
+
+from ember.params.param_store import ParamStoreDict
+from ember.poutine.plate_messenger import PlateMessenger, plate
+from ember.runtime import _STACK, _VALIDATION, Message, apply_stack
+
+__all__ = [
+    "sample",
+    "param",
+    "module",
+    "plate",
+    "iarange",
+    "irange",
+    "factor",
+    "deterministic",
+    "set_rng_seed",
+    "get_param_store",
+    "clear_param_store",
+    "enable_validation",
+    "validation_enabled",
+]
+
+_PARAM_STORE = ParamStoreDict()
+_Distribution = torch.distributions.Distribution
+
+
+def get_param_store() -> ParamStoreDict:
+    """The global parameter store."""
+    return _PARAM_STORE
+
+
+def clear_param_store() -> None:
+    """Remove every parameter from the global store."""
+    _PARAM_STORE.clear()
+
+
+def _dist_device_dtype(fn: Any) -> tuple:
+    seen = 0
+    while fn is not None and seen < 8:
+        seen += 1
+        for v in vars(fn).values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                return v.device, v.dtype
+        fn = getattr(fn, "base_dist", None)
+    return None, torch.get_default_dtype()
+
+
+def _obs_to_tensor(obs: Any, fn: Any) -> torch.Tensor:
+    """Accept Python numbers, lists and numpy arrays as observations."""
+    device, dtype = _dist_device_dtype(fn)
+    if isinstance(obs, np.ndarray) and not np.issubdtype(obs.dtype, np.floating):
+        return torch.as_tensor(obs, device=device)
+    if isinstance(obs, bool) or (isinstance(obs, numbers.Integral) and not isinstance(obs, numbers.Real)):
+        return torch.as_tensor(float(obs), dtype=dtype, device=device)
+    return torch.as_tensor(obs, dtype=dtype, device=device)
+
+
+def _not_a_distribution(name: str, fn: Any) -> TypeError:
+    hint = ""
+    if isinstance(fn, type):
+        hint = (
+            f" You passed the class {fn.__name__} itself; instantiate it with its parameters, e.g. "
+            f"sample('{name}', dist.{fn.__name__}(...)). (The 2017 form sample(name, dist.normal, mu, sigma) is not supported.)"
+        )
+    elif callable(fn):
+        hint = " A plain function cannot be a sample site's distribution: it needs a log_prob to be scored."
+    return TypeError(f"sample site '{name}': expected a distribution (e.g. dist.Normal(0., 1.)), got {fn!r}.{hint}")
+
+
+def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None = None, **kwargs: Any) -> torch.Tensor:
+    """Draw a value named ``name`` from distribution ``fn`` (or, with ``obs``, observe
+    ``obs`` under it). Handlers may intercept the site: ``condition`` fixes its value,
+    ``trace`` records it, ``replay`` reuses a recorded value, ...
+
+    ``obs`` may be a tensor, a Python number or a numpy array. ``infer`` holds options
+    for inference algorithms (e.g. ``{"baseline": {...}}`` for ``TraceGraph_ELBO``).
+    """
+    if obs is not None and not isinstance(obs, torch.Tensor):
+        obs = _obs_to_tensor(obs, fn)
+    if not isinstance(fn, _Distribution) and (isinstance(fn, type) or not (hasattr(fn, "log_prob") and callable(fn))):
+        raise _not_a_distribution(name, fn)
+    if not _STACK:
+        # no handler active: just draw (or return the observation)
+        if obs is not None:
+            return obs
+        return fn(*args, **kwargs)
+    msg = Message("sample", name, fn, args, kwargs, obs, obs is not None, infer)
+    apply_stack(msg)
+    return msg.value
+
+
+class _ParamGetter:
+    """The ``fn`` of a param message: looks the value up in the store."""
+
+    __slots__ = ()
+
+    def __call__(self, name: str, init_tensor: Any = None, constraint: Any = constraints.real, event_dim: Any = None) -> torch.Tensor:
+        return _PARAM_STORE.get_param(name, init_tensor, constraint, event_dim)
+
+
+_get_param = _ParamGetter()
+
+
+def param(name: str, init_tensor: Any = None, constraint: constraints.Constraint = constraints.real, event_dim: int | None = None) -> torch.Tensor:
+    """The learnable parameter ``name``: created from ``init_tensor`` (a tensor, number
+    or zero-argument callable) on the first call, then returned from the store.
+    With ``constraint`` the store keeps an unconstrained tensor and returns its
+    constrained image. ``event_dim`` marks the rightmost dims that are not batch dims
+    (for local parameters inside plates)."""
+    if not _STACK:
+        return _PARAM_STORE.get_param(name, init_tensor, constraint, event_dim)
+    msg = Message("param", name, _get_param, (name, init_tensor, constraint, event_dim), None)
+    apply_stack(msg)
+    return msg.value
+
+
+def module(name: str, nn_module: torch.nn.Module, update_module_params: bool = False) -> torch.nn.Module:
+    """Register the parameters of ``nn_module`` as ``name$$$<path>`` params (so that
+    inference trains them) and return the module.
+
+    The store holds the module's own ``nn.Parameter`` objects, so the module and the
+    store never diverge. If the store already holds values under these names that
+    belong to no live module (e.g. loaded from a checkpoint), or
+    ``update_module_params=True``, those values are copied into ``nn_module``. If they
+    belong to a *different* module object registered earlier under the same name, the
+    new module's parameters replace them and a warning says so (Pyro would silently
+    keep training the old tensors).
+    """
+    if not isinstance(nn_module, torch.nn.Module):
+        raise TypeError(f"module '{name}': expected a torch.nn.Module, got {type(nn_module).__name__}")
+    plist = _PARAM_STORE._register_module(name, nn_module, update_module_params)
+    if _STACK:
+        for full, _ in plist:
+            msg = Message("param", full, _get_param, (full, None, constraints.real, None), None)
+            apply_stack(msg)
+    else:
+        touched = _PARAM_STORE._touched
+        if touched is not None:
+            for full, p in plist:
+                touched[full] = p
+    return nn_module
+
+
+def random_module(name: str, nn_module: torch.nn.Module, prior: Any, *args: Any, **kwargs: Any) -> Callable:
+    """Return a function that samples a copy of ``nn_module`` with its parameters drawn
+    from ``prior`` (a distribution or dict of them), via ``poutine.lift``."""
+    from ember.poutine import lift
+
+    def _fn() -> torch.nn.Module:
+        import copy
+
+        nn_copy = copy.deepcopy(nn_module)
+        with lift(prior=prior):
+            for pname, p in list(nn_copy.named_parameters()):
+                full = f"{name}$$${pname}"
+                value = param(full, p.detach())
+                _set_module_tensor(nn_copy, pname, value)
+        return nn_copy
+
+    return _fn
+
+
+def _set_module_tensor(m: torch.nn.Module, path: str, value: torch.Tensor) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        m = getattr(m, p)
+    del m._parameters[leaf]
+    setattr(m, leaf, value)
+
+
+def factor(name: str, log_factor: Any, *, has_rsample: bool | None = None) -> None:
+    """Add ``log_factor`` (a tensor, batched along active plates) to the model's
+    log-density as an observed site named ``name``."""
+    from ember.distributions import Unit
+
+    if not isinstance(log_factor, torch.Tensor):
+        log_factor = torch.as_tensor(log_factor, dtype=torch.get_default_dtype())
+    unit = Unit(log_factor)
+    sample(name, unit, obs=unit.sample())
+
+
+def deterministic(name: str, value: torch.Tensor, event_dim: int | None = None) -> torch.Tensor:
+    """Record ``value`` under ``name`` in traces (as an observed point mass with zero
+    log-density) and return it."""
+    from ember.distributions import Delta
+
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if not _STACK:
+        return value
+    event_dim = value.dim() if event_dim is None else event_dim
+    return sample(name, Delta(value, event_dim=event_dim).mask(False), obs=value, infer={"_deterministic": True})
+
+
+def iarange(name: str, size: int | None = None, subsample_size: int | None = None, subsample: Any = None, dim: int | None = None, use_cuda: bool | None = None, device: Any = None) -> PlateMessenger:
+    """Old name of :func:`plate` (vectorized)."""
+    return plate(name, size, subsample_size, subsample, dim, use_cuda, device)
+
+
+def irange(name: str, size: int | None = None, subsample_size: int | None = None, subsample: Any = None, dim: int | None = None, use_cuda: bool | None = None, device: Any = None) -> PlateMessenger:
+    """Old name of the sequential ``for i in plate(...)``."""
+    return plate(name, size, subsample_size, subsample, dim, use_cuda, device)
+
+
+def set_rng_seed(rng_seed: int) -> None:
+    """Seed torch, numpy and Python's random."""
+    torch.manual_seed(rng_seed)
+    random.seed(rng_seed)
+    np.random.seed(rng_seed % (2**32))
+
+
+def enable_validation(is_validate: bool = True) -> None:
+    """Switch Ember's checks (shapes, model/guide structure, finite losses) and torch's
+    distribution validation on or off. On by default; off for the last few percent of
+    speed once a model is known to be right."""
+    from ember.distributions import enable_validation as dist_enable_validation
+
+    _VALIDATION[0] = bool(is_validate)
+    dist_enable_validation(is_validate)
+
+
+class validation_enabled:
+    """Context manager: ``with validation_enabled(False): ...``."""
+
+    def __init__(self, is_validate: bool = True) -> None:
+        self.is_validate = is_validate
+
+    def __enter__(self) -> None:
+        self._old = (_VALIDATION[0], bool(torch.distributions.Distribution._validate_args))
+        enable_validation(self.is_validate)
+
+    def __exit__(self, *exc: Any) -> None:
+        _VALIDATION[0] = self._old[0]
+        torch.distributions.Distribution.set_default_validate_args(self._old[1])

@@ -1,0 +1,209 @@
+"""The one hot path: messages, the handler stack and ``apply_stack``.
+
+Every primitive (``sample``, ``param``, ...) builds a :class:`Message` and hands it to
+:func:`apply_stack`. Handlers (``ember.poutine``) sit on a global stack; the innermost
+(most recently entered) handler sees a message first. A handler may set ``msg.stop`` to
+hide the message from the handlers outside it. After the walk, the default action fills
+in ``msg.value`` unless a handler already did (``msg.done``), then the visited handlers
+post-process the message in reverse order (outermost last).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["Message", "apply_stack", "get_stack", "is_validation_enabled", "NonlocalExit"]
+
+# The handler stack: index 0 is the outermost handler, the last element the innermost.
+_STACK: list = []
+
+# Ember's own checks (shapes, model/guide structure, finiteness). torch's distribution
+# argument validation is switched separately (ember.distributions.enable_validation).
+_VALIDATION: list = [__debug__]
+
+
+def is_validation_enabled() -> bool:
+    return _VALIDATION[0]
+
+
+def get_stack() -> list:
+    """The live handler stack (outermost first). Do not mutate it by hand."""
+    return _STACK
+
+
+_FIELDS = (
+    "type",
+    "name",
+    "fn",
+    "args",
+    "kwargs",
+    "value",
+    "is_observed",
+    "infer",
+    "scale",
+    "mask",
+    "cond_indep_stack",
+    "done",
+    "stop",
+    "continuation",
+    # filled by Trace.compute_log_prob
+    "log_prob",
+    "unscaled_log_prob",
+    "log_prob_sum",
+    "score_parts",
+    # bookkeeping of individual handlers
+    "_intervener_id",
+    "_extra",
+)
+
+
+class Message:
+    """A sample/param/... site in flight through the handler stack.
+
+    Attribute access (``msg.value``) is the fast way; item access (``msg["value"]``,
+    ``msg.get("infer")``, ``"value" in msg``) is supported for code written against
+    Pyro's dict-based messages and trace nodes. Unknown keys set by item access are
+    kept in a side dictionary.
+    """
+
+    __slots__ = _FIELDS
+
+    def __init__(
+        self,
+        type: str,
+        name: str | None,
+        fn: Any = None,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        value: Any = None,
+        is_observed: bool = False,
+        infer: dict | None = None,
+        scale: Any = 1.0,
+        mask: Any = None,
+        cond_indep_stack: tuple = (),
+    ) -> None:
+        self.type = type
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
+        self.value = value
+        self.is_observed = is_observed
+        self.infer = {} if infer is None else infer
+        self.scale = scale
+        self.mask = mask
+        self.cond_indep_stack = cond_indep_stack
+        self.done = False
+        self.stop = False
+        self.continuation = None
+        self.log_prob = None
+        self.unscaled_log_prob = None
+        self.log_prob_sum = None
+        self.score_parts = None
+        self._intervener_id = None
+        self._extra = None
+
+    # ---- dict-style compatibility -------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key in _FIELD_SET:
+            v = getattr(self, key)
+            if v is None and key in _OPTIONAL_KEYS:
+                raise KeyError(key)
+            return v
+        if self._extra is not None and key in self._extra:
+            return self._extra[key]
+        raise KeyError(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _FIELD_SET:
+            setattr(self, key, value)
+        else:
+            if self._extra is None:
+                self._extra = {}
+            self._extra[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def keys(self) -> list:
+        ks = [k for k in _PUBLIC_FIELDS if k in self]
+        if self._extra:
+            ks.extend(self._extra)
+        return ks
+
+    def items(self) -> list:
+        return [(k, self[k]) for k in self.keys()]
+
+    def update(self, other: dict | None = None, **kw: Any) -> None:
+        for k, v in dict(other or {}, **kw).items():
+            self[k] = v
+
+    def copy(self) -> "Message":
+        new = Message.__new__(Message)
+        for k in _FIELDS:
+            setattr(new, k, getattr(self, k))
+        new.infer = dict(self.infer)
+        if self._extra is not None:
+            new._extra = dict(self._extra)
+        return new
+
+    def __repr__(self) -> str:
+        return f"Message(type={self.type!r}, name={self.name!r}, fn={self.fn!r})"
+
+
+_FIELD_SET = frozenset(f for f in _FIELDS if not f.startswith("_"))
+_PUBLIC_FIELDS = tuple(f for f in _FIELDS if not f.startswith("_"))
+# keys that "exist" only once they have been filled in
+_OPTIONAL_KEYS = frozenset({"log_prob", "unscaled_log_prob", "log_prob_sum", "score_parts"})
+
+
+class NonlocalExit(Exception):
+    """Raised by ``poutine.escape`` to leave a model early at a chosen site."""
+
+    def __init__(self, site: Message, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.site = site
+
+    def reset_stack(self) -> None:
+        """Let every handler that saw the escaping site clean up after itself."""
+        for frame in list(_STACK):
+            frame._reset()
+
+
+def default_process_message(msg: Message) -> None:
+    """Compute ``msg.value`` when no handler has."""
+    if msg.done or msg.value is not None:
+        msg.done = True
+        return
+    msg.value = msg.fn(*msg.args, **msg.kwargs)
+    msg.done = True
+
+
+def apply_stack(msg: Message) -> Message:
+    """Run ``msg`` through the handler stack; see the module docstring."""
+    stack = _STACK
+    n = len(stack)
+    visited = 0
+    for i in range(n - 1, -1, -1):
+        visited += 1
+        stack[i]._process_message(msg)
+        if msg.stop:
+            break
+    default_process_message(msg)
+    for i in range(n - visited, n):
+        stack[i]._postprocess_message(msg)
+    cont: Callable | None = msg.continuation
+    if cont is not None:
+        msg.continuation = None
+        cont(msg)
+    return msg
