@@ -144,14 +144,26 @@ class ParamStoreDict:
             if not value.is_floating_point():
                 raise TypeError(f"param '{name}': parameters must be floating point tensors; got dtype {value.dtype}")
             if constraint is not constraints.real:
-                ok = constraint.check(value)
-                if not bool(torch.as_tensor(ok).all()):
-                    bad = value[~torch.as_tensor(ok).expand(value.shape)] if value.dim() else value
-                    raise ValueError(
-                        f"param '{name}': the initial value lies outside its constraint {_cname(constraint)} "
-                        f"(offending values: {bad.flatten()[:5].tolist()}). Give an initial value inside the constraint."
-                    )
+                ok = bool(torch.as_tensor(constraint.check(value)).all())
                 u = transform_to(constraint).inv(value)
+                if not ok:
+                    # a value the transform projects into the constraint (e.g. a positive
+                    # vector onto the simplex) is accepted with a warning; others are errors
+                    projected = transform_to(constraint)(u)
+                    if bool(torch.isfinite(u).all()) and bool(torch.as_tensor(constraint.check(projected)).all()):
+                        warnings.warn(
+                            f"param '{name}': the initial value is not in {_cname(constraint)}; using its projection "
+                            f"{projected.flatten()[:5].tolist()} instead",
+                            UserWarning,
+                            stacklevel=4,
+                        )
+                    else:
+                        okt = torch.as_tensor(constraint.check(value))
+                        bad = value[~okt.expand(value.shape)] if value.dim() and okt.shape == value.shape else value
+                        raise ValueError(
+                            f"param '{name}': the initial value lies outside its constraint {_cname(constraint)} "
+                            f"(offending values: {bad.flatten()[:5].tolist()}). Give an initial value inside the constraint."
+                        )
                 if not bool(torch.isfinite(u).all()):
                     raise ValueError(
                         f"param '{name}': the initial value {value.flatten()[:5].tolist()} sits on the boundary of "

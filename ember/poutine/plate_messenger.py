@@ -71,7 +71,7 @@ def _arange(size: int, device: Any) -> torch.Tensor:
 
 
 def _shape(s: Any) -> str:
-    return "(" + ", ".join(str(x) for x in s) + ")"
+    return str(tuple(int(x) for x in s))
 
 
 class PlateMessenger(Messenger):

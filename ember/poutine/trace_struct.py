@@ -172,23 +172,19 @@ class Trace:
                 site.score_parts = (site.log_prob, sf, 0)
 
     def _check_log_prob_shape(self, name: str, site: Message, lp: torch.Tensor) -> None:
+        """Every dim a plate declares must have the plate's size in the log_prob. (Dims
+        no plate declares are allowed, and summed, as in Pyro.)"""
         shape = lp.shape
-        frames = {f.dim: f for f in site.cond_indep_stack if f.vectorized}
-        for d in range(-len(shape), 0):
+        for frame in site.cond_indep_stack:
+            d = frame.dim
+            if d is None or -d > len(shape):
+                continue
             size = shape[d]
-            frame = frames.get(d)
-            if frame is None:
-                if size != 1:
-                    raise ValueError(
-                        f"At site '{name}', the log_prob has shape {_shape_str(shape)}, but dim {d} (size {size}) is not "
-                        f"declared by any plate. Try one of: enclose the batched tensor in `with pyro.plate(...)`; "
-                        f"declare event dims with `.to_event(...)`; permute the data dimensions.\n"
-                        f"{self.format_shapes(last_site=name)}"
-                    )
-            elif size != frame.size and size != 1:
+            if size != frame.size and size != 1:
                 raise ValueError(
-                    f"At site '{name}', dim {d} of the log_prob has size {size}, but plate '{frame.name}' has size "
-                    f"{frame.size}.\n{self.format_shapes(last_site=name)}"
+                    f"At site '{name}', dim {d} of the log_prob has size {size}, but plate '{frame.name}' declares "
+                    f"size {frame.size} there. Check the shapes of the value and the distribution's parameters, and use "
+                    f".to_event(...) for dims that belong to one event.\n{self.format_shapes(last_site=name)}"
                 )
 
     # ---- display -----------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The seeds' applications as reusable code with a command line."""

@@ -1,0 +1,7 @@
+"""Inference: SVI with ELBO estimators."""
+
+from ember.infer.elbo import ELBO, NonFiniteLossError
+from ember.infer.svi import SVI
+from ember.infer.trace_elbo import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+
+__all__ = ["ELBO", "JitTrace_ELBO", "NonFiniteLossError", "SVI", "TraceMeanField_ELBO", "Trace_ELBO"]

@@ -1,0 +1,270 @@
+"""The shared core of the ELBO estimators: traces, checks, plate-aware costs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ember.poutine.plate_messenger import PlateMessenger
+from ember.poutine.replay_messenger import ReplayMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import Trace, site_is_subsample
+from ember.runtime import Message, is_validation_enabled
+
+__all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor"]
+
+
+class NonFiniteLossError(ValueError):
+    """The loss is NaN or infinite; the message names the first site at fault."""
+
+
+def _is_latent(site: Message) -> bool:
+    return site.type == "sample" and not site.is_observed and not site_is_subsample(site) and not site.infer.get("is_auxiliary", False)
+
+
+def _frames_str(frames: Any) -> str:
+    return ", ".join(f"{f.name}(size={f.size}, dim={f.dim})" for f in frames) or "none"
+
+
+def check_model_guide_match(model_trace: Trace, guide_trace: Trace, max_plate_nesting: float = math.inf) -> None:
+    """Warn about latent sites present in only one of model and guide; raise on plate
+    size clashes and on event-shape mismatches between a guide's value and the model's
+    distribution at the same site."""
+    model_latents = {n for n, s in model_trace.nodes.items() if _is_latent(s)}
+    guide_latents = {n for n, s in guide_trace.nodes.items() if _is_latent(s)}
+    model_sites = {n for n, s in model_trace.nodes.items() if s.type == "sample"}
+    missing_in_guide = model_latents - guide_latents
+    if missing_in_guide:
+        warnings.warn(
+            f"Found latent sites in the model but not in the guide: {sorted(missing_in_guide)}. They are drawn from the "
+            f"prior at every step and do not contribute to the guide's fit; add them to the guide (or observe them).",
+            UserWarning,
+            stacklevel=4,
+        )
+    extra = guide_latents - model_sites
+    if extra:
+        warnings.warn(
+            f"Found sample sites in the guide but not in the model: {sorted(extra)}. Their values are unused by the model; "
+            f"rename them to match the model, or mark them infer={{'is_auxiliary': True}}.",
+            UserWarning,
+            stacklevel=4,
+        )
+    for name in model_latents & guide_latents:
+        ms, gs = model_trace.nodes[name], guide_trace.nodes[name]
+        gframes = {f.name: f for f in gs.cond_indep_stack}
+        for f in ms.cond_indep_stack:
+            g = gframes.get(f.name)
+            if g is not None and g.size != f.size:
+                raise ValueError(
+                    f"Plate size clash at site '{name}': plate '{f.name}' has size {f.size} in the model but {g.size} in "
+                    f"the guide (model plates: {_frames_str(ms.cond_indep_stack)}; guide plates: {_frames_str(gs.cond_indep_stack)}). "
+                    f"Model and guide must use the same plate sizes and subsample sizes.\n{model_trace.format_shapes()}"
+                )
+        v = ms.value
+        event_shape = getattr(ms.fn, "event_shape", None)
+        if isinstance(v, torch.Tensor) and event_shape is not None:
+            ed = len(event_shape)
+            if v.dim() < ed or v.shape[v.dim() - ed :] != event_shape:
+                raise ValueError(
+                    f"Shape mismatch at site '{name}': the guide's value has shape {tuple(v.shape)}, but the model's "
+                    f"{type(ms.fn).__name__} has event_shape {tuple(event_shape)} (batch_shape {tuple(ms.fn.batch_shape)}). "
+                    f"Check .to_event() in model and guide.\n{model_trace.format_shapes()}"
+                )
+
+
+def get_importance_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict, validate: bool | None = None) -> tuple[Trace, Trace]:
+    """Run the guide, replay the model against it, compute log-densities."""
+    guide_tm = TraceMessenger(guide)
+    guide_tm(*args, **kwargs)
+    guide_trace = guide_tm.trace
+    model_tm = TraceMessenger(ReplayMessenger(model, trace=guide_trace))
+    model_tm(*args, **kwargs)
+    model_trace = model_tm.trace
+    if validate is None:
+        validate = is_validation_enabled()
+    if validate:
+        check_model_guide_match(model_trace, guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def _tensor_summary(v: Any) -> str:
+    if not isinstance(v, torch.Tensor):
+        return repr(v)
+    if v.numel() <= 6:
+        return f"{v.detach().flatten().tolist()} (shape {tuple(v.shape)})"
+    vf = v.detach().float()
+    return (
+        f"shape {tuple(v.shape)}, min {vf.min().item():.4g}, max {vf.max().item():.4g}, "
+        f"{int((~torch.isfinite(vf)).sum())} non-finite entries"
+    )
+
+
+def _dist_summary(fn: Any) -> str:
+    parts = []
+    base = fn
+    while hasattr(base, "base_dist"):
+        base = base.base_dist
+    for k in getattr(base, "arg_constraints", {}):
+        v = base.__dict__.get(k)
+        if isinstance(v, torch.Tensor):
+            parts.append(f"{k}: {_tensor_summary(v)}")
+    return "; ".join(parts)
+
+
+def describe_nonfinite(traces: list) -> str:
+    """Name the first site whose log-density is not finite, with its value and the
+    distribution's parameters."""
+    for label, tr in traces:
+        for name, site in tr.nodes.items():
+            if site.type != "sample" or site.log_prob_sum is None:
+                continue
+            lps = site.log_prob_sum
+            if isinstance(lps, torch.Tensor) and not bool(torch.isfinite(lps)):
+                return (
+                    f"the first non-finite log-density is at {label} site '{name}' ({type(site.fn).__name__}): "
+                    f"log_prob_sum = {lps.item()}. Value: {_tensor_summary(site.value)}. Parameters: {_dist_summary(site.fn)}"
+                )
+    return "no single site has a non-finite log-density (the sum overflowed, or the loss function itself produced it)"
+
+
+class MultiFrameTensor:
+    """Per-site costs grouped by the plates they live in, so that a cost can be summed
+    down to the plates of a given site (keeping those dims: per-datum costs)."""
+
+    def __init__(self) -> None:
+        self._terms: dict = {}
+
+    def add(self, frames: tuple, value: torch.Tensor) -> None:
+        key = frozenset((f.name, f.dim) for f in frames if f.dim is not None)
+        old = self._terms.get(key)
+        self._terms[key] = value if old is None else old + value
+
+    def sum_to(self, target_frames: tuple) -> Any:
+        names = {f.name for f in target_frames if f.dim is not None}
+        total: Any = 0.0
+        for key, t in self._terms.items():
+            if not isinstance(t, torch.Tensor) or t.dim() == 0:
+                total = total + t
+                continue
+            keep = {d for (n, d) in key if n in names}
+            dims = [d for d in range(-t.dim(), 0) if d not in keep]
+            if dims:
+                t = t.sum(dims, keepdim=True)
+            total = total + t
+        return total
+
+
+class ELBO:
+    """Base of the ELBO estimators.
+
+    :param num_particles: samples per step; the loss averages over them.
+    :param max_plate_nesting: how many plate dims the model uses (only needed with
+        ``vectorize_particles``; guessed by a trial run when left infinite).
+    :param vectorize_particles: draw all particles at once along an extra plate on the
+        left, instead of a Python loop.
+    Other keyword arguments of Pyro's ELBOs (``ignore_jit_warnings``,
+    ``strict_enumeration_warning``, ``retain_graph``, ``jit_options``) are accepted.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = math.inf,
+        max_iarange_nesting: float | None = None,
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+        jit_options: dict | None = None,
+        retain_graph: bool | None = None,
+        tail_adaptive_beta: float = -1.0,
+    ) -> None:
+        if max_iarange_nesting is not None:
+            max_plate_nesting = max_iarange_nesting
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer; got {num_particles!r}")
+        self.num_particles = num_particles
+        self.max_plate_nesting = max_plate_nesting
+        self.vectorize_particles = vectorize_particles
+        self.retain_graph = retain_graph
+        self.ignore_jit_warnings = ignore_jit_warnings
+
+    # ---- particles -------------------------------------------------------------------------
+    def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+        with torch.no_grad():
+            model_trace, guide_trace = get_importance_trace(model, guide, args, kwargs, validate=False)
+        dims = [-f.dim for tr in (model_trace, guide_trace) for s in tr.nodes.values() if s.type == "sample" for f in s.cond_indep_stack if f.dim is not None]
+        return max(dims, default=0)
+
+    def _vectorized(self, fn: Callable, dim: int) -> Callable:
+        num = self.num_particles
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with PlateMessenger("num_particles_vectorized", num, dim=dim):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[Trace, Trace]]:
+        if self.vectorize_particles and self.num_particles > 1:
+            if self.max_plate_nesting == math.inf:
+                self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
+            dim = -int(self.max_plate_nesting) - 1
+            yield get_importance_trace(self._vectorized(model, dim), self._vectorized(guide, dim), args, kwargs)
+        else:
+            for _ in range(self.num_particles):
+                yield get_importance_trace(model, guide, args, kwargs)
+
+    @property
+    def _particle_divisor(self) -> int:
+        return self.num_particles
+
+    # ---- the interface ---------------------------------------------------------------------
+    def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
+        """Return (loss, surrogate loss) of one particle (or one vectorized batch)."""
+        raise NotImplementedError
+
+    def _check_finite(self, loss: float, model_trace: Trace, guide_trace: Trace) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"The loss is {loss}: {describe_nonfinite([('model', model_trace), ('guide', guide_trace)])}. "
+                f"No gradient step was taken; the parameters are unchanged."
+            )
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """An estimate of -ELBO (a float); no gradients."""
+        with torch.no_grad():
+            total = 0.0
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                loss, _ = self._differentiable_loss_particle(model_trace, guide_trace)
+                total += loss.item()
+            return total / self._particle_divisor
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """A differentiable surrogate whose gradient estimates the gradient of -ELBO
+        (its value equals the -ELBO estimate for reparameterized guides)."""
+        total: Any = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+            total = total + surrogate
+        return total / self._particle_divisor
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Estimate -ELBO (returned as a float) and backpropagate its gradient."""
+        total = 0.0
+        div = self._particle_divisor
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+            value = loss.item()
+            self._check_finite(value, model_trace, guide_trace)
+            total += value
+            if isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
+                (surrogate / div).backward(retain_graph=self.retain_graph)
+        return total / div
+
+    def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.differentiable_loss(model, guide, *args, **kwargs)

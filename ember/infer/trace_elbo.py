@@ -1,0 +1,120 @@
+"""``Trace_ELBO``: the standard Monte-Carlo ELBO with score-function terms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ember.infer.elbo import ELBO, MultiFrameTensor, _is_latent
+from ember.poutine.trace_struct import Trace, scale_and_mask, site_is_subsample
+
+__all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
+
+
+def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, list]:
+    """The ELBO of one particle and the guide sites that need a score-function term."""
+    elbo: Any = 0.0
+    for site in model_trace.nodes.values():
+        if site.type == "sample" and site.log_prob_sum is not None:
+            elbo = elbo + site.log_prob_sum
+    nonreparam = []
+    for site in guide_trace.nodes.values():
+        if site.type == "sample" and site.log_prob_sum is not None and not site.is_observed:
+            if site_is_subsample(site):
+                continue
+            elbo = elbo - site.log_prob_sum
+            if not site.fn.has_rsample:
+                nonreparam.append(site)
+    return elbo, nonreparam
+
+
+def _compute_log_r(model_trace: Trace, guide_trace: Trace) -> MultiFrameTensor:
+    """Per-site costs log p - log q, detached, grouped by plates."""
+    log_r = MultiFrameTensor()
+    for site in model_trace.nodes.values():
+        if site.type == "sample" and site.log_prob is not None:
+            log_r.add(site.cond_indep_stack, site.log_prob.detach())
+    for site in guide_trace.nodes.values():
+        if site.type == "sample" and site.log_prob is not None and _is_latent(site):
+            log_r.add(site.cond_indep_stack, -site.log_prob.detach())
+    return log_r
+
+
+def _score_function_terms(model_trace: Trace, guide_trace: Trace, nonreparam: list) -> Any:
+    """Sum over non-reparameterized guide sites of (unscaled log q) x (the cost of the
+    whole particle, kept per datum along the site's plates)."""
+    log_r = _compute_log_r(model_trace, guide_trace)
+    surrogate: Any = 0.0
+    for site in nonreparam:
+        cost = log_r.sum_to(site.cond_indep_stack)
+        score = scale_and_mask(site.unscaled_log_prob, 1.0, site.mask)
+        surrogate = surrogate + (score * cost).sum()
+    return surrogate
+
+
+class Trace_ELBO(ELBO):
+    """The ELBO estimated from one trace of the guide and the model replayed against it.
+
+    Reparameterized guide sites get pathwise gradients; every other guide site gets a
+    score-function term whose cost is the particle's log p - log q, summed down to the
+    plates the site lives in (so per-datum choices see per-datum costs). Plate
+    subsampling scales the costs by size / subsample_size, never the score factor.
+    """
+
+    def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
+        elbo, nonreparam = _model_and_guide_terms(model_trace, guide_trace)
+        if not isinstance(elbo, torch.Tensor):
+            elbo = torch.tensor(float(elbo))
+        loss = -elbo
+        if not nonreparam:
+            return loss, loss
+        surrogate = elbo + _score_function_terms(model_trace, guide_trace, nonreparam)
+        # value of the surrogate equals the loss; its gradient is the estimator's
+        return loss, -surrogate + (surrogate - elbo).detach()
+
+
+class JitTrace_ELBO(Trace_ELBO):
+    """Accepted for compatibility with code written for Pyro's ``JitTrace_ELBO``.
+
+    Ember runs it eagerly: its eager path already costs close to the same loss written
+    by hand in PyTorch (see ``benchmarks/``), and models with Python control flow
+    work without tracing caveats."""
+
+
+class TraceMeanField_ELBO(Trace_ELBO):
+    """Trace_ELBO that uses the analytic KL divergence ``KL(q(z) || p(z))`` for each
+    latent site where torch registers one and the guide site is reparameterized, and
+    Monte-Carlo terms elsewhere. Valid for mean-field guides (the guide's site does
+    not depend on other latents in a way the model's conditional ignores)."""
+
+    def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
+        elbo: Any = 0.0
+        nonreparam = []
+        analytic = set()
+        for name, gsite in guide_trace.nodes.items():
+            if not (gsite.type == "sample" and _is_latent(gsite)):
+                continue
+            msite = model_trace.nodes.get(name)
+            if gsite.fn.has_rsample and msite is not None and msite.type == "sample" and not msite.is_observed:
+                try:
+                    kl = torch.distributions.kl_divergence(gsite.fn, msite.fn)
+                except NotImplementedError:
+                    kl = None
+                if kl is not None:
+                    elbo = elbo - scale_and_mask(kl, msite.scale, msite.mask).sum()
+                    analytic.add(name)
+                    continue
+            elbo = elbo - gsite.log_prob_sum
+            if not gsite.fn.has_rsample:
+                nonreparam.append(gsite)
+        for name, site in model_trace.nodes.items():
+            if site.type == "sample" and site.log_prob_sum is not None and name not in analytic:
+                elbo = elbo + site.log_prob_sum
+        if not isinstance(elbo, torch.Tensor):
+            elbo = torch.tensor(float(elbo))
+        loss = -elbo
+        if not nonreparam:
+            return loss, loss
+        surrogate = elbo + _score_function_terms(model_trace, guide_trace, nonreparam)
+        return loss, -surrogate + (surrogate - elbo).detach()

@@ -1,0 +1,157 @@
+"""Bad input gets a clear error that names the site, the shapes or the value at fault."""
+
+import warnings
+
+import pytest
+import torch
+from torch.distributions import constraints
+
+import ember as pyro
+import ember.distributions as dist
+from ember.infer import SVI, NonFiniteLossError, Trace_ELBO
+from ember.optim import Adam
+
+
+def test_wrong_shaped_obs_inside_plate():
+    def model(data):
+        with pyro.plate("data", 10):
+            pyro.sample("obs", dist.Normal(0.0, 1.0), obs=data)
+
+    with pytest.raises(ValueError, match=r"'obs'.*\n?.*") as e:
+        model(torch.zeros(5))
+    # outside any handler the plate itself still checks
+    assert "plate('data')" in str(e.value) and "(5,)" in str(e.value) and "size 10" in str(e.value)
+
+
+def test_plate_size_clash_between_model_and_guide():
+    def model():
+        with pyro.plate("data", 10):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide():
+        loc = pyro.param("loc", torch.zeros(5))
+        with pyro.plate("data", 5):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    svi = SVI(model, guide, Adam({"lr": 0.01}), Trace_ELBO())
+    with pytest.raises(ValueError) as e:
+        svi.step()
+    msg = str(e.value)
+    assert "'z'" in msg and "'data'" in msg and "10" in msg and "5" in msg
+    assert "batch|event" in msg  # the format_shapes table is appended
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_non_positive_scale(bad):
+    with pytest.raises(ValueError, match="positive"):
+        pyro.poutine.scale(scale=bad)
+
+
+def test_init_outside_constraint():
+    with pytest.raises(ValueError, match=r"param 'sigma'.*outside its constraint"):
+        pyro.param("sigma", torch.tensor([1.0, -2.0]), constraint=constraints.positive)
+
+
+def test_duplicate_site_names():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(RuntimeError, match="Multiple sample sites named 'x'"):
+        pyro.poutine.trace(model).get_trace()
+
+
+def test_sample_with_non_distribution():
+    with pytest.raises(TypeError, match=r"sample site 'w'.*expected a distribution"):
+        pyro.sample("w", lambda: 1.0)
+    with pytest.raises(TypeError, match=r"instantiate it"):
+        pyro.sample("w", dist.Normal, 0.0, 1.0)
+
+
+def _nan_model(x):
+    s = pyro.param("s", torch.tensor(1.0))
+    pyro.sample("y", dist.Normal(0.0, s), obs=x)
+
+
+def _empty_guide(x):
+    pass
+
+
+def test_nan_loss_raises_names_site_and_leaves_params_unchanged():
+    pyro.distributions.enable_validation(False)
+    svi = SVI(_nan_model, _empty_guide, Adam({"lr": 0.1}), Trace_ELBO())
+    svi.step(torch.tensor(0.5))
+    before = pyro.param("s").detach().clone()
+    with pytest.raises(NonFiniteLossError) as e:
+        svi.step(torch.tensor(float("nan")))
+    assert "'y'" in str(e.value) and "unchanged" in str(e.value)
+    assert torch.equal(pyro.param("s").detach(), before)
+    # and the next good step works (no stale gradient left behind)
+    svi.step(torch.tensor(0.5))
+    assert pyro.get_param_store()._params["s"].grad is None
+
+
+def test_nan_loss_skip_option():
+    pyro.distributions.enable_validation(False)
+    svi = SVI(_nan_model, _empty_guide, Adam({"lr": 0.1}), Trace_ELBO(), on_nonfinite="skip")
+    svi.step(torch.tensor(0.5))
+    before = pyro.param("s").detach().clone()
+    with pytest.warns(RuntimeWarning, match="'y'"):
+        loss = svi.step(torch.tensor(float("inf")))
+    assert loss != loss  # nan
+    assert torch.equal(pyro.param("s").detach(), before)
+
+
+def test_nan_loss_with_custom_callable_loss_names_site():
+    from ember.poutine import replay, trace
+
+    def simple_mc_elbo(model, guide, *args):
+        guide_trace = trace(guide).get_trace(*args)
+        model_trace = trace(replay(model, trace=guide_trace)).get_trace(*args)
+        return -(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+
+    pyro.distributions.enable_validation(False)
+    svi = SVI(_nan_model, _empty_guide, Adam({"lr": 0.1}), simple_mc_elbo)
+    svi.step(torch.tensor(0.5))
+    before = pyro.param("s").detach().clone()
+    with pytest.raises(NonFiniteLossError, match="'y'"):
+        svi.step(torch.tensor(float("nan")))
+    assert torch.equal(pyro.param("s").detach(), before)
+
+
+def test_model_guide_mismatch_warnings_name_sites():
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(0.0, 1.0))
+
+    def guide():
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("a", dist.Normal(loc, 1.0))
+        pyro.sample("c", dist.Normal(loc, 1.0))
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        Trace_ELBO().loss(model, guide)
+    text = " ".join(str(x.message) for x in w)
+    assert "['b']" in text and "model but not in the guide" in text
+    assert "['c']" in text and "guide but not in the model" in text
+
+
+def test_event_shape_mismatch_between_guide_and_model():
+    def model():
+        pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    def guide():
+        pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"site 'z'"):
+        Trace_ELBO().loss(model, guide)
+
+
+def test_bad_optim_and_loss_arguments():
+    with pytest.raises(TypeError, match="ember.optim"):
+        SVI(_nan_model, _empty_guide, torch.optim.Adam([torch.zeros(1, requires_grad=True)]), Trace_ELBO())
+    with pytest.raises(TypeError, match="loss"):
+        SVI(_nan_model, _empty_guide, Adam({"lr": 0.1}), loss="elbo")
+    with pytest.raises(ValueError, match="num_particles"):
+        Trace_ELBO(num_particles=0)
