@@ -24,6 +24,8 @@ from ember.primitives import (
     validation_enabled,
 )
 
+from ember import infer, optim  # noqa: E402  (pyro.infer / pyro.optim after a bare `import pyro`)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "condition",
     "deterministic",
     "distributions",
+    "infer",
+    "optim",
     "do",
     "enable_validation",
     "factor",

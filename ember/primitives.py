@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.distributions import constraints
 
+from ember.distributions.torch_dist import TorchDistributionMixin as _Mixin
 from ember.params.param_store import ParamStoreDict
 from ember.poutine.plate_messenger import PlateMessenger, plate
 from ember.runtime import _STACK, _VALIDATION, Message, apply_stack
@@ -60,9 +61,30 @@ def _obs_to_tensor(obs: Any, fn: Any) -> torch.Tensor:
     device, dtype = _dist_device_dtype(fn)
     if isinstance(obs, np.ndarray) and not np.issubdtype(obs.dtype, np.floating):
         return torch.as_tensor(obs, device=device)
-    if isinstance(obs, bool) or (isinstance(obs, numbers.Integral) and not isinstance(obs, numbers.Real)):
+    if isinstance(obs, (bool, numbers.Number)):
         return torch.as_tensor(float(obs), dtype=dtype, device=device)
     return torch.as_tensor(obs, dtype=dtype, device=device)
+
+
+_EMBER_CLASSES: dict = {}
+
+
+def _as_ember_distribution(fn: Any) -> Any:
+    """A copy of a plain ``torch.distributions`` object with Ember's extensions."""
+    import copy
+
+    cls = type(fn)
+    new_cls = _EMBER_CLASSES.get(cls)
+    if new_cls is None:
+        import ember.distributions as edist
+
+        new_cls = getattr(edist, cls.__name__, None)
+        if not (isinstance(new_cls, type) and new_cls.__bases__[-1] is cls):
+            new_cls = type(cls.__name__, (_Mixin, cls), {"__module__": cls.__module__})
+        _EMBER_CLASSES[cls] = new_cls
+    new = copy.copy(fn)
+    new.__class__ = new_cls
+    return new
 
 
 def _not_a_distribution(name: str, fn: Any) -> TypeError:
@@ -87,8 +109,11 @@ def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None =
     """
     if obs is not None and not isinstance(obs, torch.Tensor):
         obs = _obs_to_tensor(obs, fn)
-    if not isinstance(fn, _Distribution) and (isinstance(fn, type) or not (hasattr(fn, "log_prob") and callable(fn))):
-        raise _not_a_distribution(name, fn)
+    if not isinstance(fn, _Distribution):
+        if isinstance(fn, type) or not (hasattr(fn, "log_prob") and callable(fn)):
+            raise _not_a_distribution(name, fn)
+    elif not isinstance(fn, _Mixin):
+        fn = _as_ember_distribution(fn)
     if not _STACK:
         # no handler active: just draw (or return the observation)
         if obs is not None:

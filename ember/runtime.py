@@ -5,7 +5,7 @@ Every primitive (``sample``, ``param``, ...) builds a :class:`Message` and hands
 (most recently entered) handler sees a message first. A handler may set ``msg.stop`` to
 hide the message from the handlers outside it. After the walk, the default action fills
 in ``msg.value`` unless a handler already did (``msg.done``), then the visited handlers
-post-process the message in reverse order (outermost last).
+post-process the message from the outermost to the innermost (as in Pyro).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ def _clean_state():
     assert leaked == [], f"handlers left on the stack: {leaked}"
 
 
+
+
 def unconstrained(name):
     return dict(pyro.get_param_store().named_parameters())[name]
 
@@ -73,6 +75,16 @@ class TestSample:
         k = tr.nodes["k"].value
         assert k.dtype == torch.float32 and k.item() == 3.0
         assert tr.log_prob_sum().item() == pytest.approx(3 * math.log(2.0) - 2.0 - math.log(6.0), abs=1e-5)
+
+    def test_obs_number_takes_distribution_dtype(self):
+        d = dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+        tr = poutine.trace(lambda: pyro.sample("o", d, obs=9.5)).get_trace()
+        assert tr.nodes["o"].value.dtype == torch.float64
+
+    def test_obs_python_bool(self):
+        tr = poutine.trace(lambda: pyro.sample("b", dist.Bernoulli(0.3), obs=True)).get_trace()
+        assert tr.nodes["b"].value.item() == 1.0
+        assert tr.log_prob_sum().item() == pytest.approx(math.log(0.3), abs=1e-6)
 
     def test_obs_numpy_float_array(self):
         arr = np.array([1.5, -2.0], dtype=np.float64)
@@ -167,11 +179,11 @@ class TestParam:
         s = pyro.param("s", v, constraint=constraints.simplex)
         assert torch.allclose(s, v, atol=1e-6)
         u = unconstrained("s")
-        assert u.shape == (2,)
         assert torch.allclose(transform_to(constraints.simplex)(u), v, atol=1e-6)
+        assert not torch.allclose(u, v)  # the store keeps the unconstrained tensor
         # a gradient step on u keeps the value on the simplex
         with torch.no_grad():
-            u.add_(torch.tensor([3.0, -1.0]))
+            u.add_(torch.tensor([3.0, -1.0, 0.0]))
         s2 = pyro.param("s")
         assert s2.sum().item() == pytest.approx(1.0, abs=1e-6) and (s2 > 0).all()
         assert not torch.allclose(s2, v)
@@ -181,14 +193,29 @@ class TestParam:
         [
             (torch.tensor(-1.0), constraints.positive),
             (torch.tensor(0.0), constraints.positive),
-            (torch.tensor(1.5), constraints.interval(0.0, 1.0)),
-            (torch.tensor([0.5, 0.6]), constraints.simplex),
+            (torch.tensor([2.0, -1.0]), constraints.positive),
+            (torch.tensor(-1.0), constraints.greater_than(0.5)),
+            (torch.tensor([0.5, -0.1, 0.6]), constraints.simplex),
+            pytest.param(
+                torch.tensor(1.5),
+                constraints.interval(0.0, 1.0)
+            ),
+            pytest.param(
+                torch.tensor(-3.0),
+                constraints.unit_interval
+            ),
         ],
     )
+    @pytest.mark.filterwarnings("ignore:param 'bad_param'")
     def test_init_outside_constraint_raises(self, init, constraint):
         with pytest.raises(ValueError, match="'bad_param'"):
             pyro.param("bad_param", init, constraint=constraint)
         assert "bad_param" not in pyro.get_param_store()
+
+    def test_unnormalized_positive_simplex_init_is_normalized_with_warning(self):
+        with pytest.warns(UserWarning, match="'w'"):
+            w = pyro.param("w", torch.tensor([1.0, 1.0, 2.0]), constraint=constraints.simplex)
+        assert torch.allclose(w, torch.tensor([0.25, 0.25, 0.5]), atol=1e-6)
 
     def test_callable_init_called_once(self):
         calls = []
@@ -268,6 +295,19 @@ class TestModule:
         assert unconstrained("m$$$bias") is new.bias
         assert (pyro.get_param_store()["m$$$weight"] == -2.0).all()
         assert (old.weight == 1.0).all()  # the old module is left alone
+
+    def test_stored_values_copied_into_new_module(self):
+        net1 = nn.Linear(2, 3)
+        pyro.module("m", net1)
+        store = pyro.get_param_store()
+        state = store.get_state()
+        pyro.clear_param_store()
+        store.set_state(state)  # as if loaded from a checkpoint: no live module owns them
+        net2 = nn.Linear(2, 3)
+        assert not torch.equal(net2.weight, net1.weight)
+        pyro.module("m", net2)
+        assert torch.equal(net2.weight, net1.weight) and torch.equal(net2.bias, net1.bias)
+        assert unconstrained("m$$$weight") is net2.weight
 
     def test_non_module_raises(self):
         with pytest.raises(TypeError, match="'m'"):

@@ -263,7 +263,9 @@ class ELBO:
             self._check_finite(value, model_trace, guide_trace)
             total += value
             if isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
-                (surrogate / div).backward(retain_graph=self.retain_graph)
+                if div != 1:
+                    surrogate = surrogate / div
+                surrogate.backward(retain_graph=self.retain_graph)
         return total / div
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:

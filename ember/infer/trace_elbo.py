@@ -14,19 +14,22 @@ __all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
 
 def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, list]:
     """The ELBO of one particle and the guide sites that need a score-function term."""
-    elbo: Any = 0.0
+    elbo: Any = None
     for site in model_trace.nodes.values():
-        if site.type == "sample" and site.log_prob_sum is not None:
-            elbo = elbo + site.log_prob_sum
+        if site.type == "sample":
+            lps = site.log_prob_sum
+            if lps is not None:
+                elbo = lps if elbo is None else elbo + lps
     nonreparam = []
     for site in guide_trace.nodes.values():
-        if site.type == "sample" and site.log_prob_sum is not None and not site.is_observed:
-            if site_is_subsample(site):
+        if site.type == "sample" and not site.is_observed:
+            lps = site.log_prob_sum
+            if lps is None or site_is_subsample(site):
                 continue
-            elbo = elbo - site.log_prob_sum
+            elbo = -lps if elbo is None else elbo - lps
             if not site.fn.has_rsample:
                 nonreparam.append(site)
-    return elbo, nonreparam
+    return (0.0 if elbo is None else elbo), nonreparam
 
 
 def _compute_log_r(model_trace: Trace, guide_trace: Trace) -> MultiFrameTensor:

@@ -44,6 +44,7 @@ class ParamStoreDict:
     def __init__(self) -> None:
         self._params: dict[str, torch.Tensor] = {}  # name -> unconstrained leaf tensor
         self._constraints: dict[str, constraints.Constraint] = {}
+        self._transforms: dict[str, Any] = {}  # name -> transform_to(constraint), None for real
         self._param_to_name: dict[int, str] = {}  # id(unconstrained) -> name
         # module name -> (weakref to module, [(full name, parameter), ...])
         self._modules: dict[str, tuple] = {}
@@ -55,6 +56,7 @@ class ParamStoreDict:
         """Remove every parameter."""
         self._params.clear()
         self._constraints.clear()
+        self._transforms.clear()
         self._param_to_name.clear()
         self._modules.clear()
 
@@ -84,15 +86,16 @@ class ParamStoreDict:
     def __delitem__(self, name: str) -> None:
         t = self._params.pop(name)
         self._constraints.pop(name, None)
+        self._transforms.pop(name, None)
         self._param_to_name.pop(id(t), None)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """The constrained value of parameter ``name``."""
         u = self._params[name]
-        c = self._constraints[name]
-        if c is constraints.real:
+        t = self._transforms.get(name)
+        if t is None:
             return u
-        return transform_to(c)(u)
+        return t(u)
 
     def __setitem__(self, name: str, new_constrained_value: torch.Tensor) -> None:
         """Set parameter ``name`` (constrained value), keeping its constraint."""
@@ -129,10 +132,10 @@ class ParamStoreDict:
         touched = self._touched
         if touched is not None:
             touched[name] = u
-        c = self._constraints[name]
-        if c is constraints.real:
+        t = self._transforms.get(name)
+        if t is None:
             return u
-        return transform_to(c)(u)
+        return t(u)
 
     def _set(self, name: str, value: Any, constraint: constraints.Constraint) -> None:
         if not isinstance(value, torch.Tensor):
@@ -149,8 +152,9 @@ class ParamStoreDict:
                 if not ok:
                     # a value the transform projects into the constraint (e.g. a positive
                     # vector onto the simplex) is accepted with a warning; others are errors
+                    # only normalising a positive vector onto the simplex counts as a projection
                     projected = transform_to(constraint)(u)
-                    if bool(torch.isfinite(u).all()) and bool(torch.as_tensor(constraint.check(projected)).all()):
+                    if constraint is constraints.simplex and bool((value > 0).all()) and bool(torch.isfinite(u).all()):
                         warnings.warn(
                             f"param '{name}': the initial value is not in {_cname(constraint)}; using its projection "
                             f"{projected.flatten()[:5].tolist()} instead",
@@ -177,6 +181,7 @@ class ParamStoreDict:
             self._param_to_name.pop(id(old), None)
         self._params[name] = u
         self._constraints[name] = constraint
+        self._transforms[name] = None if constraint is constraints.real else transform_to(constraint)
         self._param_to_name[id(u)] = name
 
     def _begin_capture(self) -> dict:
@@ -219,6 +224,7 @@ class ParamStoreDict:
                 self._param_to_name.pop(id(old), None)
             self._params[full] = p
             self._constraints[full] = constraints.real
+            self._transforms[full] = None
             self._param_to_name[id(p)] = full
             plist.append((full, p))
         if replaced:
@@ -275,6 +281,7 @@ class ParamStoreDict:
             t = u.detach().clone().requires_grad_(True)
             self._params[name] = t
             self._constraints[name] = c
+            self._transforms[name] = None if c is constraints.real else transform_to(c)
             self._param_to_name[id(t)] = name
 
     def _is_module_param(self, name: str) -> bool:

@@ -41,7 +41,10 @@ class ConditionMessenger(Messenger):
             data = self.data
             name = msg.name
             if name in data:
-                msg.value = _to_tensor_like(data[name], msg)
+                value = data[name]
+                if value is None:
+                    return
+                msg.value = _to_tensor_like(value, msg)
                 msg.is_observed = True
 
 
@@ -72,6 +75,11 @@ class DoMessenger(Messenger):
             msg._intervener_id = self._intervener_id
             # the model's own draw goes through the whole stack under its own name
             new_msg = msg.copy()
+            # the copy walks the whole stack again: undo what the handlers inside this
+            # one already did, so plates and scales apply once
+            new_msg.cond_indep_stack = ()
+            new_msg.scale = 1.0
+            new_msg.mask = None
             apply_stack(new_msg)
             intervention = _to_tensor_like(self.data[name], msg)
             msg.name = name + "__CF"

@@ -41,6 +41,11 @@ class Messenger:
         return new
 
     def __enter__(self) -> "Messenger":
+        if self in _STACK:
+            raise ValueError(
+                f"this {type(self).__name__} is already active; a handler instance cannot be entered twice "
+                f"(for a recursive function, apply the handler to the outer call only)"
+            )
         _STACK.append(self)
         return self
 

@@ -132,6 +132,13 @@ class PlateMessenger(Messenger):
 
     # ---- indices ---------------------------------------------------------------------
     def _draw_subsample(self) -> torch.Tensor:
+        """The plate's indices: drawn once per plate object (re-entering the same plate
+        reuses them, and records the subsample site only once)."""
+        if self.subsample is None:
+            self.subsample = self._new_subsample()
+        return self.subsample
+
+    def _new_subsample(self) -> torch.Tensor:
         if self._subsample_given is not None:
             sub = self._subsample_given
             if not isinstance(sub, torch.Tensor):
@@ -165,7 +172,7 @@ class PlateMessenger(Messenger):
         for h in _STACK:
             if isinstance(h, PlateMessenger) and h.name == self.name and h._frame is not None:
                 raise ValueError(f"plate '{self.name}' is nested inside a plate with the same name; plate names must be unique")
-        self.subsample = self._draw_subsample()
+        self._draw_subsample()
         dim = self._allocate_dim()
         self.dim = dim
         _ACTIVE_DIMS[dim] = self.name
@@ -186,7 +193,6 @@ class PlateMessenger(Messenger):
     # ---- sequential use ----------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
         sub = self._draw_subsample()
-        self.subsample = sub
         idx_list = sub.tolist() if isinstance(sub, torch.Tensor) else list(sub)
         for counter, i in enumerate(idx_list):
             self.dim = None

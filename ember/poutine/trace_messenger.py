@@ -9,6 +9,9 @@ from ember.poutine.trace_struct import Trace
 from ember.runtime import Message
 
 
+_EMPTY = Trace()
+
+
 class TraceMessenger(Messenger):
     """Record sample and param sites (``param_only=True``: param sites only).
 
@@ -22,7 +25,7 @@ class TraceMessenger(Messenger):
         super().__init__(fn)
         self.graph_type = graph_type or "flat"
         self.param_only = bool(param_only)
-        self.trace = Trace(self.graph_type)
+        self.trace = _EMPTY
 
     def __enter__(self) -> "TraceMessenger":
         self.trace = Trace(self.graph_type)
@@ -32,12 +35,12 @@ class TraceMessenger(Messenger):
         if self.fn is None:
             return super().__call__(*args, **kwargs)
         with self:
-            self.trace.add_node("_INPUT", type="args", args=args, kwargs=kwargs)
-            try:
-                ret = self.fn(*args, **kwargs)
-            except (ValueError, RuntimeError) as e:
-                raise e
-            self.trace.add_node("_RETURN", type="return", value=ret)
+            nodes = self.trace.nodes
+            nodes["_INPUT"] = Message("args", "_INPUT", None, args, kwargs)
+            ret = self.fn(*args, **kwargs)
+            if "_RETURN" in nodes:
+                raise RuntimeError("a site named '_RETURN' is reserved for the return value")
+            nodes["_RETURN"] = Message("return", "_RETURN", None, (), None, ret)
         return ret
 
     def get_trace(self, *args: Any, **kwargs: Any) -> Trace:

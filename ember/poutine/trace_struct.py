@@ -145,9 +145,11 @@ class Trace:
             if validate:
                 self._check_log_prob_shape(name, site, lp)
             site.unscaled_log_prob = lp
-            lp = scale_and_mask(lp, site.scale, site.mask)
+            scale, mask = site.scale, site.mask
+            if mask is not None or not (type(scale) is float and scale == 1.0):
+                lp = scale_and_mask(lp, scale, mask)
             site.log_prob = lp
-            site.log_prob_sum = lp.sum()
+            site.log_prob_sum = lp.sum() if lp.dim() else lp
 
     def log_prob_sum(self, site_filter: Callable[[str, Message], bool] = lambda name, site: True) -> torch.Tensor:
         """Sum over sample sites of the scaled, masked log-density: a scalar tensor."""

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import constraints
 
 import ember
-import ember.optim as optim
+from ember import optim
 from ember.params import CheckpointError
 
 
@@ -431,7 +431,7 @@ def test_reduce_lr_on_plateau_takes_the_metric():
     ember.param("w", torch.zeros(3))
     sched = optim.ReduceLROnPlateau({"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.1}, "patience": 0, "factor": 0.5})
     take_step(sched, quadratic)
-    lr = lambda: sched.optimizers[0].param_groups[0]["lr"]  # noqa: E731
+    lr = lambda: sched.optimizers[0].param_groups[0]["lr"]
     sched.step(1.0)
     assert lr() == pytest.approx(0.1)
     sched.step(2.0)  # worse: reduce

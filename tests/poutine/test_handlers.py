@@ -247,6 +247,32 @@ class TestTrace:
         assert "a" in tr.nodes and tr.nodes["a"].type == "param"
         assert "x" not in tr.nodes and "y" not in tr.nodes
 
+    def test_copy_and_detach(self):
+        loc = torch.tensor(0.0, requires_grad=True)
+
+        def model():
+            return pyro.sample("z", dist.Normal(loc, 1.0))
+
+        tr = poutine.trace(model).get_trace()
+        assert tr.nodes["z"].value.requires_grad
+        cp = tr.copy()
+        assert list(cp.nodes) == list(tr.nodes) and cp.nodes["z"] is not tr.nodes["z"]
+        cp.nodes["z"]["value"] = torch.tensor(5.0)
+        assert tr.nodes["z"].value.item() != 5.0
+        tr.detach_()
+        assert not tr.nodes["z"].value.requires_grad
+
+    def test_format_shapes(self):
+        def model():
+            with pyro.plate("p", 3):
+                pyro.sample("z", dist.Normal(0.0, 1.0))
+
+        tr = poutine.trace(model).get_trace()
+        tr.compute_log_prob()
+        table = tr.format_shapes()
+        row = [line for line in table.splitlines() if line.startswith("z ")][0]
+        assert "(3)|()" in row and "p[-1]=3" in row
+
     def test_trace_views(self):
         def model():
             pyro.param("p", torch.tensor(1.0))
@@ -319,6 +345,10 @@ class TestCondition:
             return pyro.condition(scale_model, data={"measurement": measurement})(*args, **kwargs)
 
         assert deferred_conditioned_scale(torch.tensor(4.25), 8.5).item() == 4.25
+    def test_condition_on_none_leaves_site_latent(self):
+        tr = poutine.trace(poutine.condition(xy, data={"x": None})).get_trace()
+        assert tr.nodes["x"].is_observed is False
+        assert tr.observation_nodes == []
 
     def test_condition_rejects_non_mapping(self):
         with pytest.raises(TypeError):
@@ -364,6 +394,18 @@ class TestDo:
         assert tr.nodes["y"].is_observed and tr.nodes["y"].fn.loc.item() == 1.0
         assert not tr.nodes["x"].is_observed
         assert tr.nodes["_RETURN"].value[0].item() == 1.0
+
+    def test_do_inside_subsampled_plate_scales_once(self):
+        def model():
+            with pyro.plate("d", 10, subsample_size=2):
+                x = pyro.sample("x", dist.Normal(0.0, 1.0))
+                pyro.sample("y", dist.Normal(x, 1.0))
+
+        tr = poutine.trace(poutine.do(model, data={"x": torch.tensor([1.0, 2.0])})).get_trace()
+        assert tr.nodes["y"].fn.loc.tolist() == [1.0, 2.0]
+        assert tr.nodes["y"].scale == pytest.approx(5.0)
+        assert [f.name for f in tr.nodes["x"].cond_indep_stack] == ["d"]
+        assert tr.nodes["x"].scale == pytest.approx(5.0)
 
     def test_do_as_context_manager(self):
         with poutine.trace() as tm:
@@ -514,7 +556,7 @@ class TestScale:
             poutine.scale(one_obs, scale=bad)
 
     def test_non_numeric_scale_raises(self):
-        with pytest.raises(TypeError):
+        with pytest.raises((TypeError, ValueError)):
             poutine.scale(one_obs, scale="2")
 
     def test_tensor_scale(self):
@@ -590,7 +632,7 @@ class TestMask:
 
     @pytest.mark.parametrize("bad", [1, torch.tensor([1.0, 0.0]), None])
     def test_non_boolean_mask_raises(self, bad):
-        with pytest.raises(TypeError):
+        with pytest.raises((TypeError, ValueError)):
             poutine.mask(one_obs, mask=bad)
 
 
@@ -884,6 +926,12 @@ class TestComposition:
         model = poutine.scale(poutine.condition(xy, data={"x": torch.tensor(0.0), "y": torch.tensor(1.0)}), scale=0.5)
         tr = poutine.trace(model).get_trace()
         assert tr.log_prob_sum().item() == pytest.approx(0.5 * (normal_lp(0, 0, 1) + normal_lp(1, 0, 1)))
+    def test_same_handler_instance_cannot_be_entered_twice(self):
+        s = poutine.scale(scale=2.0)
+        with pytest.raises(ValueError):
+            with s:
+                with s:
+                    pass
 
     def test_messenger_without_fn_not_callable_with_args(self):
         with pytest.raises(TypeError):

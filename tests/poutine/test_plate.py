@@ -301,6 +301,57 @@ class TestSubsample:
         # without replay the model draws its own indices
         assert not torch.equal(run(model).nodes["_RETURN"].value, g_idx)
 
+    def test_conditioning_on_guide_trace_reuses_indices(self):
+        def model():
+            with pyro.plate("data", 50, subsample_size=4) as idx:
+                pyro.sample("z", dist.Normal(0.0, 1.0))
+            return idx
+
+        gt = run(model)
+        tr = run(poutine.condition(model, data=gt))
+        assert torch.equal(tr.nodes["_RETURN"].value, gt.nodes["_RETURN"].value)
+        assert tr.nodes["z"].is_observed and tr.nodes["z"].scale == pytest.approx(12.5)
+
+    def test_seed_reproduces_indices(self):
+        def model():
+            with pyro.plate("data", 50, subsample_size=4) as idx:
+                return idx
+
+        a = poutine.seed(model, rng_seed=3)()
+        b = poutine.seed(model, rng_seed=3)()
+        c = poutine.seed(model, rng_seed=4)()
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+    def test_sequential_replay_reuses_indices(self):
+        def model():
+            out = []
+            for i in pyro.plate("s", 100, subsample_size=3):
+                out.append(i)
+                pyro.sample(f"x_{i}", dist.Normal(0.0, 1.0))
+            return out
+
+        gt = run(model)
+        tr = run(poutine.replay(model, trace=gt))
+        assert tr.nodes["_RETURN"].value == gt.nodes["_RETURN"].value
+        for i in gt.nodes["_RETURN"].value:
+            assert torch.equal(tr.nodes[f"x_{i}"].value, gt.nodes[f"x_{i}"].value)
+
+    def test_deterministic_and_factor_inside_plates(self):
+        def model():
+            with pyro.plate("a", 3):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.deterministic("z2", 2 * z, event_dim=0)
+                with pyro.plate("b", 2):
+                    pyro.factor("f", torch.ones(2, 3))
+
+        tr = run(model)
+        tr.compute_log_prob()
+        assert torch.equal(tr.nodes["z2"].value, 2 * tr.nodes["z"].value)
+        assert tr.nodes["z2"].log_prob.shape == (3,) and (tr.nodes["z2"].log_prob == 0).all()
+        assert tr.nodes["f"].log_prob.shape == (2, 3)
+        expected = tdist.Normal(0.0, 1.0).log_prob(tr.nodes["z"].value).sum() + 6.0
+        assert tr.log_prob_sum().item() == pytest.approx(expected.item(), abs=1e-5)
+
     def test_explicit_subsample_tensor(self):
         sub = torch.tensor([1, 3, 5])
 
@@ -333,13 +384,6 @@ class TestSubsample:
         tr = run(model)
         idx = tr.nodes["_RETURN"].value
         assert torch.equal(tr.nodes["o"].value, idx.float())
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: PlateMessenger draws its subsample in __enter__ (plate_messenger.py _draw_subsample via "
-        "__enter__), so a plate object entered twice draws new indices and records its '_Subsample' site twice: "
-        "trace raises \"Multiple sample sites named 'data'\". Pyro draws once per plate object (in __init__).",
-    )
     def test_reused_subsampled_plate_keeps_indices(self):
         def model():
             p = pyro.plate("data", 10, subsample_size=3)

@@ -1,0 +1,177 @@
+"""Seed 003's scale model: µs per SVI step, ember vs the same ELBO written by hand.
+
+Alternates rounds of: ember (validation off), ember (validation on), the ELBO
+hand-written with torch.distributions (validate_args=False), the ELBO as plain torch
+formulas, and pyro-ppl when it is importable (run this file with the peers' python:
+`.peers-venv/bin/python benchmarks/scale_svi.py` after `pip install -e .` there).
+Every variant: 2 sample sites, one param constrained positive, SGD(lr=1e-3, momentum=0.1),
+loss returned as a float each step. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+from torch.distributions import constraints, transform_to
+
+GUESS, MEAS = 8.5, 9.5
+
+
+def make_ember(validate: bool):
+    import ember
+    import ember.distributions as dist
+    from ember.infer import SVI, Trace_ELBO
+
+    def model(guess):
+        w = ember.sample("weight", dist.Normal(guess, 1.0))
+        return ember.sample("measurement", dist.Normal(w, 0.75))
+
+    cond = ember.condition(model, data={"measurement": torch.tensor(MEAS)})
+
+    def guide(guess):
+        a = ember.param("a", torch.tensor(guess))
+        b = ember.param("b", torch.tensor(1.0), constraint=constraints.positive)
+        return ember.sample("weight", dist.Normal(a, b))
+
+    def run(n):
+        ember.enable_validation(validate)
+        ember.clear_param_store()
+        svi = SVI(cond, guide, ember.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
+        t = time.perf_counter()
+        for _ in range(n):
+            svi.step(GUESS)
+        dt = time.perf_counter() - t
+        ember.enable_validation(True)
+        return dt
+
+    return run
+
+
+def make_pyro():
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+
+    def model(guess):
+        w = pyro.sample("weight", dist.Normal(guess, 1.0))
+        return pyro.sample("measurement", dist.Normal(w, 0.75))
+
+    cond = pyro.condition(model, data={"measurement": torch.tensor(MEAS)})
+
+    def guide(guess):
+        a = pyro.param("a", torch.tensor(guess))
+        b = pyro.param("b", torch.tensor(1.0), constraint=constraints.positive)
+        return pyro.sample("weight", dist.Normal(a, b))
+
+    def run(n):
+        pyro.enable_validation(False)
+        pyro.clear_param_store()
+        svi = SVI(cond, guide, pyro.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
+        t = time.perf_counter()
+        for _ in range(n):
+            svi.step(GUESS)
+        return time.perf_counter() - t
+
+    return run
+
+
+def make_hand_dist():
+    from torch.distributions import Normal
+
+    def run(n):
+        torch.distributions.Distribution.set_default_validate_args(False)
+        a = torch.tensor(GUESS, requires_grad=True)
+        b = torch.tensor(0.0, requires_grad=True)  # unconstrained: b = exp(0) = 1
+        opt = torch.optim.SGD([a, b], lr=0.001, momentum=0.1)
+        obs = torch.tensor(MEAS)
+        pos = transform_to(constraints.positive)
+        t = time.perf_counter()
+        for _ in range(n):
+            q = Normal(a, pos(b))
+            w = q.rsample()
+            elbo = Normal(GUESS, 1.0).log_prob(w) + Normal(w, 0.75).log_prob(obs) - q.log_prob(w)
+            loss = -elbo
+            loss.backward()
+            loss.item()
+            opt.step()
+            a.grad = None
+            b.grad = None
+        dt = time.perf_counter() - t
+        torch.distributions.Distribution.set_default_validate_args(True)
+        return dt
+
+    return run
+
+
+def make_hand_formula():
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+    def lognormal(x, loc, scale):
+        return -((x - loc) ** 2) / (2 * scale**2) - torch.log(scale) - half_log_2pi
+
+    def run(n):
+        a = torch.tensor(GUESS, requires_grad=True)
+        b = torch.tensor(0.0, requires_grad=True)
+        opt = torch.optim.SGD([a, b], lr=0.001, momentum=0.1)
+        one, s075, obs = torch.tensor(1.0), torch.tensor(0.75), torch.tensor(MEAS)
+        t = time.perf_counter()
+        for _ in range(n):
+            sb = torch.exp(b)
+            w = a + sb * torch.randn(())
+            elbo = lognormal(w, GUESS, one) + lognormal(obs, w, s075) - lognormal(w, a, sb)
+            loss = -elbo
+            loss.backward()
+            loss.item()
+            opt.step()
+            a.grad = None
+            b.grad = None
+        return time.perf_counter() - t
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = {
+        "ember": make_ember(False),
+        "ember_validated": make_ember(True),
+        "hand_torch_distributions": make_hand_dist(),
+        "hand_formulas": make_hand_formula(),
+    }
+    try:
+        variants["pyro"] = make_pyro()
+    except ImportError:
+        pass
+    for run in variants.values():  # warm up
+        run(200)
+    times = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for k, run in variants.items():
+            times[k].append(run(args.steps) / args.steps * 1e6)
+    us = {k: round(statistics.median(v), 1) for k, v in times.items()}
+    base = us["hand_torch_distributions"]
+    out = {
+        "benchmark": "scale_svi",
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "us_per_step": us,
+        "ratio_vs_hand_torch_distributions": {k: round(v / base, 3) for k, v in us.items()},
+    }
+    if "pyro" in us:
+        out["pyro_over_ember"] = round(us["pyro"] / us["ember"], 3)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
