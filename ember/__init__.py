@@ -5,7 +5,7 @@ Write models and guides as ordinary Python functions with ``sample``, ``param``,
 them with ``ember.infer``. Code written for Pyro 1.x runs with ``import ember as pyro``.
 """
 
-from ember import distributions, params, poutine
+from ember import distributions, infer, optim, params, poutine  # noqa: E402  (pyro.infer / pyro.optim after a bare `import pyro`)
 from ember.poutine import condition, do
 from ember.primitives import (
     clear_param_store,
@@ -23,8 +23,6 @@ from ember.primitives import (
     set_rng_seed,
     validation_enabled,
 )
-
-from ember import infer, optim  # noqa: E402  (pyro.infer / pyro.optim after a bare `import pyro`)
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,8 @@ post-process the message from the outermost to the innermost (as in Pyro).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Message", "apply_stack", "get_stack", "is_validation_enabled", "NonlocalExit"]
 
@@ -148,7 +149,7 @@ class Message:
         for k, v in dict(other or {}, **kw).items():
             self[k] = v
 
-    def copy(self) -> "Message":
+    def copy(self) -> Message:
         new = Message.__new__(Message)
         for k in _FIELDS:
             setattr(new, k, getattr(self, k))

@@ -396,7 +396,7 @@ class TestRng:
 # =============================================================================== geom
 def geom(num_trials=0, bern_prob=0.5):
     """Seed 000's recursion, in the modern API."""
-    x = pyro.sample("x{}".format(num_trials), dist.Bernoulli(torch.tensor([bern_prob])))
+    x = pyro.sample(f"x{num_trials}", dist.Bernoulli(torch.tensor([bern_prob])))
     if x[0] == 1:
         return num_trials
     return geom(num_trials + 1, bern_prob)

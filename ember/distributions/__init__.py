@@ -4,7 +4,6 @@ plus :class:`Delta`, :class:`Unit` and :class:`MaskedDistribution`."""
 
 from __future__ import annotations
 
-import torch
 import torch.distributions as _td
 from torch.distributions import biject_to, constraints, kl_divergence, register_kl, transform_to, transforms
 

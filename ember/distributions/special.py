@@ -39,7 +39,7 @@ class Delta(TorchDistribution):
     def support(self):
         return constraints.independent(constraints.real, self.event_dim)
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "Delta":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Delta:
         batch_shape = torch.Size(batch_shape)
         return Delta(self.v.expand(batch_shape + self.event_shape), self.log_density.expand(batch_shape), self.event_dim)
 
@@ -80,7 +80,7 @@ class Unit(TorchDistribution):
         self.log_factor = log_factor
         super().__init__(log_factor.shape, torch.Size([0]), validate_args=False)
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "Unit":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Unit:
         return Unit(self.log_factor.expand(torch.Size(batch_shape)))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:

@@ -35,11 +35,11 @@ class TorchDistributionMixin:
     def shape(self, sample_shape: torch.Size = torch.Size()) -> torch.Size:
         return torch.Size(sample_shape) + self.batch_shape + self.event_shape
 
-    def expand_by(self, sample_shape: Any) -> "TorchDistributionMixin":
+    def expand_by(self, sample_shape: Any) -> TorchDistributionMixin:
         """Expand the batch shape on the left by ``sample_shape``."""
         return self.expand(torch.Size(sample_shape) + self.batch_shape)
 
-    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> "TorchDistributionMixin":
+    def to_event(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
         """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims as event dims."""
         if reinterpreted_batch_ndims is None:
             reinterpreted_batch_ndims = len(self.batch_shape)
@@ -55,11 +55,11 @@ class TorchDistributionMixin:
 
         return Independent(self, reinterpreted_batch_ndims)
 
-    def independent(self, reinterpreted_batch_ndims: int | None = None) -> "TorchDistributionMixin":
+    def independent(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
         """Old name of :meth:`to_event`."""
         return self.to_event(reinterpreted_batch_ndims)
 
-    def mask(self, mask: Any) -> "TorchDistributionMixin":
+    def mask(self, mask: Any) -> TorchDistributionMixin:
         """Switch off the log-density where ``mask`` (bool, or a boolean tensor that
         broadcasts with the batch shape) is False."""
         return MaskedDistribution(self, mask)
@@ -106,7 +106,7 @@ class MaskedDistribution(TorchDistribution):
     def support(self):
         return self.base_dist.support
 
-    def expand(self, batch_shape: Any, _instance: Any = None) -> "MaskedDistribution":
+    def expand(self, batch_shape: Any, _instance: Any = None) -> MaskedDistribution:
         batch_shape = torch.Size(batch_shape)
         return MaskedDistribution(self.base_dist.expand(batch_shape), self._mask.expand(batch_shape))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -144,5 +145,5 @@ class SVI:
         with torch.no_grad():
             return self.loss(self.model, self.guide, *args, **kwargs)
 
-    def run(self, *args: Any, **kwargs: Any) -> "SVI":  # pragma: no cover - Pyro 0.x API
+    def run(self, *args: Any, **kwargs: Any) -> SVI:  # pragma: no cover - Pyro 0.x API
         raise NotImplementedError("SVI.run (Pyro 0.x) is not supported; call svi.step(...) in a loop")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ class DoMessenger(Messenger):
             if msg._intervener_id is not None:
                 import warnings
 
-                warnings.warn(f"Intervening on site '{name}' more than once: the inner intervention wins", RuntimeWarning)
+                warnings.warn(f"Intervening on site '{name}' more than once: the inner intervention wins", RuntimeWarning, stacklevel=2)
             msg._intervener_id = self._intervener_id
             # the model's own draw goes through the whole stack under its own name
             new_msg = msg.copy()

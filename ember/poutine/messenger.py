@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ember.runtime import _STACK, Message
 
@@ -33,14 +34,14 @@ class Messenger:
         with self:
             return fn(*args, **kwargs)
 
-    def _wrap(self, fn: Callable) -> "Messenger":
+    def _wrap(self, fn: Callable) -> Messenger:
         new = type(self).__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.fn = fn
         functools.update_wrapper(new, fn, updated=())
         return new
 
-    def __enter__(self) -> "Messenger":
+    def __enter__(self) -> Messenger:
         if self in _STACK:
             raise ValueError(
                 f"this {type(self).__name__} is already active; a handler instance cannot be entered twice "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ember.poutine.messenger import Messenger
 from ember.poutine.trace_struct import Trace

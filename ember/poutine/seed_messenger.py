@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class SeedMessenger(Messenger):
             raise TypeError(f"poutine.seed expects an integer rng_seed; got {rng_seed!r}")
         self.rng_seed = rng_seed
 
-    def __enter__(self) -> "SeedMessenger":
+    def __enter__(self) -> SeedMessenger:
         self._old_state = get_rng_state()
         from ember.primitives import set_rng_seed
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ember.poutine.messenger import Messenger
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message
-
 
 _EMPTY = Trace()
 
@@ -27,7 +27,7 @@ class TraceMessenger(Messenger):
         self.param_only = bool(param_only)
         self.trace = _EMPTY
 
-    def __enter__(self) -> "TraceMessenger":
+    def __enter__(self) -> TraceMessenger:
         self.trace = Trace(self.graph_type)
         return super().__enter__()
 

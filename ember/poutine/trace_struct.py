@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class Trace:
     """
 
     def __init__(self, graph_type: str = "flat") -> None:
-        self.nodes: "OrderedDict[str, Message]" = OrderedDict()
+        self.nodes: OrderedDict[str, Message] = OrderedDict()
         self.graph_type = graph_type
 
     # ---- building --------------------------------------------------------------------
@@ -83,12 +84,12 @@ class Trace:
     def __repr__(self) -> str:
         return f"Trace({list(self.nodes)})"
 
-    def copy(self) -> "Trace":
+    def copy(self) -> Trace:
         new = Trace(self.graph_type)
         new.nodes = OrderedDict((k, v.copy()) for k, v in self.nodes.items())
         return new
 
-    def detach_(self) -> "Trace":
+    def detach_(self) -> Trace:
         for site in self.nodes.values():
             if site.type in ("sample", "param") and isinstance(site.value, torch.Tensor):
                 site.value = site.value.detach()

@@ -111,7 +111,7 @@ def test_simple_mc_elbo_matches_trace_elbo_value():
 # ---------------------------------------------------------------- seed 000: recursion
 def geom(num_trials=0, bern_prob=0.5):
     p = torch.tensor([bern_prob])
-    x = pyro.sample("x{}".format(num_trials), dist.Bernoulli(p))
+    x = pyro.sample(f"x{num_trials}", dist.Bernoulli(p))
     if x.item() == 1:
         return num_trials  # terminate recursion
     else:
@@ -136,7 +136,7 @@ def test_geom_trace_has_dynamic_sites():
 # ---------------------------------------------------------------- seed 004: the VAE
 class Decoder(nn.Module):
     def __init__(self, z_dim, hidden_dim):
-        super(Decoder, self).__init__()
+        super().__init__()
         self.fc1 = nn.Linear(z_dim, hidden_dim)
         self.fc21 = nn.Linear(hidden_dim, 784)
         self.softplus = nn.Softplus()
@@ -150,7 +150,7 @@ class Decoder(nn.Module):
 
 class Encoder(nn.Module):
     def __init__(self, z_dim, hidden_dim):
-        super(Encoder, self).__init__()
+        super().__init__()
         self.fc1 = nn.Linear(784, hidden_dim)
         self.fc21 = nn.Linear(hidden_dim, z_dim)
         self.fc22 = nn.Linear(hidden_dim, z_dim)
@@ -166,7 +166,7 @@ class Encoder(nn.Module):
 
 class VAE(nn.Module):
     def __init__(self, z_dim=50, hidden_dim=400, use_cuda=False):
-        super(VAE, self).__init__()
+        super().__init__()
         self.encoder = Encoder(z_dim, hidden_dim)
         self.decoder = Decoder(z_dim, hidden_dim)
         self.use_cuda = use_cuda
