@@ -1,13 +1,19 @@
-"""The ``ember`` command: ``ember scale``, ... (``ember <example> --help`` for options)."""
+"""The ``ember`` command: ``ember scale``, ``ember vae``, ... (``ember <example> --help`` for options).
+
+Errors the user can fix (a bad flag value, unusable data, a damaged checkpoint, no GPU) are
+printed as one line, ``ember <example>: error: ...``, with exit status 2 and no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ember.examples import scale
+    from ember.examples import scale, vae
 
     parser = argparse.ArgumentParser(prog="ember", description="Ember: deep probabilistic programming on PyTorch. Run the seeds' examples.")
     sub = parser.add_subparsers(dest="command", metavar="<example>")
@@ -15,7 +21,31 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     scale.add_arguments(p)
     p.set_defaults(run=scale.main)
+    p = sub.add_parser("vae", help="seed 004: a variational autoencoder on MNIST (train, evaluate, plot)", description=vae.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    vae.add_arguments(p)
+    p.set_defaults(run=vae.main)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ember.data import MNISTFormatError, MNISTNotFoundError
+    from ember.examples._runs import UsageError
+    from ember.params.serialize import CheckpointError
+
+    return (UsageError, CheckpointError, MNISTFormatError, MNISTNotFoundError)
+
+
+def run_main(fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace, command: str) -> int:
+    """Call ``fn(args)``; report the errors a user can fix as ``ember <command>: error: ...`` and return 2."""
+    try:
+        return int(fn(args) or 0)
+    except _user_errors() as e:
+        print(f"ember {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ember {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list | None = None) -> int:
@@ -24,7 +54,7 @@ def main(argv: list | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    return int(args.run(args) or 0)
+    return run_main(args.run, args, args.command)
 
 
 if __name__ == "__main__":
