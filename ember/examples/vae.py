@@ -1,0 +1,568 @@
+"""Seed 004's variational autoencoder on MNIST, trained with SVI (``ember vae``).
+
+    z ~ Normal(0, I)                         (z_dim = 50)
+    x | z ~ Bernoulli(decoder(z))            (784 pixel intensities in [0, 1], .to_event(1))
+    q(z | x) = Normal(encoder(x))            (amortized guide)
+
+Encoder and decoder are the seed's: one softplus hidden layer of 400 units, a sigmoid decoder
+output, ``exp`` for the guide's scale. Adam (lr 1e-3), batches of 256, Trace_ELBO. Seed 000's
+smaller setting is ``--z-dim 20 --hidden-dim 100 --batch-size 250``. As in the seed, the
+distributions' validation is off, because the Bernoulli scores intensities in [0, 1], not
+only 0/1 (the ELBO is then the usual "binarized cross-entropy" objective).
+
+Per epoch it prints and appends to ``metrics.jsonl`` the average training loss per datapoint
+(-ELBO, as the seed's "average training loss") and, every ``--test-frequency`` epochs (the
+seed's first epoch, then every 5th; and always the last), the test loss per datapoint. It
+checkpoints every epoch (``--resume`` continues bit-for-bit: each epoch's shuffle derives from
+the seed and the epoch number) and, at the end, draws PNG figures: train/test ELBO, test
+images beside reconstructions, samples from the prior and a 2-D embedding (t-SNE with
+scikit-learn if installed, else PCA) of the test set's latent means, coloured by digit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import ember
+import ember.distributions as dist
+from ember.examples._runs import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    MetricsLog,
+    UsageError,
+    epoch_generator,
+    find_latest_run,
+    load_checkpoint,
+    make_run_dir,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ember.infer import SVI, Trace_ELBO
+
+__all__ = [
+    "Encoder",
+    "Decoder",
+    "VAE",
+    "make_svi",
+    "train_epoch",
+    "evaluate",
+    "embed_2d",
+    "add_arguments",
+    "main",
+    "DEFAULT_EPOCHS",
+]
+
+CHECKPOINT_KIND = "ember.examples.vae"
+DEFAULT_EPOCHS = 10
+NUM_PIXELS = 784
+
+# Settings that define the trained model and its trajectory: fixed by the checkpoint on --resume.
+_TRAINING_DEFAULTS: dict[str, Any] = {"z_dim": 50, "hidden_dim": 400, "batch_size": 256, "lr": 1.0e-3, "seed": 0, "train_subset": None}
+
+
+# ---- the model, as in seed 004 -------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """``z [B, z_dim] -> loc_img [B, 784]``: Bernoulli means of the pixels."""
+
+    def __init__(self, z_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        # setup the two linear transformations used
+        self.fc1 = nn.Linear(z_dim, hidden_dim)
+        self.fc21 = nn.Linear(hidden_dim, NUM_PIXELS)
+        # setup the non-linearities
+        self.softplus = nn.Softplus()
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        hidden = self.softplus(self.fc1(z))
+        return self.sigmoid(self.fc21(hidden))
+
+
+class Encoder(nn.Module):
+    """``x [B, 784] (or [B, 1, 28, 28]) -> (z_loc, z_scale)``, each ``[B, z_dim]``."""
+
+    def __init__(self, z_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        # setup the three linear transformations used
+        self.fc1 = nn.Linear(NUM_PIXELS, hidden_dim)
+        self.fc21 = nn.Linear(hidden_dim, z_dim)
+        self.fc22 = nn.Linear(hidden_dim, z_dim)
+        # setup the non-linearities
+        self.softplus = nn.Softplus()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.reshape(-1, NUM_PIXELS)
+        hidden = self.softplus(self.fc1(x))
+        z_loc = self.fc21(hidden)
+        z_scale = torch.exp(self.fc22(hidden))
+        return z_loc, z_scale
+
+
+class VAE(nn.Module):
+    """The seed's VAE: ``model`` (decoder, registered as ``"decoder"``) and ``guide`` (encoder, ``"encoder"``).
+
+    Both take a minibatch ``x`` of shape ``[B, 784]`` (intensities in [0, 1]).
+    """
+
+    def __init__(self, z_dim: int = 50, hidden_dim: int = 400, use_cuda: bool = False) -> None:
+        super().__init__()
+        # create the encoder and decoder networks
+        self.encoder = Encoder(z_dim, hidden_dim)
+        self.decoder = Decoder(z_dim, hidden_dim)
+        if use_cuda:
+            self.cuda()
+        self.use_cuda = use_cuda
+        self.z_dim = z_dim
+
+    # define the model p(x|z)p(z)
+    def model(self, x: torch.Tensor) -> None:
+        # register PyTorch module `decoder` with Ember
+        ember.module("decoder", self.decoder)
+        with ember.plate("data", x.size(0)):
+            # setup hyperparameters for prior p(z)
+            z_loc = x.new_zeros(torch.Size((x.size(0), self.z_dim)))
+            z_scale = x.new_ones(torch.Size((x.size(0), self.z_dim)))
+            # sample from prior (value will be sampled by guide when computing the ELBO)
+            z = ember.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+            # decode the latent code z
+            loc_img = self.decoder(z)
+            # score against actual images
+            ember.sample("obs", dist.Bernoulli(loc_img).to_event(1), obs=x.reshape(-1, NUM_PIXELS))
+
+    # define the guide (i.e. variational distribution) q(z|x)
+    def guide(self, x: torch.Tensor) -> None:
+        # register PyTorch module `encoder` with Ember
+        ember.module("encoder", self.encoder)
+        with ember.plate("data", x.size(0)):
+            # use the encoder to get the parameters used to define q(z|x)
+            z_loc, z_scale = self.encoder(x)
+            # sample the latent code z
+            ember.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+    # ---- helpers (no gradients) ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent means ``[B, z_dim]`` of the guide for images ``x [B, 784]``."""
+        z_loc, _ = self.encoder(x)
+        return z_loc
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encode ``x [B, 784]``, draw ``z ~ q(z|x)``, return the decoder's means ``[B, 784]`` (no pixel sampling)."""
+        z_loc, z_scale = self.encoder(x)
+        eps = torch.randn(z_loc.shape, generator=generator, dtype=z_loc.dtype).to(z_loc.device)
+        return self.decoder(z_loc + z_scale * eps)
+
+    reconstruct_img = reconstruct  # the seed's name
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder means ``[n, 784]`` of ``n`` codes drawn from the prior ``Normal(0, I)``."""
+        p = next(self.decoder.parameters())
+        z = torch.randn((n, self.z_dim), generator=generator, dtype=p.dtype).to(p.device)
+        return self.decoder(z)
+
+
+# ---- training and evaluation ---------------------------------------------------------------------
+
+
+def make_svi(vae: VAE, lr: float = 1.0e-3) -> SVI:
+    """SVI with the seed's setup: ``Adam({"lr": lr})`` and ``Trace_ELBO()``."""
+    return SVI(vae.model, vae.guide, ember.optim.Adam({"lr": lr}), loss=Trace_ELBO())
+
+
+def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+                bar: Any = None) -> tuple[float, list[float]]:
+    """One pass over ``images [N, 784]`` in an order drawn from ``generator`` (a CPU generator).
+
+    Returns the average loss per datapoint (-ELBO estimate, as the seed's "average training
+    loss") and the same average over each quarter of the epoch's batches (how it moved within
+    the epoch). ``bar``, a tqdm bar, is advanced per batch and shows the running loss.
+    """
+    n = images.shape[0]
+    order = torch.randperm(n, generator=generator).to(images.device)
+    sums, sizes = [], []
+    total = 0.0
+    for start in range(0, n, batch_size):
+        x = images[order[start : start + batch_size]]
+        loss = svi.step(x)
+        sums.append(loss)
+        sizes.append(x.shape[0])
+        total += loss
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss={total / sum(sizes):.2f}", refresh=False)
+    chunks = [c for c in np.array_split(np.arange(len(sums)), min(4, len(sums))) if len(c)]
+    quarters = [float(sum(sums[i] for i in c) / sum(sizes[i] for i in c)) for c in chunks]
+    return total / n, quarters
+
+
+def evaluate(svi: SVI, images: torch.Tensor, batch_size: int) -> float:
+    """The loss per datapoint (-ELBO estimate) over ``images [N, 784]``, without gradient steps."""
+    total = 0.0
+    for start in range(0, images.shape[0], batch_size):
+        total += svi.evaluate_loss(images[start : start + batch_size])
+    return total / images.shape[0]
+
+
+def embed_2d(z: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+    """2-D embedding of latent codes ``z [N, D]``: t-SNE (scikit-learn) or PCA (``torch.pca_lowrank``).
+
+    ``method`` is ``"tsne"``, ``"pca"`` or ``"auto"`` (t-SNE if scikit-learn is importable).
+    Returns ``(coords [N, 2], "t-SNE" or "PCA")``.
+    """
+    z = z.detach().cpu().double()
+    if method in ("auto", "tsne"):
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            if method == "tsne":
+                raise UsageError("--embedding tsne needs scikit-learn (pip install scikit-learn); use --embedding pca") from None
+        else:
+            perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3.0)))
+            tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+            return tsne.fit_transform(z.numpy()), "t-SNE"
+    zc = z - z.mean(0, keepdim=True)
+    if min(zc.shape) >= 2:
+        _, _, v = torch.linalg.svd(zc, full_matrices=False)
+        coords = zc @ v[:2].T
+    else:
+        coords = torch.cat([zc, torch.zeros_like(zc)], 1)[:, :2]
+    return coords.numpy(), "PCA"
+
+
+# ---- figures -----------------------------------------------------------------------------------
+
+
+def _grid(images: torch.Tensor, rows: int, cols: int, pad: int = 1) -> np.ndarray:
+    """Tile ``images [rows*cols, 784]`` into one ``[rows*29+1, cols*29+1]`` array (white gutters)."""
+    images = images.detach().cpu().float().reshape(-1, 28, 28)
+    out = torch.ones(rows * (28 + pad) + pad, cols * (28 + pad) + pad)
+    for k in range(min(images.shape[0], rows * cols)):
+        r, c = divmod(k, cols)
+        out[pad + r * (28 + pad) : pad + r * (28 + pad) + 28, pad + c * (28 + pad) : pad + c * (28 + pad) + 28] = images[k]
+    return out.numpy()
+
+
+def _pick_test_examples(labels: torch.Tensor, per_digit: int = 2) -> torch.Tensor:
+    """Indices of the first ``per_digit`` test images of each digit (fewer if some digit is rarer)."""
+    idx = []
+    for k in range(per_digit):
+        for d in range(10):
+            hits = (labels == d).nonzero().flatten()
+            if hits.numel() > k:
+                idx.append(int(hits[k]))
+    return torch.tensor(idx if idx else list(range(min(20, labels.numel()))), dtype=torch.long)
+
+
+def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], test_hist: list[tuple[int, float]],
+                 test_images: torch.Tensor, test_labels: torch.Tensor, embedding: str = "auto", embedding_points: int = 10000,
+                 seed: int = 0) -> dict[str, str]:
+    """Write ``elbo.png``, ``reconstructions.png``, ``samples.png`` and ``embedding.png`` into ``run_dir``.
+
+    Returns ``{figure: path}``; empty (with a note printed) if matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no figures: install matplotlib, e.g. pip install 'ember-ppl[plots]')")
+        return {}
+    g = torch.Generator().manual_seed(seed)
+    paths: dict[str, str] = {}
+    vae.eval()
+
+    # 1. train / test ELBO per datapoint
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train_hist:
+        e, v = zip(*train_hist)
+        ax.plot(e, [-x for x in v], "o-", label="train (average over the epoch)")
+    if test_hist:
+        e, v = zip(*test_hist)
+        ax.plot(e, [-x for x in v], "s-", label="test (after the epoch)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.set_title("VAE on MNIST")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["elbo"] = str(run_dir / "elbo.png")
+    fig.savefig(paths["elbo"], dpi=100)
+    plt.close(fig)
+
+    # 2. test images beside their reconstructions (columns: image, reconstruction)
+    idx = _pick_test_examples(test_labels.cpu())
+    x = test_images[idx.to(test_images.device)]
+    rec = vae.reconstruct(x, generator=g)
+    pairs = torch.stack([x.cpu(), rec.cpu()], 1).reshape(-1, NUM_PIXELS)  # image, reco, image, reco, ...
+    cols = 8  # four (image, reconstruction) pairs per row
+    rows = math.ceil(pairs.shape[0] / cols)
+    fig, ax = plt.subplots(figsize=(cols * 1.2, rows * 1.2))
+    ax.imshow(_grid(pairs, rows, cols), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title("test image | reconstruction", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    paths["reconstructions"] = str(run_dir / "reconstructions.png")
+    fig.savefig(paths["reconstructions"], dpi=100)
+    plt.close(fig)
+
+    # 3. samples from the prior (decoder means)
+    s = vae.sample(64, generator=g)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(_grid(s, 8, 8), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title("decoder means of z ~ N(0, I)", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    paths["samples"] = str(run_dir / "samples.png")
+    fig.savefig(paths["samples"], dpi=100)
+    plt.close(fig)
+
+    # 4. 2-D embedding of the test set's latent means
+    m = min(embedding_points, test_images.shape[0])
+    z = torch.cat([vae.encode(test_images[i : i + 1000]).cpu() for i in range(0, m, 1000)])[:m]
+    coords, how = embed_2d(z, embedding, seed)
+    lab = test_labels[:m].cpu().numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    sc = ax.scatter(coords[:, 0], coords[:, 1], c=lab, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.7, linewidths=0)
+    cb = fig.colorbar(sc, ax=ax, ticks=range(10))
+    cb.set_label("digit")
+    ax.set_title(f"{how} of the latent means of {m} test images")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    paths["embedding"] = str(run_dir / "embedding.png")
+    fig.savefig(paths["embedding"], dpi=100)
+    plt.close(fig)
+    vae.train()
+    return paths
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = _TRAINING_DEFAULTS
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"total number of epochs (default {DEFAULT_EPOCHS}: about 35 s on 2 idle CPU cores, ~3 s per epoch, "
+                        "~5 s per epoch with --threads 1; the seed trains 100). With --resume: the new total")
+    p.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d['batch_size']}, seed 000: 250)")
+    p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d['lr']})")
+    p.add_argument("--z-dim", type=int, default=None, help=f"latent dimension (default {d['z_dim']}, seed 000: 20)")
+    p.add_argument("--hidden-dim", type=int, default=None, help=f"hidden units of encoder and decoder (default {d['hidden_dim']}, seed 000: 100)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: initial weights, data order, ELBO samples (default 0)")
+    p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on the first N training images only (smoke tests)")
+    p.add_argument("--test-frequency", type=int, default=5,
+                   help="evaluate the test loss after epoch 1 and every this many epochs (1, 6, 11, ... as in the seed; "
+                        "default 5), and always after the last")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core). On a machine where another job is "
+                        "busy, use --threads 1: oversubscribed threads made an epoch take 110 s instead of 3 s on 2 cores")
+    p.add_argument("--data-dir", default=None,
+                   help="directory with the MNIST IDX files or mnist.pkl.gz (default: Ember's cache, downloading if needed)")
+    p.add_argument("--out", default=None, help="run directory (default runs/vae-<time>)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                   help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/vae-*)")
+    p.add_argument("--embedding", choices=["auto", "tsne", "pca"], default="auto",
+                   help="2-D embedding of the latent means: t-SNE (needs scikit-learn), PCA, or auto (t-SNE if installed)")
+    p.add_argument("--embedding-points", type=int, default=10000, help="test images in the embedding plot (default 10000, all)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-validation", action="store_true",
+                   help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~10%% faster steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "z_dim", "hidden_dim", "train_subset", "test_frequency", "threads", "embedding_points"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+
+
+def _load_data(data_dir: str | None, device: torch.device, train_subset: int | None):
+    from ember.data import load_mnist
+
+    if data_dir is None:
+        mnist = load_mnist()
+    else:
+        if not Path(data_dir).expanduser().exists():
+            raise UsageError(f"--data-dir {data_dir}: no such file or directory")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mnist = load_mnist(data_dir, download=False)  # the user named the data: never fetch other data
+        if not mnist.source.startswith("data_dir"):
+            why = "; ".join(str(w.message) for w in caught) or "no MNIST files there"
+            raise UsageError(f"--data-dir {data_dir}: {why.split('; using ')[0]}")
+    train_x, train_y = mnist.train_images, mnist.train_labels
+    if train_subset is not None:
+        train_x, train_y = train_x[:train_subset], train_y[:train_subset]
+    return mnist, train_x.to(device), mnist.test_images.to(device), mnist.test_labels
+
+
+def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
+    """The run directory and, with --resume, the checkpoint to continue from."""
+    if args.resume is None:
+        return make_run_dir(args.out, "vae"), None
+    where = args.resume or args.out
+    if not where:
+        latest = find_latest_run("vae")
+        if latest is None:
+            raise UsageError("--resume: no run directory given (--resume RUN_DIR or --out RUN_DIR) and no runs/vae-* with a checkpoint")
+        where = str(latest)
+    path = Path(where)
+    ckpt_path = path if path.is_file() else path / CHECKPOINT_NAME
+    if args.out is not None and args.resume and Path(args.out).resolve() != ckpt_path.parent.resolve():
+        raise UsageError(f"--resume {args.resume} and --out {args.out} name different run directories")
+    ckpt = load_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("epoch", "params", "optim", "rng", "args", "history"))
+    return ckpt_path.parent, ckpt
+
+
+def _training_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    saved = ckpt["args"] if ckpt is not None else {}
+    cfg = {}
+    for k, default in _TRAINING_DEFAULTS.items():
+        given = getattr(args, k)
+        if ckpt is not None and k in saved:
+            if given is not None and given != saved[k]:
+                raise UsageError(f"--{k.replace('_', '-')} {given}: the run being resumed used {saved[k]}; "
+                                 "drop the flag, or start a new run without --resume")
+            cfg[k] = saved[k]
+        else:
+            cfg[k] = default if given is None else given
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    else:
+        cfg["epochs"] = saved.get("epochs", DEFAULT_EPOCHS) if ckpt is not None else DEFAULT_EPOCHS
+    return cfg
+
+
+def _should_test(epoch: int, freq: int, last: int) -> bool:
+    """After 1-based ``epoch``: the seed tests at 0-based epochs 0, freq, 2*freq, ...; we also test after the last."""
+    return (epoch - 1) % freq == 0 or epoch == last
+
+
+def main(args: argparse.Namespace) -> int:
+    _check_positive(args)
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    run_dir, ckpt = _resolve_run(args)
+    cfg = _training_settings(args, ckpt)
+    print(f"run directory: {run_dir}")
+    t0 = time.perf_counter()
+    mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
+    print(f"data: {train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source}); "
+          f"{time.perf_counter() - t0:.1f} s")
+
+    from ember.runtime import is_validation_enabled
+
+    old_validation = (is_validation_enabled(), dist.is_validation_enabled())
+    ember.enable_validation(not args.no_validation)  # Ember's own checks, on as in the seed (pyro.enable_validation(True))
+    dist.enable_validation(False)  # the Bernoulli scores intensities in [0, 1], not only 0/1
+    try:
+        return _run(args, cfg, device, run_dir, ckpt, train_x, test_x, test_y)
+    finally:
+        ember.enable_validation(old_validation[0])
+        dist.enable_validation(old_validation[1])
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt: dict[str, Any] | None,
+         train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> int:
+    ember.set_rng_seed(cfg["seed"])
+    ember.clear_param_store()
+    vae = VAE(cfg["z_dim"], cfg["hidden_dim"]).to(device)
+    ember.module("encoder", vae.encoder)
+    ember.module("decoder", vae.decoder)
+    svi = make_svi(vae, cfg["lr"])
+    metrics = MetricsLog(run_dir)
+    start = 0
+    train_hist: list[tuple[int, float]] = []
+    test_hist: list[tuple[int, float]] = []
+    if ckpt is not None:
+        try:
+            ember.get_param_store().set_state(ckpt["params"])
+            svi.optim.set_state(ckpt["optim"])
+            start = int(ckpt["epoch"])
+            train_hist = [(int(e), float(v)) for e, v in ckpt["history"]["train"]]
+            test_hist = [(int(e), float(v)) for e, v in ckpt["history"]["test"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{run_dir / CHECKPOINT_NAME}: malformed checkpoint ({type(e).__name__}: {e})") from None
+        set_rng_state(ckpt["rng"])
+        metrics.truncate("epoch", start)
+        print(f"resuming after epoch {start} from {run_dir / CHECKPOINT_NAME}")
+    epochs = cfg["epochs"]
+    if start >= epochs:
+        print(f"already trained for {start} epochs (pass --epochs N with N > {start} to train more)")
+    n_batches = math.ceil(train_x.shape[0] / cfg["batch_size"])
+    print(f"VAE z_dim={cfg['z_dim']} hidden_dim={cfg['hidden_dim']}, Adam lr={cfg['lr']}, batch {cfg['batch_size']} "
+          f"({n_batches} steps per epoch), epochs {start + 1}..{epochs}, device {device}, {torch.get_num_threads()} threads")
+
+    from tqdm import tqdm
+
+    for epoch in range(start + 1, epochs + 1):
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True,
+                   mininterval=0.5, disable=args.no_progress)
+        t = time.perf_counter()
+        try:
+            train_loss, quarters = train_epoch(svi, train_x, cfg["batch_size"], epoch_generator(cfg["seed"], epoch), bar)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t
+        train_hist.append((epoch, train_loss))
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_loss_by_quarter": quarters,
+                                  "train_seconds": round(seconds, 3), "train_images": int(train_x.shape[0])}
+        line = f"[epoch {epoch:03d}]  average training loss: {train_loss:.4f}  ({seconds:.1f} s)"
+        if _should_test(epoch, args.test_frequency, epochs):
+            t = time.perf_counter()
+            # the test ELBO draws z too: keep it off the training RNG stream, so the trajectory
+            # does not depend on when (or whether) the test loss was computed
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                test_loss = evaluate(svi, test_x, cfg["batch_size"])
+            record.update(test_loss=test_loss, test_seconds=round(time.perf_counter() - t, 3))
+            test_hist.append((epoch, test_loss))
+            line += f"\n[epoch {epoch:03d}]  average test loss: {test_loss:.4f}"
+        print(line, flush=True)
+        metrics.append(record)
+        save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
+            "epoch": epoch,
+            "params": ember.get_param_store().get_state(),
+            "optim": svi.optim.get_state(),
+            "rng": rng_state(),
+            "args": {**cfg, "device": str(device), "data_dir": args.data_dir},
+            "history": {"train": [list(h) for h in train_hist], "test": [list(h) for h in test_hist]},
+        })
+
+    if not args.no_plots:
+        t = time.perf_counter()
+        paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, args.embedding, args.embedding_points, cfg["seed"])
+        if paths:
+            print(f"figures ({time.perf_counter() - t:.1f} s): {', '.join(Path(p).name for p in paths.values())}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m ember.examples.vae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    from ember.cli import run_main
+
+    raise SystemExit(run_main(main, parser.parse_args(), "vae"))
