@@ -56,6 +56,18 @@ def _score_function_terms(model_trace: Trace, guide_trace: Trace, nonreparam: li
     return surrogate
 
 
+def _loss_and_surrogate(elbo: Any, score_terms: Any = None) -> tuple[torch.Tensor, Any]:
+    """(loss, surrogate): ``loss = -elbo``; the surrogate has the loss's value and the
+    estimator's gradient (``-(elbo + score_terms)``)."""
+    if not isinstance(elbo, torch.Tensor):
+        elbo = torch.tensor(float(elbo))
+    loss = -elbo
+    if score_terms is None:
+        return loss, loss
+    surrogate = elbo + score_terms
+    return loss, -surrogate + (surrogate - elbo).detach()
+
+
 class Trace_ELBO(ELBO):
     """The ELBO estimated from one trace of the guide and the model replayed against it.
 
@@ -67,14 +79,9 @@ class Trace_ELBO(ELBO):
 
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
         elbo, nonreparam = _model_and_guide_terms(model_trace, guide_trace)
-        if not isinstance(elbo, torch.Tensor):
-            elbo = torch.tensor(float(elbo))
-        loss = -elbo
         if not nonreparam:
-            return loss, loss
-        surrogate = elbo + _score_function_terms(model_trace, guide_trace, nonreparam)
-        # value of the surrogate equals the loss; its gradient is the estimator's
-        return loss, -surrogate + (surrogate - elbo).detach()
+            return _loss_and_surrogate(elbo)
+        return _loss_and_surrogate(elbo, _score_function_terms(model_trace, guide_trace, nonreparam))
 
 
 class JitTrace_ELBO(Trace_ELBO):
@@ -114,10 +121,6 @@ class TraceMeanField_ELBO(Trace_ELBO):
         for name, site in model_trace.nodes.items():
             if site.type == "sample" and site.log_prob_sum is not None and name not in analytic:
                 elbo = elbo + site.log_prob_sum
-        if not isinstance(elbo, torch.Tensor):
-            elbo = torch.tensor(float(elbo))
-        loss = -elbo
         if not nonreparam:
-            return loss, loss
-        surrogate = elbo + _score_function_terms(model_trace, guide_trace, nonreparam)
-        return loss, -surrogate + (surrogate - elbo).detach()
+            return _loss_and_surrogate(elbo)
+        return _loss_and_surrogate(elbo, _score_function_terms(model_trace, guide_trace, nonreparam))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ember.infer.elbo import ELBO, MultiFrameTensor, _is_latent
-from ember.infer.trace_elbo import _model_and_guide_terms
+from ember.infer.trace_elbo import _loss_and_surrogate, _model_and_guide_terms
 from ember.poutine.trace_struct import Trace, scale_and_mask
 
 __all__ = ["TraceGraph_ELBO"]
@@ -132,11 +132,8 @@ class TraceGraph_ELBO(ELBO):
 
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
         elbo, nonreparam = _model_and_guide_terms(model_trace, guide_trace)
-        if not isinstance(elbo, torch.Tensor):
-            elbo = torch.tensor(float(elbo))
-        loss = -elbo
         if not nonreparam:
-            return loss, loss
+            return _loss_and_surrogate(elbo)
         score_terms: Any = 0.0
         baseline_loss: Any = 0.0
         for site, costs in self._downstream(model_trace, guide_trace):
@@ -148,8 +145,7 @@ class TraceGraph_ELBO(ELBO):
             if bl_loss is not None:
                 baseline_loss = baseline_loss + bl_loss
             score_terms = score_terms + (score * cost).sum()
-        surrogate = elbo + score_terms
-        out = -surrogate + (surrogate - elbo).detach()
+        loss, out = _loss_and_surrogate(elbo, score_terms)
         if isinstance(baseline_loss, torch.Tensor):
             # trains the baselines only (costs are detached); adds zero to the value
             out = out + baseline_loss - baseline_loss.detach()
