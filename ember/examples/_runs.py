@@ -58,8 +58,11 @@ class UsageError(ValueError):
 # ---- run directories ---------------------------------------------------------------------------
 
 
-def make_run_dir(out: str | os.PathLike | None, name: str, root: str | os.PathLike = "runs") -> Path:
-    """``out`` if given, else ``<root>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... if taken); created."""
+def make_run_dir(out: str | os.PathLike | None, name: str, root: str | os.PathLike = "runs", create: bool = True) -> Path:
+    """``out`` if given, else ``<root>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... if taken).
+
+    Created unless ``create=False`` (then the caller creates it, e.g. once the data has loaded).
+    """
     if out is not None:
         path = Path(out)
     else:
@@ -68,7 +71,8 @@ def make_run_dir(out: str | os.PathLike | None, name: str, root: str | os.PathLi
         while path.exists():
             k += 1
             path = base.with_name(f"{base.name}-{k}")
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -65,6 +65,7 @@ __all__ = [
 
 CHECKPOINT_KIND = "ember.examples.vae"
 DEFAULT_EPOCHS = 10
+TSNE_POINTS = 3000  # default size of the t-SNE embedding (t-SNE of all 10,000 test images takes over a minute)
 NUM_PIXELS = 784
 
 # Settings that define the trained model and its trajectory: fixed by the checkpoint on --resume.
@@ -248,6 +249,12 @@ def embed_2d(z: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.n
 # ---- figures -----------------------------------------------------------------------------------
 
 
+def _have_sklearn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is not None
+
+
 def _grid(images: torch.Tensor, rows: int, cols: int, pad: int = 1) -> np.ndarray:
     """Tile ``images [rows*cols, 784]`` into one ``[rows*29+1, cols*29+1]`` array (white gutters)."""
     images = images.detach().cpu().float().reshape(-1, 28, 28)
@@ -270,7 +277,7 @@ def _pick_test_examples(labels: torch.Tensor, per_digit: int = 2) -> torch.Tenso
 
 
 def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], test_hist: list[tuple[int, float]],
-                 test_images: torch.Tensor, test_labels: torch.Tensor, embedding: str = "auto", embedding_points: int = 10000,
+                 test_images: torch.Tensor, test_labels: torch.Tensor, embedding: str = "auto", embedding_points: int | None = None,
                  seed: int = 0) -> dict[str, str]:
     """Write ``elbo.png``, ``reconstructions.png``, ``samples.png`` and ``embedding.png`` into ``run_dir``.
 
@@ -334,6 +341,8 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
     plt.close(fig)
 
     # 4. 2-D embedding of the test set's latent means
+    if embedding_points is None:
+        embedding_points = test_images.shape[0] if embedding == "pca" or (embedding == "auto" and not _have_sklearn()) else TSNE_POINTS
     m = min(embedding_points, test_images.shape[0])
     z = torch.cat([vae.encode(test_images[i : i + 1000]).cpu() for i in range(0, m, 1000)])[:m]
     coords, how = embed_2d(z, embedding, seed)
@@ -359,8 +368,8 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _TRAINING_DEFAULTS
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"total number of epochs (default {DEFAULT_EPOCHS}: about 35 s on 2 idle CPU cores, ~3 s per epoch, "
-                        "~5 s per epoch with --threads 1; the seed trains 100). With --resume: the new total")
+                   help=f"total number of epochs (default {DEFAULT_EPOCHS}: about a minute on one CPU thread, ~5 s per epoch "
+                        "plus ~7 s of start-up and figures; the seed trains 100). With --resume: the new total")
     p.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d['batch_size']}, seed 000: 250)")
     p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d['lr']})")
     p.add_argument("--z-dim", type=int, default=None, help=f"latent dimension (default {d['z_dim']}, seed 000: 20)")
@@ -371,9 +380,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate the test loss after epoch 1 and every this many epochs (1, 6, 11, ... as in the seed; "
                         "default 5), and always after the last")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core). On a machine where another job is "
-                        "busy, use --threads 1: oversubscribed threads made an epoch take 110 s instead of 3 s on 2 cores")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; 0: torch's choice, one per core (default 1). Measured on 2 cores: 5 s per epoch "
+                        "with 1 thread, 3 s with 2 on an idle machine, but 30-110 s with 2 while another job was busy")
     p.add_argument("--data-dir", default=None,
                    help="directory with the MNIST IDX files or mnist.pkl.gz (default: Ember's cache, downloading if needed)")
     p.add_argument("--out", default=None, help="run directory (default runs/vae-<time>)")
@@ -381,15 +390,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/vae-*)")
     p.add_argument("--embedding", choices=["auto", "tsne", "pca"], default="auto",
                    help="2-D embedding of the latent means: t-SNE (needs scikit-learn), PCA, or auto (t-SNE if installed)")
-    p.add_argument("--embedding-points", type=int, default=10000, help="test images in the embedding plot (default 10000, all)")
+    p.add_argument("--embedding-points", type=int, default=None,
+                   help=f"test images in the embedding plot (default: all 10000 for PCA, the first {TSNE_POINTS} for t-SNE, "
+                        "which took 13 s for 2000 and 72 s for 10000 points on one core)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-validation", action="store_true",
-                   help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~10%% faster steps")
+                   help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~15%% faster steps "
+                        "(benchmarks/vae_epoch.py: 1.17x vs 1.02x the time of a hand-written torch step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size", "z_dim", "hidden_dim", "train_subset", "test_frequency", "threads", "embedding_points"):
+    if args.threads is not None and args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    for name in ("epochs", "batch_size", "z_dim", "hidden_dim", "train_subset", "test_frequency", "embedding_points"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
@@ -420,7 +434,7 @@ def _load_data(data_dir: str | None, device: torch.device, train_subset: int | N
 def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
     """The run directory and, with --resume, the checkpoint to continue from."""
     if args.resume is None:
-        return make_run_dir(args.out, "vae"), None
+        return make_run_dir(args.out, "vae", create=False), None
     where = args.resume or args.out
     if not where:
         latest = find_latest_run("vae")
@@ -432,6 +446,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]
     if args.out is not None and args.resume and Path(args.out).resolve() != ckpt_path.parent.resolve():
         raise UsageError(f"--resume {args.resume} and --out {args.out} name different run directories")
     ckpt = load_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("epoch", "params", "optim", "rng", "args", "history"))
+    if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["history"], dict) or not isinstance(ckpt["epoch"], int):
+        raise CheckpointError(f"{ckpt_path}: malformed checkpoint (args, history or epoch of the wrong type)")
     return ckpt_path.parent, ckpt
 
 
@@ -460,26 +476,30 @@ def _should_test(epoch: int, freq: int, last: int) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Train (or resume), evaluate, checkpoint and plot; the ``ember vae`` command. Returns the exit status."""
     _check_positive(args)
     device = resolve_device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     run_dir, ckpt = _resolve_run(args)
     cfg = _training_settings(args, ckpt)
-    print(f"run directory: {run_dir}")
-    t0 = time.perf_counter()
-    mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
-    print(f"data: {train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source}); "
-          f"{time.perf_counter() - t0:.1f} s")
 
     from ember.runtime import is_validation_enabled
 
+    old_threads = torch.get_num_threads()
     old_validation = (is_validation_enabled(), dist.is_validation_enabled())
-    ember.enable_validation(not args.no_validation)  # Ember's own checks, on as in the seed (pyro.enable_validation(True))
-    dist.enable_validation(False)  # the Bernoulli scores intensities in [0, 1], not only 0/1
     try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        t0 = time.perf_counter()
+        mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed start leaves no empty run directory
+        print(f"run directory: {run_dir}")
+        print(f"data: {train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source}); "
+              f"{time.perf_counter() - t0:.1f} s")
+        ember.enable_validation(not args.no_validation)  # Ember's own checks, on as in the seed (pyro.enable_validation(True))
+        dist.enable_validation(False)  # the Bernoulli scores intensities in [0, 1], not only 0/1
         return _run(args, cfg, device, run_dir, ckpt, train_x, test_x, test_y)
-    finally:
+    finally:  # leave the process as it was (main may be called in-process, e.g. by tests)
+        torch.set_num_threads(old_threads)
         ember.enable_validation(old_validation[0])
         dist.enable_validation(old_validation[1])
 
@@ -509,11 +529,12 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
         metrics.truncate("epoch", start)
         print(f"resuming after epoch {start} from {run_dir / CHECKPOINT_NAME}")
     epochs = cfg["epochs"]
-    if start >= epochs:
-        print(f"already trained for {start} epochs (pass --epochs N with N > {start} to train more)")
     n_batches = math.ceil(train_x.shape[0] / cfg["batch_size"])
-    print(f"VAE z_dim={cfg['z_dim']} hidden_dim={cfg['hidden_dim']}, Adam lr={cfg['lr']}, batch {cfg['batch_size']} "
-          f"({n_batches} steps per epoch), epochs {start + 1}..{epochs}, device {device}, {torch.get_num_threads()} threads")
+    if start >= epochs:
+        print(f"already trained for {start} epochs (pass --epochs N with N > {start} to train more); drawing the figures")
+    else:
+        print(f"VAE z_dim={cfg['z_dim']} hidden_dim={cfg['hidden_dim']}, Adam lr={cfg['lr']}, batch {cfg['batch_size']} "
+              f"({n_batches} steps per epoch), epochs {start + 1}..{epochs}, device {device}, {torch.get_num_threads()} threads")
 
     from tqdm import tqdm
 

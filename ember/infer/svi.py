@@ -130,7 +130,15 @@ class SVI:
         return loss
 
     def _check_grads(self, touched: dict) -> None:
+        grads = [p.grad for p in touched.values() if p.grad is not None]
+        if not grads:
+            return
+        # one fused check (a single device sync); per-parameter only when it fails
+        if bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):
+            return
         bad = [n for n, p in touched.items() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        if not bad:
+            return  # the sums overflowed, the gradients themselves are finite
         if bad:
             for p in touched.values():
                 p.grad = None

@@ -132,6 +132,24 @@ def test_embedding_pca_shapes():
     assert coords.shape == (50, 2) and how == "PCA"
 
 
+@pytest.mark.filterwarnings("ignore:Could not find the number of physical cores")  # joblib's probe meets our subprocess stub
+def test_embedding_tsne_when_scikit_learn_is_installed():
+    pytest.importorskip("sklearn")
+    coords, how = vae.embed_2d(torch.randn(40, 6), method="tsne")
+    assert coords.shape == (40, 2) and how == "t-SNE"
+    assert vae.embed_2d(torch.randn(40, 6), method="auto")[1] == "t-SNE"
+
+
+def test_embedding_tsne_without_scikit_learn_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    with pytest.raises(_runs.UsageError, match="scikit-learn"):
+        vae.embed_2d(torch.randn(10, 3), method="tsne")
+    assert vae.embed_2d(torch.randn(10, 3), method="auto")[1] == "PCA"
+
+
 # ---- run helpers -------------------------------------------------------------------------------
 
 
@@ -163,7 +181,9 @@ def test_rng_state_roundtrips_through_a_weights_only_file(tmp_path):
 
 def test_cli_end_to_end(fake_mnist, tmp_path, capsys):
     run = tmp_path / "run"
+    threads = torch.get_num_threads()
     assert _cli(fake_mnist, run, "--epochs", "2", "--test-frequency", "1") == 0
+    assert torch.get_num_threads() == threads  # --threads 1 (the default) is undone when main returns
     out = capsys.readouterr().out
     assert out.count(f"run directory: {run}") == 2  # at the start and at the end
     assert "average training loss" in out and "average test loss" in out
@@ -244,6 +264,7 @@ def test_garbage_data_dir_exits_2_with_one_line(tmp_path, capsys):
         (garbage / name).write_bytes(b"this is not MNIST at all" * 10)
     argv = ["vae", "--epochs", "1", "--no-progress", "--no-plots", "--out", str(tmp_path / "run")]
     assert main(argv + ["--data-dir", str(garbage)]) == 2
+    assert not (tmp_path / "run").exists()  # no empty run directory left behind
     err = capsys.readouterr().err.strip()
     assert err.startswith("ember vae: error:") and "magic number" in err and "train-images-idx3-ubyte" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
