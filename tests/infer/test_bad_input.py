@@ -155,3 +155,20 @@ def test_bad_optim_and_loss_arguments():
         SVI(_nan_model, _empty_guide, Adam({"lr": 0.1}), loss="elbo")
     with pytest.raises(ValueError, match="num_particles"):
         Trace_ELBO(num_particles=0)
+
+
+def test_nonfinite_gradient_raises_and_leaves_params_unchanged():
+    def model():
+        p = pyro.param("p", torch.tensor(0.0))
+        # finite value, but d/dp sqrt(p^2) at p = 0 is 0 * inf = nan
+        pyro.factor("f", -torch.sqrt(p * p))
+
+    svi = SVI(model, _empty_guide_noargs, Adam({"lr": 0.1}), Trace_ELBO())
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite gradients for parameters \['p'\]"):
+        svi.step()
+    assert pyro.param("p").item() == 0.0
+    assert pyro.get_param_store()._params["p"].grad is None
+
+
+def _empty_guide_noargs():
+    pass
