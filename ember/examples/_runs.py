@@ -12,12 +12,17 @@ data (tensors, numbers, strings, lists, dicts), so it is written with
   as tensors and lists.
 - :func:`epoch_generator`: a ``torch.Generator`` seeded from ``(seed, epoch)``, so an epoch's
   data order does not depend on what ran before it (a resumed run sees the same batches).
-- :func:`save_checkpoint` / :func:`load_checkpoint`: one file, a format tag and a version.
+- :func:`save_checkpoint` / :func:`load_checkpoint`: one file, a format tag, a version and a
+  SHA-256 digest of the contents. ``torch.load`` notices a damaged archive or pickle, but not
+  flipped bytes inside a tensor's data (those load as other numbers); the digest does, so a
+  checkpoint either loads exactly as it was saved or raises :class:`CheckpointError`.
+  Version-1 files (written before the digest) still load, unchecked.
 - :func:`resolve_device`, :class:`UsageError`: clear errors for the command line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -35,6 +40,7 @@ __all__ = [
     "METRICS_NAME",
     "CheckpointError",
     "MetricsLog",
+    "checkpoint_digest",
     "UsageError",
     "epoch_generator",
     "find_latest_run",
@@ -48,7 +54,7 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: with "digest"; 1: without
 
 
 class UsageError(ValueError):
@@ -181,9 +187,50 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (plain data) into ``h``: type tags, lengths, shapes and dtypes included, dict order kept."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"D%d;" % len(obj))
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"%c%d;" % (b"L" if isinstance(obj, list) else b"U", len(obj)))
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8", "surrogatepass")
+        h.update(b"S%d;" % len(b) + b)
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(b"B%d;" % len(obj) + bytes(obj))
+    elif obj is None or isinstance(obj, bool):
+        h.update(repr(obj).encode() + b";")
+    elif isinstance(obj, int):
+        h.update(b"I%d;" % obj)
+    elif isinstance(obj, float):
+        h.update(b"F" + obj.hex().encode() + b";")
+    else:  # torch.Size, torch.dtype, torch.device, ...: whatever weights_only loading admits
+        h.update(f"O{type(obj).__qualname__}:{obj!r};".encode())
+
+
+def checkpoint_digest(state: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's contents (every key but ``"digest"``), as loaded, not as bytes on disk."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return "sha256:" + h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plain data only) to ``path`` atomically, tagged ``kind`` (e.g. ``"ember.vae"``)."""
-    atomic_save({"format": kind, "version": _CHECKPOINT_VERSION, **payload}, path)
+    """Write ``payload`` (plain data only) to ``path`` atomically, tagged ``kind`` (e.g. ``"ember.vae"``)
+    and with the :func:`checkpoint_digest` of the whole, which :func:`load_checkpoint` checks."""
+    state = {"format": kind, "version": _CHECKPOINT_VERSION, **payload}
+    state["digest"] = checkpoint_digest(state)
+    atomic_save(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...] = (), map_location: Any = "cpu") -> dict[str, Any]:
@@ -192,11 +239,17 @@ def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...
     state = safe_load(path, map_location=map_location, what=f"{kind} checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an Ember checkpoint (a {type(state).__name__}, not a dict)")
+    digest = state.get("digest")
+    if digest is not None and (not isinstance(digest, str) or checkpoint_digest(state) != digest):
+        raise CheckpointError(f"cannot load {kind} checkpoint from {path}: its contents do not match the checksum "
+                              "saved with them (the file was corrupted or tampered with after it was written)")
     if state.get("format") != kind:
         raise CheckpointError(f"{path}: not a {kind} checkpoint (format tag {state.get('format')!r})")
     version = state.get("version")
     if not isinstance(version, int) or version > _CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {version!r} (this Ember reads <= {_CHECKPOINT_VERSION})")
+    if version >= 2 and digest is None:
+        raise CheckpointError(f"cannot load {kind} checkpoint from {path}: it has no checksum (corrupted or tampered with)")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing {', '.join(missing)}")

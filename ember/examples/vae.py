@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,15 +190,17 @@ def make_svi(vae: VAE, lr: float = 1.0e-3) -> SVI:
 
 
 def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                bar: Any = None) -> tuple[float, list[float]]:
+                bar: Any = None, on_step: Callable[[int, int], None] | None = None) -> tuple[float, list[float]]:
     """One pass over ``images [N, 784]`` in an order drawn from ``generator`` (a CPU generator).
 
     Returns the average loss per datapoint (-ELBO estimate, as the seed's "average training
     loss") and the same average over each quarter of the epoch's batches (how it moved within
     the epoch). ``bar``, a tqdm bar, is advanced per batch and shows the running loss.
+    ``on_step(step, steps)``, if given, is called after each gradient step (``step`` from 1).
     """
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(images.device)
+    steps = math.ceil(n / batch_size)
     sums, sizes = [], []
     total = 0.0
     for start in range(0, n, batch_size):
@@ -207,6 +212,8 @@ def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torc
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"loss={total / sum(sizes):.2f}", refresh=False)
+        if on_step is not None:
+            on_step(len(sums), steps)
     chunks = [c for c in np.array_split(np.arange(len(sums)), min(4, len(sums))) if len(c)]
     quarters = [float(sum(sums[i] for i in c) / sum(sizes[i] for i in c)) for c in chunks]
     return total / n, quarters
@@ -470,6 +477,31 @@ def _training_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) ->
     return cfg
 
 
+TEST_SLEEP_ENV = "EMBER_TEST_SLEEP_PER_STEP"
+
+
+def _test_step_hook(epoch: int) -> Callable[[int, int], None] | None:
+    """Test hook, off unless the environment sets ``EMBER_TEST_SLEEP_PER_STEP=SECONDS``.
+
+    Then, after every training step, the process writes ``ember-test: epoch E step S of N`` to
+    stderr and sleeps SECONDS: tests/examples/test_vae.py uses it to SIGKILL a run at a known
+    step in the middle of an epoch. It changes nothing in what is computed.
+    """
+    value = os.environ.get(TEST_SLEEP_ENV)
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"{TEST_SLEEP_ENV}={value!r}: expected a number of seconds") from None
+
+    def hook(step: int, steps: int) -> None:
+        print(f"ember-test: epoch {epoch} step {step} of {steps}", file=sys.stderr, flush=True)
+        time.sleep(seconds)
+
+    return hook
+
+
 def _should_test(epoch: int, freq: int, last: int) -> bool:
     """After 1-based ``epoch``: the seed tests at 0-based epochs 0, freq, 2*freq, ...; we also test after the last."""
     return (epoch - 1) % freq == 0 or epoch == last
@@ -543,7 +575,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
                    mininterval=0.5, disable=args.no_progress)
         t = time.perf_counter()
         try:
-            train_loss, quarters = train_epoch(svi, train_x, cfg["batch_size"], epoch_generator(cfg["seed"], epoch), bar)
+            train_loss, quarters = train_epoch(svi, train_x, cfg["batch_size"], epoch_generator(cfg["seed"], epoch), bar,
+                                               on_step=_test_step_hook(epoch))
         finally:
             bar.close()
         seconds = time.perf_counter() - t
