@@ -73,6 +73,9 @@ NUM_PIXELS = 784
 
 # Settings that define the trained model and its trajectory: fixed by the checkpoint on --resume.
 _TRAINING_DEFAULTS: dict[str, Any] = {"z_dim": 50, "hidden_dim": 400, "batch_size": 256, "lr": 1.0e-3, "seed": 0, "train_subset": None}
+# Settings of the evaluation and the figures only: on --resume, the checkpoint's unless given again
+# (so a resumed run draws the same figures as an uninterrupted one without repeating the flags).
+_REPORT_DEFAULTS: dict[str, Any] = {"test_frequency": 5, "embedding": "auto", "embedding_points": None}
 
 
 # ---- the model, as in seed 004 -------------------------------------------------------------------
@@ -383,9 +386,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-dim", type=int, default=None, help=f"hidden units of encoder and decoder (default {d['hidden_dim']}, seed 000: 100)")
     p.add_argument("--seed", type=int, default=None, help="random seed: initial weights, data order, ELBO samples (default 0)")
     p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on the first N training images only (smoke tests)")
-    p.add_argument("--test-frequency", type=int, default=5,
+    p.add_argument("--test-frequency", type=int, default=None,
                    help="evaluate the test loss after epoch 1 and every this many epochs (1, 6, 11, ... as in the seed; "
-                        "default 5), and always after the last")
+                        "default 5, with --resume the resumed run's), and always after the last")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 0: torch's choice, one per core (default 1). Measured on 2 cores: 5 s per epoch "
@@ -395,11 +398,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/vae-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                    help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/vae-*)")
-    p.add_argument("--embedding", choices=["auto", "tsne", "pca"], default="auto",
-                   help="2-D embedding of the latent means: t-SNE (needs scikit-learn), PCA, or auto (t-SNE if installed)")
+    p.add_argument("--embedding", choices=["auto", "tsne", "pca"], default=None,
+                   help="2-D embedding of the latent means: t-SNE (needs scikit-learn), PCA, or auto (t-SNE if installed; "
+                        "the default, with --resume the resumed run's)")
     p.add_argument("--embedding-points", type=int, default=None,
                    help=f"test images in the embedding plot (default: all 10000 for PCA, the first {TSNE_POINTS} for t-SNE, "
-                        "which took 13 s for 2000 and 72 s for 10000 points on one core)")
+                        "which took 13 s for 2000 and 72 s for 10000 points on one core; with --resume the resumed run's)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-validation", action="store_true",
                    help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~15%% faster steps "
@@ -470,6 +474,9 @@ def _training_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) ->
             cfg[k] = saved[k]
         else:
             cfg[k] = default if given is None else given
+    for k, default in _REPORT_DEFAULTS.items():
+        given = getattr(args, k, None)
+        cfg[k] = given if given is not None else saved.get(k, default)
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
     else:
@@ -584,7 +591,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "train_loss_by_quarter": quarters,
                                   "train_seconds": round(seconds, 3), "train_images": int(train_x.shape[0])}
         line = f"[epoch {epoch:03d}]  average training loss: {train_loss:.4f}  ({seconds:.1f} s)"
-        if _should_test(epoch, args.test_frequency, epochs):
+        if _should_test(epoch, cfg["test_frequency"], epochs):
             t = time.perf_counter()
             # the test ELBO draws z too: keep it off the training RNG stream, so the trajectory
             # does not depend on when (or whether) the test loss was computed
@@ -606,7 +613,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
 
     if not args.no_plots:
         t = time.perf_counter()
-        paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, args.embedding, args.embedding_points, cfg["seed"])
+        paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, cfg["embedding"], cfg["embedding_points"],
+                             cfg["seed"])
         if paths:
             print(f"figures ({time.perf_counter() - t:.1f} s): {', '.join(Path(p).name for p in paths.values())}")
     print(f"run directory: {run_dir}")

@@ -3,10 +3,17 @@
 Nothing is downloaded and Ember's real data cache is not touched (EMBER_DATA points into tmp_path).
 """
 
+import io
 import json
+import os
+import signal
 import struct
 import subprocess
+import sys
+import time
 import urllib.request
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +23,7 @@ import ember
 from ember import poutine
 from ember.cli import main
 from ember.examples import _runs, vae
-from ember.params.serialize import atomic_save
+from ember.params.serialize import CheckpointError, atomic_save
 
 N_TRAIN, N_TEST = 300, 60
 PNGS = ("elbo.png", "reconstructions.png", "samples.png", "embedding.png")
@@ -125,6 +132,21 @@ def test_seed_000_setting_is_reachable_by_flags():
     assert (cfg["z_dim"], cfg["hidden_dim"], cfg["batch_size"], cfg["lr"]) == (20, 100, 250, 1e-3)
     cfg = vae._training_settings(p.parse_args([]), None)
     assert (cfg["z_dim"], cfg["hidden_dim"], cfg["batch_size"], cfg["epochs"]) == (50, 400, 256, vae.DEFAULT_EPOCHS)
+
+
+def test_report_settings_default_to_the_resumed_runs_but_may_be_changed():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    vae.add_arguments(p)
+    saved = {**vae._TRAINING_DEFAULTS, "epochs": 3, "test_frequency": 2, "embedding": "pca", "embedding_points": 30}
+    cfg = vae._training_settings(p.parse_args(["--resume"]), {"args": saved})
+    assert (cfg["test_frequency"], cfg["embedding"], cfg["embedding_points"], cfg["epochs"]) == (2, "pca", 30, 3)
+    cfg = vae._training_settings(p.parse_args(["--resume", "--test-frequency", "1", "--embedding", "tsne"]), {"args": saved})
+    assert (cfg["test_frequency"], cfg["embedding"], cfg["embedding_points"]) == (1, "tsne", 30)
+    older = {k: v for k, v in saved.items() if k not in vae._REPORT_DEFAULTS}  # a checkpoint from before they were saved
+    cfg = vae._training_settings(p.parse_args(["--resume"]), {"args": older})
+    assert (cfg["test_frequency"], cfg["embedding"], cfg["embedding_points"]) == (5, "auto", None)
 
 
 def test_embedding_pca_shapes():
@@ -255,6 +277,240 @@ def test_truncated_or_tampered_checkpoint_gives_a_clear_error(fake_mnist, tmp_pa
 
     assert _cli(fake_mnist, tmp_path / "nowhere", "--epochs", "2", "--no-plots", "--resume") == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _flip_inside_largest_tensor(path):
+    """Flip one byte in the middle of the largest record of the torch zip archive (a tensor's data)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    assert "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_checkpoint_with_flipped_bytes_gives_a_clear_error(fake_mnist, tmp_path, capsys):
+    # torch.load does not notice flipped bytes inside a tensor's data (they load as other
+    # numbers): the checkpoint's digest does
+    run = tmp_path / "run"
+    assert _cli(fake_mnist, run, "--epochs", "1", "--no-plots", "--z-dim", "4", "--hidden-dim", "16") == 0
+    ckpt = run / "checkpoint.pt"
+    assert _runs.load_checkpoint(ckpt, vae.CHECKPOINT_KIND)["digest"].startswith("sha256:")
+    _flip_inside_largest_tensor(ckpt)
+    capsys.readouterr()
+    assert _cli(fake_mnist, run, "--epochs", "2", "--no-plots", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ember vae: error:") and str(ckpt) in err
+    assert "corrupted or tampered with" in err and "checksum" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert [r["epoch"] for r in _metrics(run)] == [1]  # nothing was trained or truncated
+
+
+def test_any_single_flipped_byte_is_caught_or_harmless(tmp_path):
+    """Flip every byte of a small checkpoint in turn: each either loads exactly what was saved
+    (a byte torch.load ignores, e.g. zip padding) or raises CheckpointError, never anything else."""
+    payload = {"epoch": 2, "params": {"w": torch.randn(40), "b": torch.randn(3, 2)}, "rng": {"state": [1, 2, 3]}, "lr": 1e-3}
+    path = tmp_path / "c.pt"
+    _runs.save_checkpoint(path, "k", payload)
+    digest = _runs.load_checkpoint(path, "k")["digest"]
+    data = path.read_bytes()
+    caught = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes about the flipped pickle protocol byte
+        for pos in range(len(data)):
+            flipped = bytearray(data)
+            flipped[pos] ^= 0x01
+            path.write_bytes(bytes(flipped))
+            try:
+                state = _runs.load_checkpoint(path, "k")
+            except CheckpointError:
+                caught += 1
+            else:
+                assert _runs.checkpoint_digest(state) == digest, pos
+    assert caught > len(data) // 4
+
+
+def test_checkpoints_without_a_digest(tmp_path):
+    old = tmp_path / "v1.pt"  # written before checkpoints had a digest: still loads
+    atomic_save({"format": "k", "version": 1, "epoch": 3}, old)
+    assert _runs.load_checkpoint(old, "k")["epoch"] == 3
+    new = tmp_path / "v2.pt"
+    _runs.save_checkpoint(new, "k", {"epoch": 3})
+    state = _runs.load_checkpoint(new, "k")
+    del state["digest"]
+    atomic_save(state, new)
+    with pytest.raises(CheckpointError, match="no checksum"):
+        _runs.load_checkpoint(new, "k")
+
+
+# ---- killed mid-write, killed mid-epoch -----------------------------------------------------------
+
+
+def _small_checkpoint(value):
+    return {"epoch": int(value), "params": {"w": torch.full((1000,), float(value))}}
+
+
+def _leftover_tmp_files(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "checkpoint.pt"
+    _runs.save_checkpoint(path, "k", _small_checkpoint(1))
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        _runs.save_checkpoint(path, "k", _small_checkpoint(2))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    state = _runs.load_checkpoint(path, "k")
+    assert state["epoch"] == 1 and torch.equal(state["params"]["w"], torch.ones(1000))
+    assert _leftover_tmp_files(path.parent) == []  # the partial temporary file was removed
+
+
+_WRITER = """
+import io, os, sys, time
+import torch
+from ember.examples import _runs
+
+real_save = torch.save
+
+def stalls_half_way(obj, f, *args, **kwargs):
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    print("half written", flush=True)
+    time.sleep(120)  # SIGKILLed here
+
+torch.save = stalls_half_way
+_runs.save_checkpoint(sys.argv[1], "k", {"epoch": 2, "params": {"w": torch.full((1000,), 2.0)}})
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    _runs.save_checkpoint(path, "k", _small_checkpoint(1))
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the writer is half-way through
+        assert line.strip() == "half written", proc.stderr.read() if proc.poll() is not None else line
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    # the killed writer left its partial temporary file (nothing could clean it up), under
+    # another name: the checkpoint itself is the previous one, byte for byte
+    leftovers = _leftover_tmp_files(path.parent)
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint.pt.")
+    assert 0 < (path.parent / leftovers[0]).stat().st_size < len(before)
+    assert path.read_bytes() == before
+    state = _runs.load_checkpoint(path, "k")
+    assert state["epoch"] == 1 and torch.equal(state["params"]["w"], torch.ones(1000))
+    with pytest.raises(CheckpointError):  # the partial file is not a checkpoint
+        _runs.load_checkpoint(path.parent / leftovers[0], "k")
+    assert _runs.find_latest_run("run", root=tmp_path) is None  # (it is not named like a run either)
+    _runs.save_checkpoint(path, "k", _small_checkpoint(3))  # and the next save goes through
+    assert _runs.load_checkpoint(path, "k")["epoch"] == 3
+
+
+def _spawn_vae(args, log, sleep_per_step=None):
+    env = dict(os.environ)
+    env.pop(vae.TEST_SLEEP_ENV, None)
+    if sleep_per_step is not None:
+        env[vae.TEST_SLEEP_ENV] = str(sleep_per_step)
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "ember", "vae", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _finish(proc, log, timeout=120):
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, log.read_text()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_sigkill_in_the_middle_of_epoch_3_then_resume_ends_as_an_uninterrupted_run(fake_mnist, tmp_path):
+    """The acceptance test: ``ember vae`` SIGKILLed in the middle of epoch 3 and restarted with
+    ``--resume`` continues from the epoch-2 checkpoint and ends with the same parameters,
+    metrics and figures (byte for byte) as an uninterrupted run with the same seed."""
+    epochs, batch = 4, 16
+    steps = -(-N_TRAIN // batch)  # 19 steps per epoch
+    common = ["--data-dir", str(fake_mnist), "--batch-size", str(batch), "--z-dim", "4", "--hidden-dim", "32",
+              "--seed", "11", "--test-frequency", "2", "--embedding", "pca", "--no-progress"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+
+    # killed: EMBER_TEST_SLEEP_PER_STEP makes the run report each step and sleep after it,
+    # so the SIGKILL lands at a known step of epoch 3, with 17 steps (>= 1.7 s) still to go
+    kill_log = tmp_path / "killed.log"
+    proc = _spawn_vae([*common, "--epochs", str(epochs), "--out", str(killed)], kill_log, sleep_per_step=0.1)
+    try:
+        deadline = time.monotonic() + 120
+        while f"ember-test: epoch 3 step 2 of {steps}\n" not in kill_log.read_text():
+            assert proc.poll() is None, kill_log.read_text()
+            assert time.monotonic() < deadline, kill_log.read_text()
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    text = kill_log.read_text()
+    assert "[epoch 002]  average training loss" in text and "[epoch 003]  average training loss" not in text
+    assert f"epoch 3 step {steps} of {steps}" not in text
+    assert _runs.load_checkpoint(killed / "checkpoint.pt", vae.CHECKPOINT_KIND)["epoch"] == 2
+    assert [r["epoch"] for r in _metrics(killed)] == [1, 2]
+    assert not any((killed / name).exists() for name in PNGS)
+
+    # restarted with only --resume and the total: the model, data order, test schedule and
+    # embedding settings come from the checkpoint
+    resume_log = tmp_path / "resume.log"
+    _finish(_spawn_vae(["--data-dir", str(fake_mnist), "--out", str(killed), "--resume", "--epochs", str(epochs),
+                        "--no-progress"], resume_log), resume_log)
+    assert "resuming after epoch 2" in resume_log.read_text()
+
+    # uninterrupted, the same way (a fresh process)
+    full_log = tmp_path / "full.log"
+    _finish(_spawn_vae([*common, "--epochs", str(epochs), "--out", str(full)], full_log), full_log)
+
+    a, b = _params(full), _params(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca = _runs.load_checkpoint(full / "checkpoint.pt", vae.CHECKPOINT_KIND)
+    cb = _runs.load_checkpoint(killed / "checkpoint.pt", vae.CHECKPOINT_KIND)
+    assert ca["digest"] == cb["digest"]  # parameters, optimizer and RNG states, history: all equal
+    ma, mb = _metrics(full), _metrics(killed)
+    assert [r["epoch"] for r in mb] == list(range(1, epochs + 1))
+    for ra, rb in zip(ma, mb):
+        assert {k: v for k, v in ra.items() if not k.endswith("_seconds")} == {k: v for k, v in rb.items() if not k.endswith("_seconds")}
+    assert "test_loss" in mb[-1]
+    for name in PNGS:
+        assert (full / name).read_bytes() == (killed / name).read_bytes(), name
 
 
 def test_garbage_data_dir_exits_2_with_one_line(tmp_path, capsys):
