@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     vae.add_arguments(p)
     p.set_defaults(run=vae.main)
+    from ember.examples import air
+
+    p = sub.add_parser("air", help="seed 002: Attend-Infer-Repeat on multi-MNIST (train; 'ember air reconstruct' draws a checkpoint)",
+                       description=air.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    air.add_arguments(p)
+    p.set_defaults(run=air.main)
     return parser
 
 

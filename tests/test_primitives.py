@@ -461,8 +461,12 @@ class TestDistributions:
         d2 = dist.Normal(torch.zeros(3), 1.0).mask(torch.tensor([[True], [False]]))
         assert d2.batch_shape == (2, 3)
         assert (d2.log_prob(torch.zeros(2, 3))[1] == 0).all() and (d2.log_prob(torch.zeros(2, 3))[0] != 0).all()
+        with pytest.raises(ValueError, match="0s and 1s"):
+            dist.Normal(0.0, 1.0).mask(torch.tensor([0.3]))
         with pytest.raises(TypeError):
-            dist.Normal(0.0, 1.0).mask(torch.tensor([1.0]))
+            dist.Normal(0.0, 1.0).mask("yes")
+        d3 = dist.Normal(torch.zeros(2), 1.0).mask(torch.tensor([0.0, 1.0]))
+        assert d3.log_prob(torch.zeros(2))[0] == 0 and d3.log_prob(torch.zeros(2))[1] != 0
         with pytest.raises(ValueError):
             dist.Normal(torch.zeros(3), 1.0).mask(torch.tensor([True, False]))
 

@@ -11,6 +11,25 @@ from torch.distributions import constraints
 __all__ = ["TorchDistributionMixin", "TorchDistribution", "MaskedDistribution"]
 
 
+def as_bool_mask(mask: Any, who: str) -> Any:
+    """A boolean mask from a bool, a boolean tensor, or a numeric tensor of 0s and 1s
+    (seed 002 masks with the float ``z_pres``; Pyro converts it with ``.bool()``).
+    Fractional values are refused: they are weights, for ``poutine.scale``."""
+    if isinstance(mask, bool):
+        return torch.tensor(mask)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{who} expects a bool or a tensor of booleans (or of 0s and 1s); got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return mask
+    m = mask.detach()
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(
+            f"{who}: a numeric mask must hold only 0s and 1s; got values such as "
+            f"{m[(m != 0) & (m != 1)].flatten()[:3].tolist()}. To weight log-densities use poutine.scale."
+        )
+    return m != 0
+
+
 class TorchDistributionMixin:
     """What Ember adds to a ``torch.distributions.Distribution``.
 
@@ -75,10 +94,7 @@ class MaskedDistribution(TorchDistribution):
     arg_constraints: dict = {}
 
     def __init__(self, base_dist: _td.Distribution, mask: Any) -> None:
-        if isinstance(mask, bool):
-            mask = torch.tensor(mask)
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f".mask() expects a bool or a boolean tensor; got {getattr(mask, 'dtype', type(mask).__name__)}")
+        mask = as_bool_mask(mask, ".mask()")
         try:
             batch_shape = torch.broadcast_shapes(mask.shape, base_dist.batch_shape)
         except RuntimeError:

@@ -45,7 +45,7 @@ class _Subsample(torch.distributions.Distribution):
         if sample_shape:
             raise NotImplementedError("_Subsample does not draw batches of index sets")
         if self.subsample_size >= self.size:
-            return torch.arange(self.size, device=self.device)
+            return _arange(self.size, self.device)
         return torch.randperm(self.size, device=self.device)[: self.subsample_size]
 
     def __call__(self) -> torch.Tensor:
@@ -145,14 +145,23 @@ class PlateMessenger(Messenger):
             if not isinstance(sub, torch.Tensor):
                 sub = torch.as_tensor(sub, device=self.device)
             return sub
-        if self.subsample_size >= self.size:
-            return _arange(self.size, self.device)
-        # record the indices as an auxiliary sample site so replay() reuses them
+        if not _STACK:
+            if self.subsample_size >= self.size:
+                return _arange(self.size, self.device)
+            return _Subsample(self.size, self.subsample_size, self.device).sample()
+        # Under handlers the indices are an auxiliary sample site, so that replay() makes
+        # the model use the guide's indices, also where the model's plate itself does not
+        # subsample (seed 002's AIR model); its size and scale then follow the indices.
         msg = Message("sample", self.name, _Subsample(self.size, self.subsample_size, self.device), infer={"is_auxiliary": True})
-        if _STACK:
-            apply_stack(msg)
-            return msg.value
-        return msg.fn.sample()
+        apply_stack(msg)
+        sub = msg.value
+        n = len(sub)
+        if n != self.subsample_size:
+            if n > self.size:
+                raise ValueError(f"plate '{self.name}' of size {self.size} was given {n} subsample indices")
+            self.subsample_size = n
+            self._scale = self.size / n if n else 1.0
+        return sub
 
     def _allocate_dim(self) -> int:
         dim = self._dim_request

@@ -45,11 +45,10 @@ class MaskMessenger(Messenger):
 
     def __init__(self, fn: Callable | None = None, mask: Any = None) -> None:
         super().__init__(fn)
-        if isinstance(mask, torch.Tensor):
-            if mask.dtype != torch.bool:
-                raise TypeError(f"poutine.mask expects a boolean tensor; got dtype {mask.dtype}")
-        elif not isinstance(mask, bool):
-            raise TypeError(f"poutine.mask expects a bool or a boolean tensor; got {type(mask).__name__}")
+        if not isinstance(mask, bool):
+            from ember.distributions.torch_dist import as_bool_mask
+
+            mask = as_bool_mask(mask, "poutine.mask")
         self.mask = mask
 
     def _process_message(self, msg: Message) -> None:

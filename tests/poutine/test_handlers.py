@@ -630,10 +630,15 @@ class TestMask:
         tr = poutine.trace(poutine.scale(poutine.mask(one_obs, mask=False), scale=2.0)).get_trace()
         assert tr.log_prob_sum().item() == 0.0
 
-    @pytest.mark.parametrize("bad", [1, torch.tensor([1.0, 0.0]), None])
+    @pytest.mark.parametrize("bad", [1, torch.tensor([0.5, 0.0]), None])
     def test_non_boolean_mask_raises(self, bad):
         with pytest.raises((TypeError, ValueError)):
             poutine.mask(one_obs, mask=bad)
+
+    def test_numeric_zero_one_mask_is_accepted_like_bool(self):
+        # seed 002 masks with the float z_pres; Pyro converts it with .bool()
+        m = poutine.mask(one_obs, mask=torch.tensor(0.0))
+        assert m.mask.dtype == torch.bool and not bool(m.mask)
 
 
 # ================================================================================ seed

@@ -1,0 +1,158 @@
+"""Tests of ember.data.multi_mnist on a small fake MNIST (random blobs), so they run in a second."""
+
+import numpy as np
+import pytest
+import torch
+
+from ember.data import MNIST, load_multi_mnist, make_multi_mnist, multi_mnist_cache_path
+from ember.data import multi_mnist as mm
+
+
+def _fake_digits(n: int, seed: int, label_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 28x28 uint8 "digits": a random blob of ink in the middle of each (never empty), and labels."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    images[:, 6:22, 8:20] = rng.integers(0, 256, size=(n, 16, 12))
+    images[:, 14, 14] = 255
+    return images, (rng.integers(0, 5, size=n) + label_offset).astype(np.int64)
+
+
+def _fake_mnist() -> MNIST:
+    tr, trl = _fake_digits(40, 0, label_offset=0)  # train digits are labelled 0..4
+    te, tel = _fake_digits(20, 1, label_offset=5)  # test digits 5..9
+    f = lambda a: torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255)  # noqa: E731
+    return MNIST(f(tr), torch.from_numpy(trl), f(te), torch.from_numpy(tel), source="fake")
+
+
+@pytest.fixture
+def fake():
+    return _fake_digits(50, 0)
+
+
+def test_same_seed_same_canvases_other_seed_other_canvases(fake):
+    a = make_multi_mnist(300, seed=1, mnist=fake)
+    b = make_multi_mnist(300, seed=1, mnist=fake)
+    c = make_multi_mnist(300, seed=2, mnist=fake)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.images, c.images)
+    assert not torch.equal(a.counts, c.counts)
+    # the first canvases do not depend on how many are made
+    d = make_multi_mnist(100, seed=1, mnist=fake)
+    assert d.images.shape[0] == 100
+
+
+def test_shapes_dtypes_and_ranges(fake):
+    d = make_multi_mnist(500, seed=0, mnist=fake)
+    assert d.images.shape == (500, 50, 50) and d.images.dtype == torch.float32
+    assert d.counts.shape == (500,) and d.counts.dtype == torch.int64
+    assert d.labels.shape == (500, 2) and d.boxes.shape == (500, 2, 3)
+    assert float(d.images.min()) >= 0.0 and float(d.images.max()) <= 1.0
+    assert set(d.counts.tolist()) <= {0, 1, 2}
+    # each used digit slot has a label and a box inside the canvas; unused ones are -1
+    used = torch.arange(2)[None, :] < d.counts[:, None]
+    assert (d.labels[used] >= 0).all() and (d.labels[~used] == -1).all()
+    assert (d.boxes[~used] == -1).all()
+    r, c, side = d.boxes[used].unbind(-1)
+    assert ((side >= 17) & (side <= 25)).all()  # 28 / s, s ~ N(1.3, 0.1) clipped to [1.1, 1.6]
+    assert (r >= 0).all() and (c >= 0).all() and (r + side <= 50).all() and (c + side <= 50).all()
+
+
+def test_counts_are_roughly_uniform(fake):
+    d = make_multi_mnist(3000, seed=0, mnist=fake)
+    freq = torch.bincount(d.counts, minlength=3).float() / 3000
+    assert freq.shape == (3,)
+    assert ((freq - 1 / 3).abs() < 0.04).all(), freq
+
+
+def test_empty_canvas_for_no_digit_and_ink_only_inside_the_boxes(fake):
+    d = make_multi_mnist(400, seed=3, mnist=fake)
+    zero = d.counts == 0
+    assert zero.any() and (d.images[zero] == 0).all()
+    assert (d.images[~zero].flatten(1).amax(1) > 0).all()
+    for i in range(400):
+        inside = torch.zeros(50, 50, dtype=torch.bool)
+        for k in range(int(d.counts[i])):
+            r, c, s = d.boxes[i, k].tolist()
+            inside[r : r + s, c : c + s] = True
+        assert (d.images[i][~inside] == 0).all()
+
+
+def test_overlaps_are_clipped_not_rejected():
+    # one all-white digit: two of them on a canvas overlap often, and the sum is clipped to 1
+    white = np.full((1, 28, 28), 255, dtype=np.uint8)
+    d = make_multi_mnist(300, seed=0, mnist=white)
+    assert float(d.images.max()) == 1.0
+    two = d.counts == 2
+    assert two.any()
+
+
+def test_accepts_mnist_objects_tensors_and_float_images(fake):
+    images, labels = fake
+    a = make_multi_mnist(50, seed=0, mnist=(images, labels))
+    b = make_multi_mnist(50, seed=0, mnist=torch.from_numpy(images.reshape(50, -1).astype(np.float32) / 255))
+    assert torch.equal(a.images, b.images)
+    assert (b.labels == -1).all()  # no labels given
+    m = _fake_mnist()
+    tr = make_multi_mnist(200, seed=0, mnist=m, split="train")
+    te = make_multi_mnist(200, seed=0, mnist=m, split="test")
+    assert set(tr.labels[tr.labels >= 0].tolist()) <= {0, 1, 2, 3, 4}
+    assert set(te.labels[te.labels >= 0].tolist()) <= {5, 6, 7, 8, 9}
+    with pytest.raises(ValueError):
+        make_multi_mnist(10, seed=0, mnist=np.zeros((3, 10, 10)))
+    with pytest.raises(ValueError):
+        make_multi_mnist(10, seed=0, mnist=fake, split="valid")
+    with pytest.raises(ValueError):
+        make_multi_mnist(-1, seed=0, mnist=fake)
+
+
+def test_cache_is_written_then_reused(tmp_path, monkeypatch):
+    m = _fake_mnist()
+    first = load_multi_mnist(num_train=120, num_test=30, seed=5, cache_dir=tmp_path, mnist=m)
+    path = multi_mnist_cache_path(120, 30, 5, tmp_path, m)
+    assert path.is_file() and path.suffix == ".npz"
+    assert first.source.startswith("generated")
+    assert len(first.train) == 120 and len(first.test) == 30
+    with np.load(path, allow_pickle=False) as f:  # plain arrays, no pickles
+        assert f["train_images"].dtype == np.uint8 and f["train_images"].shape == (120, 50, 50)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(mm, "_generate", boom)
+    second = load_multi_mnist(num_train=120, num_test=30, seed=5, cache_dir=tmp_path, mnist=m)
+    assert second.source.startswith("cache")
+    for split in ("train", "test"):
+        for x, y in zip(getattr(first, split), getattr(second, split)):
+            assert torch.equal(x, y)
+    # the cached canvases are those make_multi_mnist makes
+    monkeypatch.undo()
+    direct = make_multi_mnist(120, seed=5, mnist=m, split="train")
+    assert torch.equal(direct.images, second.train.images) and torch.equal(direct.counts, second.train.counts)
+
+
+def test_other_digits_or_sizes_get_other_cache_files(tmp_path):
+    m = _fake_mnist()
+    other = _fake_mnist()
+    other.train_images = 1 - other.train_images
+    p = multi_mnist_cache_path(10, 5, 0, tmp_path, m)
+    assert p != multi_mnist_cache_path(10, 5, 0, tmp_path, other)
+    assert p != multi_mnist_cache_path(11, 5, 0, tmp_path, m)
+    assert p != multi_mnist_cache_path(10, 5, 1, tmp_path, m)
+    assert multi_mnist_cache_path(10, 5, 0, tmp_path, None).name.startswith("multi_mnist-mnist-")
+
+
+def test_a_damaged_cache_is_regenerated(tmp_path, caplog):
+    m = _fake_mnist()
+    path = multi_mnist_cache_path(20, 10, 0, tmp_path, m)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a zip file")
+    d = load_multi_mnist(20, 10, 0, cache_dir=tmp_path, mnist=m)
+    assert d.source.startswith("generated") and len(d.train) == 20
+    assert "regenerating" in caplog.text
+    assert load_multi_mnist(20, 10, 0, cache_dir=tmp_path, mnist=m).source.startswith("cache")
+
+
+def test_default_cache_dir_follows_ember_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_DATA", str(tmp_path / "cache"))
+    assert multi_mnist_cache_path(1, 1, 0).parent == tmp_path / "cache" / "multi_mnist"
