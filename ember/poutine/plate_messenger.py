@@ -152,9 +152,14 @@ class PlateMessenger(Messenger):
         # Under handlers the indices are an auxiliary sample site, so that replay() makes
         # the model use the guide's indices, also where the model's plate itself does not
         # subsample (seed 002's AIR model); its size and scale then follow the indices.
-        msg = Message("sample", self.name, _Subsample(self.size, self.subsample_size, self.device), infer={"is_auxiliary": True})
+        fn = _Subsample(self.size, self.subsample_size, self.device)
+        msg = Message("sample", self.name, fn, infer={"is_auxiliary": True, "plate_size": self.size})
         apply_stack(msg)
         sub = msg.value
+        if msg.infer.get("plate_size", self.size) != self.size:
+            # indices replayed from a plate of another size: keep this plate's own, and let
+            # the model/guide check report the clash with the sites and shapes involved
+            return fn.sample()
         n = len(sub)
         if n != self.subsample_size:
             if n > self.size:

@@ -531,3 +531,41 @@ class TestShapeErrors:
         tr = poutine.trace(poutine.substitute(model, data={"z": torch.zeros(3)})).get_trace()
         with pytest.raises((ValueError, RuntimeError), match="'z'"):
             tr.compute_log_prob()
+
+
+def test_model_plate_without_subsampling_takes_guide_indices_under_replay():
+    """Seed 002: the guide subsamples, the model's plate does not; under replay the model
+    uses the guide's indices and scales by size / len(indices)."""
+    data = torch.arange(10.0)
+
+    def model():
+        with pyro.plate("data", 10) as idx:
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=data[idx])
+        return idx
+
+    def guide():
+        with pyro.plate("data", 10, subsample_size=3) as idx:
+            pass
+        return idx
+
+    gtr = poutine.trace(guide).get_trace()
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace()
+    assert torch.equal(mtr.nodes["_RETURN"].value, gtr.nodes["_RETURN"].value)
+    assert mtr.nodes["x"].scale == pytest.approx(10 / 3)
+    assert mtr.nodes["x"].value.shape == (3,)
+
+
+def test_replayed_indices_from_a_plate_of_another_size_are_not_adopted():
+    def model():
+        with pyro.plate("data", 10) as idx:
+            pass
+        return idx
+
+    def guide():
+        with pyro.plate("data", 5) as idx:
+            pass
+        return idx
+
+    gtr = poutine.trace(guide).get_trace()
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace()
+    assert len(mtr.nodes["_RETURN"].value) == 10
