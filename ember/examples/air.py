@@ -28,11 +28,10 @@ Choices the tutorial leaves open, made here:
   scale by the prior's sd); with a zero-centred start the window scale starts near 0 and the
   inverse transform (1 / scale) throws the attention window far off the canvas.
 * ``F.affine_grid`` / ``F.grid_sample`` with ``align_corners=False`` (torch's default since 1.3).
-* Two deviations forced by Ember as it stands (marked ``# ember:`` in the code): ``.mask()`` is
-  given ``z_pres.bool()`` (Ember's ``.mask()`` rejects the float 0/1 tensor that Pyro 1.9 accepts
-  and converts), and the model's plate names ``subsample_size`` too (an Ember plate without one
-  records no subsample site, so it would not pick up the guide's 64 indices under replay; Pyro's
-  does). ``tests/examples/test_air.py`` runs the tutorial's code verbatim to track both.
+* Otherwise the model and guide are the tutorial's text (with ``self.`` for its globals and
+  device-neutral ``new_zeros``): ``.mask(z_pres)`` with the float z_pres, and a model plate
+  without ``subsample_size`` that takes the guide's 64 indices under replay.
+  ``tests/examples/test_air.py`` also runs the tutorial's code verbatim.
 
 ``ember air`` trains (a tqdm bar with the loss per datum and count accuracy), appends to
 ``metrics.jsonl`` every ``--log-every`` steps (mean loss per datum, training-batch count accuracy)
@@ -323,13 +322,13 @@ class AIR(nn.Module):
         z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the seed's spelling)
                               dist.Normal(self.z_where_prior_loc.expand(n, -1),
                                           self.z_where_prior_scale.expand(n, -1))
-                                  .mask(z_pres.bool())  # ember: the seed passes z_pres itself (see the module docstring)
+                                  .mask(z_pres)
                                   .to_event(1))
 
         z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the seed's spelling)
                              dist.Normal(self.z_what_prior_loc.expand(n, -1),
                                          self.z_what_prior_scale.expand(n, -1))
-                                 .mask(z_pres.bool())  # ember: as above
+                                 .mask(z_pres)
                                  .to_event(1))
 
         y_att = self.decode(z_what)
@@ -350,8 +349,7 @@ class AIR(nn.Module):
     def model(self, data: torch.Tensor) -> None:
         # Register network for optimization.
         pyro.module("decode", self.decode)
-        # ember: the seed's model plate has no subsample_size (see the module docstring)
-        with pyro.plate('data', data.size(0), subsample_size=self.batch_size) as indices:
+        with pyro.plate('data', data.size(0)) as indices:
             batch = data[indices]
             x = self.prior(batch.size(0)).view(-1, self.x_size * self.x_size)
             sd = (self.likelihood_sd * x.new_ones(1)).expand_as(x)
@@ -396,7 +394,7 @@ class AIR(nn.Module):
 
         z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the seed's spelling)
                               dist.Normal(z_where_loc, z_where_scale)
-                                  .mask(z_pres.bool())  # ember: as in the model
+                                  .mask(z_pres)
                                   .to_event(1))
 
         x_att = image_to_object(z_where, data, self.window_size, self.x_size)
@@ -405,7 +403,7 @@ class AIR(nn.Module):
 
         z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the seed's spelling)
                              dist.Normal(z_what_loc, z_what_scale)
-                                 .mask(z_pres.bool())  # ember: as in the model
+                                 .mask(z_pres)
                                  .to_event(1))
 
         return GuideState(h=h, c=c, bl_h=bl_h, bl_c=bl_c, z_pres=z_pres, z_where=z_where, z_what=z_what)
