@@ -94,6 +94,25 @@ def find_latest_run(name: str, root: str | os.PathLike = "runs") -> Path | None:
 # ---- metrics -----------------------------------------------------------------------------------
 
 
+def resolve_resume(out: str | None, resume: str | None, name: str) -> tuple[Path, Path | None]:
+    """The run directory and, with ``--resume`` (``resume`` not None; ``""`` for a bare
+    ``--resume``), the checkpoint file to continue from: ``resume`` or ``out`` as a run
+    directory or a checkpoint file, else the latest ``runs/<name>-*`` with a checkpoint."""
+    if resume is None:
+        return make_run_dir(out, name, create=False), None
+    where = resume or out
+    if not where:
+        latest = find_latest_run(name)
+        if latest is None:
+            raise UsageError(f"--resume: no run directory given (--resume RUN_DIR or --out RUN_DIR) and no runs/{name}-* with a checkpoint")
+        where = str(latest)
+    path = Path(where)
+    ckpt_path = path if path.is_file() else path / CHECKPOINT_NAME
+    if out is not None and resume and Path(out).resolve() != ckpt_path.parent.resolve():
+        raise UsageError(f"--resume {resume} and --out {out} name different run directories")
+    return ckpt_path.parent, ckpt_path
+
+
 class MetricsLog:
     """Append-only JSON-lines metrics file (``<run>/metrics.jsonl``); each record is flushed at once."""
 

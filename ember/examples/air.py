@@ -67,10 +67,9 @@ from ember.examples._runs import (
     CheckpointError,
     MetricsLog,
     UsageError,
-    find_latest_run,
     load_checkpoint,
-    make_run_dir,
     resolve_device,
+    resolve_resume,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -672,18 +671,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
     """The run directory and, with --resume, the checkpoint to continue from."""
-    if args.resume is None:
-        return make_run_dir(args.out, "air", create=False), None
-    where = args.resume or args.out
-    if not where:
-        latest = find_latest_run("air")
-        if latest is None:
-            raise UsageError("--resume: no run directory given (--resume RUN_DIR or --out RUN_DIR) and no runs/air-* with a checkpoint")
-        where = str(latest)
-    path = Path(where)
-    ckpt_path = path if path.is_file() else path / CHECKPOINT_NAME
-    if args.out is not None and args.resume and Path(args.out).resolve() != ckpt_path.parent.resolve():
-        raise UsageError(f"--resume {args.resume} and --out {args.out} name different run directories")
+    run_dir, ckpt_path = resolve_resume(args.out, args.resume, "air")
+    if ckpt_path is None:
+        return run_dir, None
     ckpt = _load(ckpt_path, ("step", "params", "optim", "rng", "args", "window"))
     return ckpt_path.parent, ckpt
 

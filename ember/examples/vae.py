@@ -43,10 +43,9 @@ from ember.examples._runs import (
     MetricsLog,
     UsageError,
     epoch_generator,
-    find_latest_run,
     load_checkpoint,
-    make_run_dir,
     resolve_device,
+    resolve_resume,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -444,18 +443,9 @@ def _load_data(data_dir: str | None, device: torch.device, train_subset: int | N
 
 def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
     """The run directory and, with --resume, the checkpoint to continue from."""
-    if args.resume is None:
-        return make_run_dir(args.out, "vae", create=False), None
-    where = args.resume or args.out
-    if not where:
-        latest = find_latest_run("vae")
-        if latest is None:
-            raise UsageError("--resume: no run directory given (--resume RUN_DIR or --out RUN_DIR) and no runs/vae-* with a checkpoint")
-        where = str(latest)
-    path = Path(where)
-    ckpt_path = path if path.is_file() else path / CHECKPOINT_NAME
-    if args.out is not None and args.resume and Path(args.out).resolve() != ckpt_path.parent.resolve():
-        raise UsageError(f"--resume {args.resume} and --out {args.out} name different run directories")
+    run_dir, ckpt_path = resolve_resume(args.out, args.resume, "vae")
+    if ckpt_path is None:
+        return run_dir, None
     ckpt = load_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("epoch", "params", "optim", "rng", "args", "history"))
     if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["history"], dict) or not isinstance(ckpt["epoch"], int):
         raise CheckpointError(f"{ckpt_path}: malformed checkpoint (args, history or epoch of the wrong type)")
