@@ -233,9 +233,7 @@ def iarange(name: str, size: int | None = None, subsample_size: int | None = Non
     return plate(name, size, subsample_size, subsample, dim, use_cuda, device)
 
 
-def irange(name: str, size: int | None = None, subsample_size: int | None = None, subsample: Any = None, dim: int | None = None, use_cuda: bool | None = None, device: Any = None) -> PlateMessenger:
-    """Old name of the sequential ``for i in plate(...)``."""
-    return plate(name, size, subsample_size, subsample, dim, use_cuda, device)
+irange = iarange  # old name of the sequential ``for i in plate(...)``: the same object serves both
 
 
 def set_rng_seed(rng_seed: int) -> None:

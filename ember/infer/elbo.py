@@ -30,7 +30,7 @@ def _frames_str(frames: Any) -> str:
     return ", ".join(f"{f.name}(size={f.size}, dim={f.dim})" for f in frames) or "none"
 
 
-def check_model_guide_match(model_trace: Trace, guide_trace: Trace, max_plate_nesting: float = math.inf) -> None:
+def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
     """Warn about latent sites present in only one of model and guide; raise on plate
     size clashes and on event-shape mismatches between a guide's value and the model's
     distribution at the same site."""
@@ -220,10 +220,6 @@ class ELBO:
             for _ in range(self.num_particles):
                 yield get_importance_trace(model, guide, args, kwargs)
 
-    @property
-    def _particle_divisor(self) -> int:
-        return self.num_particles
-
     # ---- the interface ---------------------------------------------------------------------
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
         """Return (loss, surrogate loss) of one particle (or one vectorized batch)."""
@@ -243,7 +239,7 @@ class ELBO:
             for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
                 loss, _ = self._differentiable_loss_particle(model_trace, guide_trace)
                 total += loss.item()
-            return total / self._particle_divisor
+            return total / self.num_particles
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """A differentiable surrogate whose gradient estimates the gradient of -ELBO
@@ -252,12 +248,12 @@ class ELBO:
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
             total = total + surrogate
-        return total / self._particle_divisor
+        return total / self.num_particles
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Estimate -ELBO (returned as a float) and backpropagate its gradient."""
         total = 0.0
-        div = self._particle_divisor
+        div = self.num_particles
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             loss, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
             value = loss.item()

@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
-from ember.poutine.replay_messenger import ReplayMessenger
-from ember.poutine.trace_messenger import TraceMessenger
+from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite, get_importance_trace
 from ember.primitives import get_param_store
 from ember.runtime import is_validation_enabled
 
@@ -92,13 +90,8 @@ class SVI:
         """Re-run guide and model under trace to find a non-finite site (best effort)."""
         try:
             with torch.no_grad():
-                gt = TraceMessenger(self.guide)
-                gt(*args, **kwargs)
-                mt = TraceMessenger(ReplayMessenger(self.model, trace=gt.trace))
-                mt(*args, **kwargs)
-                gt.trace.compute_log_prob()
-                mt.trace.compute_log_prob()
-            return describe_nonfinite([("model", mt.trace), ("guide", gt.trace)])
+                model_trace, guide_trace = get_importance_trace(self.model, self.guide, args, kwargs, validate=False)
+            return describe_nonfinite([("model", model_trace), ("guide", guide_trace)])
         except Exception as e:  # noqa: BLE001 - diagnosis must not hide the original problem
             return f"(could not trace model and guide to find the site: {e})"
 
@@ -152,6 +145,3 @@ class SVI:
         """The loss estimate without taking a step (no gradients are computed)."""
         with torch.no_grad():
             return self.loss(self.model, self.guide, *args, **kwargs)
-
-    def run(self, *args: Any, **kwargs: Any) -> SVI:  # pragma: no cover - Pyro 0.x API
-        raise NotImplementedError("SVI.run (Pyro 0.x) is not supported; call svi.step(...) in a loop")

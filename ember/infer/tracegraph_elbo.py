@@ -56,7 +56,7 @@ class TraceGraph_ELBO(ELBO):
 
     def _downstream(self, model_trace: Trace, guide_trace: Trace) -> list:
         """For each non-reparameterized guide site: (site, MultiFrameTensor of its downstream costs)."""
-        guide_names = [n for n, s in guide_trace.nodes.items() if s.type == "sample" and _is_latent(s)]
+        guide_names = [n for n, s in guide_trace.nodes.items() if _is_latent(s)]
         gpos = {n: i for i, n in enumerate(guide_names)}
         model_sites = [(n, s) for n, s in model_trace.nodes.items() if s.type == "sample" and s.log_prob is not None]
         # first model position whose value comes from guide position >= i

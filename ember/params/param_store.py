@@ -312,5 +312,5 @@ class ParamStoreDict:
 
 
 def _cname(c: Any) -> str:
-    return repr(c) if not hasattr(c, "__class__") else c.__class__.__name__.lstrip("_")
+    return type(c).__name__.lstrip("_")
 

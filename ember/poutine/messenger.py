@@ -13,16 +13,12 @@ class Messenger:
     """An effect handler: a context manager, a decorator and a higher-order function.
 
     Subclasses override ``_pyro_sample``, ``_pyro_param``, ... (called with the message
-    before the default action) and ``_pyro_post_sample``, ... (after it). The lookup of
-    these methods is cached per class so that a handler that ignores a message type
-    costs one dictionary lookup on the hot path.
+    before the default action) and ``_pyro_post_sample``, ... (after it), or, on the hot
+    path, ``_process_message`` / ``_postprocess_message`` directly.
     """
 
     def __init__(self, fn: Callable | None = None) -> None:
         self.fn = fn
-
-    # The handler cache: class -> {msg type -> bound-method name or None}
-    _dispatch_cache: dict = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fn = self.fn
@@ -75,16 +71,3 @@ class Messenger:
     # Pyro-compatible spelling
     process_message = _process_message
     postprocess_message = _postprocess_message
-
-
-def _make_handler(cls: type) -> Callable:
-    """Turn a Messenger class into the ``poutine.xxx(fn, ...)`` function style."""
-
-    @functools.wraps(cls, updated=())
-    def handler(fn: Callable | None = None, *args: Any, **kwargs: Any) -> Messenger:
-        if fn is not None and not callable(fn):
-            # poutine.condition(data={...}) style, or positional non-fn first argument
-            return cls(None, fn, *args, **kwargs)
-        return cls(fn, *args, **kwargs)
-
-    return handler

@@ -182,8 +182,6 @@ class PlateMessenger(Messenger):
 
     # ---- vectorized use ----------------------------------------------------------------
     def __enter__(self) -> torch.Tensor:
-        if self._frame is not None and self in _STACK:
-            raise RuntimeError(f"plate '{self.name}' is already active; a plate cannot be nested in itself")
         for h in _STACK:
             if isinstance(h, PlateMessenger) and h.name == self.name and h._frame is not None:
                 raise ValueError(f"plate '{self.name}' is nested inside a plate with the same name; plate names must be unique")
@@ -197,8 +195,7 @@ class PlateMessenger(Messenger):
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
-        if self.dim is not None and _ACTIVE_DIMS.get(self.dim) == self.name:
-            del _ACTIVE_DIMS[self.dim]
+        self._reset()
         self._frame = None
 
     def _reset(self) -> None:

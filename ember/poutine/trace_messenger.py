@@ -59,9 +59,7 @@ class TraceMessenger(Messenger):
             nodes = self.trace.nodes
             name = msg.name
             if name in nodes:
-                if type(msg.fn).__name__ == "_Subsample" and type(nodes[name].fn).__name__ == "_Subsample":
-                    return  # the same plate entered again in one run: keep its first indices
-                self.trace._add_site(msg)  # raises a clear duplicate-site error (or re-records a param)
+                self.trace._add_site(msg)  # the duplicate-site rules live in Trace
             else:
                 nodes[name] = msg
         elif not self.param_only and msg.name is not None:

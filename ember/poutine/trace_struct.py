@@ -8,14 +8,15 @@ from typing import Any
 
 import torch
 
+from ember.poutine.plate_messenger import _Subsample
 from ember.runtime import Message, is_validation_enabled
 
 __all__ = ["Trace", "site_is_subsample", "scale_and_mask"]
 
 
 def site_is_subsample(site: Message) -> bool:
-    """True for the auxiliary site a subsampled plate records its indices in."""
-    return site.type == "sample" and type(site.fn).__name__ == "_Subsample"
+    """True for the auxiliary site a plate records its indices in."""
+    return site.type == "sample" and type(site.fn) is _Subsample
 
 
 def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> torch.Tensor:
@@ -60,6 +61,8 @@ class Trace:
             old = nodes[name]
             if old.type != msg.type:
                 raise RuntimeError(f"site '{name}' is already in the trace as a {old.type} site; it cannot also be a {msg.type} site")
+            if site_is_subsample(msg) and site_is_subsample(old):
+                return  # the same plate entered again in one run: keep its first indices
             if msg.type != "param":
                 raise RuntimeError(
                     f"Multiple {msg.type} sites named '{name}'. Every sample site in one run of a model "
@@ -135,7 +138,7 @@ class Trace:
             if site.type != "sample" or site.log_prob is not None or not site_filter(name, site):
                 continue
             fn = site.fn
-            if type(fn).__name__ == "_Subsample":
+            if type(fn) is _Subsample:
                 continue
             try:
                 lp = fn.log_prob(site.value, *site.args, **site.kwargs)
