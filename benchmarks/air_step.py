@@ -38,17 +38,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
-import sys
-import time
 
+import _harness
 import torch
 
 from ember.examples.air import _MODEL_KEYS, AIR, DEFAULTS, build_air, image_to_object, object_to_image
-
-N_STEPS_AIR = 3
 
 
 def make_torch(init: AIR, n_total: int, lr: float, blr: float, z_pres_prior: float):
@@ -70,9 +64,9 @@ def make_torch(init: AIR, n_total: int, lr: float, blr: float, z_pres_prior: flo
         zeros = batch.new_zeros
         h, c, bl_h, bl_c = zeros(n, H), zeros(n, H), zeros(n, H), zeros(n, H)
         prev_pres, prev_where, prev_what = batch.new_ones(n, 1), zeros(n, 3), zeros(n, Z)
-        x = zeros(n, 50, 50)
+        x = zeros(n, net.x_size, net.x_size)
         terms, scores, baselines = [], [], []
-        for _t in range(N_STEPS_AIR):
+        for _t in range(net.num_steps):
             # guide
             h, c = net.rnn(torch.cat((batch, prev_where, prev_what, prev_pres), 1), (h, c))
             z_pres_p, where_loc, where_scale = net.predict(h)
@@ -83,7 +77,7 @@ def make_torch(init: AIR, n_total: int, lr: float, blr: float, z_pres_prior: flo
             m = z_pres.squeeze(-1).bool()
             q_where = Normal(where_loc, where_scale, validate_args=False)
             z_where = q_where.rsample()
-            what_loc, what_scale = net.encode(image_to_object(z_where, batch, net.window_size))
+            what_loc, what_scale = net.encode(image_to_object(z_where, batch, net.window_size, net.x_size))
             q_what = Normal(what_loc, what_scale, validate_args=False)
             z_what = q_what.rsample()
             lq_pres = q_pres.log_prob(z_pres).sum(-1)
@@ -92,7 +86,7 @@ def make_torch(init: AIR, n_total: int, lr: float, blr: float, z_pres_prior: flo
             lp = Bernoulli(z_pres_prior * prev_pres, validate_args=False).log_prob(z_pres).sum(-1)
             lp = lp + torch.where(m, Normal(prior_loc.expand(n, -1), prior_scale.expand(n, -1), validate_args=False).log_prob(z_where).sum(-1), 0.0)
             lp = lp + torch.where(m, Normal(torch.zeros_like(z_what), torch.ones_like(z_what), validate_args=False).log_prob(z_what).sum(-1), 0.0)
-            x = x + object_to_image(z_where, net.decode(z_what), net.window_size) * z_pres.view(-1, 1, 1)
+            x = x + object_to_image(z_where, net.decode(z_what), net.window_size, net.x_size) * z_pres.view(-1, 1, 1)
             terms.append(k * (lp - lq))
             scores.append(lq_pres)
             prev_pres, prev_where, prev_what = z_pres, z_where, z_what
@@ -102,7 +96,7 @@ def make_torch(init: AIR, n_total: int, lr: float, blr: float, z_pres_prior: flo
         surrogate = elbo
         bl_loss = 0.0
         later = lp_obs.detach()
-        for t in reversed(range(N_STEPS_AIR)):
+        for t in reversed(range(net.num_steps)):
             later = later + terms[t].detach()  # the downstream cost of z_pres_t, per datum
             surrogate = surrogate + (scores[t] * (later - baselines[t].detach())).sum()
             bl_loss = bl_loss + ((later - baselines[t]) ** 2).sum()
@@ -206,14 +200,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="SVI steps per variant per round (default 30)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant before the first round (default 3)")
     p.add_argument("--num-train", type=int, default=60000, help="multi-MNIST training canvases (default 60000, the cached set)")
-    p.add_argument("--no-pyro", action="store_true", help="skip pyro-ppl even if importable")
-    p.add_argument("--no-checked", action="store_true", help="skip the ember_checked variant")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _harness.parse_args(p, "round")
 
     from ember.data import load_multi_mnist
 
@@ -224,69 +212,31 @@ def main() -> None:
     init = build_air(cfg)
     model_cfg = {k: cfg[k] for k in _MODEL_KEYS}
     lr, blr, prior_p = cfg["lr"], cfg["baseline_lr"], cfg["z_pres_prior"]
+    variants, pyro_version = _harness.make_variants(args, lambda: make_torch(init, n, lr, blr, prior_p),
+                                                    lambda checked: make_ember(init, lr, blr, checked),
+                                                    lambda: make_pyro(init, model_cfg, lr, blr))
 
-    variants = {"torch": make_torch(init, n, lr, blr, prior_p), "ember": make_ember(init, lr, blr, checked=False)}
-    if not args.no_checked:
-        variants["ember_checked"] = make_ember(init, lr, blr, checked=True)
-    pyro_version = None
-    if not args.no_pyro:
-        try:
-            import pyro
+    def steps(step: _harness.Step, count: int) -> float:
+        total = 0.0
+        for _ in range(count):
+            total += step(data)
+        return total
 
-            pyro_version = pyro.__version__
-            variants["pyro"] = make_pyro(init, model_cfg, lr, blr)
-        except ImportError:
-            pass
+    _harness.warm_up(variants, args.seed, lambda step: steps(step, args.warmup))
+    times, losses = _harness.alternate(variants, args.rounds, args.seed, lambda step, _: steps(step, args.steps),
+                                       steps_per_round=args.steps, data_size=n,
+                                       show=lambda k, s, loss: f"{k} {1000 * s:.1f} ms/step (loss/datum {loss:.3f})")
 
-    names = list(variants)
-    for name in names:  # untimed warm-up steps (allocator, lazy optimizer state), the same for every variant
-        step, hooks = variants[name]
-        if hooks is not None:
-            hooks[0]()
-        torch.manual_seed(args.seed * 1000)
-        for _ in range(args.warmup):
-            step(data)
-        if hooks is not None:
-            hooks[1]()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    losses: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(1, args.rounds + 1):
-        rot = (r - 1) % len(names)
-        for name in names[rot:] + names[:rot]:
-            step, hooks = variants[name]
-            if hooks is not None:
-                hooks[0]()
-            torch.manual_seed(args.seed * 1000 + r)
-            total = 0.0
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                total += step(data)
-            times[name].append((time.perf_counter() - t) / args.steps)
-            losses[name].append(total / args.steps / n)
-            if hooks is not None:
-                hooks[1]()
-        print(f"round {r}: " + ", ".join(f"{k} {1000 * times[k][-1]:.1f} ms/step (loss/datum {losses[k][-1]:.3f})" for k in names),
-              file=sys.stderr)
-
-    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    mean = _harness.means(times)
     out = {
-        "benchmark": "air_step",
-        "canvases": n,
-        "batch_size": cfg["batch_size"],
-        "steps_per_round": args.steps,
-        "rounds": args.rounds,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "pyro": pyro_version,
-        "python": platform.python_version(),
+        **_harness.header("air_step", args.threads, pyro_version, canvases=n, batch_size=cfg["batch_size"],
+                          steps_per_round=args.steps, rounds=args.rounds),
         "ms_per_step": {k: round(1000 * v, 2) for k, v in mean.items()},
         "ms_per_step_min": {k: round(1000 * min(v), 2) for k, v in times.items()},
-        "ratio_to_torch": {k: round(v / mean["torch"], 3) for k, v in mean.items() if k != "torch"},
+        "ratio_to_torch": _harness.ratio_to_torch(mean),
         "final_loss_per_datum": {k: round(v[-1], 4) for k, v in losses.items()},
     }
-    if "pyro" in mean:
-        out["ember_over_pyro"] = round(mean["ember"] / mean["pyro"], 3)
-    print(json.dumps(out))
+    _harness.emit(out, mean)
 
 
 if __name__ == "__main__":

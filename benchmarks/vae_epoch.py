@@ -30,12 +30,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
-import sys
-import time
 
+import _harness
 import torch
 
 from ember.examples.vae import VAE
@@ -119,13 +115,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3, help="epochs per variant (default 3)")
     p.add_argument("--subset", type=int, default=60000, help="training images per epoch (default 60000, all)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant before the first epoch (default 3)")
-    p.add_argument("--no-pyro", action="store_true", help="skip pyro-ppl even if importable")
-    p.add_argument("--no-checked", action="store_true", help="skip the ember_checked variant")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _harness.parse_args(p, "epoch")
 
     from ember.data import load_mnist
     from ember.examples._runs import epoch_generator
@@ -133,70 +123,38 @@ def main() -> None:
     images = load_mnist().train_images[: args.subset].contiguous()
     torch.manual_seed(args.seed)
     init = VAE(Z_DIM, HIDDEN)
+    variants, pyro_version = _harness.make_variants(args, lambda: make_torch(init), lambda checked: make_ember(init, checked),
+                                                    lambda: make_pyro(init))
 
-    variants = {"torch": make_torch(init), "ember": make_ember(init, checked=False)}
-    if not args.no_checked:
-        variants["ember_checked"] = make_ember(init, checked=True)
-    pyro_version = None
-    if not args.no_pyro:
-        try:
-            import pyro
+    n = images.shape[0]
+    warm = torch.randperm(n, generator=epoch_generator(args.seed, 0))
 
-            pyro_version = pyro.__version__
-            variants["pyro"] = make_pyro(init)
-        except ImportError:
-            pass
-
-    names = list(variants)
-    warm = torch.randperm(n := images.shape[0], generator=epoch_generator(args.seed, 0))
-    for name in names:  # untimed warm-up steps (allocator, lazy optimizer state), the same for every variant
-        step, hooks = variants[name]
-        if hooks is not None:
-            hooks[0]()
-        torch.manual_seed(args.seed * 1000)
+    def warm_up(step: _harness.Step) -> None:
         for k in range(args.warmup):
             step(images[warm[(k * BATCH) % n :][:BATCH]])
-        if hooks is not None:
-            hooks[1]()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    losses: dict[str, list[float]] = {k: [] for k in names}
-    for epoch in range(1, args.epochs + 1):
-        order = torch.randperm(n, generator=epoch_generator(args.seed, epoch))
-        rot = (epoch - 1) % len(names)
-        for name in names[rot:] + names[:rot]:
-            step, hooks = variants[name]
-            if hooks is not None:
-                hooks[0]()
-            torch.manual_seed(args.seed * 1000 + epoch)
-            total = 0.0
-            t = time.perf_counter()
-            for start in range(0, n, BATCH):
-                total += step(images[order[start : start + BATCH]])
-            times[name].append(time.perf_counter() - t)
-            losses[name].append(total / n)
-            if hooks is not None:
-                hooks[1]()
-        print(f"epoch {epoch}: " + ", ".join(f"{k} {times[k][-1]:.2f} s (loss {losses[k][-1]:.3f})" for k in names), file=sys.stderr)
 
-    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    _harness.warm_up(variants, args.seed, warm_up)
+
+    def epoch(step: _harness.Step, order: torch.Tensor) -> float:
+        total = 0.0
+        for start in range(0, n, BATCH):
+            total += step(images[order[start : start + BATCH]])
+        return total
+
+    times, losses = _harness.alternate(variants, args.epochs, args.seed, epoch, data_size=n, unit="epoch",
+                                       prepare=lambda e: torch.randperm(n, generator=epoch_generator(args.seed, e)),
+                                       show=lambda k, s, loss: f"{k} {s:.2f} s (loss {loss:.3f})")
+
+    mean = _harness.means(times)
     out = {
-        "benchmark": "vae_epoch",
-        "images_per_epoch": n,
-        "batch_size": BATCH,
-        "epochs": args.epochs,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "pyro": pyro_version,
-        "python": platform.python_version(),
+        **_harness.header("vae_epoch", args.threads, pyro_version, images_per_epoch=n, batch_size=BATCH, epochs=args.epochs),
         "s_per_epoch": {k: round(v, 3) for k, v in mean.items()},
         "s_per_epoch_min": {k: round(min(v), 3) for k, v in times.items()},
         "ms_per_step": {k: round(1000 * v / -(-n // BATCH), 3) for k, v in mean.items()},
-        "ratio_to_torch": {k: round(v / mean["torch"], 3) for k, v in mean.items() if k != "torch"},
+        "ratio_to_torch": _harness.ratio_to_torch(mean),
         "final_loss": {k: round(v[-1], 4) for k, v in losses.items()},
     }
-    if "pyro" in mean:
-        out["ember_over_pyro"] = round(mean["ember"] / mean["pyro"], 3)
-    print(json.dumps(out))
+    _harness.emit(out, mean)
 
 
 if __name__ == "__main__":

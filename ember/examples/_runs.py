@@ -1,15 +1,21 @@
-"""Run directories, metrics, checkpoints and reproducible RNG for Ember's command-line examples.
+"""Run directories, settings, metrics, checkpoints and reproducible RNG for Ember's command-line examples.
 
-Shared by ``ember vae`` (and the AIR example to come). Everything a checkpoint holds is plain
+Shared by ``ember vae``, ``ember air`` and ``ember scale``. Everything a checkpoint holds is plain
 data (tensors, numbers, strings, lists, dicts), so it is written with
 :func:`ember.params.serialize.atomic_save` and read back with ``torch.load(weights_only=True)``
 (:func:`ember.params.serialize.safe_load`): loading a checkpoint never runs code.
 
-- :func:`make_run_dir`, :func:`find_latest_run`: one directory per run (``runs/<name>-<time>``).
+- :func:`make_run_dir`, :func:`find_latest_run`, :func:`checkpoint_path`, :func:`resolve_resume`:
+  one directory per run (``runs/<name>-<time>``, or ``--out``), and where ``--resume`` continues from.
+- :func:`resolve_run`, :func:`merge_settings`, :func:`restore`: the checkpoint a run resumes from,
+  the settings it fixes, and the state it restores.
+- :class:`RunSetup`: what an example's ``main`` sets up and undoes (torch threads, validation),
+  and the run directory created once the data has loaded.
+- :func:`load_mnist_arg`: MNIST for ``--data-dir`` (only from there when given).
 - :class:`MetricsLog`: ``metrics.jsonl``, one JSON object per line, truncated on resume to
   what the checkpoint covers.
 - :func:`rng_state` / :func:`set_rng_state`: torch (CPU and CUDA), numpy and ``random`` states
-  as tensors and lists.
+  as tensors and lists; :func:`fork_rng`: draws that leave the training stream alone.
 - :func:`epoch_generator`: a ``torch.Generator`` seeded from ``(seed, epoch)``, so an epoch's
   data order does not depend on what ran before it (a resumed run sees the same batches).
 - :func:`save_checkpoint` / :func:`load_checkpoint`: one file, a format tag, a version and a
@@ -22,31 +28,46 @@ data (tensors, numbers, strings, lists, dicts), so it is written with
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from ember.params.serialize import CheckpointError, atomic_save, safe_load
+import ember.distributions as dist
+from ember.params.serialize import CheckpointError, atomic_save, atomic_write, safe_load, shared_file_mode
+from ember.primitives import enable_validation, get_param_store
+from ember.runtime import is_validation_enabled
 
 __all__ = [
     "CHECKPOINT_NAME",
     "METRICS_NAME",
     "CheckpointError",
     "MetricsLog",
-    "checkpoint_digest",
+    "ResolvedRun",
+    "RunSetup",
     "UsageError",
+    "checkpoint_digest",
+    "checkpoint_path",
     "epoch_generator",
     "find_latest_run",
+    "fork_rng",
     "load_checkpoint",
+    "load_mnist_arg",
+    "load_run_checkpoint",
     "make_run_dir",
+    "merge_settings",
     "resolve_device",
+    "resolve_resume",
+    "resolve_run",
+    "restore",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -64,22 +85,38 @@ class UsageError(ValueError):
 # ---- run directories ---------------------------------------------------------------------------
 
 
-def make_run_dir(out: str | os.PathLike | None, name: str, root: str | os.PathLike = "runs", create: bool = True) -> Path:
-    """``out`` if given, else ``<root>/<name>-<YYYYmmdd-HHMMSS>`` (suffixed ``-2``, ``-3``... if taken).
+def _check_out(out: str | os.PathLike | None) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
 
-    Created unless ``create=False`` (then the caller creates it, e.g. once the data has loaded).
+
+def make_run_dir(out: str | os.PathLike | None, name: str) -> Path:
+    """Create and return the run directory: ``out`` if given (it may exist already, as a directory),
+    else a new ``runs/<name>-<YYYYmmdd-HHMMSS>``.
+
+    The timestamped name is claimed by creating it (``mkdir`` without ``exist_ok``), suffixed
+    ``-2``, ``-3``... when taken, so two runs started in the same second never share a directory.
+    An ``out`` that is not a directory (or cannot be created) is a :class:`UsageError`.
     """
     if out is not None:
+        _check_out(out)
         path = Path(out)
-    else:
-        base = Path(root) / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-        path, k = base, 1
-        while path.exists():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot create the directory ({e.strerror or e})") from None
+        return path
+    base = Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+    path, k = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
             k += 1
             path = base.with_name(f"{base.name}-{k}")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+        except OSError as e:
+            raise UsageError(f"cannot create the run directory {path} ({e.strerror or e}); pass --out DIR") from None
 
 
 def find_latest_run(name: str, root: str | os.PathLike = "runs") -> Path | None:
@@ -91,38 +128,188 @@ def find_latest_run(name: str, root: str | os.PathLike = "runs") -> Path | None:
     return max(runs, key=lambda p: (p / CHECKPOINT_NAME).stat().st_mtime) if runs else None
 
 
-# ---- metrics -----------------------------------------------------------------------------------
+def checkpoint_path(where: str | os.PathLike) -> Path:
+    """The checkpoint file ``where`` names: ``where`` itself if it is a file (or a ``*.pt`` path
+    that does not exist), else ``where/checkpoint.pt`` (``where`` taken as a run directory)."""
+    path = Path(where)
+    if path.is_file() or (not path.exists() and path.suffix == ".pt"):
+        return path
+    return path / CHECKPOINT_NAME
 
 
-def resolve_resume(out: str | None, resume: str | None, name: str) -> tuple[Path, Path | None]:
+def resolve_resume(out: str | None, resume: str | None, name: str) -> tuple[Path | None, Path | None]:
     """The run directory and, with ``--resume`` (``resume`` not None; ``""`` for a bare
     ``--resume``), the checkpoint file to continue from: ``resume`` or ``out`` as a run
-    directory or a checkpoint file, else the latest ``runs/<name>-*`` with a checkpoint."""
+    directory or a checkpoint file, else the latest ``runs/<name>-*`` with a checkpoint.
+
+    Without ``--resume`` the run directory is ``out`` (None: a new ``runs/<name>-<time>``,
+    named when :func:`make_run_dir` creates it); an ``out`` that exists as a file is a
+    :class:`UsageError` at once, before any data is loaded.
+    """
     if resume is None:
-        return make_run_dir(out, name, create=False), None
+        _check_out(out)
+        return (Path(out) if out is not None else None), None
     where = resume or out
     if not where:
         latest = find_latest_run(name)
         if latest is None:
             raise UsageError(f"--resume: no run directory given (--resume RUN_DIR or --out RUN_DIR) and no runs/{name}-* with a checkpoint")
         where = str(latest)
-    path = Path(where)
-    ckpt_path = path if path.is_file() else path / CHECKPOINT_NAME
+    ckpt_path = checkpoint_path(where)
     if out is not None and resume and Path(out).resolve() != ckpt_path.parent.resolve():
         raise UsageError(f"--resume {resume} and --out {out} name different run directories")
     return ckpt_path.parent, ckpt_path
 
 
-class MetricsLog:
-    """Append-only JSON-lines metrics file (``<run>/metrics.jsonl``); each record is flushed at once."""
+# ---- resuming ----------------------------------------------------------------------------------
 
-    def __init__(self, run_dir: str | os.PathLike, name: str = METRICS_NAME) -> None:
-        self.path = Path(run_dir) / name
+
+class ResolvedRun(NamedTuple):
+    """What :func:`resolve_run` found: the run directory (None: a new one, named when created),
+    and with ``--resume`` the checkpoint's path and contents (else None, None)."""
+
+    run_dir: Path | None
+    ckpt_path: Path | None
+    ckpt: dict[str, Any] | None
+
+
+def resolve_run(out: str | None, resume: str | None, name: str, kind: str, required: tuple[str, ...],
+                types: dict[str, type]) -> ResolvedRun:
+    """:func:`resolve_resume`, then, with ``--resume``, the checkpoint loaded (a ``kind`` checkpoint
+    with the ``required`` keys; each key of ``types`` it has must be of that type, else
+    :class:`CheckpointError`)."""
+    run_dir, ckpt_path = resolve_resume(out, resume, name)
+    if ckpt_path is None:
+        return ResolvedRun(run_dir, None, None)
+    return ResolvedRun(run_dir, ckpt_path, load_run_checkpoint(ckpt_path, kind, required, types))
+
+
+def load_run_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...], types: dict[str, type]) -> dict[str, Any]:
+    """:func:`load_checkpoint`, and :class:`CheckpointError` if a key of ``types`` holds another type."""
+    ckpt = load_checkpoint(path, kind, required=required)
+    wrong = [k for k, t in types.items() if k in ckpt and not isinstance(ckpt[k], t)]
+    if wrong:
+        raise CheckpointError(f"{path}: malformed checkpoint ({', '.join(wrong)} of the wrong type)")
+    return ckpt
+
+
+def merge_settings(args: argparse.Namespace, saved: dict[str, Any] | None, fixed: dict[str, Any],
+                   overridable: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings from the command line (``args``; None: the flag was not given) and, on
+    ``--resume``, the ``saved`` settings of the checkpoint.
+
+    ``fixed`` (name -> default): settings that define the model and its trajectory; the
+    checkpoint's value wins, and a different value given on the command line is a
+    :class:`UsageError`. ``overridable`` (name -> default): the value given, else the
+    checkpoint's, else the default (e.g. the number of epochs, or how the figures are drawn).
+    """
+    cfg: dict[str, Any] = {}
+    for k, default in fixed.items():
+        given = getattr(args, k, None)
+        if saved is not None and k in saved:
+            if given is not None and given != saved[k]:
+                raise UsageError(f"--{k.replace('_', '-')} {given}: the run being resumed used {saved[k]}; "
+                                 "drop the flag, or start a new run without --resume")
+            cfg[k] = saved[k]
+        else:
+            cfg[k] = default if given is None else given
+    for k, default in overridable.items():
+        given = getattr(args, k, None)
+        cfg[k] = given if given is not None else (saved or {}).get(k, default)
+    return cfg
+
+
+def restore(ckpt_path: Path, ckpt: dict[str, Any], optim: Any, metrics: MetricsLog, unit: str,
+            read: Callable[[dict[str, Any]], Any] = lambda ckpt: None) -> tuple[int, Any]:
+    """Continue a run from the checkpoint ``ckpt`` loaded from ``ckpt_path``: the parameter store,
+    ``optim``'s state (an Ember optimizer) and the global RNG states are restored, ``metrics``
+    is truncated to the records of ``unit`` (``"epoch"``, ``"step"``) the checkpoint covers,
+    and a line says so. ``read(ckpt)`` reads the caller's own state.
+
+    Returns ``(ckpt[unit], read(ckpt))``; :class:`CheckpointError` if the contents are malformed.
+    """
+    try:
+        get_param_store().set_state(ckpt["params"])
+        optim.set_state(ckpt["optim"])
+        done = int(ckpt[unit])
+        extra = read(ckpt)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+    set_rng_state(ckpt["rng"])
+    metrics.truncate(unit, done)
+    print(f"resuming after {unit} {done} from {ckpt_path}")
+    return done, extra
+
+
+# ---- an example's main -------------------------------------------------------------------------
+
+
+class RunSetup:
+    """The set-up an example's ``main`` shares, as a context manager.
+
+    On entry: the torch CPU thread count is set to ``threads`` (0 or None: torch's choice) and
+    Ember's own checks and the distributions' argument validation to ``validation`` (two
+    bools), and a clock starts. On exit all three are restored (``main`` may be called
+    in-process, e.g. by tests). Once the data has loaded, :meth:`started` creates the run
+    directory (only then: a failed start leaves no empty directory) and prints it and the data.
+    """
+
+    def __init__(self, threads: int | None, validation: tuple[bool, bool]) -> None:
+        self.threads = threads
+        self.validation = validation
+
+    def __enter__(self) -> RunSetup:
+        self._saved = (torch.get_num_threads(), is_validation_enabled(), dist.is_validation_enabled())
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        enable_validation(self.validation[0])
+        dist.enable_validation(self.validation[1])
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        threads, checks, validate = self._saved
+        torch.set_num_threads(threads)
+        enable_validation(checks)
+        dist.enable_validation(validate)
+
+    def started(self, run_dir: str | os.PathLike | None, name: str, data: str) -> Path:
+        """Create the run directory (:func:`make_run_dir`), print it, and print ``data: <data>; <seconds since entry> s``."""
+        path = make_run_dir(run_dir, name)
+        print(f"run directory: {path}")
+        print(f"data: {data}; {time.perf_counter() - self._t0:.1f} s")
+        return path
+
+
+def load_mnist_arg(data_dir: str | None) -> Any:
+    """MNIST for ``--data-dir``: Ember's standard :func:`ember.data.load_mnist` if None, else
+    from ``data_dir`` only (never the cache or a download instead: the user named the data),
+    with a :class:`UsageError` if it holds nothing usable (malformed files raise
+    :class:`ember.data.MNISTFormatError`)."""
+    from ember.data import MNISTNotFoundError, load_mnist
+
+    if data_dir is None:
+        return load_mnist()
+    if not Path(data_dir).expanduser().exists():
+        raise UsageError(f"--data-dir {data_dir}: no such file or directory")
+    try:
+        return load_mnist(data_dir, download=False, fallback=False)
+    except MNISTNotFoundError as e:
+        raise UsageError(f"--data-dir {e}") from None
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics file (``<run>/metrics.jsonl``); each record is written at once."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-            f.flush()
 
     def read(self) -> list[dict[str, Any]]:
         """The records written so far (a torn last line, from a crash mid-write, is skipped)."""
@@ -141,15 +328,14 @@ class MetricsLog:
         return out
 
     def truncate(self, key: str, last: int) -> None:
-        """Keep only records whose ``record[key] <= last`` (used on resume: drop what the checkpoint lost)."""
+        """Keep only records whose ``record[key] <= last`` (used on resume: drop what the checkpoint lost).
+
+        Rewritten atomically (:func:`ember.params.serialize.atomic_write`): a crash leaves the old file or the new one."""
         if not self.path.is_file():
             return
         kept = [r for r in self.read() if isinstance(r.get(key), (int, float)) and r[key] <= last]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for r in kept:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        data = "".join(json.dumps(r) + "\n" for r in kept).encode()
+        atomic_write(self.path, lambda f: f.write(data), mode=shared_file_mode())
 
 
 # ---- RNG -----------------------------------------------------------------------------------------
@@ -189,6 +375,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
+
+
+def fork_rng(device: torch.device) -> Any:
+    """``torch.random.fork_rng`` over the CPU generator and, for a CUDA ``device``, that device's:
+    random draws inside it leave the global streams (the training trajectory) as they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

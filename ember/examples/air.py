@@ -47,6 +47,7 @@ step's window boxed red / green / blue and the inferred count in the corner.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import time
 from collections import namedtuple
@@ -66,13 +67,18 @@ from ember.examples._runs import (
     CHECKPOINT_NAME,
     CheckpointError,
     MetricsLog,
+    RunSetup,
     UsageError,
-    load_checkpoint,
+    checkpoint_path,
+    fork_rng,
+    load_mnist_arg,
+    load_run_checkpoint,
+    merge_settings,
     resolve_device,
-    resolve_resume,
+    resolve_run,
+    restore,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from ember.infer import SVI, TraceGraph_ELBO
 from ember.poutine.messenger import Messenger
@@ -135,9 +141,6 @@ DEFAULTS: dict[str, Any] = {
     "num_test": 10000,
 }
 DEFAULT_STEPS = 200000
-_MODEL_KEYS = ("model_steps", "window_size", "z_what_size", "rnn_hidden_size", "encoder_net", "decoder_net", "predict_net",
-               "bl_predict_net", "decoder_output_bias", "decoder_output_use_sigmoid", "scale_prior_mean", "scale_prior_sd",
-               "pos_prior_mean", "pos_prior_sd", "likelihood_sd", "z_pres_prior", "guide_init", "batch_size")
 
 
 # ---- networks ------------------------------------------------------------------------------------
@@ -425,6 +428,10 @@ class AIR(nn.Module):
             return steps
 
 
+# the settings that are AIR's constructor arguments
+_MODEL_KEYS = tuple(k for k in inspect.signature(AIR).parameters if k in DEFAULTS)
+
+
 def build_air(cfg: dict[str, Any]) -> AIR:
     """An :class:`AIR` from a settings dict (``DEFAULTS``' keys; missing ones take the defaults)."""
     c = {**DEFAULTS, **cfg}
@@ -669,55 +676,18 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
 
 
-def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
-    """The run directory and, with --resume, the checkpoint to continue from."""
-    run_dir, ckpt_path = resolve_resume(args.out, args.resume, "air")
-    if ckpt_path is None:
-        return run_dir, None
-    ckpt = _load(ckpt_path, ("step", "params", "optim", "rng", "args", "window"))
-    return ckpt_path.parent, ckpt
-
-
-def _load(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
-    ckpt = load_checkpoint(path, CHECKPOINT_KIND, required=required)
-    if not isinstance(ckpt["args"], dict) or ("step" in ckpt and not isinstance(ckpt["step"], int)):
-        raise CheckpointError(f"{path}: malformed checkpoint (args or step of the wrong type)")
-    return ckpt
+_TRAIN_TYPES = {"args": dict, "step": int}  # checked where present
 
 
 def _settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    saved = ckpt["args"] if ckpt is not None else {}
-    cfg: dict[str, Any] = {}
-    for k, default in DEFAULTS.items():
-        given = getattr(args, k, None)
-        if ckpt is not None and k in saved:
-            if given is not None and given != saved[k]:
-                raise UsageError(f"--{k.replace('_', '-')} {given}: the run being resumed used {saved[k]}; "
-                                 "drop the flag, or start a new run without --resume")
-            cfg[k] = saved[k]
-        else:
-            cfg[k] = default if given is None else given
-    if cfg["anneal_prior"] == "exp" and cfg["anneal_prior_to"] <= 0:
-        raise UsageError("--anneal-prior exp needs --anneal-prior-to > 0")
-    cfg["steps"] = args.steps if args.steps is not None else (saved.get("steps", DEFAULT_STEPS) if ckpt is not None else DEFAULT_STEPS)
-    return cfg
+    """The model's, data's and trajectory's settings (fixed by a resumed checkpoint), then the steps (given, else the checkpoint's)."""
+    return merge_settings(args, ckpt["args"] if ckpt is not None else None, DEFAULTS, {"steps": DEFAULT_STEPS})
 
 
 def _load_data(args: argparse.Namespace, cfg: dict[str, Any]):
-    import warnings
+    from ember.data import load_multi_mnist
 
-    from ember.data import load_mnist, load_multi_mnist
-
-    mnist = None
-    if args.data_dir is not None:
-        if not Path(args.data_dir).expanduser().exists():
-            raise UsageError(f"--data-dir {args.data_dir}: no such file or directory")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mnist = load_mnist(args.data_dir, download=False)
-        if not mnist.source.startswith("data_dir"):
-            why = "; ".join(str(w.message) for w in caught) or "no MNIST files there"
-            raise UsageError(f"--data-dir {args.data_dir}: {why.split('; using ')[0]}")
+    mnist = load_mnist_arg(args.data_dir) if args.data_dir is not None else None  # None: Ember's, loaded only if not cached
     return load_multi_mnist(cfg["num_train"], cfg["num_test"], cfg["data_seed"], mnist=mnist)
 
 
@@ -727,31 +697,17 @@ def main(args: argparse.Namespace) -> int:
         return reconstruct_main(args)
     _check_args(args)
     device = resolve_device(args.device)
-    run_dir, ckpt = _resolve_run(args)
+    run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "air", CHECKPOINT_KIND,
+                                           required=("step", "params", "optim", "rng", "args", "window"), types=_TRAIN_TYPES)
     cfg = _settings(args, ckpt)
-
-    from ember.runtime import is_validation_enabled
-
-    old_threads = torch.get_num_threads()
-    old_validation = (is_validation_enabled(), dist.is_validation_enabled())
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        t0 = time.perf_counter()
+    with RunSetup(args.threads, validation=(not args.no_validation, not args.no_validation)) as setup:
         data = _load_data(args, cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed start leaves no empty run directory
-        print(f"run directory: {run_dir}")
-        print(f"data: {len(data.train)} training and {len(data.test)} test canvases ({data.source}); {time.perf_counter() - t0:.1f} s")
-        pyro.enable_validation(not args.no_validation)
-        dist.enable_validation(not args.no_validation)
-        return _train(args, cfg, device, run_dir, ckpt, data)
-    finally:  # leave the process as it was (main may be called in-process, e.g. by tests)
-        torch.set_num_threads(old_threads)
-        pyro.enable_validation(old_validation[0])
-        dist.enable_validation(old_validation[1])
+        run_dir = setup.started(run_dir, "air", f"{len(data.train)} training and {len(data.test)} test canvases ({data.source})")
+        return _train(args, cfg, device, run_dir, ckpt_path, ckpt, data)
 
 
-def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt: dict[str, Any] | None, data: Any) -> int:
+def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt_path: Path | None,
+           ckpt: dict[str, Any] | None, data: Any) -> int:
     from tqdm import tqdm
 
     pyro.set_rng_seed(cfg["seed"])
@@ -773,17 +729,10 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
     window = {"loss_sum": 0.0, "acc_sum": 0.0, "n": 0, "skipped": 0}
     last_eval: dict[str, Any] = {}
     if ckpt is not None:
-        try:
-            pyro.get_param_store().set_state(ckpt["params"])
-            svi.optim.set_state(ckpt["optim"])
-            start = int(ckpt["step"])
-            window = {k: type(v)(ckpt["window"][k]) for k, v in window.items()}
-            last_eval = dict(ckpt.get("last_eval") or {})
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{run_dir / CHECKPOINT_NAME}: malformed checkpoint ({type(e).__name__}: {e})") from None
-        set_rng_state(ckpt["rng"])
-        metrics.truncate("step", start)
-        print(f"resuming after step {start} from {run_dir / CHECKPOINT_NAME}")
+        def read(c: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            return {k: type(v)(c["window"][k]) for k, v in window.items()}, dict(c.get("last_eval") or {})
+
+        start, (window, last_eval) = restore(ckpt_path, ckpt, svi.optim, metrics, "step", read)
     steps = cfg["steps"]
     if start >= steps:
         print(f"already trained for {start} steps (pass --steps N with N > {start} to train more)")
@@ -804,7 +753,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
         t = time.perf_counter()
         # the guide's draws come from a generator of their own: the training trajectory does not
         # depend on when (or whether) the accuracy was measured
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with fork_rng(device):
             torch.manual_seed(cfg["seed"] * 1_000_003 + step)
             acc, conf = count_accuracy(air, eval_x, eval_counts)
         last_eval.update(step=step, test_count_accuracy=acc)
@@ -865,7 +814,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
         except ImportError:
             print("  (no figure: install matplotlib, e.g. pip install 'ember-ppl[plots]')")
         else:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with fork_rng(device):
                 torch.manual_seed(0)
                 x = examples[:10].float().div(255).reshape(-1, X_SIZE * X_SIZE).to(device)
                 recons, z_where, z_pres = reconstruct(air, x)
@@ -878,9 +827,8 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
 def reconstruct_main(args: argparse.Namespace) -> int:
     """``ember air reconstruct``: rebuild the networks from a checkpoint's settings, load its
     parameters through the parameter store, and draw seed 002's figure."""
-    path = Path(args.checkpoint)
-    ckpt_path = path / CHECKPOINT_NAME if path.is_dir() else path
-    ckpt = _load(ckpt_path, ("params", "args", "examples"))
+    ckpt_path = checkpoint_path(args.checkpoint)
+    ckpt = load_run_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("params", "args", "examples"), types=_TRAIN_TYPES)
     if not 1 <= args.num <= NUM_EXAMPLES:
         raise UsageError(f"--num must be between 1 and {NUM_EXAMPLES}, got {args.num}")
     device = resolve_device(args.draw_device)
@@ -888,6 +836,13 @@ def reconstruct_main(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("ember air reconstruct needs matplotlib (pip install 'ember-ppl[plots]')") from None
+    out = Path(args.png) if args.png else ckpt_path.parent / "reconstructions.png"
+    if out.is_dir():
+        raise UsageError(f"{'--out ' if args.png else ''}{out}: is a directory; name the PNG file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create its directory {out.parent} ({e.strerror or e})") from None
     pyro.clear_param_store()
     try:
         air = build_air(ckpt["args"]).to(device)
@@ -899,9 +854,6 @@ def reconstruct_main(args: argparse.Namespace) -> int:
     air.eval()
     torch.manual_seed(args.draw_seed)
     recons, z_where, z_pres = reconstruct(air, images)
-    out = Path(args.png) if args.png else ckpt_path.parent / "reconstructions.png"
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
     true = ckpt.get("example_counts")
     inferred = z_pres.sum(1).long().cpu()
     title = f"step {ckpt.get('step', '?')}: inferred counts {inferred.tolist()}"

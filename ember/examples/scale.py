@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import time
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch.distributions import constraints
 
 import ember
 import ember.distributions as dist
+from ember.examples._runs import UsageError, make_run_dir
 from ember.infer import SVI, Trace_ELBO
 
 __all__ = ["scale", "conditioned_scale", "guide_abs", "guide_constrained", "exact_posterior", "train", "main", "add_arguments"]
@@ -101,8 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    out = args.out or os.path.join("runs", time.strftime("scale-%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
+    if args.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    out = str(make_run_dir(args.out, "scale"))
     print(f"run directory: {out}")
     hist = train(args.steps, args.lr, args.momentum, args.guess, args.measurement, args.guide, args.seed)
     loc, sd = exact_posterior(args.guess, args.measurement)
@@ -148,4 +149,6 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m ember.examples.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    from ember.cli import run_main
+
+    raise SystemExit(run_main(main, parser.parse_args(), "scale"))

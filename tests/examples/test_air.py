@@ -1,19 +1,17 @@
 """Tests of ember.examples.air and ``ember air`` on multi-MNIST canvases made from a small fake MNIST.
 
-Nothing is downloaded and Ember's real data cache is not touched (EMBER_DATA points into tmp_path).
+Nothing is downloaded and Ember's real data cache is not touched (tests/examples/conftest.py).
 Networks are shrunk (LSTM 32, z_what 8) so a handful of SVI steps take well under a second.
 """
 
 import json
 import math
-import struct
-import subprocess
-import urllib.request
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from _helpers import PNG_MAGIC, write_idx_dir
 
 import ember
 import ember.poutine as poutine
@@ -22,15 +20,10 @@ from ember.examples import _runs, air
 from ember.infer import TraceGraph_ELBO
 from ember.params.serialize import CheckpointError
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"rnn_hidden_size": 32, "z_what_size": 8, "encoder_net": [16], "decoder_net": [16], "predict_net": [16],
          "bl_predict_net": [16], "batch_size": 8}
 SMALL_FLAGS = ["--rnn-hidden-size", "32", "--z-what-size", "8", "--encoder-net", "16", "--decoder-net", "16",
                "--predict-net", "16", "--bl-predict-net", "16", "--batch-size", "16"]
-
-
-def _idx(array: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +31,13 @@ def fake_mnist(tmp_path_factory):
     """A directory of IDX files holding 80 + 20 random 28x28 "digits" (a blob of ink each)."""
     d = tmp_path_factory.mktemp("fake-mnist")
     rng = np.random.default_rng(0)
-    for split, n in (("train", 80), ("t10k", 20)):
+    arrays = []
+    for n in (80, 20):
         x = np.zeros((n, 28, 28), dtype=np.uint8)
         x[:, 6:22, 9:19] = rng.integers(100, 256, size=(n, 16, 10))
-        (d / f"{split}-images-idx3-ubyte").write_bytes(_idx(x, 2051))
-        (d / f"{split}-labels-idx1-ubyte").write_bytes(_idx(rng.integers(0, 10, n), 2049))
+        arrays += [x, rng.integers(0, 10, n)]
+    write_idx_dir(d, arrays)
     return d
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_DATA", str(tmp_path / "ember-cache"))
-    monkeypatch.chdir(tmp_path)  # a default runs/ directory would land here
-
-    def offline(*args, **kwargs):
-        raise AssertionError("tests must not download anything")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    monkeypatch.setattr(subprocess, "run", offline)
 
 
 def _cli(fake_mnist, out, *extra):
@@ -540,3 +522,47 @@ def test_bad_flags_give_one_line_errors(fake_mnist, tmp_path, capsys):
     assert "--z-pres-prior must be in (0, 1]" in capsys.readouterr().err
     assert _cli(fake_mnist, tmp_path / "r", "--device", "cuda:7") == 2
     assert not (tmp_path / "r").exists()
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ember air: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_out_naming_a_file_exits_2(fake_mnist, tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    assert _cli(fake_mnist, f, "--steps", "2", "--no-plots") == 2
+    assert _one_line_error(capsys) == f"ember air: error: --out {f}: exists and is not a directory"
+    assert f.read_text() == "x"
+
+
+def test_resume_names_the_checkpoint_it_loaded(fake_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli(fake_mnist, run, "--steps", "2", "--no-plots") == 0
+    saved = run / "saved.pt"
+    (run / "checkpoint.pt").rename(saved)
+    capsys.readouterr()
+    assert _cli(fake_mnist, run, "--steps", "4", "--no-plots", "--resume", str(saved)) == 0
+    assert f"resuming after step 2 from {saved}" in capsys.readouterr().out
+
+    state = _runs.load_checkpoint(saved, air.CHECKPOINT_KIND)
+    payload = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
+    _runs.save_checkpoint(saved, air.CHECKPOINT_KIND, {**payload, "window": {}})
+    assert _cli(fake_mnist, run, "--steps", "6", "--no-plots", "--resume", str(saved)) == 2
+    err = _one_line_error(capsys)
+    assert f"{saved}: malformed checkpoint" in err and "checkpoint.pt" not in err
+
+
+def test_reconstruct_out_under_a_file_exits_2(fake_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli(fake_mnist, run, "--steps", "2", "--no-plots") == 0
+    f = tmp_path / "file"
+    f.write_text("x")
+    capsys.readouterr()
+    assert main(["air", "reconstruct", "--checkpoint", str(run), "--out", str(f / "recon.png")]) == 2
+    assert _one_line_error(capsys).startswith(f"ember air: error: --out {f / 'recon.png'}: cannot create its directory {f}")
+    assert main(["air", "reconstruct", "--checkpoint", str(run), "--out", str(run)]) == 2
+    assert "is a directory" in _one_line_error(capsys)
+    assert f.read_text() == "x"

@@ -1,9 +1,9 @@
 """Tests of ember.examples.vae and ``ember vae`` on a small fake MNIST written as IDX files here.
 
-Nothing is downloaded and Ember's real data cache is not touched (EMBER_DATA points into tmp_path).
+Nothing is downloaded and Ember's real data cache is not touched (tests/examples/conftest.py).
+The run helpers of ember.examples._runs are tested in test_runs.py.
 """
 
-import io
 import json
 import os
 import signal
@@ -11,27 +11,21 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.request
-import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from _helpers import PNG_MAGIC, write_idx_dir
 
 import ember
 from ember import poutine
 from ember.cli import main
 from ember.examples import _runs, vae
-from ember.params.serialize import CheckpointError, atomic_save
+from ember.params.serialize import atomic_save
 
 N_TRAIN, N_TEST = 300, 60
 PNGS = ("elbo.png", "reconstructions.png", "samples.png", "embedding.png")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _idx(array: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
 
 
 def _fake_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -53,23 +47,8 @@ def _fake_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 def fake_mnist(tmp_path_factory):
     d = tmp_path_factory.mktemp("fake-mnist")
     rng = np.random.default_rng(0)
-    for split, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-        x, y = _fake_digits(n, rng)
-        (d / f"{split}-images-idx3-ubyte").write_bytes(_idx(x, 2051))
-        (d / f"{split}-labels-idx1-ubyte").write_bytes(_idx(y, 2049))
+    write_idx_dir(d, [a for n in (N_TRAIN, N_TEST) for a in _fake_digits(n, rng)])
     return d
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_DATA", str(tmp_path / "ember-cache"))
-    monkeypatch.chdir(tmp_path)  # a default runs/ directory would land here
-
-    def offline(*args, **kwargs):
-        raise AssertionError("tests must not download anything")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    monkeypatch.setattr(subprocess, "run", offline)
 
 
 def _cli(fake_mnist, out, *extra):
@@ -170,32 +149,6 @@ def test_embedding_tsne_without_scikit_learn_is_a_clear_error(monkeypatch):
     with pytest.raises(_runs.UsageError, match="scikit-learn"):
         vae.embed_2d(torch.randn(10, 3), method="tsne")
     assert vae.embed_2d(torch.randn(10, 3), method="auto")[1] == "PCA"
-
-
-# ---- run helpers -------------------------------------------------------------------------------
-
-
-def test_epoch_generator_depends_only_on_seed_and_epoch():
-    a = torch.randperm(100, generator=_runs.epoch_generator(3, 7))
-    torch.randperm(100, generator=_runs.epoch_generator(3, 6))
-    assert torch.equal(a, torch.randperm(100, generator=_runs.epoch_generator(3, 7)))
-    assert not torch.equal(a, torch.randperm(100, generator=_runs.epoch_generator(3, 8)))
-    assert not torch.equal(a, torch.randperm(100, generator=_runs.epoch_generator(4, 7)))
-
-
-def test_rng_state_roundtrips_through_a_weights_only_file(tmp_path):
-    import random
-
-    ember.set_rng_seed(5)
-    np.random.normal()  # leaves a cached gaussian in numpy's state
-    random.gauss(0, 1)
-    state = _runs.rng_state()
-    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.normal(), random.gauss(0, 1))
-    atomic_save(state, tmp_path / "rng.pt")
-    _runs.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.normal(), random.gauss(0, 1))
-    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
-    assert expected[2:] == again[2:]
 
 
 # ---- the command line, end to end --------------------------------------------------------------
@@ -308,128 +261,7 @@ def test_checkpoint_with_flipped_bytes_gives_a_clear_error(fake_mnist, tmp_path,
     assert [r["epoch"] for r in _metrics(run)] == [1]  # nothing was trained or truncated
 
 
-def test_any_single_flipped_byte_is_caught_or_harmless(tmp_path):
-    """Flip every byte of a small checkpoint in turn: each either loads exactly what was saved
-    (a byte torch.load ignores, e.g. zip padding) or raises CheckpointError, never anything else."""
-    payload = {"epoch": 2, "params": {"w": torch.randn(40), "b": torch.randn(3, 2)}, "rng": {"state": [1, 2, 3]}, "lr": 1e-3}
-    path = tmp_path / "c.pt"
-    _runs.save_checkpoint(path, "k", payload)
-    digest = _runs.load_checkpoint(path, "k")["digest"]
-    data = path.read_bytes()
-    caught = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's notes about the flipped pickle protocol byte
-        for pos in range(len(data)):
-            flipped = bytearray(data)
-            flipped[pos] ^= 0x01
-            path.write_bytes(bytes(flipped))
-            try:
-                state = _runs.load_checkpoint(path, "k")
-            except CheckpointError:
-                caught += 1
-            else:
-                assert _runs.checkpoint_digest(state) == digest, pos
-    assert caught > len(data) // 4
-
-
-def test_checkpoints_without_a_digest(tmp_path):
-    old = tmp_path / "v1.pt"  # written before checkpoints had a digest: still loads
-    atomic_save({"format": "k", "version": 1, "epoch": 3}, old)
-    assert _runs.load_checkpoint(old, "k")["epoch"] == 3
-    new = tmp_path / "v2.pt"
-    _runs.save_checkpoint(new, "k", {"epoch": 3})
-    state = _runs.load_checkpoint(new, "k")
-    del state["digest"]
-    atomic_save(state, new)
-    with pytest.raises(CheckpointError, match="no checksum"):
-        _runs.load_checkpoint(new, "k")
-
-
-# ---- killed mid-write, killed mid-epoch -----------------------------------------------------------
-
-
-def _small_checkpoint(value):
-    return {"epoch": int(value), "params": {"w": torch.full((1000,), float(value))}}
-
-
-def _leftover_tmp_files(directory):
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
-
-
-def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / "run" / "checkpoint.pt"
-    _runs.save_checkpoint(path, "k", _small_checkpoint(1))
-    before = path.read_bytes()
-    real_save = torch.save
-
-    def dies_half_way(obj, f, *args, **kwargs):
-        buf = io.BytesIO()
-        real_save(obj, buf)
-        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(OSError, match="No space left"):
-        _runs.save_checkpoint(path, "k", _small_checkpoint(2))
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    state = _runs.load_checkpoint(path, "k")
-    assert state["epoch"] == 1 and torch.equal(state["params"]["w"], torch.ones(1000))
-    assert _leftover_tmp_files(path.parent) == []  # the partial temporary file was removed
-
-
-_WRITER = """
-import io, os, sys, time
-import torch
-from ember.examples import _runs
-
-real_save = torch.save
-
-def stalls_half_way(obj, f, *args, **kwargs):
-    buf = io.BytesIO()
-    real_save(obj, buf)
-    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-    f.flush()
-    os.fsync(f.fileno())
-    print("half written", flush=True)
-    time.sleep(120)  # SIGKILLed here
-
-torch.save = stalls_half_way
-_runs.save_checkpoint(sys.argv[1], "k", {"epoch": 2, "params": {"w": torch.full((1000,), 2.0)}})
-"""
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
-def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_loadable(tmp_path):
-    path = tmp_path / "run" / "checkpoint.pt"
-    _runs.save_checkpoint(path, "k", _small_checkpoint(1))
-    before = path.read_bytes()
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()  # blocks until the writer is half-way through
-        assert line.strip() == "half written", proc.stderr.read() if proc.poll() is not None else line
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    # the killed writer left its partial temporary file (nothing could clean it up), under
-    # another name: the checkpoint itself is the previous one, byte for byte
-    leftovers = _leftover_tmp_files(path.parent)
-    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint.pt.")
-    assert 0 < (path.parent / leftovers[0]).stat().st_size < len(before)
-    assert path.read_bytes() == before
-    state = _runs.load_checkpoint(path, "k")
-    assert state["epoch"] == 1 and torch.equal(state["params"]["w"], torch.ones(1000))
-    with pytest.raises(CheckpointError):  # the partial file is not a checkpoint
-        _runs.load_checkpoint(path.parent / leftovers[0], "k")
-    assert _runs.find_latest_run("run", root=tmp_path) is None  # (it is not named like a run either)
-    _runs.save_checkpoint(path, "k", _small_checkpoint(3))  # and the next save goes through
-    assert _runs.load_checkpoint(path, "k")["epoch"] == 3
+# ---- killed mid-epoch ------------------------------------------------------------------------------
 
 
 def _spawn_vae(args, log, sleep_per_step=None):
@@ -546,5 +378,45 @@ def test_bad_flag_values_exit_2(fake_mnist, tmp_path, capsys):
     assert _cli(fake_mnist, tmp_path / "run", "--lr", "-1") == 2
 
 
-def test_scale_still_runs(tmp_path):
-    assert main(["scale", "--steps", "20", "--no-plot", "--out", str(tmp_path / "scale")]) == 0
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ember vae: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_out_naming_a_file_exits_2(fake_mnist, tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    assert _cli(fake_mnist, f, "--epochs", "1", "--no-plots") == 2
+    assert _one_line_error(capsys) == f"ember vae: error: --out {f}: exists and is not a directory"
+    assert f.read_text() == "x"
+
+
+def test_embedding_tsne_without_scikit_learn_fails_before_training(fake_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    run = tmp_path / "run"
+    common = ("--epochs", "1", "--z-dim", "4", "--hidden-dim", "16", "--embedding", "tsne")
+    assert _cli(fake_mnist, run, *common) == 2
+    assert "scikit-learn" in _one_line_error(capsys)
+    assert not run.exists()  # nothing was trained
+    assert _cli(fake_mnist, run, *common, "--no-plots") == 0  # no figures: no embedding needed
+    assert [r["epoch"] for r in _metrics(run)] == [1]
+
+
+def test_resume_names_the_checkpoint_it_loaded(fake_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    small = ("--no-plots", "--z-dim", "4", "--hidden-dim", "16")
+    assert _cli(fake_mnist, run, "--epochs", "1", *small) == 0
+    saved = run / "saved.pt"
+    (run / "checkpoint.pt").rename(saved)
+    capsys.readouterr()
+    assert _cli(fake_mnist, run, "--epochs", "2", "--no-plots", "--resume", str(saved)) == 0
+    assert f"resuming after epoch 1 from {saved}" in capsys.readouterr().out
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]
+
+    state = _runs.load_checkpoint(saved, vae.CHECKPOINT_KIND)
+    payload = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
+    _runs.save_checkpoint(saved, vae.CHECKPOINT_KIND, {**payload, "history": {"train": 5, "test": []}})
+    assert _cli(fake_mnist, run, "--epochs", "3", "--no-plots", "--resume", str(saved)) == 2
+    err = _one_line_error(capsys)
+    assert f"{saved}: malformed checkpoint" in err and "checkpoint.pt" not in err
