@@ -1,0 +1,540 @@
+"""Importance sampling: ``Importance`` (a weighted set of model traces), ``Empirical``
+and ``EmpiricalMarginal`` (the weighted samples of chosen sites as a distribution).
+
+Each sample runs the proposal (the guide, or the model's prior) and replays the model
+against it; its log-weight is the model's log joint density (observations included,
+plate subsampling scaled) minus the guide's log density of what it sampled::
+
+    log w_i = log p(x, z_i) - log q(z_i),    z_i ~ q
+
+so ``logsumexp(log w) - log N`` estimates the log evidence ``log p(x)`` and the
+normalized weights turn the samples into an estimate of the posterior.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.distributions import constraints
+
+from ember.distributions.torch_dist import TorchDistribution
+from ember.infer.elbo import _is_latent, check_model_guide_match, describe_nonfinite, get_importance_trace
+from ember.poutine.block_messenger import BlockMessenger
+from ember.poutine.plate_messenger import PlateMessenger
+from ember.poutine.replay_messenger import ReplayMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import Trace, site_is_subsample
+from ember.runtime import Message, is_validation_enabled
+
+__all__ = ["Importance", "Empirical", "EmpiricalMarginal"]
+
+_SAMPLE_PLATE = "_importance_samples"
+
+
+# ----------------------------------------------------------------------------------------
+# helpers shared with predictive.py
+def _plate_nesting(*traces: Trace) -> int:
+    """How many batch dims the sites of ``traces`` use: the deepest vectorized plate, and
+    also any batch dims no plate declares (a distribution with batch_shape (3,) outside
+    every plate, an observation of shape (5,) under a scalar distribution). A plate over
+    samples put left of that many dims never collides with a dim of the model's own."""
+    n = 0
+    for tr in traces:
+        for site in tr.nodes.values():
+            if site.type != "sample" or site_is_subsample(site):
+                continue
+            for f in site.cond_indep_stack:
+                if f.dim is not None:
+                    n = max(n, -f.dim)
+            fn = site.fn
+            event_dim = len(getattr(fn, "event_shape", ()))
+            batch_shape = getattr(fn, "batch_shape", None)
+            if batch_shape is not None:
+                n = max(n, len(batch_shape))
+            v = site.value
+            if isinstance(v, torch.Tensor):
+                n = max(n, v.dim() - event_dim)
+    return n
+
+
+def _unvectorize(value: Any, shape: Sequence[int], n: int, name: str) -> torch.Tensor:
+    """Turn the value of site ``name`` from a run vectorized over ``n`` samples (a plate
+    left of the site's own dims) into shape ``[n, *shape]``, where ``shape`` is the
+    site's shape in one unvectorized run. A value without the sample dim (an
+    observation, a constant) is the same in every sample and is expanded."""
+    target = torch.Size((n,)) + torch.Size(shape)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"site '{name}': its value is a {type(value).__name__}, not a tensor")
+    if value.shape == target:
+        return value
+    k = value.dim() - len(shape)
+    v = value
+    if k > 0:
+        big = [d for d in value.shape[:k] if d != 1]
+        if len(big) > 1 or (big and big[0] != n):
+            raise ValueError(
+                f"site '{name}': cannot read {n} samples of shape {tuple(shape)} from the vectorized value of shape {tuple(value.shape)}"
+            )
+        v = value.reshape((big[0] if big else 1,) + tuple(value.shape[k:]))
+    try:
+        return v.expand(target)
+    except RuntimeError:
+        raise ValueError(
+            f"site '{name}': cannot read {n} samples of shape {tuple(shape)} from the vectorized value of shape {tuple(value.shape)}"
+        ) from None
+
+
+class _NotVectorizable(Exception):
+    """The vectorized run gave log-densities without the sample dim leftmost."""
+
+
+def _per_sample_log_density(trace: Trace, n: int, nesting: int) -> torch.Tensor | None:
+    """Sum of every sample site's (scaled, masked) log-density in a trace vectorized over
+    ``n`` samples at dim ``-nesting-1``: a tensor [n] (None if no site has one)."""
+    total = None
+    for name, site in trace.nodes.items():
+        if site.type != "sample" or site.log_prob is None:
+            continue
+        lp = site.log_prob
+        if not isinstance(lp, torch.Tensor):
+            lp = torch.as_tensor(lp)
+        if lp.dim() != nesting + 1 or lp.shape[0] not in (n, 1):
+            raise _NotVectorizable(
+                f"site '{name}' has a log_prob of shape {tuple(lp.shape)}; a run vectorized over {n} samples with "
+                f"max_plate_nesting={nesting} needs {nesting + 1} dims with the samples (size {n}) leftmost"
+            )
+        lp = lp.reshape(lp.shape[0], -1).sum(-1)
+        total = lp if total is None else total + lp
+    return total
+
+
+def _hide_observed(msg: Message) -> bool:
+    return msg.type == "sample" and msg.is_observed
+
+
+def _index_trace(vec_trace: Trace, i: int, n: int, shapes: dict, nesting: int) -> Trace:
+    """Sample ``i`` of the latent values of a vectorized trace, as a trace to replay."""
+    tr = Trace()
+    for name, site in vec_trace.nodes.items():
+        if site.type != "sample" or name == _SAMPLE_PLATE:
+            continue
+        if site_is_subsample(site):
+            tr.nodes[name] = site
+            continue
+        if site.is_observed:
+            continue
+        shape = shapes.get(name)
+        if shape is None:  # not in the plain run: keep the dims right of the sample dim
+            event_dim = len(getattr(site.fn, "event_shape", ()))
+            shape = site.value.shape[max(0, site.value.dim() - event_dim - nesting) :]
+        new = site.copy()
+        new.value = _unvectorize(site.value, shape, n, name)[i]
+        tr.nodes[name] = new
+    return tr
+
+
+# ----------------------------------------------------------------------------------------
+class Importance:
+    """Importance sampling from ``guide`` (the proposal) for ``model``.
+
+    :param model: the model, conditioned on its data (``obs=`` or ``condition``).
+    :param guide: the proposal; it must sample every latent site of the model. ``None``
+        proposes from the prior: the model itself with its observed sites hidden, so the
+        log-weights are the log-likelihoods of the prior draws.
+    :param num_samples: the number of samples ``N`` (>= 1).
+    :param vectorize: ``True``: draw all samples at once, inside a plate of size ``N`` at
+        dim ``-max_plate_nesting - 1`` wrapped around model and guide (as
+        ``ELBO(vectorize_particles=True)`` does); ``False``: a Python loop of ``N``
+        runs; ``None`` (default): try the vectorized run and fall back to the loop when
+        it raises (a shape error, a Python ``if`` on a sampled value, ...) or when a
+        site's log-density does not come out with exactly ``max_plate_nesting + 1``
+        dims and the samples leftmost. After :meth:`run`, ``self.vectorized`` says
+        which path ran and ``self.fallback_reason`` why the vectorized one was left.
+        Control flow that depends on sampled values without raising under
+        vectorization (e.g. ``if z.sum() > 0``) cannot be detected: use
+        ``vectorize=False`` for such models.
+    :param max_plate_nesting: the number of batch dims the model and guide use; guessed
+        from one unvectorized run when None (every plate dim, and batch dims that no
+        plate declares).
+
+    A model without latent sites is fine: every weight is then ``log p(x)``, the
+    exact log evidence.
+
+    After ``run(*args, **kwargs)`` (which returns ``self``):
+
+    * ``log_weights``: tensor ``[N]``;
+    * ``exec_traces``: the ``N`` model traces (a list, or on the vectorized path a
+      read-only sequence whose trace ``i`` is built on first access by replaying the
+      model on sample ``i``'s values, with the parameters as they are at that time);
+      :meth:`site_values` reads a site's values straight from the vectorized run;
+    * :meth:`get_log_normalizer` / ``log_evidence``, :meth:`get_normalized_weights`,
+      :meth:`get_ESS`; ``EmpiricalMarginal(importance, sites)`` for a site's posterior.
+
+    Everything runs under ``torch.no_grad()`` and hidden from handlers outside.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable | None = None,
+        num_samples: int = 10,
+        *,
+        vectorize: bool | None = None,
+        max_plate_nesting: int | None = None,
+    ) -> None:
+        if num_samples is None:
+            num_samples = 10
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"Importance: num_samples must be a positive integer; got {num_samples!r}")
+        if vectorize not in (None, True, False):
+            raise ValueError(f"Importance: vectorize must be None, True or False; got {vectorize!r}")
+        if max_plate_nesting is not None and (isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0):
+            raise ValueError(f"Importance: max_plate_nesting must be a non-negative integer or None; got {max_plate_nesting!r}")
+        if not callable(model):
+            raise TypeError(f"Importance: model must be callable; got {type(model).__name__}")
+        if guide is not None and not callable(guide):
+            raise TypeError(f"Importance: guide must be callable or None; got {type(guide).__name__}")
+        self.model = model
+        self.guide = guide if guide is not None else BlockMessenger(model, hide_fn=_hide_observed)
+        self.num_samples = num_samples
+        self.vectorize = vectorize
+        self._max_plate_nesting_arg = max_plate_nesting
+        self.max_plate_nesting = max_plate_nesting  # after a vectorized run: the value used
+        self._reset()
+
+    def _reset(self) -> None:
+        self.log_weights = torch.empty(0)
+        self.vectorized: bool | None = None
+        self.fallback_reason: str | None = None
+        self._exec_traces: list | None = None
+        self._vec: tuple | None = None  # (model trace, guide trace, args, kwargs, nesting)
+        self._shapes: dict = {}
+        self._ran = False
+
+    # ---- running -----------------------------------------------------------------------
+    def run(self, *args: Any, **kwargs: Any) -> Importance:
+        """Draw ``num_samples`` weighted samples; the arguments go to model and guide."""
+        self._reset()
+        with torch.no_grad(), BlockMessenger():
+            log_w = None
+            if self.vectorize is not False:
+                log_w = self._run_vectorized(args, kwargs)
+            if log_w is None:
+                log_w = self._run_sequential(args, kwargs)
+        self.log_weights = log_w
+        self._ran = True
+        return self
+
+    def _check(self, model_trace: Trace, guide_trace: Trace, first: bool) -> None:
+        """Every model latent must be in the guide (else the weights are wrong); on the
+        first sample also the general model/guide checks (plate sizes, event shapes,
+        warnings about guide sites the model lacks)."""
+        if not is_validation_enabled():
+            return
+        guide_latents = {n for n, s in guide_trace.nodes.items() if _is_latent(s)}
+        missing = [n for n, s in model_trace.nodes.items() if _is_latent(s) and n not in guide_latents]
+        if missing:
+            raise ValueError(
+                f"Importance: the guide does not sample the model's latent site(s) {missing}. The model would draw them "
+                f"from its prior when replayed, and the weights would be wrong. Sample them in the guide, or pass guide=None "
+                f"to propose from the prior. Guide sites: {sorted(guide_latents)}."
+            )
+        if first:
+            check_model_guide_match(model_trace, guide_trace)
+
+    def _raise_nonfinite(self, log_w: torch.Tensor, traces: list) -> None:
+        n_nan = int(torch.isnan(log_w).sum())
+        what = f"{n_nan} of the {len(log_w)} log-weights are NaN" if n_nan else None
+        if what is None and bool(torch.isposinf(log_w).any()):
+            what = f"{int(torch.isposinf(log_w).sum())} of the {len(log_w)} log-weights are +inf"
+        if what is None:
+            what = f"all {len(log_w)} log-weights are -inf (no sample has positive density under the model)"
+        raise ValueError(f"Importance: {what}: {describe_nonfinite(traces)}.")
+
+    @staticmethod
+    def _bad_weights(log_w: torch.Tensor) -> bool:
+        return bool(torch.isnan(log_w).any() or torch.isposinf(log_w).any() or torch.isneginf(log_w).all())
+
+    def _run_vectorized(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        n = self.num_samples
+        # one plain run: checks, the plate nesting, each site's shape in one sample
+        model_trace, guide_trace = get_importance_trace(self.model, self.guide, args, kwargs, validate=False)
+        self._check(model_trace, guide_trace, first=True)
+        nesting = self._max_plate_nesting_arg
+        if nesting is None:
+            nesting = _plate_nesting(model_trace, guide_trace)
+        self._shapes = {
+            name: site.value.shape
+            for tr in (guide_trace, model_trace)
+            for name, site in tr.nodes.items()
+            if site.type in ("sample", "return") and isinstance(site.value, torch.Tensor)
+        }
+        dim = -nesting - 1
+
+        def vectorized(fn: Callable) -> Callable:
+            def wrapped(*a: Any, **k: Any) -> Any:
+                with PlateMessenger(_SAMPLE_PLATE, n, dim=dim):
+                    return fn(*a, **k)
+
+            return wrapped
+
+        try:
+            vmodel, vguide = get_importance_trace(vectorized(self.model), vectorized(self.guide), args, kwargs, validate=False)
+            model_lp = _per_sample_log_density(vmodel, n, nesting)
+            guide_lp = _per_sample_log_density(vguide, n, nesting)
+        except Exception as e:  # any failure of the vectorized run means: run the loop
+            if self.vectorize:
+                raise
+            self.fallback_reason = f"{type(e).__name__}: {e}"
+            return None
+        dtype = torch.get_default_dtype()
+        log_w = torch.zeros(n, dtype=dtype)
+        if model_lp is not None:
+            log_w = log_w + model_lp
+        if guide_lp is not None:
+            log_w = log_w - guide_lp
+        log_w = log_w.expand(n).clone()
+        if self._bad_weights(log_w):
+            self._raise_nonfinite(log_w, [("model", vmodel), ("guide", vguide)])
+        self.vectorized = True
+        self.max_plate_nesting = nesting
+        self._vec = (vmodel, vguide, args, kwargs, nesting)
+        return log_w
+
+    def _run_sequential(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        traces, guides, log_w = [], [], []
+        for i in range(self.num_samples):
+            model_trace, guide_trace = get_importance_trace(self.model, self.guide, args, kwargs, validate=False)
+            self._check(model_trace, guide_trace, first=(i == 0 and self.vectorized is None and self.fallback_reason is None))
+            traces.append(model_trace)
+            guides.append(guide_trace)
+            log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+        dtype = functools.reduce(torch.promote_types, [w.dtype for w in log_w], torch.get_default_dtype())
+        lw = torch.stack([w.to(dtype) for w in log_w])
+        if self._bad_weights(lw):
+            bad = ~torch.isfinite(lw)
+            i = int(bad.nonzero()[0]) if bool(bad.any()) else 0
+            self._raise_nonfinite(lw, [(f"model (sample {i})", traces[i]), (f"guide (sample {i})", guides[i])])
+        self.vectorized = False
+        self._exec_traces = traces
+        return lw
+
+    # ---- results -----------------------------------------------------------------------
+    def _require_run(self) -> None:
+        if not self._ran:
+            raise RuntimeError("Importance: call .run(*args, **kwargs) first")
+
+    @property
+    def exec_traces(self) -> Sequence[Trace]:
+        """The ``N`` model traces (see the class docstring for the vectorized path)."""
+        if not self._ran:
+            return []
+        if self._exec_traces is None:
+            self._exec_traces = _ReplayedTraces(self)
+        return self._exec_traces
+
+    def site_values(self, name: str) -> torch.Tensor:
+        """The values of site ``name`` (or ``"_RETURN"``) in every sample, stacked:
+        a tensor ``[N, *site_shape]``."""
+        self._require_run()
+        n = self.num_samples
+        if self._vec is not None and name in self._shapes:
+            site = self._vec[0].nodes.get(name)
+            if site is not None:
+                try:
+                    return _unvectorize(site.value, self._shapes[name], n, name)
+                except (TypeError, ValueError):
+                    pass
+        values = []
+        for i, tr in enumerate(self.exec_traces):
+            if name not in tr.nodes:
+                count = sum(name in t.nodes for t in self.exec_traces)
+                raise KeyError(f"site '{name}' is missing from sample {i}: it appears in {count} of the {n} traces (random control flow?)")
+            values.append(torch.as_tensor(tr.nodes[name].value))
+        try:
+            return torch.stack(values)
+        except RuntimeError:
+            shapes = sorted({tuple(v.shape) for v in values})
+            raise ValueError(f"site '{name}' has different shapes in different samples: {shapes}; it cannot be stacked") from None
+
+    def get_log_normalizer(self) -> torch.Tensor:
+        """The log evidence estimate ``logsumexp(log_weights) - log N``: a scalar tensor."""
+        self._require_run()
+        return torch.logsumexp(self.log_weights, 0) - math.log(self.num_samples)
+
+    @property
+    def log_evidence(self) -> torch.Tensor:
+        """Same as :meth:`get_log_normalizer`."""
+        return self.get_log_normalizer()
+
+    def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
+        """The weights normalized to sum to one (their logs with ``log_scale``): ``[N]``."""
+        self._require_run()
+        log_w_norm = self.log_weights - torch.logsumexp(self.log_weights, 0)
+        return log_w_norm if log_scale else log_w_norm.exp()
+
+    def get_ESS(self) -> torch.Tensor:
+        """The effective sample size ``1 / sum(w_i^2)`` of the normalized weights: a scalar
+        tensor between 1 and ``N``."""
+        log_w_norm = self.get_normalized_weights(log_scale=True)
+        return torch.exp(-torch.logsumexp(2 * log_w_norm, 0))
+
+
+class _ReplayedTraces(Sequence):
+    """The per-sample model traces of a vectorized run, each built on first access by
+    replaying the model against that sample's latent values."""
+
+    def __init__(self, imp: Importance) -> None:
+        self._imp = imp
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return self._imp.num_samples
+
+    def __getitem__(self, i: Any) -> Any:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(n))]
+        i = int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        tr = self._cache.get(i)
+        if tr is None:
+            imp = self._imp
+            _, vguide, args, kwargs, nesting = imp._vec
+            with torch.no_grad(), BlockMessenger():
+                replay_trace = _index_trace(vguide, i, n, imp._shapes, nesting)
+                tm = TraceMessenger(ReplayMessenger(imp.model, trace=replay_trace))
+                tm(*args, **kwargs)
+                tm.trace.compute_log_prob()
+            tr = self._cache[i] = tm.trace
+        return tr
+
+
+# ----------------------------------------------------------------------------------------
+class Empirical(TorchDistribution):
+    """The weighted empirical distribution of ``samples`` (``[N, *event_shape]``) with
+    unnormalized ``log_weights`` (``[N]``). Its batch shape is ``()``, its event shape
+    ``samples.shape[1:]``; ``sample()`` picks one of the samples with probability
+    proportional to its weight; ``mean`` and ``variance`` are the weighted moments
+    (the variance divides by the total weight, as Pyro's does)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_enumerate_support = True
+
+    def __init__(self, samples: torch.Tensor, log_weights: torch.Tensor, validate_args: bool | None = None) -> None:
+        samples = torch.as_tensor(samples)
+        log_weights = torch.as_tensor(log_weights)
+        if samples.dim() < 1 or log_weights.dim() != 1 or log_weights.shape[0] != samples.shape[0]:
+            raise ValueError(
+                f"Empirical: samples ([N, *event_shape]) and log_weights ([N]) must agree on N; got shapes "
+                f"{tuple(samples.shape)} and {tuple(log_weights.shape)}"
+            )
+        if samples.shape[0] == 0:
+            raise ValueError("Empirical: no samples")
+        wdtype = samples.dtype if samples.dtype.is_floating_point else torch.get_default_dtype()
+        self._samples = samples
+        self._log_weights = log_weights.to(dtype=wdtype, device=samples.device)
+        self._categorical = torch.distributions.Categorical(logits=self._log_weights)
+        super().__init__(torch.Size(), samples.shape[1:], validate_args=validate_args)
+
+    @property
+    def sample_size(self) -> int:
+        return self._samples.shape[0]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        return self._log_weights
+
+    def _weights(self, like: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self._log_weights, 0).to(like.dtype)
+        return w.reshape((-1,) + (1,) * (like.dim() - 1))
+
+    def _float_samples(self) -> torch.Tensor:
+        s = self._samples
+        return s if s.dtype.is_floating_point else s.to(torch.get_default_dtype())
+
+    @property
+    def mean(self) -> torch.Tensor:
+        s = self._float_samples()
+        return (self._weights(s) * s).sum(0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        s = self._float_samples()
+        w = self._weights(s)
+        mean = (w * s).sum(0)
+        return (w * (s - mean) ** 2).sum(0)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        idx = self._categorical.sample(torch.Size(sample_shape))
+        return self._samples[idx]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log of the total normalized weight of the samples equal to ``value``
+        (``-inf`` where none is): shape ``value.shape[:-event_dim]``."""
+        value = torch.as_tensor(value, dtype=self._samples.dtype, device=self._samples.device)
+        ed = len(self.event_shape)
+        if value.shape[value.dim() - ed :] != self.event_shape:
+            raise ValueError(f"Empirical.log_prob: value of shape {tuple(value.shape)} does not end in the event shape {tuple(self.event_shape)}")
+        batch = value.shape[: value.dim() - ed]
+        flat = value.reshape((-1, 1) + tuple(self.event_shape))
+        eq = flat == self._samples.unsqueeze(0)
+        if ed:
+            eq = eq.reshape(eq.shape[:2] + (-1,)).all(-1)
+        log_w_norm = self._log_weights - torch.logsumexp(self._log_weights, 0)
+        lp = torch.where(eq, log_w_norm, log_w_norm.new_full((), -math.inf))
+        return torch.logsumexp(lp, -1).reshape(batch)
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return self._samples
+
+
+class EmpiricalMarginal(Empirical):
+    """The weighted empirical distribution of ``sites`` over the samples of a
+    ``posterior`` (an :class:`Importance` after ``run``, or any object with
+    ``exec_traces`` and ``log_weights``).
+
+    ``sites``: a site name (default ``"_RETURN"``, the model's return value, as in
+    Pyro), or a list of names whose values (all of one shape) are stacked: each sample
+    is then ``[len(sites), *site_shape]``.
+    """
+
+    def __init__(self, trace_posterior: Any, sites: str | Sequence[str] | None = None, validate_args: bool | None = None) -> None:
+        if sites is None:
+            sites = "_RETURN"
+        if isinstance(trace_posterior, Importance):
+            trace_posterior._require_run()
+        log_weights = trace_posterior.log_weights
+        if not isinstance(log_weights, torch.Tensor):
+            log_weights = torch.stack([torch.as_tensor(w) for w in log_weights])
+        if isinstance(sites, str):
+            samples = self._values(trace_posterior, sites)
+        elif isinstance(sites, (list, tuple)) and sites and all(isinstance(s, str) for s in sites):
+            values = [self._values(trace_posterior, s) for s in sites]
+            shapes = {s: tuple(v.shape[1:]) for s, v in zip(sites, values)}
+            if len(set(shapes.values())) > 1:
+                raise ValueError(f"EmpiricalMarginal: sites {list(sites)} have different shapes {shapes}; they cannot be stacked")
+            samples = torch.stack(values, dim=1)
+        else:
+            raise TypeError(f"EmpiricalMarginal: sites must be a site name or a non-empty list of names; got {sites!r}")
+        self.sites = sites
+        super().__init__(samples, log_weights, validate_args=validate_args)
+
+    @staticmethod
+    def _values(posterior: Any, name: str) -> torch.Tensor:
+        if hasattr(posterior, "site_values"):
+            return posterior.site_values(name)
+        values = []
+        for i, tr in enumerate(posterior.exec_traces):
+            if name not in tr.nodes:
+                raise KeyError(f"EmpiricalMarginal: site '{name}' is missing from trace {i}")
+            values.append(torch.as_tensor(tr.nodes[name].value))
+        return torch.stack(values)

@@ -1,0 +1,313 @@
+"""``Predictive``: draws from the prior or posterior predictive distribution of a model.
+
+``Predictive(model, num_samples=N)`` samples the prior predictive;
+``Predictive(model, posterior_samples)`` runs the model once per posterior sample with
+the latent sites fixed to it; ``Predictive(model, guide=guide, num_samples=N)`` draws
+the latents from the guide first. Each call returns a dict site name -> tensor
+``[N, *site_shape]``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ember.distributions.special import Unit
+from ember.infer.importance import _plate_nesting, _unvectorize
+from ember.poutine.block_messenger import BlockMessenger
+from ember.poutine.messenger import Messenger
+from ember.poutine.plate_messenger import PlateMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import Trace, site_is_subsample
+from ember.runtime import Message
+
+__all__ = ["Predictive"]
+
+_SAMPLE_PLATE = "_num_predictive_samples"
+
+
+def _is_deterministic(msg: Message) -> bool:
+    return bool(msg.infer.get("_deterministic", False))
+
+
+class _PredictMessenger(Messenger):
+    """Fix the sites named in ``samples`` to the given values (as latent sites with a
+    known value) and, with ``resample_observed``, draw every observed site afresh from
+    its distribution instead of returning the observation. Deterministic and factor
+    sites are left alone (they are recomputed by the model)."""
+
+    def __init__(self, fn: Callable | None, samples: Mapping[str, torch.Tensor], resample_observed: bool) -> None:
+        super().__init__(fn)
+        self.samples = samples
+        self.resample_observed = resample_observed
+
+    def _pyro_sample(self, msg: Message) -> None:
+        fn = msg.fn
+        if _is_deterministic(msg) or site_is_subsample(msg) or isinstance(fn, Unit):
+            return
+        value = self.samples.get(msg.name)
+        if value is not None:
+            msg.value = value
+            msg.is_observed = False
+            msg.done = True
+            return
+        if self.resample_observed and msg.is_observed:
+            obs = msg.value
+            batch_shape = getattr(fn, "batch_shape", None)
+            if isinstance(obs, torch.Tensor) and batch_shape is not None:
+                # draw with the observation's shape (an observation may broadcast a
+                # scalar distribution over data: sample("y", Normal(mu, 1), obs=data))
+                obs_batch = obs.shape[: obs.dim() - len(fn.event_shape)]
+                try:
+                    shape = torch.broadcast_shapes(batch_shape, obs_batch)
+                except RuntimeError:
+                    shape = batch_shape
+                if shape != batch_shape:
+                    msg.fn = fn.expand(shape)
+            msg.value = None
+            msg.is_observed = False
+            msg.done = False
+            msg.infer = dict(msg.infer, was_observed=True)
+
+
+def _check_samples(posterior_samples: Any, num_samples: int | None) -> tuple[dict, int | None]:
+    if not isinstance(posterior_samples, Mapping):
+        hint = " (a guide goes in guide=...)" if callable(posterior_samples) else ""
+        raise TypeError(f"Predictive: posterior_samples must be a dict site name -> tensor [num_samples, ...]; got {type(posterior_samples).__name__}{hint}")
+    samples = {}
+    sizes = {}
+    for name, value in posterior_samples.items():
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"Predictive: posterior_samples['{name}'] must be a tensor; got {type(value).__name__}") from None
+        if value.dim() == 0:
+            raise ValueError(f"Predictive: posterior_samples['{name}'] is a scalar; it needs a leading dim of one entry per sample")
+        samples[name] = value
+        sizes[name] = value.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Predictive: the posterior samples disagree on the number of samples (their leading dims): {sizes}")
+    if sizes:
+        n = next(iter(sizes.values()))
+        if num_samples is not None and num_samples != n:
+            raise ValueError(
+                f"Predictive: num_samples={num_samples} but the posterior samples hold {n} samples (leading dims {sizes}); "
+                f"leave num_samples out, or slice the samples"
+            )
+        num_samples = n
+    return samples, num_samples
+
+
+def _strip_leading_ones(shape: torch.Size, ndim: int) -> torch.Size:
+    while len(shape) > ndim and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _predict(
+    model: Callable,
+    samples: dict,
+    n: int,
+    return_sites: Any,
+    parallel: bool,
+    args: tuple,
+    kwargs: dict,
+    resample_observed: bool = True,
+    return_trace: bool = False,
+    latent_only: bool = False,
+) -> Any:
+    """The core of Predictive for one program (model or guide); see Predictive."""
+    # one plain run, with the latents from the prior: the sites and their shapes in one sample
+    trial = TraceMessenger(_PredictMessenger(model, {}, resample_observed)).get_trace(*args, **kwargs)
+    nodes = trial.nodes
+    per_sample = {}
+    for name, value in samples.items():
+        site = nodes.get(name)
+        shape = value.shape[1:]
+        if site is not None and site.type == "sample" and isinstance(site.value, torch.Tensor):
+            expected = site.value.shape
+            shape = _strip_leading_ones(shape, len(expected))  # also accept Pyro's [N, 1, ..., *shape]
+            if shape != expected:
+                raise ValueError(
+                    f"Predictive: posterior_samples['{name}'] has shape {tuple(value.shape)}, i.e. {tuple(value.shape[1:])} per "
+                    f"sample, but the model's site '{name}' has shape {tuple(expected)} ({type(site.fn).__name__} with batch_shape "
+                    f"{tuple(site.fn.batch_shape)}, event_shape {tuple(site.fn.event_shape)})"
+                )
+        per_sample[name] = value.reshape((n,) + tuple(shape))
+
+    def sample_site(name: str, site: Message) -> bool:
+        return site.type == "sample" and not site_is_subsample(site) and name != _SAMPLE_PLATE
+
+    if return_sites is None:
+        # every sample site (those in the posterior samples too), factors aside
+        selected = [k for k, s in nodes.items() if sample_site(k, s) and not isinstance(s.fn, Unit) and not (latent_only and s.is_observed)]
+    elif return_sites:
+        selected = list(return_sites)
+        unknown = [k for k in selected if k != "_RETURN" and not (k in nodes and sample_site(k, nodes[k]))]
+        if unknown:
+            known = [k for k, s in nodes.items() if sample_site(k, s)]
+            raise ValueError(f"Predictive: return_sites {unknown} are not sample sites of the model; its sample sites are {known}")
+    else:
+        # Pyro's default: every sample site not given in the posterior samples
+        # (deterministic sites included), factors aside
+        selected = [k for k, s in nodes.items() if sample_site(k, s) and not isinstance(s.fn, Unit) and k not in samples]
+    shapes = {k: (nodes[k].value.shape if isinstance(nodes[k].value, torch.Tensor) else None) for k in selected}
+
+    if not parallel and not return_trace:
+        collected: dict = {k: [] for k in selected}
+        for i in range(n):
+            sample_i = {k: v[i] for k, v in per_sample.items()}
+            tr = TraceMessenger(_PredictMessenger(model, sample_i, resample_observed)).get_trace(*args, **kwargs)
+            for k in selected:
+                if k not in tr.nodes:
+                    raise ValueError(f"Predictive: site '{k}' is missing from run {i} of the model (random control flow?); leave it out of return_sites")
+                collected[k].append(tr.nodes[k].value)
+        out = {}
+        for k, values in collected.items():
+            if all(isinstance(v, torch.Tensor) for v in values):
+                try:
+                    out[k] = torch.stack(values)
+                except RuntimeError:
+                    raise ValueError(
+                        f"Predictive: site '{k}' has different shapes in different runs: {sorted({tuple(v.shape) for v in values})}"
+                    ) from None
+            else:
+                out[k] = values
+        return out
+
+    nesting = _plate_nesting(trial)
+    vectorized = {}
+    for name, value in per_sample.items():
+        site = nodes.get(name)
+        shape = value.shape[1:]
+        event_dim = len(getattr(site.fn, "event_shape", ())) if site is not None and site.type == "sample" else 0
+        pad = max(0, nesting - (len(shape) - event_dim))
+        vectorized[name] = value.reshape((n,) + (1,) * pad + tuple(shape))
+
+    def vectorized_model(*a: Any, **k: Any) -> Any:
+        with PlateMessenger(_SAMPLE_PLATE, n, dim=-nesting - 1):
+            return _PredictMessenger(model, vectorized, resample_observed)(*a, **k)
+
+    try:
+        tr = TraceMessenger(vectorized_model).get_trace(*args, **kwargs)
+    except Exception as e:
+        note = (
+            f"{e}\n(Predictive with parallel=True runs all {n} samples at once in a plate at dim {-nesting - 1}; "
+            f"models whose control flow or shapes depend on sampled values need parallel=False)"
+        )
+        try:
+            new = type(e)(note)
+        except Exception:
+            raise e from None
+        raise new from e
+    if return_trace:
+        return tr
+    out = {}
+    for k in selected:
+        value = tr.nodes[k].value if k in tr.nodes else None
+        if k == "_RETURN" and not isinstance(value, torch.Tensor):
+            out[k] = value
+            continue
+        if value is None:
+            raise ValueError(f"Predictive: site '{k}' is missing from the vectorized run of the model; use parallel=False")
+        out[k] = _unvectorize(value, shapes[k], n, k)
+    return out
+
+
+class Predictive(torch.nn.Module):
+    """Samples of a model's sites under its prior or posterior predictive distribution.
+
+    :param model: the model. Its observed sites (``obs=`` or ``condition``) are drawn
+        afresh from their distributions, so the returned values of observation sites
+        are predictive draws (with the observation's shape), not copies of the data.
+        (Pyro keeps observations fixed and needs ``obs=None`` for that.)
+    :param posterior_samples: dict site name -> tensor ``[N, *site_shape]`` (for
+        example ``MCMC.get_samples()``); the model runs with those sites fixed to each
+        sample in turn. Pyro's shape ``[N, 1, ..., 1, *site_shape]`` is accepted too. All
+        leading dims must agree; they give ``num_samples``.
+    :param guide: draw the latent sites from this guide (run afresh for each sample)
+        instead; not together with ``posterior_samples``.
+    :param num_samples: ``N``; required without posterior samples, and must agree with
+        them when both are given.
+    :param return_sites: the sites to return. ``()`` (default): every sample site not in
+        ``posterior_samples`` (observations, latents not given, deterministic sites);
+        with a guide, every sample site of the model (the guide's latents included).
+        ``None``: every sample site, the posterior samples included. A list of names:
+        those (``"_RETURN"`` gives the model's return value). Factor sites are only
+        returned when named.
+    :param parallel: run all ``N`` samples at once inside a plate of size ``N`` at dim
+        ``-max_plate_nesting - 1`` (``max_plate_nesting`` read from one trial run); the
+        posterior samples are reshaped to ``[N, 1, ..., 1, *site_shape]`` to broadcast
+        into it. ``False``: a Python loop. Both give the same distribution; the loop also
+        works for models whose control flow depends on sampled values.
+
+    ``predictive(*args, **kwargs)`` passes the arguments to the model (and guide) and
+    returns a dict site name -> tensor ``[N, *site_shape]`` (a list for a non-tensor
+    ``_RETURN`` in the loop). It runs under ``torch.no_grad()``, hidden from handlers
+    outside.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        posterior_samples: Mapping[str, torch.Tensor] | None = None,
+        guide: Callable | None = None,
+        num_samples: int | None = None,
+        return_sites: Any = (),
+        parallel: bool = False,
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"Predictive: model must be callable; got {type(model).__name__}")
+        if guide is not None and not callable(guide):
+            raise TypeError(f"Predictive: guide must be callable; got {type(guide).__name__}")
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1):
+            raise ValueError(f"Predictive: num_samples must be a positive integer; got {num_samples!r}")
+        samples, num_samples = _check_samples({} if posterior_samples is None else posterior_samples, num_samples)
+        if guide is not None and samples:
+            raise ValueError("Predictive: give posterior_samples or guide, not both")
+        if num_samples is None:
+            raise ValueError("Predictive: give num_samples (for the prior predictive or with a guide), or posterior_samples")
+        if isinstance(return_sites, str):
+            return_sites = (return_sites,)
+        if return_sites is not None:
+            if not isinstance(return_sites, (list, tuple, set, frozenset)) or not all(isinstance(s, str) for s in return_sites):
+                raise TypeError(f"Predictive: return_sites must be None or a list of site names; got {return_sites!r}")
+            return_sites = tuple(return_sites)
+        self.model = model
+        self.guide = guide
+        self.posterior_samples = samples
+        self.num_samples = int(num_samples)
+        self.return_sites = return_sites
+        self.parallel = bool(parallel)
+
+    def _posterior_samples(self, args: tuple, kwargs: dict) -> dict:
+        if self.guide is None:
+            return self.posterior_samples
+        # the guide's latent sites, [N, *shape] each
+        return _predict(self.guide, {}, self.num_samples, None, self.parallel, args, kwargs, resample_observed=False, latent_only=True)
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict:
+        """A dict site name -> tensor ``[num_samples, *site_shape]``."""
+        with torch.no_grad(), BlockMessenger():
+            samples = self._posterior_samples(args, kwargs)
+            return_sites = self.return_sites
+            if self.guide is not None and not return_sites:
+                return_sites = None
+            return _predict(self.model, samples, self.num_samples, return_sites, self.parallel, args, kwargs)
+
+    def get_samples(self, *args: Any, **kwargs: Any) -> dict:
+        """Same as calling the object (Pyro's older name)."""
+        return self.forward(*args, **kwargs)
+
+    def get_vectorized_trace(self, *args: Any, **kwargs: Any) -> Trace:
+        """One trace of the model vectorized over all ``num_samples`` samples (a plate of
+        that size at dim ``-max_plate_nesting - 1``), with the posterior samples (or
+        the guide's draws) fixed; its values have the sample dim there."""
+        with torch.no_grad(), BlockMessenger():
+            samples = self._posterior_samples(args, kwargs)
+            return _predict(self.model, samples, self.num_samples, (), True, args, kwargs, return_trace=True)
