@@ -1,0 +1,131 @@
+"""Initialisation strategies: where MCMC chains (and other unconstrained-space methods) start.
+
+A strategy is a function of a latent sample site (the :class:`~ember.runtime.Message`, with its
+``fn`` and ``name``) that returns a value in the site's support, of the site's shape. The model
+is run once with each latent's value chosen in order, so a site whose prior depends on earlier
+latents sees their initial values. Each factory can be called with its options first
+(``init_to_median(num_samples=31)``) or used as it is (``init_strategy=init_to_median``).
+
+- :func:`init_to_median`: the median of ``num_samples`` draws from the site's prior (default);
+- :func:`init_to_uniform`: uniform on ``(-radius, radius)`` in unconstrained space (Stan's rule);
+- :func:`init_to_sample`: one draw from the prior;
+- :func:`init_to_mean`: the prior mean (falls back to the median where the mean is undefined);
+- :func:`init_to_value`: the given ``values`` (constrained), ``fallback`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.distributions import biject_to
+
+from ember.runtime import Message
+
+__all__ = ["init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value", "resolve_init_strategy"]
+
+
+def _base_shape(site: Message) -> torch.Size:
+    value = site.value
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    fn = site.fn
+    return fn.batch_shape + fn.event_shape
+
+
+def init_to_sample(site: Message | None = None) -> Any:
+    """A draw from the site's prior."""
+    if site is None:
+        return init_to_sample
+    return site.fn.sample().detach()
+
+
+def init_to_median(site: Message | None = None, num_samples: int = 15) -> Any:
+    """The elementwise median of ``num_samples`` draws from the site's prior; a prior draw when
+    the median is not in the support (e.g. a simplex)."""
+    if site is None:
+        return functools.partial(init_to_median, num_samples=num_samples)
+    with torch.no_grad():
+        samples = site.fn.sample(torch.Size([num_samples]))
+        value = samples.median(dim=0).values if samples.dtype.is_floating_point else samples[0]
+        try:
+            ok = bool(site.fn.support.check(value).all())
+        except (NotImplementedError, RuntimeError):
+            ok = True
+        return value if ok else samples[0]
+
+
+def init_to_mean(site: Message | None = None) -> Any:
+    """The prior mean where it is finite and in the support; the median otherwise."""
+    if site is None:
+        return init_to_mean
+    try:
+        value = site.fn.mean.detach()
+        value = value.expand(site.fn.batch_shape + site.fn.event_shape)
+        if torch.isfinite(value).all() and bool(site.fn.support.check(value).all()):
+            return value.clone()
+    except (NotImplementedError, RuntimeError, AttributeError):
+        pass
+    return init_to_median(site)
+
+
+def init_to_uniform(site: Message | None = None, radius: float = 2.0) -> Any:
+    """Uniform on ``(-radius, radius)`` in the unconstrained space of the site's support."""
+    if site is None:
+        return functools.partial(init_to_uniform, radius=radius)
+    fn = site.fn
+    with torch.no_grad():
+        value = fn.sample()
+        t = biject_to(fn.support)
+        u = t.inv(value)
+        u = torch.empty_like(u).uniform_(-radius, radius)
+        return t(u)
+
+
+def init_to_value(site: Message | None = None, values: dict | None = None, fallback: Callable | None = init_to_uniform) -> Any:
+    """The constrained value ``values[name]`` where given; ``fallback`` (default
+    :func:`init_to_uniform`) elsewhere. ``fallback=None`` makes a missing site an error."""
+    if site is None:
+        return functools.partial(init_to_value, values=values, fallback=fallback)
+    values = values or {}
+    if site.name in values:
+        v = torch.as_tensor(values[site.name])
+        shape = _base_shape(site)
+        try:
+            return v.expand(shape).clone() if v.shape != shape else v
+        except RuntimeError:
+            raise ValueError(f"init_to_value: the value for site '{site.name}' has shape {tuple(v.shape)}, but the site's "
+                             f"values have shape {tuple(shape)}") from None
+    if fallback is None:
+        raise ValueError(f"init_to_value: no initial value for site '{site.name}' (and fallback=None); "
+                         f"values given for: {sorted(values)}")
+    return fallback(site)
+
+
+_BY_NAME: dict[str, Callable] = {
+    "median": init_to_median,
+    "uniform": init_to_uniform,
+    "sample": init_to_sample,
+    "mean": init_to_mean,
+    "value": init_to_value,
+}
+
+
+def resolve_init_strategy(strategy: Any, values: dict | None = None) -> Callable:
+    """A strategy from a name (``"median"``, ``"uniform"``, ``"sample"``, ``"mean"``,
+    ``"value"``) or a callable. ``values`` (constrained, by site name) goes with ``"value"``."""
+    if callable(strategy):
+        return strategy
+    if isinstance(strategy, str):
+        if strategy not in _BY_NAME:
+            raise ValueError(f"unknown init_strategy {strategy!r}; use one of {sorted(_BY_NAME)} or a function of the site "
+                             f"such as ember.infer.init_to_median")
+        if strategy == "value":
+            if values is None:
+                raise ValueError("init_strategy='value' needs the initial values: pass initial_params (constrained values by "
+                                 "site name) or init_strategy=init_to_value(values={...})")
+            return init_to_value(values=values)
+        return _BY_NAME[strategy]
+    raise TypeError(f"init_strategy must be a name or a function of the site, got {type(strategy).__name__}")

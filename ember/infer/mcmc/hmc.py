@@ -1,0 +1,240 @@
+"""Hamiltonian Monte Carlo with step-size and mass-matrix adaptation.
+
+The kernel moves on the flat unconstrained vector of :class:`~ember.infer.mcmc.potential.ModelPotential`.
+Momenta ``p ~ N(0, M)``; the inverse mass matrix ``M^-1`` (a vector for ``full_mass=False``, a
+matrix otherwise) is what windowed adaptation estimates: the covariance of the unconstrained
+draws. Kinetic energy ``K(p) = p . M^-1 p / 2``. The step size adapts by dual averaging towards
+``target_accept_prob`` during warm-up and is frozen after it.
+
+State lives in small torch tensors and Python floats; the model's potential and its gradient are
+evaluated once per leapfrog step and nothing else on the path allocates more than a few vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ember.infer.initialization import init_to_uniform, resolve_init_strategy
+from ember.infer.mcmc.adaptation import DualAveraging, Welford, adaptation_windows
+from ember.infer.mcmc.potential import FunctionPotential, ModelPotential
+
+__all__ = ["HMC"]
+
+_LOG_0_8 = math.log(0.8)
+
+
+class HMC:
+    """Hamiltonian Monte Carlo (fixed trajectory length; Metropolis correction).
+
+    Args:
+        model: a model with continuous latents (discrete latents are refused with an error
+            naming the site). Or give ``potential_fn`` instead.
+        potential_fn: a function of a dict of unconstrained tensors returning the potential
+            energy (a scalar tensor); needs ``initial_params`` in :class:`~ember.infer.mcmc.MCMC`.
+        step_size: the initial step size (adapted during warm-up when ``adapt_step_size``).
+        trajectory_length: the length ``num_steps * step_size`` of each trajectory (default 2*pi);
+            ``num_steps`` fixes the number of leapfrog steps instead.
+        adapt_step_size, adapt_mass_matrix, full_mass: warm-up adaptation switches; ``full_mass``
+            adapts a dense mass matrix instead of a diagonal one.
+        transforms: ``{site: Transform}`` from unconstrained to constrained values (default
+            ``biject_to(support)``).
+        target_accept_prob: the acceptance statistic dual averaging aims at (0.8).
+        init_strategy: a name (``"uniform"``, ``"median"``, ``"sample"``, ``"mean"``, ``"value"``)
+            or a function of the site (``ember.infer.init_to_median`` ...); default uniform on
+            (-2, 2) in unconstrained space, as Stan and Pyro.
+        max_energy_error: an energy error above this marks the transition divergent (1000).
+        jit_compile, max_plate_nesting, ignore_jit_warnings: accepted for Pyro compatibility; Ember
+            runs the model eagerly (its potential costs about the hand-written one already).
+    """
+
+    def __init__(self, model: Callable | None = None, potential_fn: Callable | None = None, step_size: float = 1.0,
+                 trajectory_length: float | None = None, num_steps: int | None = None, adapt_step_size: bool = True,
+                 adapt_mass_matrix: bool = True, full_mass: bool = False, transforms: dict | None = None,
+                 max_plate_nesting: int | None = None, jit_compile: bool = False, jit_options: dict | None = None,
+                 ignore_jit_warnings: bool = False, target_accept_prob: float = 0.8, init_strategy: Any = init_to_uniform,
+                 *, max_energy_error: float = 1000.0, min_step_size: float = 1e-10, max_step_size: float = 1e10) -> None:
+        if (model is None) == (potential_fn is None):
+            raise ValueError(f"{type(self).__name__} needs exactly one of model= or potential_fn=")
+        if model is not None and not callable(model):
+            raise TypeError(f"{type(self).__name__}: model must be callable, got {type(model).__name__}")
+        if not (isinstance(step_size, (int, float)) and step_size > 0 and math.isfinite(step_size)):
+            raise ValueError(f"{type(self).__name__}: step_size must be a positive number, got {step_size!r}")
+        if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
+            raise ValueError(f"{type(self).__name__}: num_steps must be a positive integer, got {num_steps!r}")
+        if trajectory_length is not None and not trajectory_length > 0:
+            raise ValueError(f"{type(self).__name__}: trajectory_length must be positive, got {trajectory_length!r}")
+        if not 0.0 < target_accept_prob < 1.0:
+            raise ValueError(f"{type(self).__name__}: target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+        self.model = model
+        self.potential_fn = potential_fn
+        self.step_size = float(step_size)
+        self.num_steps = num_steps
+        self.trajectory_length = (2 * math.pi if num_steps is None else None) if trajectory_length is None else float(trajectory_length)
+        self.adapt_step_size = adapt_step_size
+        self.adapt_mass_matrix = adapt_mass_matrix
+        self.full_mass = full_mass
+        self.transforms = transforms
+        self.target_accept_prob = target_accept_prob
+        self.init_strategy = init_strategy
+        resolve_init_strategy(init_strategy, {})  # unknown names fail here, before any sampling
+        self.max_energy_error = max_energy_error
+        self.min_step_size = min_step_size
+        self.max_step_size = max_step_size
+        self.potential: Any = None
+        self.inverse_mass_matrix: torch.Tensor | None = None
+
+    # ---- set-up -----------------------------------------------------------------------------------
+    def make_potential(self, args: tuple, kwargs: dict, initial_params: dict | None = None) -> Any:
+        if self.model is not None:
+            return ModelPotential(self.model, args, kwargs, transforms=self.transforms)
+        if not initial_params:
+            raise ValueError(f"{type(self).__name__} with potential_fn= needs initial_params (a dict of unconstrained "
+                             f"tensors) in MCMC(...)")
+        return FunctionPotential(self.potential_fn, initial_params)
+
+    def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int) -> tuple:
+        """Find the chain's starting point and reset adaptation; return ``(z, U, grad)``."""
+        self.potential = potential
+        self._pot = potential.potential_and_grad
+        z, u, g = potential.initial_point(self.init_strategy, initial_params)
+        if z.numel() == 0:
+            raise ValueError(f"{type(self).__name__}: the model has no latent sample sites, so there is nothing to sample "
+                             f"(observed sites: {sorted(potential.observed)})")
+        self._rng = random.Random(rng_seed)
+        dim = z.numel()
+        self._dtype = z.dtype
+        if self.full_mass:
+            self.inverse_mass_matrix = torch.eye(dim, dtype=z.dtype)
+        else:
+            self.inverse_mass_matrix = torch.ones(dim, dtype=z.dtype)
+        self._update_mass_factors()
+        self._warmup_steps = warmup_steps
+        self._windows = adaptation_windows(warmup_steps) if self.adapt_mass_matrix else []
+        self._window_ends = {end - 1: start for start, end in self._windows}
+        self._window_starts = {start for start, _ in self._windows}
+        self._welford = Welford(dim, dense=self.full_mass)
+        self._in_window = False
+        eps = self.step_size
+        if self.adapt_step_size and dim > 0:
+            eps = self._find_reasonable_step_size(z, u, g, eps)
+        self._step_size = eps
+        self._da = DualAveraging(self.target_accept_prob)
+        self._da.reset(eps)
+        return z, u, g
+
+    def _update_mass_factors(self) -> None:
+        minv = self.inverse_mass_matrix
+        if self.full_mass:
+            mass = torch.cholesky_inverse(torch.linalg.cholesky(minv.to(torch.float64)))
+            self._mass_sqrt = torch.linalg.cholesky(mass).to(self._dtype)  # p = L @ eps has covariance M
+            self._minv = minv.to(self._dtype)
+        else:
+            self._mass_sqrt = minv.rsqrt().to(self._dtype)
+            self._minv = minv.to(self._dtype)
+
+    # ---- building blocks -----------------------------------------------------------------------------
+    def _sample_momentum(self, dim: int) -> torch.Tensor:
+        e = torch.randn(dim, dtype=self._dtype)
+        if self.full_mass:
+            return self._mass_sqrt @ e
+        return e * self._mass_sqrt
+
+    def _p_sharp(self, p: torch.Tensor) -> torch.Tensor:
+        if self.full_mass:
+            return self._minv @ p
+        return self._minv * p
+
+    def _leapfrog(self, z: torch.Tensor, p: torch.Tensor, g: torch.Tensor, eps: float) -> tuple:
+        p = p.add(g, alpha=-0.5 * eps)
+        z = z.add(self._p_sharp(p), alpha=eps)
+        u, g = self._pot(z)
+        p = p.add(g, alpha=-0.5 * eps)
+        return z, p, g, u
+
+    def _find_reasonable_step_size(self, z: torch.Tensor, u: float, g: torch.Tensor, eps: float) -> float:
+        """Double or halve ``eps`` until one leapfrog step's acceptance crosses 0.8 (Stan's rule)."""
+        direction = 0
+        for _ in range(100):
+            p = self._sample_momentum(z.numel())
+            h0 = u + 0.5 * float(torch.dot(p, self._p_sharp(p)))
+            _, p1, _, u1 = self._leapfrog(z, p, g, eps)
+            h1 = u1 + 0.5 * float(torch.dot(p1, self._p_sharp(p1)))
+            delta = h0 - h1
+            if delta != delta:
+                delta = -math.inf
+            if direction == 0:
+                direction = 1 if delta > _LOG_0_8 else -1
+            if direction == 1 and not delta > _LOG_0_8:
+                break
+            if direction == -1 and not delta < _LOG_0_8:
+                break
+            eps = eps * 2.0 if direction == 1 else eps * 0.5
+            if eps > self.max_step_size or eps < self.min_step_size:
+                break
+        return min(max(eps, self.min_step_size), self.max_step_size)
+
+    # ---- one iteration --------------------------------------------------------------------------------
+    def step(self, it: int, z: torch.Tensor, u: float, g: torch.Tensor) -> tuple:
+        """Iteration ``it`` (0-based, counting warm-up): a transition, then adaptation while
+        ``it < warmup_steps``. Returns ``(z, U, grad, stats)``."""
+        eps = self._step_size
+        z, u, g, stats = self._transition(z, u, g, eps)
+        stats["step_size"] = eps
+        if it < self._warmup_steps:
+            self._adapt(it, z, u, g, stats["accept_prob"])
+        return z, u, g, stats
+
+    def _adapt(self, it: int, z: torch.Tensor, u: float, g: torch.Tensor, accept_prob: float) -> None:
+        if self.adapt_step_size:
+            self._step_size = min(max(self._da.update(accept_prob), self.min_step_size), self.max_step_size)
+        if self._windows:
+            if it in self._window_starts:
+                self._in_window = True
+                self._welford.reset()
+            if self._in_window:
+                self._welford.update(z)
+            if it in self._window_ends:
+                self._in_window = False
+                self.inverse_mass_matrix = self._welford.regularized().to(self._dtype)
+                self._update_mass_factors()
+                if self.adapt_step_size:
+                    self._step_size = self._find_reasonable_step_size(z, u, g, self._step_size)
+                    self._da.reset(self._step_size)
+        if it == self._warmup_steps - 1 and self.adapt_step_size:
+            self._step_size = min(max(self._da.final_step_size(), self.min_step_size), self.max_step_size)
+
+    def _num_leapfrog(self, eps: float) -> int:
+        if self.num_steps is not None:
+            return self.num_steps
+        return max(1, min(int(round(self.trajectory_length / eps)), 100000))
+
+    def _transition(self, z: torch.Tensor, u: float, g: torch.Tensor, eps: float) -> tuple:
+        p = self._sample_momentum(z.numel())
+        h0 = u + 0.5 * float(torch.dot(p, self._p_sharp(p)))
+        n = self._num_leapfrog(eps)
+        z1, p1, g1, u1 = z, p, g, u
+        for _ in range(n):
+            z1, p1, g1, u1 = self._leapfrog(z1, p1, g1, eps)
+            if not math.isfinite(u1):
+                break
+        h1 = u1 + 0.5 * float(torch.dot(p1, self._p_sharp(p1))) if math.isfinite(u1) else math.inf
+        if h1 != h1:
+            h1 = math.inf
+        delta = h0 - h1
+        accept_prob = 1.0 if delta >= 0 else math.exp(delta)
+        diverging = (h1 - h0) > self.max_energy_error
+        if self._rng.random() < accept_prob:
+            z, u, g, energy = z1, u1, g1, h1
+        else:
+            energy = h0
+        return z, u, g, {"accept_prob": accept_prob, "diverging": diverging, "num_steps": n, "tree_depth": 0,
+                         "potential_energy": u, "energy": energy}
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}(step_size={self._step_size:.3g})" if hasattr(self, "_step_size") else type(self).__name__
+

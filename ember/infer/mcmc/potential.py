@@ -1,0 +1,401 @@
+"""A model's potential energy on one flat unconstrained vector: what HMC and NUTS move on.
+
+:class:`ModelPotential` runs the model once (with the initialisation strategy choosing each
+latent's value, in order) to learn its latent sites. Every latent ``x`` with support ``S`` is
+written ``x = T(u)`` with ``T = biject_to(S)`` (or a user-given transform) and ``u`` real; the
+``u`` of all sites are laid end to end in one vector ``z`` of length ``D``. The potential is
+
+    U(z) = -[ log p(x_1, ..., x_k, observations) + sum_i log |det dT_i/du_i| ],
+
+the log joint with plate scaling and masks applied as everywhere else in Ember. Evaluating it
+runs the model under one small handler that substitutes the latents and adds up each site's
+log-density as the site goes by: no trace is built on this hot path. The first run builds a
+full trace instead, to check shapes against plates and to refuse what MCMC cannot do
+(discrete latents, subsampled plates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.distributions import biject_to
+from torch.distributions.transforms import Transform
+
+from ember.infer.initialization import init_to_median, init_to_value, resolve_init_strategy
+from ember.poutine.messenger import Messenger
+from ember.poutine.plate_messenger import _Subsample
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import scale_and_mask
+from ember.runtime import Message, is_validation_enabled
+
+__all__ = ["LatentSite", "ModelPotential", "MCMCInitError"]
+
+
+class MCMCInitError(ValueError):
+    """No starting point with a finite potential energy and gradient could be found."""
+
+
+@dataclass
+class LatentSite:
+    """One latent site's place in the flat unconstrained vector."""
+
+    name: str
+    shape: torch.Size  # constrained value's shape
+    unconstrained_shape: torch.Size
+    offset: int
+    size: int
+    transform: Transform | None  # None: the identity
+    dtype: torch.dtype
+    dist_name: str
+
+
+def _refuse_discrete(name: str, fn: Any) -> None:
+    support = getattr(fn, "support", None)
+    if support is not None and support.is_discrete:
+        raise ValueError(
+            f"MCMC: latent site '{name}' is discrete ({type(fn).__name__}, support {support}); HMC and NUTS move on "
+            f"continuous latents only. Condition it on a value, sum it out of the model by hand, or use "
+            f"importance sampling (ember.infer.Importance)."
+        )
+
+
+class _ChooseInit(Messenger):
+    """Give every latent site the value ``strategy(site)`` (used once, at initialisation)."""
+
+    def __init__(self, strategy: Callable) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if msg.is_observed or msg.done or type(msg.fn) is _Subsample:
+            return
+        _refuse_discrete(msg.name, msg.fn)
+        try:
+            value = self.strategy(msg)
+        except (ValueError, TypeError):
+            raise
+        except (NotImplementedError, RuntimeError) as e:  # a strategy that cannot handle this distribution
+            raise MCMCInitError(f"the init strategy failed at site '{msg.name}' ({type(msg.fn).__name__}): {e}") from e
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value)
+        msg.value = value
+        msg.done = True
+
+
+class _Substitute(Messenger):
+    """Substitute the latents from ``values`` and add up every site's log-density (the hot path)."""
+
+    def __init__(self, values: dict, record: bool = False) -> None:
+        super().__init__()
+        self.values = values
+        self.log_joint: Any = 0.0
+        self.record = record
+        self.by_site: dict[str, torch.Tensor] = {}
+
+    def _process_message(self, msg: Message) -> None:
+        if msg.type != "sample" or msg.is_observed or type(msg.fn) is _Subsample:
+            return
+        try:
+            msg.value = self.values[msg.name]
+        except KeyError:
+            raise ValueError(
+                f"MCMC: latent site '{msg.name}' did not appear when the model was first run; HMC and NUTS need the same "
+                f"latent sites every time (random control flow that adds latents is not supported)"
+            ) from None
+        msg.done = True
+
+    def _postprocess_message(self, msg: Message) -> None:
+        if msg.type != "sample":
+            return
+        fn = msg.fn
+        if type(fn) is _Subsample:
+            return
+        lp = fn.log_prob(msg.value, *msg.args, **msg.kwargs)
+        scale, mask = msg.scale, msg.mask
+        if mask is not None or not (type(scale) is float and scale == 1.0):
+            lp = scale_and_mask(lp, scale, mask)
+        lp = lp.sum()
+        if self.record:
+            self.by_site[msg.name] = lp
+        self.log_joint = self.log_joint + lp
+
+
+class ModelPotential:
+    """The potential energy of ``model(*args, **kwargs)`` on a flat unconstrained vector.
+
+    Args:
+        model: the model (observations conditioned, e.g. with ``obs=`` or ``condition``).
+        model_args, model_kwargs: its arguments.
+        transforms: optional ``{site: Transform}`` mapping unconstrained to constrained values
+            (default ``biject_to(site.fn.support)``).
+
+    After :meth:`initial_point` (or any call that runs the model), :attr:`sites` lists the
+    latent sites in order and :attr:`dim` is ``D``.
+    """
+
+    def __init__(self, model: Callable, model_args: tuple = (), model_kwargs: dict | None = None,
+                 transforms: dict | None = None) -> None:
+        self.model = model
+        self.args = tuple(model_args)
+        self.kwargs = dict(model_kwargs or {})
+        self.user_transforms = dict(transforms or {})
+        self.sites: list[LatentSite] = []
+        self.dim = 0
+        self.dtype = torch.get_default_dtype()
+        self.observed: dict[str, torch.Tensor] = {}
+        self._structure_known = False
+
+    # ---- structure ---------------------------------------------------------------------------
+    def _learn_structure(self, trace: Any) -> None:
+        sites: list[LatentSite] = []
+        observed: dict[str, torch.Tensor] = {}
+        offset = 0
+        dtypes = []
+        for name, site in trace.nodes.items():
+            if site.type != "sample":
+                continue
+            fn = site.fn
+            if type(fn) is _Subsample:
+                if fn.subsample_size < fn.size:
+                    raise ValueError(
+                        f"MCMC: plate '{name}' subsamples {fn.subsample_size} of {fn.size} items; HMC and NUTS need the "
+                        f"exact log density, so use the full data (drop subsample_size) when running MCMC"
+                    )
+                continue
+            if site.is_observed:
+                if isinstance(site.value, torch.Tensor):
+                    observed[name] = site.value.detach()
+                continue
+            support = getattr(fn, "support", None)
+            if support is None:
+                raise ValueError(f"MCMC: latent site '{name}' ({type(fn).__name__}) has no support; cannot map it to "
+                                 f"unconstrained space")
+            _refuse_discrete(name, fn)
+            value = site.value
+            if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+                raise ValueError(f"MCMC: latent site '{name}' has a non-floating value {value!r}")
+            t = self.user_transforms.get(name)
+            if t is None:
+                t = biject_to(support)
+            shape = value.shape
+            try:
+                ushape = torch.Size(t.inverse_shape(shape))
+            except (NotImplementedError, AttributeError):
+                ushape = t.inv(value).shape
+            size = int(math.prod(ushape))
+            identity = t == torch.distributions.transforms.identity_transform
+            sites.append(LatentSite(name, shape, ushape, offset, size, None if identity else t, value.dtype, type(fn).__name__))
+            dtypes.append(value.dtype)
+            offset += size
+        self.sites = sites
+        self.dim = offset
+        self.observed = observed
+        if dtypes:
+            dt = dtypes[0]
+            for d in dtypes[1:]:
+                dt = torch.promote_types(dt, d)
+            self.dtype = dt
+        self._structure_known = True
+
+    def trace_at(self, strategy: Callable) -> Any:
+        """Run the model once with latents chosen by ``strategy``; return its trace."""
+        chooser = _ChooseInit(strategy)
+        with torch.no_grad():
+            with TraceMessenger() as tm, chooser:
+                self.model(*self.args, **self.kwargs)
+        return tm.trace
+
+    # ---- conversions ---------------------------------------------------------------------------
+    def unconstrain(self, values: dict) -> torch.Tensor:
+        """Constrained values by site name -> the flat unconstrained vector ``[D]``."""
+        parts = []
+        for s in self.sites:
+            v = torch.as_tensor(values[s.name]).detach()
+            if v.shape != s.shape:
+                raise ValueError(f"MCMC: the value for site '{s.name}' has shape {tuple(v.shape)}, expected {tuple(s.shape)}")
+            u = v if s.transform is None else s.transform.inv(v)
+            parts.append(u.reshape(-1).to(self.dtype))
+        if not parts:
+            return torch.zeros(0, dtype=self.dtype)
+        return torch.cat(parts)
+
+    def constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat unconstrained vectors ``[..., D]`` -> constrained values ``{site: [..., *shape]}``."""
+        lead = z.shape[:-1]
+        out = {}
+        for s in self.sites:
+            u = z[..., s.offset:s.offset + s.size].reshape(lead + s.unconstrained_shape)
+            v = u if s.transform is None else s.transform(u)
+            out[s.name] = v if v.dtype == s.dtype else v.to(s.dtype)
+        return out
+
+    def _values_and_logdet(self, z: torch.Tensor) -> tuple[dict, Any]:
+        values = {}
+        logdet: Any = 0.0
+        for s in self.sites:
+            u = z[s.offset:s.offset + s.size].view(s.unconstrained_shape)
+            t = s.transform
+            if t is None:
+                v = u
+            else:
+                v = t(u)
+                logdet = logdet + t.log_abs_det_jacobian(u, v).sum()
+            values[s.name] = v if v.dtype == s.dtype else v.to(s.dtype)
+        return values, logdet
+
+    # ---- the potential --------------------------------------------------------------------------
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """``U(z)``: a scalar tensor, differentiable in ``z``."""
+        values, logdet = self._values_and_logdet(z)
+        h = _Substitute(values)
+        with h:
+            self.model(*self.args, **self.kwargs)
+        return -(h.log_joint + logdet)
+
+    def potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``(U(z), dU/dz)`` with ``U`` a Python float (``inf`` where it is not finite)."""
+        z = z.detach().requires_grad_(True)
+        u = self.potential(z)
+        if not isinstance(u, torch.Tensor) or not u.requires_grad:
+            # no latent influences the density (or no latents at all)
+            return float(u), torch.zeros_like(z)
+        (g,) = torch.autograd.grad(u, z)
+        value = u.item()
+        if value != value:
+            value = math.inf
+        return value, g
+
+    def log_density_by_site(self, z: torch.Tensor) -> dict[str, float]:
+        """Each site's (scaled, masked) log-density at ``z``, plus ``"<log|det J|>"`` per latent:
+        what an error message shows when the potential is not finite."""
+        with torch.no_grad():
+            values, _ = self._values_and_logdet(z)
+            h = _Substitute(values, record=True)
+            try:
+                with h:
+                    self.model(*self.args, **self.kwargs)
+            except (ValueError, RuntimeError) as e:
+                return {"<error>": f"{type(e).__name__}: {e}"}  # type: ignore[dict-item]
+            out = {k: float(v) for k, v in h.by_site.items()}
+            for s in self.sites:
+                if s.transform is not None:
+                    u = z[s.offset:s.offset + s.size].view(s.unconstrained_shape)
+                    out[f"log|det J| of {s.name}"] = float(s.transform.log_abs_det_jacobian(u, s.transform(u)).sum())
+        return out
+
+    # ---- initialisation ---------------------------------------------------------------------------
+    def initial_point(self, init_strategy: Any = init_to_median, initial_params: dict | None = None,
+                      max_tries: int = 100) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """A starting point ``z0`` with finite potential and gradient: ``(z0, U(z0), dU/dz(z0))``.
+
+        ``initial_params`` (unconstrained values by site name, as in Pyro) wins over
+        ``init_strategy`` for the sites it names. Random strategies are retried up to
+        ``max_tries`` times.
+        """
+        strategy = resolve_init_strategy(init_strategy, None)
+        last_problem = ""
+        for attempt in range(max_tries):
+            trace = self.trace_at(strategy)
+            if attempt == 0:
+                self._learn_structure(trace)
+                if is_validation_enabled():
+                    trace.compute_log_prob()  # shape checks against plates, with the site named
+                if initial_params:
+                    strategy = init_to_value(values=self._constrained_initial(initial_params), fallback=strategy)
+                    trace = self.trace_at(strategy)
+            values = {s.name: trace.nodes[s.name].value for s in self.sites}
+            z = self.unconstrain(values)
+            if not torch.isfinite(z).all():
+                bad = [s.name for s in self.sites if not torch.isfinite(z[s.offset:s.offset + s.size]).all()]
+                last_problem = f"the initial value of {bad} is on the boundary of (or outside) its support"
+                continue
+            u, g = self.potential_and_grad(z)
+            if math.isfinite(u) and bool(torch.isfinite(g).all()):
+                return z, u, g
+            last_problem = self._explain_nonfinite(z, u, g)
+            if initial_params and all(s.name in initial_params for s in self.sites):
+                break  # deterministic: retrying cannot help
+        raise MCMCInitError(f"MCMC could not find a valid starting point: {last_problem}")
+
+    def _constrained_initial(self, initial_params: dict) -> dict:
+        by_name = {s.name: s for s in self.sites}
+        unknown = set(initial_params) - set(by_name)
+        if unknown:
+            raise ValueError(f"MCMC: initial_params names {sorted(unknown)}, which are not latent sites of the model; "
+                             f"latent sites: {list(by_name)}")
+        out = {}
+        for name, u in initial_params.items():
+            s = by_name[name]
+            u = torch.as_tensor(u, dtype=s.dtype)
+            if u.shape != s.unconstrained_shape:
+                raise ValueError(f"MCMC: initial_params['{name}'] has shape {tuple(u.shape)}; the site's unconstrained "
+                                 f"value has shape {tuple(s.unconstrained_shape)}")
+            out[name] = u if s.transform is None else s.transform(u)
+        return out
+
+    def _explain_nonfinite(self, z: torch.Tensor, u: float, g: torch.Tensor) -> str:
+        by_site = self.log_density_by_site(z)
+        if "<error>" in by_site:
+            return f"running the model raised {by_site['<error>']}"
+        bad = {k: v for k, v in by_site.items() if not math.isfinite(v)}
+        if bad:
+            parts = ", ".join(f"'{k}' = {v}" for k, v in bad.items())
+            return f"the log density is not finite at site(s) {parts}. Check that the data lie in the support of the " \
+                   f"likelihood and that parameters are valid at the initial values"
+        if not math.isfinite(u):
+            return f"the potential energy is {u}"
+        bad_grad = [s.name for s in self.sites if not torch.isfinite(g[s.offset:s.offset + s.size]).all()]
+        return f"the gradient of the log density is not finite with respect to site(s) {bad_grad}"
+
+
+class FunctionPotential:
+    """The same interface for a user's ``potential_fn(params) -> scalar`` over a dict of
+    unconstrained tensors (no model, no transforms): samples are reported unconstrained."""
+
+    def __init__(self, potential_fn: Callable, initial_params: dict) -> None:
+        self.potential_fn = potential_fn
+        sites = []
+        offset = 0
+        dtypes = []
+        for name, v in initial_params.items():
+            v = torch.as_tensor(v)
+            if not v.dtype.is_floating_point:
+                raise ValueError(f"MCMC: initial_params['{name}'] must be a floating tensor, got dtype {v.dtype}")
+            sites.append(LatentSite(name, v.shape, v.shape, offset, v.numel(), None, v.dtype, "potential_fn"))
+            offset += v.numel()
+            dtypes.append(v.dtype)
+        self.sites = sites
+        self.dim = offset
+        self.dtype = dtypes[0] if dtypes else torch.get_default_dtype()
+        for d in dtypes[1:]:
+            self.dtype = torch.promote_types(self.dtype, d)
+        self.observed: dict[str, torch.Tensor] = {}
+        self.initial_params = {k: torch.as_tensor(v) for k, v in initial_params.items()}
+
+    unconstrain = ModelPotential.unconstrain
+    constrain = ModelPotential.constrain
+
+    def _values(self, z: torch.Tensor) -> dict:
+        return {s.name: z[s.offset:s.offset + s.size].view(s.shape).to(s.dtype) for s in self.sites}
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        return self.potential_fn(self._values(z))
+
+    potential_and_grad = ModelPotential.potential_and_grad
+
+    def log_density_by_site(self, z: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            return {"-potential_fn": -float(self.potential(z))}
+
+    def initial_point(self, init_strategy: Any = None, initial_params: dict | None = None, max_tries: int = 1) -> tuple:
+        z = self.unconstrain(initial_params or self.initial_params)
+        u, g = self.potential_and_grad(z)
+        if not (math.isfinite(u) and bool(torch.isfinite(g).all())):
+            bad = [s.name for s in self.sites if not torch.isfinite(g[s.offset:s.offset + s.size]).all()]
+            raise MCMCInitError(f"MCMC could not start: potential_fn at initial_params is {u}"
+                                + (f" and its gradient is not finite for {bad}" if bad else ""))
+        return z, u, g
