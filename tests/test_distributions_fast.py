@@ -38,3 +38,47 @@ def test_normal_validation_still_applies():
         dist.Normal(torch.zeros(2), -torch.ones(2), validate_args=True)
     d = dist.Normal(torch.zeros(2), torch.ones(2), validate_args=True)
     assert torch.isfinite(d.log_prob(torch.zeros(2))).all()
+
+
+@pytest.mark.parametrize("loc,scale", [(0.0, 1.0), (1.5, 5.0), (2, 3), (0, 0.5)])
+def test_normal_with_python_numbers_matches_torch(loc, scale):
+    for value in (torch.randn(4, 3, dtype=torch.float64), torch.randn(5), torch.tensor(0.3)):
+        x = value.clone().requires_grad_(True)
+        y = value.clone().requires_grad_(True)
+        a = dist.Normal(loc, scale).log_prob(x)
+        b = torch.distributions.Normal(float(loc), float(scale)).log_prob(y)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b)
+        (ga,) = torch.autograd.grad(a.sum(), x)
+        (gb,) = torch.autograd.grad(b.sum(), y)
+        torch.testing.assert_close(ga, gb)
+    d = dist.Normal(loc, scale)
+    assert d.batch_shape == () and d.expand((3,)).log_prob(torch.zeros(3)).shape == (3,)
+    assert float(d.mean) == float(loc) and float(d.stddev) == float(scale)
+
+
+@pytest.mark.parametrize("scale", [5.0, 1, torch.tensor(2.0), torch.tensor([1.0, 2.0, 3.0])])
+def test_half_cauchy_matches_torch(scale):
+    value = torch.tensor([-1.0, 0.0, 0.7])
+    a = dist.HalfCauchy(scale, validate_args=False).log_prob(value)
+    b = torch.distributions.HalfCauchy(scale, validate_args=False).log_prob(value)
+    torch.testing.assert_close(a, b)
+    x = torch.tensor([0.2, 1.0, 4.0], requires_grad=True)
+    (ga,) = torch.autograd.grad(dist.HalfCauchy(scale).log_prob(x).sum(), x)
+    y = x.detach().clone().requires_grad_(True)
+    (gb,) = torch.autograd.grad(torch.distributions.HalfCauchy(scale).log_prob(y).sum(), y)
+    torch.testing.assert_close(ga, gb)
+    d = dist.HalfCauchy(scale)
+    assert d.sample((2,)).shape == (2,) + d.batch_shape and (d.sample((100,)) >= 0).all()
+    e = d.expand((4, 3))
+    assert e.batch_shape == (4, 3) and e.log_prob(torch.ones(4, 3)).shape == (4, 3)
+    torch.testing.assert_close(d.icdf(torch.tensor(0.5)), torch.distributions.HalfCauchy(scale).icdf(torch.tensor(0.5)))
+
+
+def test_half_cauchy_and_normal_validation_with_numbers():
+    with pytest.raises(ValueError, match="scale"):
+        dist.HalfCauchy(-1.0, validate_args=True)
+    with pytest.raises(ValueError, match="scale"):
+        dist.Normal(0.0, -1.0, validate_args=True)
+    with pytest.raises(ValueError, match="support"):
+        dist.HalfCauchy(1.0, validate_args=True).log_prob(torch.tensor(-1.0))

@@ -32,7 +32,7 @@ for _name in _TORCH_NAMES:
         _g[_name] = _wrap(_name)
 del _g, _name
 
-from ember.distributions.fast import Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
+from ember.distributions.fast import HalfCauchy, Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
 
 Distribution = _td.Distribution
 

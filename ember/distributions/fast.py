@@ -18,14 +18,41 @@ import torch.distributions as _td
 from ember.distributions.torch_dist import TorchDistributionMixin
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_LOG_2_OVER_PI = math.log(2 / math.pi)
 _Tensor = torch.Tensor
+_SCALAR_SHAPE = torch.Size()
+_NEG_INF = -math.inf
+
+# 0-dim tensors for Python-number parameters, shared between calls (a model's priors are built
+# on every run with the same constants). Never handed out for in-place use by Ember.
+_CONSTANTS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+
+
+def _constant(x: float, dtype: torch.dtype) -> torch.Tensor:
+    key = (x, dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 4096:
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = torch.tensor(x, dtype=dtype)
+    return t
 
 
 class Normal(TorchDistributionMixin, _td.Normal):
     __doc__ = _td.Normal.__doc__
 
+    _const: tuple[float, float] | None = None
+
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
-        if isinstance(loc, _Tensor) and isinstance(scale, _Tensor) and loc.shape == scale.shape and loc.dtype == scale.dtype:
+        tl, ts = type(loc), type(scale)
+        if (tl is float or tl is int) and (ts is float or ts is int):
+            # Python numbers (``Normal(0., 1.)``, the usual prior): shared constant tensors, and
+            # log_prob folds loc, scale and log(scale) into the arithmetic
+            dtype = torch.get_default_dtype()
+            self.loc, self.scale = _constant(loc, dtype), _constant(scale, dtype)
+            self._const = (float(loc), float(scale))
+            _td.Distribution.__init__(self, _SCALAR_SHAPE, validate_args=validate_args)
+        elif isinstance(loc, _Tensor) and isinstance(scale, _Tensor) and loc.shape == scale.shape and loc.dtype == scale.dtype:
             self.loc, self.scale = loc, scale
             _td.Distribution.__init__(self, loc.shape, validate_args=validate_args)
         else:
@@ -34,6 +61,13 @@ class Normal(TorchDistributionMixin, _td.Normal):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        const = self._const
+        if const is not None and isinstance(value, _Tensor):
+            loc, scale = const
+            z = value if loc == 0.0 else value - loc
+            if scale != 1.0:
+                z = z / scale
+            return -0.5 * (z * z) - (math.log(scale) + _HALF_LOG_2PI)
         scale = self.scale
         z = (value - self.loc) / scale
         return -0.5 * z * z - scale.log() - _HALF_LOG_2PI
@@ -43,6 +77,52 @@ class Normal(TorchDistributionMixin, _td.Normal):
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
         new.scale = self.scale.expand(batch_shape)
+        new._const = None
         _td.Distribution.__init__(new, batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+
+class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
+    __doc__ = _td.HalfCauchy.__doc__
+
+    def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
+        ts = type(scale)
+        if ts is float or ts is int:
+            dtype = torch.get_default_dtype()
+            scale_t = _constant(scale, dtype)
+            self._const_scale: float | None = float(scale)
+            base = _td.Cauchy.__new__(_td.Cauchy)
+            base.loc, base.scale = _constant(0.0, dtype), scale_t
+            _td.Distribution.__init__(base, _SCALAR_SHAPE, validate_args=validate_args)
+            self.base_dist = base
+            self.transforms = [_ABS]
+            _td.Distribution.__init__(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
+        else:
+            self._const_scale = None
+            super().__init__(scale, validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log(2/pi) - log(scale) - log1p((value/scale)^2)`` for ``value >= 0``, ``-inf`` below."""
+        if self._validate_args:
+            self._validate_sample(value)
+        if not isinstance(value, _Tensor):
+            value = torch.as_tensor(value, dtype=self.scale.dtype)
+        c = self._const_scale
+        if c is not None:
+            z = value / c if c != 1.0 else value
+            lp = (_LOG_2_OVER_PI - math.log(c)) - torch.log1p(z * z)
+        else:
+            scale = self.scale
+            z = value / scale
+            lp = _LOG_2_OVER_PI - scale.log() - torch.log1p(z * z)
+        return lp.masked_fill(value < 0, _NEG_INF)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> HalfCauchy:
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = _td.HalfCauchy.expand(self, batch_shape, _instance=new)
+        new._const_scale = None
+        return new
+
+
+_ABS = _td.transforms.AbsTransform()
