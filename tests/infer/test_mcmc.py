@@ -373,7 +373,7 @@ def test_to_arviz():
     assert isinstance(idata, az.InferenceData)
     assert idata.posterior["weight"].shape == (2, 50)
     assert "diverging" in idata.sample_stats and "tree_depth" in idata.sample_stats
-    assert float(idata.observed_data["measurement"]) == 9.5
+    assert np.asarray(idata.observed_data["measurement"]).reshape(-1).tolist() == [9.5]
 
 
 def test_median_init_and_validation_restored():

@@ -35,6 +35,43 @@ from ember.runtime import Message, is_validation_enabled
 __all__ = ["LatentSite", "ModelPotential", "MCMCInitError"]
 
 
+def _public_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(u, z)[0]
+
+
+_ONES: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _engine_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    one = _ONES.get(u.dtype)
+    if one is None:
+        one = _ONES[u.dtype] = torch.ones((), dtype=u.dtype)
+    if u.device != one.device:
+        return _public_grad(u, z)
+    return torch.autograd.Variable._execution_engine.run_backward((u,), (one,), False, False, (z,), True, False)[0]
+
+
+def _pick_scalar_grad() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``d u / d z`` for a scalar ``u``: the autograd engine called directly, which skips
+    ``torch.autograd.grad``'s argument normalisation (about half the cost of a small model's
+    backward pass here; see benchmarks/README.md). Falls back to ``torch.autograd.grad`` if this
+    torch's engine does not answer the same way."""
+    try:
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        g = _engine_grad((x * x).sum(), x)
+        if torch.equal(g, torch.tensor([2.0, 4.0])):
+            return _engine_grad
+    except Exception:  # noqa: BLE001 - any failure means: use the public API
+        pass
+    return _public_grad
+
+
+def _scalar_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    global _scalar_grad
+    _scalar_grad = _pick_scalar_grad()  # decided on first use, not at import
+    return _scalar_grad(u, z)
+
+
 class MCMCInitError(ValueError):
     """No starting point with a finite potential energy and gradient could be found."""
 
@@ -51,6 +88,11 @@ class LatentSite:
     transform: Transform | None  # None: the identity
     dtype: torch.dtype
     dist_name: str
+
+    @property
+    def view_shape(self) -> torch.Size | None:
+        """The shape to view this site's slice of ``z`` as (None: it already is ``[size]``)."""
+        return None if self.unconstrained_shape == torch.Size([self.size]) else self.unconstrained_shape
 
 
 def _refuse_discrete(name: str, fn: Any) -> None:
@@ -92,7 +134,7 @@ class _Substitute(Messenger):
     def __init__(self, values: dict, record: bool = False) -> None:
         super().__init__()
         self.values = values
-        self.log_joint: Any = 0.0
+        self.log_joint: Any = None
         self.record = record
         self.by_site: dict[str, torch.Tensor] = {}
 
@@ -118,10 +160,12 @@ class _Substitute(Messenger):
         scale, mask = msg.scale, msg.mask
         if mask is not None or not (type(scale) is float and scale == 1.0):
             lp = scale_and_mask(lp, scale, mask)
-        lp = lp.sum()
+        if lp.dim():
+            lp = lp.sum()
         if self.record:
             self.by_site[msg.name] = lp
-        self.log_joint = self.log_joint + lp
+        total = self.log_joint
+        self.log_joint = lp if total is None else total + lp
 
 
 class ModelPotential:
@@ -192,6 +236,7 @@ class ModelPotential:
             dtypes.append(value.dtype)
             offset += size
         self.sites = sites
+        self._sizes = [st.size for st in sites]
         self.dim = offset
         self.observed = observed
         if dtypes:
@@ -234,16 +279,20 @@ class ModelPotential:
         return out
 
     def _values_and_logdet(self, z: torch.Tensor) -> tuple[dict, Any]:
+        # one split (one autograd node) rather than a slice per site; views only where needed
         values = {}
         logdet: Any = 0.0
-        for s in self.sites:
-            u = z[s.offset:s.offset + s.size].view(s.unconstrained_shape)
+        pieces = z.split(self._sizes) if len(self.sites) > 1 else (z,)
+        for s, u in zip(self.sites, pieces):
+            if s.view_shape is not None:
+                u = u.view(s.view_shape)
             t = s.transform
             if t is None:
                 v = u
             else:
                 v = t(u)
-                logdet = logdet + t.log_abs_det_jacobian(u, v).sum()
+                lad = t.log_abs_det_jacobian(u, v)
+                logdet = logdet + (lad.sum() if lad.dim() else lad)
             values[s.name] = v if v.dtype == s.dtype else v.to(s.dtype)
         return values, logdet
 
@@ -254,7 +303,10 @@ class ModelPotential:
         h = _Substitute(values)
         with h:
             self.model(*self.args, **self.kwargs)
-        return -(h.log_joint + logdet)
+        log_joint = h.log_joint
+        if log_joint is None:
+            log_joint = 0.0
+        return -(log_joint + logdet)
 
     def potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(U(z), dU/dz)`` with ``U`` a Python float (``inf`` where it is not finite)."""
@@ -263,7 +315,7 @@ class ModelPotential:
         if not isinstance(u, torch.Tensor) or not u.requires_grad:
             # no latent influences the density (or no latents at all)
             return float(u), torch.zeros_like(z)
-        (g,) = torch.autograd.grad(u, z)
+        g = _scalar_grad(u, z)
         value = u.item()
         if value != value:
             value = math.inf
