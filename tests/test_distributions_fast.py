@@ -82,3 +82,19 @@ def test_half_cauchy_and_normal_validation_with_numbers():
         dist.Normal(0.0, -1.0, validate_args=True)
     with pytest.raises(ValueError, match="support"):
         dist.HalfCauchy(1.0, validate_args=True).log_prob(torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("scale", [1.0, 2, 0.5])
+def test_normal_tensor_loc_number_scale_matches_torch(scale):
+    for loc in (torch.randn(3), torch.randn(2, 3, dtype=torch.float64), torch.tensor(1.0)):
+        value = torch.randn((4,) + loc.shape, dtype=loc.dtype)
+        lx = loc.clone().requires_grad_(True)
+        ly = loc.clone().requires_grad_(True)
+        a = dist.Normal(lx, scale).log_prob(value)
+        b = torch.distributions.Normal(ly, float(scale)).log_prob(value)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(torch.autograd.grad(a.sum(), lx)[0], torch.autograd.grad(b.sum(), ly)[0])
+        d = dist.Normal(loc, scale)
+        assert d.batch_shape == loc.shape and d.scale.shape == loc.shape
+        assert d.expand((5,) + loc.shape).log_prob(value[0]).shape == (5,) + loc.shape
+        assert d.rsample((2,)).shape == (2,) + loc.shape

@@ -41,7 +41,7 @@ def _constant(x: float, dtype: torch.dtype) -> torch.Tensor:
 class Normal(TorchDistributionMixin, _td.Normal):
     __doc__ = _td.Normal.__doc__
 
-    _const: tuple[float, float] | None = None
+    _const: tuple[float | None, float] | None = None  # (loc or None for a tensor loc, scale)
 
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         tl, ts = type(loc), type(scale)
@@ -52,6 +52,12 @@ class Normal(TorchDistributionMixin, _td.Normal):
             self.loc, self.scale = _constant(loc, dtype), _constant(scale, dtype)
             self._const = (float(loc), float(scale))
             _td.Distribution.__init__(self, _SCALAR_SHAPE, validate_args=validate_args)
+        elif (ts is float or ts is int) and isinstance(loc, _Tensor) and loc.dtype.is_floating_point:
+            # a tensor location with a number for the scale (``Normal(mu, 1.)``)
+            self.loc = loc
+            self.scale = _constant(scale, loc.dtype).expand(loc.shape)
+            self._const = (None, float(scale))  # type: ignore[assignment]
+            _td.Distribution.__init__(self, loc.shape, validate_args=validate_args)
         elif isinstance(loc, _Tensor) and isinstance(scale, _Tensor) and loc.shape == scale.shape and loc.dtype == scale.dtype:
             self.loc, self.scale = loc, scale
             _td.Distribution.__init__(self, loc.shape, validate_args=validate_args)
@@ -64,7 +70,10 @@ class Normal(TorchDistributionMixin, _td.Normal):
         const = self._const
         if const is not None and isinstance(value, _Tensor):
             loc, scale = const
-            z = value if loc == 0.0 else value - loc
+            if loc is None:
+                z = value - self.loc
+            else:
+                z = value if loc == 0.0 else value - loc
             if scale != 1.0:
                 z = z / scale
             return -0.5 * (z * z) - (math.log(scale) + _HALF_LOG_2PI)

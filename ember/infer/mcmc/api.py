@@ -78,6 +78,7 @@ class MCMC:
         self.step_sizes: list[float] = []
         self.inverse_mass_matrices: list[torch.Tensor] = []
         self.wall_times: list[float] = []
+        self._warmup_grad_evals: list[int] = []
 
     # ---- running -----------------------------------------------------------------------------------
     def _chain_initial_params(self, chain: int) -> dict | None:
@@ -99,6 +100,7 @@ class MCMC:
 
         kernel = self.kernel
         self._z, self._stats, self.step_sizes, self.inverse_mass_matrices, self.wall_times = [], [], [], [], []
+        self._warmup_grad_evals = []
         total = self.warmup_steps + self.num_samples
         keep = range(self.warmup_steps, total, self.thinning)
         n_keep = len(keep)
@@ -116,12 +118,15 @@ class MCMC:
                        mininterval=0.3, unit="it")
             divergences = 0
             acc_sum = 0.0
+            warmup_grads = 0
             j = 0
             with validation_enabled(not self.disable_validation):
                 for it in range(total):
                     z, u, g, st = kernel.step(it, z, u, g)
                     divergences += st["diverging"]
                     acc_sum += st["accept_prob"]
+                    if it < self.warmup_steps:
+                        warmup_grads += st["num_steps"]
                     if it >= self.warmup_steps and (it - self.warmup_steps) % self.thinning == 0:
                         draws[j] = z
                         for k in _STAT_FIELDS:
@@ -144,6 +149,7 @@ class MCMC:
             self.step_sizes.append(kernel._step_size)
             self.inverse_mass_matrices.append(kernel.inverse_mass_matrix.clone())
             self.wall_times.append(time.perf_counter() - t0)
+            self._warmup_grad_evals.append(warmup_grads)
         return self
 
     def _require_run(self) -> None:
@@ -190,6 +196,12 @@ class MCMC:
         """Gradient evaluations spent on the kept draws (warm-up not counted)."""
         self._require_run()
         return int(sum(s["num_steps"].sum() for s in self._stats))
+
+    @property
+    def num_grad_evals_warmup(self) -> int:
+        """Gradient evaluations spent in warm-up (step-size searches not counted)."""
+        self._require_run()
+        return int(sum(self._warmup_grad_evals))
 
     def diagnostics(self) -> dict[str, Any]:
         """``{site: {"n_eff": ..., "r_hat": ...}, "divergences": {"chain 0": [draw indices]},

@@ -1,0 +1,321 @@
+"""NUTS side by side: eight schools (non-centered) and a Bayesian logistic regression.
+
+For each model, in one process: ember's NUTS, pyro-ppl's NUTS and numpyro's NUTS (each when
+importable; run this file with the peers' python, ``.peers-venv/bin/python benchmarks/nuts.py``,
+after ``pip install -e . --no-deps`` there), every one with 1 chain, ``--warmup`` adaptation
+steps and ``--samples`` draws, target acceptance 0.8, diagonal mass matrix, max tree depth 10.
+Reported per library: wall time of the whole run (numpyro's includes its JIT compilation: it
+is its first run in the process), gradient evaluations (warm-up and sampling), the minimum
+effective sample size over every latent element (computed by ember's estimator on every
+library's draws, so the ESS definitions agree) and min ESS per second, and a few posterior
+means. Separately, microseconds per potential-and-gradient evaluation at one point for ember,
+the same density written by hand in PyTorch, and pyro-ppl. Prints one JSON line.
+
+Data: eight schools is Rubin's; the regression has N=1000, D=10, x ~ N(0, 1), true weights
+~ N(0, 1), y ~ Bernoulli(logits = x.w + 0.5), from ``--seed``; priors w ~ N(0, 1), b ~ N(0, 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from ember.infer.mcmc.diagnostics import effective_sample_size  # noqa: E402
+
+Y8 = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
+SIGMA8 = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
+
+
+def logreg_data(seed: int, n: int = 1000, d: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, generator=g)
+    y = torch.bernoulli(torch.sigmoid(x @ w + 0.5), generator=g)
+    return x.numpy(), y.numpy()
+
+
+def min_ess(samples: dict[str, np.ndarray]) -> float:
+    vals = []
+    for v in samples.values():
+        v = np.asarray(v, dtype=np.float64)
+        vals.append(np.min(effective_sample_size(v[None])))
+    return float(min(vals))
+
+
+# ---- ember ---------------------------------------------------------------------------------------
+def ember_models() -> dict[str, Any]:
+    import ember
+    import ember.distributions as dist
+
+    def eight_schools(sigma, y):
+        mu = ember.sample("mu", dist.Normal(0.0, 5.0))
+        tau = ember.sample("tau", dist.HalfCauchy(5.0))
+        with ember.plate("J", 8):
+            theta_tilde = ember.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            ember.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+    def logreg(x, y):
+        w = ember.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
+        b = ember.sample("b", dist.Normal(0.0, 1.0))
+        with ember.plate("N", x.shape[0]):
+            ember.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    return {"eight_schools": eight_schools, "logreg": logreg}
+
+
+def run_ember(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+    import ember
+    from ember.infer import MCMC, NUTS
+
+    model = ember_models()[name]
+    ember.set_rng_seed(args.seed)
+    mcmc = MCMC(NUTS(model), num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
+    t = time.perf_counter()
+    mcmc.run(*data)
+    wall = time.perf_counter() - t
+    samples = {k: v.numpy() for k, v in mcmc.get_samples().items()}
+    return _report(wall, mcmc.num_grad_evals_warmup + mcmc.num_grad_evals, samples, mcmc.num_divergences,
+                   float(mcmc.step_sizes[0]))
+
+
+def ember_potential_us(name: str, data: tuple, reps: int) -> float:
+    import ember
+    from ember.infer.mcmc.potential import ModelPotential
+
+    with ember.validation_enabled(False):
+        mp = ModelPotential(ember_models()[name], data)
+        z, _, _ = mp.initial_point("uniform")
+        return _time_us(lambda: mp.potential_and_grad(z), reps)
+
+
+# ---- the same densities by hand ------------------------------------------------------------------
+def hand_potential_us(name: str, data: tuple, reps: int) -> float:
+    from torch.distributions import Bernoulli, HalfCauchy, Normal
+
+    if name == "eight_schools":
+        sigma, y = data
+
+        def potential(z):
+            mu, log_tau, th = z[0], z[1], z[2:]
+            tau = log_tau.exp()
+            lp = Normal(0.0, 5.0, validate_args=False).log_prob(mu) + HalfCauchy(5.0, validate_args=False).log_prob(tau) + log_tau
+            lp = lp + Normal(0.0, 1.0, validate_args=False).log_prob(th).sum()
+            lp = lp + Normal(mu + tau * th, sigma, validate_args=False).log_prob(y).sum()
+            return -lp
+
+        z = torch.randn(10) * 0.5
+    else:
+        x, y = data
+
+        def potential(z):
+            w, b = z[:-1], z[-1]
+            lp = Normal(0.0, 1.0, validate_args=False).log_prob(z).sum()
+            lp = lp + Bernoulli(logits=x @ w + b, validate_args=False).log_prob(y).sum()
+            return -lp
+
+        z = torch.randn(x.shape[1] + 1) * 0.1
+
+    def step():
+        zz = z.detach().requires_grad_(True)
+        u = potential(zz)
+        (g,) = torch.autograd.grad(u, zz)
+        return u.item(), g
+
+    return _time_us(step, reps)
+
+
+# ---- pyro-ppl --------------------------------------------------------------------------------------
+def pyro_models() -> dict[str, Any]:
+    import pyro
+    import pyro.distributions as dist
+
+    def eight_schools(sigma, y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("J", 8):
+            theta_tilde = pyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            pyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+    def logreg(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("N", x.shape[0]):
+            pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    return {"eight_schools": eight_schools, "logreg": logreg}
+
+
+def run_pyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+    import pyro
+    import pyro.ops.integrator as integrator
+    from pyro.infer import MCMC, NUTS
+
+    count = [0]
+    original = integrator.potential_grad
+
+    def counting(potential_fn, z):
+        count[0] += 1
+        return original(potential_fn, z)
+
+    integrator.potential_grad = counting
+    try:
+        pyro.set_rng_seed(args.seed)
+        pyro.clear_param_store()
+        mcmc = MCMC(NUTS(pyro_models()[name]), num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
+        t = time.perf_counter()
+        mcmc.run(*data)
+        wall = time.perf_counter() - t
+    finally:
+        integrator.potential_grad = original
+    samples = {k: v.numpy() for k, v in mcmc.get_samples().items()}
+    div = sum(len(v) for v in mcmc.diagnostics()["divergences"].values())
+    return _report(wall, count[0], samples, div, float(mcmc.kernel.step_size))
+
+
+def pyro_potential_us(name: str, data: tuple, reps: int) -> float:
+    import pyro
+    from pyro.infer.mcmc.util import initialize_model
+    from pyro.ops.integrator import potential_grad
+
+    pyro.set_rng_seed(0)
+    init, potential_fn, _, _ = initialize_model(pyro_models()[name], model_args=data)
+    return _time_us(lambda: potential_grad(potential_fn, init), reps)
+
+
+# ---- numpyro ---------------------------------------------------------------------------------------
+def run_numpyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    if name == "eight_schools":
+        def model(sigma, y):
+            mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+            tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+            with numpyro.plate("J", 8):
+                theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+                numpyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+    else:
+        def model(x, y):
+            w = numpyro.sample("w", dist.Normal(jnp.zeros(x.shape[1]), 1.0).to_event(1))
+            b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+            with numpyro.plate("N", x.shape[0]):
+                numpyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    jdata = tuple(jnp.asarray(d.numpy() if isinstance(d, torch.Tensor) else d) for d in data)
+    mcmc = MCMC(NUTS(model), num_warmup=args.warmup, num_samples=args.samples, progress_bar=False)
+    t = time.perf_counter()
+    mcmc.run(jax.random.PRNGKey(args.seed), *jdata, extra_fields=("num_steps", "diverging"))
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    wall = time.perf_counter() - t
+    extra = mcmc.get_extra_fields()
+    grads = int(np.sum(extra["num_steps"]))  # sampling only: numpyro does not report warm-up steps here
+    return _report(wall, grads, samples, int(np.sum(extra["diverging"])), float(mcmc.last_state.adapt_state.step_size),
+                   grads_cover="sampling only")
+
+
+# ---- shared -------------------------------------------------------------------------------------------
+def _time_us(fn: Any, reps: int) -> float:
+    for _ in range(20):
+        fn()
+    rounds = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        rounds.append((time.perf_counter() - t) / reps * 1e6)
+    return round(statistics.median(rounds), 1)
+
+
+def _report(wall: float, grads: int, samples: dict[str, np.ndarray], divergences: int, step_size: float,
+            grads_cover: str = "warmup + sampling") -> dict[str, Any]:
+    ess = min_ess(samples)
+    means = {}
+    for k, v in samples.items():
+        m = np.asarray(v).mean(0)
+        means[k] = round(float(m), 3) if np.ndim(m) == 0 else [round(float(a), 3) for a in np.ravel(m)[:3]]
+    return {"wall_s": round(wall, 2), "grad_evals": grads, "grad_evals_cover": grads_cover, "min_ess": round(ess, 1),
+            "min_ess_per_s": round(ess / wall, 1), "divergences": divergences, "step_size": round(step_size, 4),
+            "means": means}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, and XLA's (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--models", default="eight_schools,logreg")
+    p.add_argument("--potential-reps", type=int, default=300, help="evaluations per timing round of the potential")
+    p.add_argument("--no-pyro", action="store_true")
+    p.add_argument("--no-numpyro", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    # before jax is imported (the version check below imports it)
+    os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    have = {"pyro": False, "numpyro": False}
+    versions = {"torch": torch.__version__}
+    if not args.no_pyro:
+        try:
+            import pyro
+
+            have["pyro"], versions["pyro"] = True, pyro.__version__
+        except ImportError:
+            pass
+    if not args.no_numpyro:
+        try:
+            import numpyro
+
+            have["numpyro"], versions["numpyro"] = True, numpyro.__version__
+        except ImportError:
+            pass
+
+    x, yb = logreg_data(args.seed)
+    datasets = {
+        "eight_schools": (torch.tensor(SIGMA8), torch.tensor(Y8)),
+        "logreg": (torch.from_numpy(x), torch.from_numpy(yb)),
+    }
+    out: dict[str, Any] = {"benchmark": "nuts", "warmup": args.warmup, "samples": args.samples, "threads": args.threads,
+                           "versions": versions, "machine": platform.machine(), "models": {}}
+    for name in args.models.split(","):
+        data = datasets[name]
+        res: dict[str, Any] = {}
+        res["potential_us"] = {"ember": ember_potential_us(name, data, args.potential_reps),
+                               "torch_by_hand": hand_potential_us(name, data, args.potential_reps)}
+        if have["pyro"]:
+            res["potential_us"]["pyro"] = pyro_potential_us(name, data, args.potential_reps)
+        res["ember"] = run_ember(name, data, args)
+        if have["pyro"]:
+            res["pyro"] = run_pyro(name, data, args)
+        if have["numpyro"]:
+            res["numpyro_first_run"] = run_numpyro(name, data, args)
+        ratios = {"ember_potential_vs_hand": round(res["potential_us"]["ember"] / res["potential_us"]["torch_by_hand"], 2)}
+        if have["pyro"]:
+            ratios["pyro_wall_over_ember_wall"] = round(res["pyro"]["wall_s"] / res["ember"]["wall_s"], 2)
+            ratios["ember_ess_per_s_over_pyro"] = round(res["ember"]["min_ess_per_s"] / max(res["pyro"]["min_ess_per_s"], 1e-9), 2)
+            ratios["pyro_potential_over_ember"] = round(res["potential_us"]["pyro"] / res["potential_us"]["ember"], 2)
+        if have["numpyro"]:
+            ratios["numpyro_first_wall_over_ember_wall"] = round(res["numpyro_first_run"]["wall_s"] / res["ember"]["wall_s"], 2)
+        res["ratios"] = ratios
+        out["models"][name] = res
+        print(f"# {name}: {json.dumps(ratios)}", file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
