@@ -37,6 +37,15 @@ from ember.distributions.fast import HalfCauchy, Normal  # noqa: E402,F401  (lea
 Distribution = _td.Distribution
 
 
+def __getattr__(name: str) -> type:
+    # Empirical lives with importance sampling (it needs the inference code); Pyro exports it here
+    if name == "Empirical":
+        from ember.infer.importance import Empirical
+
+        return Empirical
+    raise AttributeError(f"module 'ember.distributions' has no attribute {name!r}")
+
+
 def enable_validation(is_validate: bool = True) -> None:
     """Switch torch's argument/support validation of distributions on or off."""
     _td.Distribution.set_default_validate_args(bool(is_validate))
@@ -47,7 +56,7 @@ def is_validation_enabled() -> bool:
 
 
 __all__ = _TORCH_NAMES + [
-    "Delta", "Distribution", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
+    "Delta", "Distribution", "Empirical", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
     "biject_to", "constraints", "enable_validation", "is_validation_enabled", "kl_divergence", "register_kl",
     "transform_to", "transforms",
 ]
