@@ -98,3 +98,15 @@ def test_normal_tensor_loc_number_scale_matches_torch(scale):
         assert d.batch_shape == loc.shape and d.scale.shape == loc.shape
         assert d.expand((5,) + loc.shape).log_prob(value[0]).shape == (5,) + loc.shape
         assert d.rsample((2,)).shape == (2,) + loc.shape
+
+
+def test_expanded_normal_with_numbers_matches_torch():
+    for loc, scale in [(0.0, 1.0), (1.0, 2.0)]:
+        d = dist.Normal(loc, scale).expand((3, 4))
+        t = torch.distributions.Normal(float(loc), float(scale)).expand((3, 4))
+        for value in (torch.randn(3, 4), torch.randn(5, 3, 4), torch.randn(4), torch.tensor(0.5), torch.randn(3, 1)):
+            a, b = d.log_prob(value), t.log_prob(value)
+            assert a.shape == b.shape, (value.shape, a.shape, b.shape)
+            torch.testing.assert_close(a, b)
+    e = dist.Normal(torch.zeros(2), 1.5).expand((3, 2))
+    torch.testing.assert_close(e.log_prob(torch.ones(2)), torch.distributions.Normal(torch.zeros(2), 1.5).expand((3, 2)).log_prob(torch.ones(2)))

@@ -73,10 +73,17 @@ class Normal(TorchDistributionMixin, _td.Normal):
             if loc is None:
                 z = value - self.loc
             else:
+                bs = self._batch_shape
+                if bs and value.shape[len(value.shape) - len(bs):] != bs:
+                    # the value is smaller than the (expanded) batch: let broadcasting decide
+                    return self._log_prob_general(value)
                 z = value if loc == 0.0 else value - loc
             if scale != 1.0:
                 z = z / scale
             return -0.5 * (z * z) - (math.log(scale) + _HALF_LOG_2PI)
+        return self._log_prob_general(value)
+
+    def _log_prob_general(self, value: torch.Tensor) -> torch.Tensor:
         scale = self.scale
         z = (value - self.loc) / scale
         return -0.5 * z * z - scale.log() - _HALF_LOG_2PI
@@ -86,7 +93,7 @@ class Normal(TorchDistributionMixin, _td.Normal):
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
         new.scale = self.scale.expand(batch_shape)
-        new._const = None
+        new._const = self._const  # the constants do not change; only the batch shape does
         _td.Distribution.__init__(new, batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

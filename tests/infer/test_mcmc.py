@@ -72,8 +72,8 @@ def test_welford_matches_numpy():
     n = 500
     cov = np.cov(x.numpy(), rowvar=False)
     shrink = 1e-3 * 5 / (n + 5)
-    np.testing.assert_allclose(w.regularized().numpy(), n / (n + 5) * np.diag(cov) + shrink, rtol=1e-10)
-    np.testing.assert_allclose(wd.regularized().numpy(), n / (n + 5) * cov + shrink * np.eye(3), rtol=1e-10)
+    np.testing.assert_allclose(w.regularized(), n / (n + 5) * np.diag(cov) + shrink, rtol=1e-10)
+    np.testing.assert_allclose(wd.regularized(), n / (n + 5) * cov + shrink * np.eye(3), rtol=1e-10)
 
 
 # ---- the potential -------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ and dual averaging restarted, then a fast terminal buffer (50 iterations). With
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["DualAveraging", "Welford", "adaptation_windows"]
@@ -55,7 +57,7 @@ class DualAveraging:
 
 
 class Welford:
-    """Running mean and (co)variance of unconstrained draws, in float64."""
+    """Running mean and (co)variance of unconstrained draws, in float64 (NumPy)."""
 
     def __init__(self, dim: int, dense: bool = False) -> None:
         self.dim = dim
@@ -64,28 +66,30 @@ class Welford:
 
     def reset(self) -> None:
         self.n = 0
-        self.mean = torch.zeros(self.dim, dtype=torch.float64)
-        self.m2 = torch.zeros((self.dim, self.dim) if self.dense else self.dim, dtype=torch.float64)
+        self.mean = np.zeros(self.dim)
+        self.m2 = np.zeros((self.dim, self.dim) if self.dense else self.dim)
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().to(torch.float64)
+    def update(self, x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to(torch.float64).numpy()
+        x = np.asarray(x, dtype=np.float64)
         self.n += 1
         delta = x - self.mean
-        self.mean += delta / self.n
+        self.mean = self.mean + delta / self.n
         delta2 = x - self.mean
         if self.dense:
-            self.m2 += torch.outer(delta, delta2)
+            self.m2 = self.m2 + np.outer(delta, delta2)
         else:
-            self.m2 += delta * delta2
+            self.m2 = self.m2 + delta * delta2
 
-    def regularized(self) -> torch.Tensor:
+    def regularized(self) -> np.ndarray:
         """Stan's shrunk estimate ``n/(n+5) * S + 1e-3 * 5/(n+5) * I``."""
         n = self.n
         cov = self.m2 / max(n - 1, 1)
         w = n / (n + 5.0)
         shrink = 1e-3 * 5.0 / (n + 5.0)
         if self.dense:
-            return w * cov + shrink * torch.eye(self.dim, dtype=torch.float64)
+            return w * cov + shrink * np.eye(self.dim)
         return w * cov + shrink
 
 

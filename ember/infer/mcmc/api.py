@@ -110,7 +110,7 @@ class MCMC:
             seed = int(torch.randint(0, 2**62, ()).item())
             z, u, g = kernel.setup_chain(potential, self.warmup_steps, self._chain_initial_params(chain), seed)
             self._potential = potential
-            draws = torch.empty((n_keep, z.numel()), dtype=z.dtype)
+            draws = np.empty((n_keep, z.size))
             stats = {k: np.empty(n_keep, dtype=bool if k == "diverging" else np.int64 if k in ("num_steps", "tree_depth")
                                  else np.float64) for k in _STAT_FIELDS}
             desc = "" if self.num_chains == 1 else f"chain {chain + 1}/{self.num_chains} "
@@ -133,7 +133,7 @@ class MCMC:
                             stats[k][j] = st[k]
                         j += 1
                     if self.hook_fn is not None:
-                        self.hook_fn(kernel, z, "Warmup" if it < self.warmup_steps else "Sample", it)
+                        self.hook_fn(kernel, torch.from_numpy(z), "Warmup" if it < self.warmup_steps else "Sample", it)
                     if not self.disable_progbar:
                         if it == self.warmup_steps:
                             bar.set_description(desc + "sample")
@@ -144,7 +144,7 @@ class MCMC:
                             bar.set_postfix_str(f"step size {st['step_size']:.2e}, acc. prob {acc_sum / n_acc:.3f}, "
                                                 f"divergences {divergences}", refresh=False)
             bar.close()
-            self._z.append(draws)
+            self._z.append(torch.from_numpy(draws).to(potential.dtype))
             self._stats.append(stats)
             self.step_sizes.append(kernel._step_size)
             self.inverse_mass_matrices.append(kernel.inverse_mass_matrix.clone())

@@ -6,8 +6,10 @@ matrix otherwise) is what windowed adaptation estimates: the covariance of the u
 draws. Kinetic energy ``K(p) = p . M^-1 p / 2``. The step size adapts by dual averaging towards
 ``target_accept_prob`` during warm-up and is frozen after it.
 
-State lives in small torch tensors and Python floats; the model's potential and its gradient are
-evaluated once per leapfrog step and nothing else on the path allocates more than a few vectors.
+The sampler's own state (position, momentum, gradient, summed momenta) lives in float64 NumPy
+vectors and Python floats: on vectors of a few dozen numbers a NumPy operation costs about a
+microsecond and a torch one several, and a NUTS trajectory makes some twenty of them per leapfrog
+step. Only the potential and its gradient run in torch, in the model's dtype, once per step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ember.infer.initialization import init_to_uniform, resolve_init_strategy
@@ -98,20 +101,19 @@ class HMC:
         return FunctionPotential(self.potential_fn, initial_params)
 
     def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int) -> tuple:
-        """Find the chain's starting point and reset adaptation; return ``(z, U, grad)``."""
+        """Find the chain's starting point and reset adaptation; return ``(z, U, grad)`` (NumPy)."""
         self.potential = potential
-        self._pot = potential.potential_and_grad
-        z, u, g = potential.initial_point(self.init_strategy, initial_params)
-        if z.numel() == 0:
+        zt, u, gt = potential.initial_point(self.init_strategy, initial_params)
+        if zt.numel() == 0:
             raise ValueError(f"{type(self).__name__}: the model has no latent sample sites, so there is nothing to sample "
                              f"(observed sites: {sorted(potential.observed)})")
+        self._tdtype = zt.dtype
+        self._potential_and_grad = potential.potential_and_grad
+        z = zt.detach().to(torch.float64).numpy().copy()
+        g = gt.detach().to(torch.float64).numpy().copy()
         self._rng = random.Random(rng_seed)
-        dim = z.numel()
-        self._dtype = z.dtype
-        if self.full_mass:
-            self.inverse_mass_matrix = torch.eye(dim, dtype=z.dtype)
-        else:
-            self.inverse_mass_matrix = torch.ones(dim, dtype=z.dtype)
+        dim = z.size
+        self._minv = np.eye(dim) if self.full_mass else np.ones(dim)
         self._update_mass_factors()
         self._warmup_steps = warmup_steps
         self._windows = adaptation_windows(warmup_steps) if self.adapt_mass_matrix else []
@@ -120,7 +122,7 @@ class HMC:
         self._welford = Welford(dim, dense=self.full_mass)
         self._in_window = False
         eps = self.step_size
-        if self.adapt_step_size and dim > 0:
+        if self.adapt_step_size:
             eps = self._find_reasonable_step_size(z, u, g, eps)
         self._step_size = eps
         self._da = DualAveraging(self.target_accept_prob)
@@ -128,42 +130,45 @@ class HMC:
         return z, u, g
 
     def _update_mass_factors(self) -> None:
-        minv = self.inverse_mass_matrix
+        minv = self._minv
         if self.full_mass:
-            mass = torch.cholesky_inverse(torch.linalg.cholesky(minv.to(torch.float64)))
-            self._mass_sqrt = torch.linalg.cholesky(mass).to(self._dtype)  # p = L @ eps has covariance M
-            self._minv = minv.to(self._dtype)
+            mass = np.linalg.inv(minv)
+            self._mass_sqrt = np.linalg.cholesky((mass + mass.T) / 2)  # p = L @ e has covariance M
         else:
-            self._mass_sqrt = minv.rsqrt().to(self._dtype)
-            self._minv = minv.to(self._dtype)
+            self._mass_sqrt = 1.0 / np.sqrt(minv)
+        self.inverse_mass_matrix = torch.from_numpy(minv.copy()).to(self._tdtype)
 
     # ---- building blocks -----------------------------------------------------------------------------
-    def _sample_momentum(self, dim: int) -> torch.Tensor:
-        e = torch.randn(dim, dtype=self._dtype)
+    def _pot(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        u, g = self._potential_and_grad(torch.from_numpy(z).to(self._tdtype))
+        return u, g.detach().to(torch.float64).numpy()
+
+    def _sample_momentum(self, dim: int) -> np.ndarray:
+        e = torch.randn(dim, dtype=torch.float64).numpy()  # Ember's (torch's) random stream
         if self.full_mass:
             return self._mass_sqrt @ e
         return e * self._mass_sqrt
 
-    def _p_sharp(self, p: torch.Tensor) -> torch.Tensor:
+    def _p_sharp(self, p: np.ndarray) -> np.ndarray:
         if self.full_mass:
             return self._minv @ p
         return self._minv * p
 
-    def _leapfrog(self, z: torch.Tensor, p: torch.Tensor, g: torch.Tensor, eps: float) -> tuple:
-        p = p.add(g, alpha=-0.5 * eps)
-        z = z.add(self._p_sharp(p), alpha=eps)
+    def _leapfrog(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float) -> tuple:
+        p = p - (0.5 * eps) * g
+        z = z + eps * self._p_sharp(p)
         u, g = self._pot(z)
-        p = p.add(g, alpha=-0.5 * eps)
+        p = p - (0.5 * eps) * g
         return z, p, g, u
 
-    def _find_reasonable_step_size(self, z: torch.Tensor, u: float, g: torch.Tensor, eps: float) -> float:
+    def _find_reasonable_step_size(self, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> float:
         """Double or halve ``eps`` until one leapfrog step's acceptance crosses 0.8 (Stan's rule)."""
         direction = 0
         for _ in range(100):
-            p = self._sample_momentum(z.numel())
-            h0 = u + 0.5 * float(torch.dot(p, self._p_sharp(p)))
+            p = self._sample_momentum(z.size)
+            h0 = u + 0.5 * float(p @ self._p_sharp(p))
             _, p1, _, u1 = self._leapfrog(z, p, g, eps)
-            h1 = u1 + 0.5 * float(torch.dot(p1, self._p_sharp(p1)))
+            h1 = u1 + 0.5 * float(p1 @ self._p_sharp(p1))
             delta = h0 - h1
             if delta != delta:
                 delta = -math.inf
@@ -179,7 +184,7 @@ class HMC:
         return min(max(eps, self.min_step_size), self.max_step_size)
 
     # ---- one iteration --------------------------------------------------------------------------------
-    def step(self, it: int, z: torch.Tensor, u: float, g: torch.Tensor) -> tuple:
+    def step(self, it: int, z: np.ndarray, u: float, g: np.ndarray) -> tuple:
         """Iteration ``it`` (0-based, counting warm-up): a transition, then adaptation while
         ``it < warmup_steps``. Returns ``(z, U, grad, stats)``."""
         eps = self._step_size
@@ -189,7 +194,7 @@ class HMC:
             self._adapt(it, z, u, g, stats["accept_prob"])
         return z, u, g, stats
 
-    def _adapt(self, it: int, z: torch.Tensor, u: float, g: torch.Tensor, accept_prob: float) -> None:
+    def _adapt(self, it: int, z: np.ndarray, u: float, g: np.ndarray, accept_prob: float) -> None:
         if self.adapt_step_size:
             self._step_size = min(max(self._da.update(accept_prob), self.min_step_size), self.max_step_size)
         if self._windows:
@@ -200,7 +205,7 @@ class HMC:
                 self._welford.update(z)
             if it in self._window_ends:
                 self._in_window = False
-                self.inverse_mass_matrix = self._welford.regularized().to(self._dtype)
+                self._minv = self._welford.regularized()
                 self._update_mass_factors()
                 if self.adapt_step_size:
                     self._step_size = self._find_reasonable_step_size(z, u, g, self._step_size)
@@ -213,16 +218,16 @@ class HMC:
             return self.num_steps
         return max(1, min(int(round(self.trajectory_length / eps)), 100000))
 
-    def _transition(self, z: torch.Tensor, u: float, g: torch.Tensor, eps: float) -> tuple:
-        p = self._sample_momentum(z.numel())
-        h0 = u + 0.5 * float(torch.dot(p, self._p_sharp(p)))
+    def _transition(self, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
+        p = self._sample_momentum(z.size)
+        h0 = u + 0.5 * float(p @ self._p_sharp(p))
         n = self._num_leapfrog(eps)
         z1, p1, g1, u1 = z, p, g, u
         for _ in range(n):
             z1, p1, g1, u1 = self._leapfrog(z1, p1, g1, eps)
             if not math.isfinite(u1):
                 break
-        h1 = u1 + 0.5 * float(torch.dot(p1, self._p_sharp(p1))) if math.isfinite(u1) else math.inf
+        h1 = u1 + 0.5 * float(p1 @ self._p_sharp(p1)) if math.isfinite(u1) else math.inf
         if h1 != h1:
             h1 = math.inf
         delta = h0 - h1

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
+import numpy as np
 
 from ember.infer.initialization import init_to_uniform
 from ember.infer.mcmc.hmc import HMC
@@ -69,10 +69,10 @@ class NUTS(HMC):
         self.use_multinomial_sampling = use_multinomial_sampling
 
     # ---- the tree --------------------------------------------------------------------------------
-    def _leaf(self, z: torch.Tensor, p: torch.Tensor, g: torch.Tensor, eps: float, h0: float) -> _Tree:
+    def _leaf(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> _Tree:
         z, p, g, u = self._leapfrog(z, p, g, eps)
         ps = self._p_sharp(p)
-        h = u + 0.5 * float(torch.dot(p, ps)) if math.isfinite(u) else math.inf
+        h = u + 0.5 * float(p @ ps) if math.isfinite(u) else math.inf
         if h != h:
             h = math.inf
         self._n_leapfrog += 1
@@ -90,7 +90,7 @@ class NUTS(HMC):
             t.valid = True
         return t
 
-    def _build(self, depth: int, z: torch.Tensor, p: torch.Tensor, g: torch.Tensor, eps: float, h0: float) -> _Tree:
+    def _build(self, depth: int, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> _Tree:
         if depth == 0:
             return self._leaf(z, p, g, eps, h0)
         init = self._build(depth - 1, z, p, g, eps, h0)
@@ -114,10 +114,10 @@ class NUTS(HMC):
         t.p_beg, t.ps_beg, t.rho = init.p_beg, init.ps_beg, rho
         return t
 
-    def _transition(self, z: torch.Tensor, u: float, g: torch.Tensor, eps: float) -> tuple:
-        p = self._sample_momentum(z.numel())
+    def _transition(self, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
+        p = self._sample_momentum(z.size)
         ps = self._p_sharp(p)
-        h0 = u + 0.5 * float(torch.dot(p, ps))
+        h0 = u + 0.5 * float(p @ ps)
         self._n_leapfrog = 0
         self._sum_accept = 0.0
         self._diverging = False
@@ -165,5 +165,5 @@ class NUTS(HMC):
                          "tree_depth": depth, "potential_energy": u, "energy": energy}
 
 
-def _no_uturn(ps_minus: torch.Tensor, ps_plus: torch.Tensor, rho: torch.Tensor) -> bool:
-    return float(torch.dot(ps_plus, rho)) > 0 and float(torch.dot(ps_minus, rho)) > 0
+def _no_uturn(ps_minus: np.ndarray, ps_plus: np.ndarray, rho: np.ndarray) -> bool:
+    return float(ps_plus @ rho) > 0 and float(ps_minus @ rho) > 0
