@@ -1,8 +1,8 @@
 """Multi-MNIST for the AIR example (seed 002): 50x50 canvases holding 0, 1 or 2 MNIST digits.
 
 Each canvas is made like ``pyro.contrib.examples.multi_mnist``, with two differences the brief
-asked for (overlaps kept, not rejected; a seeded ``numpy.random.Generator`` instead of the global
-numpy state):
+asked for (by default overlaps kept, not rejected; a seeded ``numpy.random.Generator`` instead of
+the global numpy state):
 
 * the number of digits is uniform on {0, 1, 2};
 * each digit is an MNIST image (train digits for the training canvases, test digits for the
@@ -11,8 +11,11 @@ numpy state):
   average (28 / 1.3 = 21.5). Resizing is bilinear with antialiasing (``torch.nn.functional.interpolate``),
   so no imaging library is needed;
 * its top-left corner is uniform over the positions that keep it inside the canvas;
-* digits are added, overlaps allowed (Pyro re-draws overlapping canvases whose sum exceeds 255),
-  and the intensities clipped to [0, 1]. A canvas with no digit is all zeros.
+* digits are added, overlaps allowed, and the intensities clipped to [0, 1] (``overlap="allow"``,
+  the default). ``overlap="reject"`` is Pyro's rule instead: a canvas whose raw sum exceeds 1
+  anywhere (Pyro: 255) -- two strokes crossing -- is drawn again (digits, sizes, positions; the
+  count stays) until it does not. About a third of the 2-digit canvases overlap so; the others,
+  and all 0- and 1-digit canvases, are the same under both rules. A canvas with no digit is all zeros.
 
 Canvases are stored as ``uint8`` (intensity x 255, rounded) and returned as float32 in [0, 1].
 Everything is a function of ``seed`` (and of the MNIST digits used): the same seed gives the
@@ -54,6 +57,13 @@ FORMAT_VERSION = 1
 _SPLIT_CODE = {"train": 0, "test": 1}
 _ARRAY_KEYS = ("images", "counts", "labels", "boxes")
 _CHUNK = 8192
+OVERLAP_MODES = ("allow", "reject")
+_MAX_REDRAWS = 1000
+
+
+def _check_overlap(overlap: str) -> None:
+    if overlap not in OVERLAP_MODES:
+        raise ValueError(f"overlap must be 'allow' or 'reject'; got {overlap!r}")
 
 
 class MultiMNISTSplit(NamedTuple):
@@ -83,9 +93,11 @@ class MultiMNIST:
     test: MultiMNISTSplit
     seed: int
     source: str = field(default="")
+    overlap: str = field(default="allow")
 
     def __repr__(self) -> str:
-        return f"MultiMNIST(train={len(self.train)}, test={len(self.test)}, seed={self.seed}, source={self.source!r})"
+        return (f"MultiMNIST(train={len(self.train)}, test={len(self.test)}, seed={self.seed}, overlap={self.overlap!r}, "
+                f"source={self.source!r})")
 
 
 # ---- generation ---------------------------------------------------------------------------------
@@ -126,43 +138,85 @@ def _digits_from(mnist: Any, split: str) -> tuple[np.ndarray, np.ndarray | None]
     return images, labels
 
 
+def _draw(rng: np.random.Generator, shape: tuple[int, ...], m: int, canvas_size: int) -> tuple[np.ndarray, ...]:
+    """Each digit slot's source digit, side and top-left corner (row, column), drawn with ``rng`` (in that order)."""
+    source = rng.integers(0, m, size=shape)
+    scales = np.clip(rng.normal(SCALE_MEAN, SCALE_SD, size=shape), SCALE_MIN, SCALE_MAX)
+    sides = np.minimum((DIGIT_SIZE / scales).astype(np.int64), canvas_size)
+    corner = rng.random(size=(*shape, 2))
+    rows = np.floor(corner[..., 0] * (canvas_size - sides + 1)).astype(np.int64)
+    cols = np.floor(corner[..., 1] * (canvas_size - sides + 1)).astype(np.int64)
+    return source, sides, rows, cols
+
+
+def _render(digits: np.ndarray, source: np.ndarray, sides: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: np.ndarray,
+            canvas_size: int) -> np.ndarray:
+    """The raw (unclipped) float32 canvases ``[n, size, size]``: the sum of each canvas's used digits, shrunk and placed."""
+    n, max_digits = used.shape
+    canvases = np.zeros((n, canvas_size, canvas_size), dtype=np.float32)
+    # One digit slot at a time, so that no canvas appears twice in one (vectorized) addition.
+    for k in range(max_digits):
+        (ii,) = np.nonzero(used[:, k])
+        for side in np.unique(sides[ii, k]):
+            i_sel = ii[sides[ii, k] == side]
+            src = torch.from_numpy(digits[source[i_sel, k]])[:, None]
+            small = torch.nn.functional.interpolate(src, size=(int(side), int(side)), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            small = small[:, 0].clamp_(0.0, 1.0).numpy()
+            span = np.arange(side)
+            r = (rows[i_sel, k][:, None] + span)[:, :, None]
+            c = (cols[i_sel, k][:, None] + span)[:, None, :]
+            canvases[i_sel[:, None, None], r, c] += small
+    return canvases
+
+
 def _generate(digits: np.ndarray, digit_labels: np.ndarray | None, num_images: int, rng: np.random.Generator,
-              canvas_size: int = CANVAS_SIZE, max_digits: int = MAX_DIGITS) -> dict[str, np.ndarray]:
+              canvas_size: int = CANVAS_SIZE, max_digits: int = MAX_DIGITS, overlap: str = "allow") -> dict[str, np.ndarray]:
     """``num_images`` canvases as numpy arrays (``images`` uint8), drawn with ``rng``.
 
     All random numbers are drawn up front, for every digit slot of every canvas (used or not),
-    so the result depends only on the generator's state.
+    so the result depends only on the generator's state. With ``overlap="reject"`` the canvases
+    whose raw sum exceeds 1 somewhere are then drawn again (digits, sides and corners; the count
+    stays), all of them at once with the same generator, until none is left: a canvas that never
+    overlapped is the same as with ``"allow"``.
     """
+    _check_overlap(overlap)
     n, m = int(num_images), digits.shape[0]
     counts = rng.integers(0, max_digits + 1, size=n)
-    source = rng.integers(0, m, size=(n, max_digits))
-    scales = np.clip(rng.normal(SCALE_MEAN, SCALE_SD, size=(n, max_digits)), SCALE_MIN, SCALE_MAX)
-    sides = np.minimum((DIGIT_SIZE / scales).astype(np.int64), canvas_size)
-    corner = rng.random(size=(n, max_digits, 2))
-    rows = np.floor(corner[..., 0] * (canvas_size - sides + 1)).astype(np.int64)
-    cols = np.floor(corner[..., 1] * (canvas_size - sides + 1)).astype(np.int64)
+    source, sides, rows, cols = _draw(rng, (n, max_digits), m, canvas_size)
 
     used = np.arange(max_digits)[None, :] < counts[:, None]  # [n, max_digits]
     images = np.zeros((n, canvas_size, canvas_size), dtype=np.uint8)
+    overlapping = []
     for start in range(0, n, _CHUNK):  # float canvases a chunk at a time (all 60,000 would take 600 MB)
         stop = min(n, start + _CHUNK)
-        canvases = np.zeros((stop - start, canvas_size, canvas_size), dtype=np.float32)
-        # One digit slot at a time, so that no canvas appears twice in one (vectorized) addition.
-        for k in range(max_digits):
-            (ii,) = np.nonzero(used[start:stop, k])
-            ii += start
-            for side in np.unique(sides[ii, k]):
-                i_sel = ii[sides[ii, k] == side]
-                src = torch.from_numpy(digits[source[i_sel, k]])[:, None]
-                small = torch.nn.functional.interpolate(src, size=(int(side), int(side)), mode="bilinear", antialias=True,
-                                                        align_corners=False)
-                small = small[:, 0].clamp_(0.0, 1.0).numpy()
-                span = np.arange(side)
-                r = (rows[i_sel, k][:, None] + span)[:, :, None]
-                c = (cols[i_sel, k][:, None] + span)[:, None, :]
-                canvases[(i_sel - start)[:, None, None], r, c] += small
+        canvases = _render(digits, source[start:stop], sides[start:stop], rows[start:stop], cols[start:stop], used[start:stop],
+                           canvas_size)
+        if overlap == "reject":
+            overlapping.append(start + np.nonzero(canvases.reshape(stop - start, -1).max(1) > 1.0)[0])
         np.clip(canvases, 0.0, 1.0, out=canvases)
         images[start:stop] = np.rint(canvases * 255.0)
+
+    redo = np.concatenate(overlapping) if overlapping else np.zeros(0, dtype=np.int64)
+    for _ in range(_MAX_REDRAWS):
+        if redo.size == 0:
+            break
+        s, z, r, c = _draw(rng, (redo.size, max_digits), m, canvas_size)
+        source[redo], sides[redo], rows[redo], cols[redo] = s, z, r, c
+        still = []
+        for start in range(0, redo.size, _CHUNK):
+            idx = redo[start : start + _CHUNK]
+            canvases = _render(digits, s[start : start + idx.size], z[start : start + idx.size], r[start : start + idx.size],
+                               c[start : start + idx.size], used[idx], canvas_size)
+            bad = canvases.reshape(idx.size, -1).max(1) > 1.0
+            still.append(idx[bad])
+            np.clip(canvases, 0.0, 1.0, out=canvases)
+            images[idx] = np.rint(canvases * 255.0)
+        redo = np.concatenate(still)
+    else:
+        if redo.size:
+            raise ValueError(f"multi-MNIST: {redo.size} canvases still overlap after {_MAX_REDRAWS} redraws; "
+                             "these digits cannot be placed without overlapping (use overlap='allow')")
 
     labels = np.full((n, max_digits), -1, dtype=np.int64)
     if digit_labels is not None:
@@ -185,14 +239,17 @@ def _rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) % (2**63), _SPLIT_CODE[split]]))
 
 
-def make_multi_mnist(num_images: int, seed: int = 0, mnist: Any = None, split: str = "train") -> MultiMNISTSplit:
-    """``num_images`` multi-MNIST canvases, a deterministic function of ``seed`` and the digits.
+def make_multi_mnist(num_images: int, seed: int = 0, mnist: Any = None, split: str = "train", overlap: str = "allow") -> MultiMNISTSplit:
+    """``num_images`` multi-MNIST canvases, a deterministic function of ``seed``, ``overlap`` and the digits.
 
     ``mnist``: where the digits come from -- an :class:`ember.data.MNIST` (default: :func:`ember.data.load_mnist`),
     whose ``split`` (``"train"`` or ``"test"``) images are used, or an array/tensor of 28x28
     digit images (``[M, 784]`` or ``[M, 28, 28]``; uint8 or floats in [0, 1]), or an
-    ``(images, labels)`` pair. Nothing is cached; see :func:`load_multi_mnist`.
+    ``(images, labels)`` pair. ``overlap``: ``"allow"`` (default) keeps overlapping digits, their sum
+    clipped to 1; ``"reject"`` draws a 2-digit canvas again while its raw sum exceeds 1 anywhere
+    (Pyro's rule). Nothing is cached; see :func:`load_multi_mnist`.
     """
+    _check_overlap(overlap)
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     if not isinstance(num_images, (int, np.integer)) or num_images < 0:
@@ -202,7 +259,7 @@ def make_multi_mnist(num_images: int, seed: int = 0, mnist: Any = None, split: s
 
         mnist = load_mnist()
     digits, labels = _digits_from(mnist, split)
-    return _to_split(_generate(digits, labels, int(num_images), _rng(seed, split)))
+    return _to_split(_generate(digits, labels, int(num_images), _rng(seed, split), overlap=overlap))
 
 
 # ---- cache --------------------------------------------------------------------------------------
@@ -220,17 +277,21 @@ def _fingerprint(mnist: Any) -> str:
 
 
 def multi_mnist_cache_path(num_train: int = 60000, num_test: int = 10000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                           mnist: Any = None) -> Path:
-    """The ``.npz`` file :func:`load_multi_mnist` reads or writes for these arguments."""
+                           mnist: Any = None, overlap: str = "allow") -> Path:
+    """The ``.npz`` file :func:`load_multi_mnist` reads or writes for these arguments
+    (``overlap="reject"`` adds ``-reject`` to the name; ``"allow"`` keeps the original name)."""
+    _check_overlap(overlap)
     if cache_dir is None:
         from ember.data.mnist import default_cache_dir
 
         cache_dir = default_cache_dir() / "multi_mnist"
     digits = "mnist" if mnist is None else f"digits-{_fingerprint(mnist)}"
-    return Path(cache_dir).expanduser() / f"multi_mnist-{digits}-seed{int(seed)}-train{int(num_train)}-test{int(num_test)}-v{FORMAT_VERSION}.npz"
+    tag = "" if overlap == "allow" else f"-{overlap}"
+    name = f"multi_mnist-{digits}-seed{int(seed)}{tag}-train{int(num_train)}-test{int(num_test)}-v{FORMAT_VERSION}.npz"
+    return Path(cache_dir).expanduser() / name
 
 
-def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, dict[str, np.ndarray]] | None:
+def _read_cache(path: Path, num_train: int, num_test: int, overlap: str = "allow") -> dict[str, dict[str, np.ndarray]] | None:
     """The cached arrays, or None (with a warning logged) if the file is missing, damaged or does not fit."""
     if not path.is_file():
         return None
@@ -238,6 +299,9 @@ def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, dict[str
         with np.load(path, allow_pickle=False) as f:
             if int(f["version"]) != FORMAT_VERSION:
                 raise ValueError(f"format version {int(f['version'])}")
+            saved = str(f["overlap"]) if "overlap" in f.files else "allow"  # files written before the option: "allow"
+            if saved != overlap:
+                raise ValueError(f"canvases made with overlap={saved!r}, not {overlap!r}")
             out = {s: {k: f[f"{s}_{k}"] for k in _ARRAY_KEYS} for s in ("train", "test")}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
         logger.warning("multi-MNIST cache %s is unreadable (%s); regenerating it", path, e)
@@ -252,28 +316,31 @@ def _read_cache(path: Path, num_train: int, num_test: int) -> dict[str, dict[str
     return out
 
 
-def _write_cache(path: Path, arrays: dict[str, dict[str, np.ndarray]], seed: int) -> None:
+def _write_cache(path: Path, arrays: dict[str, dict[str, np.ndarray]], seed: int, overlap: str = "allow") -> None:
     """Write the arrays to ``path`` atomically (a temporary file in the same directory, then a rename)."""
     flat = {f"{s}_{k}": v for s, a in arrays.items() for k, v in a.items()}
-    atomic_write(path, lambda f: np.savez_compressed(f, version=np.int64(FORMAT_VERSION), seed=np.int64(seed), **flat),
+    atomic_write(path, lambda f: np.savez_compressed(f, version=np.int64(FORMAT_VERSION), seed=np.int64(seed), overlap=np.str_(overlap),
+                                                     **flat),
                  mode=shared_file_mode())
 
 
 def load_multi_mnist(num_train: int = 60000, num_test: int = 10000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                     mnist: Any = None) -> MultiMNIST:
+                     mnist: Any = None, overlap: str = "allow") -> MultiMNIST:
     """Training and test multi-MNIST canvases, generated once and then read from a cached ``.npz``.
 
     Training canvases use MNIST's training digits, test canvases its test digits, each split from
     its own stream of ``seed``. ``mnist`` (an :class:`ember.data.MNIST`, default the standard one
     from :func:`ember.data.load_mnist`, loaded only when the cache lacks the file) supplies the
     digits; other digits get their own cache file (named by a hash of the digits). ``cache_dir``
-    defaults to ``$EMBER_DATA/multi_mnist`` (``~/.cache/ember/multi_mnist``).
+    defaults to ``$EMBER_DATA/multi_mnist`` (``~/.cache/ember/multi_mnist``). ``overlap``: ``"allow"``
+    (default) or ``"reject"``, as :func:`make_multi_mnist`; each has its own cache file.
     """
+    _check_overlap(overlap)
     for name, v in (("num_train", num_train), ("num_test", num_test)):
         if not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer; got {v!r}")
-    path = multi_mnist_cache_path(num_train, num_test, seed, cache_dir, mnist)
-    arrays = _read_cache(path, num_train, num_test)
+    path = multi_mnist_cache_path(num_train, num_test, seed, cache_dir, mnist, overlap)
+    arrays = _read_cache(path, num_train, num_test, overlap)
     if arrays is not None:
         source = f"cache {path}"
     else:
@@ -284,11 +351,11 @@ def load_multi_mnist(num_train: int = 60000, num_test: int = 10000, seed: int = 
         arrays = {}
         for split, n in (("train", num_train), ("test", num_test)):
             digits, labels = _digits_from(mnist, split)
-            arrays[split] = _generate(digits, labels, n, _rng(seed, split))
+            arrays[split] = _generate(digits, labels, n, _rng(seed, split), overlap=overlap)
         try:
-            _write_cache(path, arrays, seed)
+            _write_cache(path, arrays, seed, overlap)
             source = f"generated, cached in {path}"
         except OSError as e:
             logger.warning("could not cache multi-MNIST in %s: %s", path, e)
             source = "generated (not cached)"
-    return MultiMNIST(train=_to_split(arrays["train"]), test=_to_split(arrays["test"]), seed=int(seed), source=source)
+    return MultiMNIST(train=_to_split(arrays["train"]), test=_to_split(arrays["test"]), seed=int(seed), source=source, overlap=overlap)

@@ -156,3 +156,126 @@ def test_a_damaged_cache_is_regenerated(tmp_path, caplog):
 def test_default_cache_dir_follows_ember_data(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBER_DATA", str(tmp_path / "cache"))
     assert multi_mnist_cache_path(1, 1, 0).parent == tmp_path / "cache" / "multi_mnist"
+
+
+# ---- overlap="reject" (Pyro's rule) --------------------------------------------------------------
+
+
+def _arrays_digest(split) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in ("images", "counts", "labels", "boxes"):
+        v = getattr(split, k).numpy()
+        h.update(k.encode() + str(v.dtype).encode() + v.tobytes())
+    return h.hexdigest()
+
+
+def test_allow_is_the_default_and_unchanged(fake):
+    # digest of make_multi_mnist(500, seed=7) on these digits, taken with the code from before the
+    # overlap option existed (the real 60,000 + 10,000 canvases were also checked against the cache
+    # written then: identical arrays)
+    d = make_multi_mnist(500, seed=7, mnist=fake)
+    assert _arrays_digest(d) == "1dad3b23743a4946909a72f3b574c75ab1bcd2dceb99b6b1fd0d691327cf839f"
+    assert _arrays_digest(make_multi_mnist(500, seed=7, mnist=fake, overlap="allow")) == _arrays_digest(d)
+
+
+def _indexed_digits(n: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blob digits labelled by their own index, so a canvas's labels say which digits it holds."""
+    images, _ = _fake_digits(n, seed)
+    images[:, 6:22, 8:20] = np.maximum(images[:, 6:22, 8:20], 120)  # dense ink: two blobs that meet overlap
+    return images, np.arange(n, dtype=np.int64)
+
+
+def _raw_canvases(d, digits: np.ndarray) -> np.ndarray:
+    """The raw (unclipped) canvases, re-rendered from the labels (= digit indices) and boxes."""
+    used = (d.counts[:, None] > torch.arange(2)[None]).numpy()
+    lab, box = d.labels.numpy().clip(0), d.boxes.numpy()
+    return mm._render(digits.astype(np.float32) / 255, lab, box[..., 2].clip(1), box[..., 0], box[..., 1], used, 50)
+
+
+def test_reject_redraws_overlapping_canvases_until_their_raw_sum_is_at_most_one():
+    digits, labels = _indexed_digits()
+    allow = make_multi_mnist(600, seed=4, mnist=(digits, labels))
+    reject = make_multi_mnist(600, seed=4, mnist=(digits, labels), overlap="reject")
+    # the re-rendering reproduces the canvases
+    raw = {}
+    for name, d in (("allow", allow), ("reject", reject)):
+        canvases = _raw_canvases(d, digits)
+        assert np.array_equal(np.rint(np.clip(canvases, 0, 1) * 255), np.rint(d.images.numpy() * 255))  # the canvases, re-rendered
+        raw[name] = canvases.reshape(len(canvases), -1).max(1)
+    raw_allow, raw_reject = raw["allow"], raw["reject"]
+    two = (allow.counts == 2).numpy()
+    assert (raw_allow[two] > 1).mean() > 0.2  # many overlapping pairs when overlaps are allowed...
+    assert (raw_reject <= 1).all()  # ...and none when they are rejected
+    # the same counts; canvases that did not overlap are the same; only overlapping 2-digit ones were redrawn
+    assert torch.equal(allow.counts, reject.counts)
+    kept = raw_allow <= 1
+    assert torch.equal(allow.images[kept], reject.images[kept]) and torch.equal(allow.boxes[kept], reject.boxes[kept])
+    assert not torch.equal(allow.boxes[~kept], reject.boxes[~kept])
+    assert (reject.labels[reject.counts == 2] >= 0).all()
+    # deterministic, and a function of the seed
+    again = make_multi_mnist(600, seed=4, mnist=(digits, labels), overlap="reject")
+    assert _arrays_digest(again) == _arrays_digest(reject)
+    assert _arrays_digest(make_multi_mnist(600, seed=5, mnist=(digits, labels), overlap="reject")) != _arrays_digest(reject)
+
+
+def test_reject_counts_shapes_and_threshold():
+    # flat squares of ink: two of them overlap (sum > 1) exactly where their boxes intersect, at 0.6 + 0.6;
+    # at 0.4 + 0.4 the sum stays below 1 and nothing is redrawn
+    for level, redrawn in ((153, True), (102, False)):
+        square = np.full((1, 28, 28), level, dtype=np.uint8)
+        allow = make_multi_mnist(400, seed=0, mnist=square)
+        reject = make_multi_mnist(400, seed=0, mnist=square, overlap="reject")
+        assert torch.equal(allow.counts, reject.counts)
+        assert ((reject.counts >= 0) & (reject.counts <= 2)).all()
+        freq = torch.bincount(reject.counts, minlength=3).float() / 400
+        assert ((freq - 1 / 3).abs() < 0.08).all(), freq
+        b = reject.boxes[reject.counts == 2]
+        (r0, c0, s0), (r1, c1, s1) = b[:, 0].unbind(-1), b[:, 1].unbind(-1)
+        meet = (torch.minimum(r0 + s0, r1 + s1) > torch.maximum(r0, r1)) & (torch.minimum(c0 + s0, c1 + s1) > torch.maximum(c0, c1))
+        if redrawn:
+            assert not meet.any()
+            assert float(reject.images.max()) == pytest.approx(0.6, abs=1 / 255)
+            assert not torch.equal(allow.images, reject.images)
+        else:
+            assert meet.any()
+            assert torch.equal(allow.images, reject.images) and torch.equal(allow.boxes, reject.boxes)
+    with pytest.raises(ValueError, match="overlap"):
+        make_multi_mnist(10, seed=0, mnist=square, overlap="clip")
+
+
+def test_reject_gives_up_when_digits_cannot_avoid_each_other(monkeypatch):
+    monkeypatch.setattr(mm, "_MAX_REDRAWS", 3)
+    white = np.full((1, 28, 28), 255, dtype=np.uint8)
+    with pytest.raises(ValueError, match="still overlap"):
+        mm._generate(white.astype(np.float32) / 255, None, 200, np.random.default_rng(0), canvas_size=30, overlap="reject")
+
+
+def test_allow_and_reject_have_their_own_cache_files(tmp_path, caplog):
+    m = _fake_mnist()
+    p_allow = multi_mnist_cache_path(60, 20, 3, tmp_path, m)
+    p_reject = multi_mnist_cache_path(60, 20, 3, tmp_path, m, overlap="reject")
+    assert p_allow == multi_mnist_cache_path(60, 20, 3, tmp_path, m, overlap="allow") != p_reject
+    assert multi_mnist_cache_path(60000, 10000, 0, tmp_path).name == "multi_mnist-mnist-seed0-train60000-test10000-v1.npz"  # as before
+    assert multi_mnist_cache_path(60000, 10000, 0, tmp_path, overlap="reject").name == "multi_mnist-mnist-seed0-reject-train60000-test10000-v1.npz"
+    a = load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m)
+    r = load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m, overlap="reject")
+    assert a.overlap == "allow" and r.overlap == "reject" and "reject" in repr(r)
+    assert p_allow.is_file() and p_reject.is_file()
+    for split in ("train", "test"):
+        assert torch.equal(getattr(r, split).images, make_multi_mnist(len(getattr(r, split)), 3, m, split, overlap="reject").images)
+    assert load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m, overlap="reject").source.startswith("cache")
+    # a file holding the other kind of canvases (say, copied by hand) is not used
+    p_reject.write_bytes(p_allow.read_bytes())
+    again = load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m, overlap="reject")
+    assert again.source.startswith("generated") and "overlap='allow'" in caplog.text
+    assert torch.equal(again.train.images, r.train.images)
+    # a cache written before the option (no 'overlap' entry) holds overlap-allowed canvases
+    with np.load(p_allow, allow_pickle=False) as f:
+        old = {k: f[k] for k in f.files if k != "overlap"}
+    with open(p_allow, "wb") as f:
+        np.savez_compressed(f, **old)
+    assert load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m).source.startswith("cache")
+    with pytest.raises(ValueError, match="overlap"):
+        load_multi_mnist(60, 20, 3, cache_dir=tmp_path, mnist=m, overlap="nope")

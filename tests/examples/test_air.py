@@ -566,3 +566,34 @@ def test_reconstruct_out_under_a_file_exits_2(fake_mnist, tmp_path, capsys):
     assert main(["air", "reconstruct", "--checkpoint", str(run), "--out", str(run)]) == 2
     assert "is a directory" in _one_line_error(capsys)
     assert f.read_text() == "x"
+
+
+def test_overlap_reject_is_recorded_and_kept_on_resume(fake_mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli(fake_mnist, run, "--steps", "2", "--no-plots", "--overlap", "reject") == 0
+    assert "overlaps rejected" in capsys.readouterr().out
+    ckpt = _runs.load_checkpoint(run / "checkpoint.pt", air.CHECKPOINT_KIND)
+    assert ckpt["args"]["overlap"] == "reject"
+    cache = tmp_path / "ember-cache" / "multi_mnist"
+    assert [p.name for p in cache.iterdir() if "-reject-" in p.name]  # its own cache file
+    # resuming without the flag keeps the rejecting data; asking for the other data is an error
+    assert _cli(fake_mnist, run, "--steps", "4", "--no-plots", "--resume") == 0
+    assert "overlaps rejected" in capsys.readouterr().out
+    assert _runs.load_checkpoint(run / "checkpoint.pt", air.CHECKPOINT_KIND)["args"]["overlap"] == "reject"
+    assert _cli(fake_mnist, run, "--steps", "6", "--no-plots", "--resume", "--overlap", "allow") == 2
+    assert "--overlap allow: the run being resumed used reject" in capsys.readouterr().err
+    # the default is the data (overlaps allowed), and a checkpoint from before the option resumes with it
+    other = tmp_path / "other"
+    assert _cli(fake_mnist, other, "--steps", "2", "--no-plots") == 0
+    state = _runs.load_checkpoint(other / "checkpoint.pt", air.CHECKPOINT_KIND)
+    assert state["args"]["overlap"] == "allow"
+    payload = {k: v for k, v in state.items() if k not in ("format", "version", "digest")}
+    payload["args"] = {k: v for k, v in payload["args"].items() if k != "overlap"}
+    _runs.save_checkpoint(other / "checkpoint.pt", air.CHECKPOINT_KIND, payload)
+    capsys.readouterr()
+    assert _cli(fake_mnist, other, "--steps", "4", "--no-plots", "--resume", "--overlap", "reject") == 2
+    assert "the run being resumed used allow" in capsys.readouterr().err
+    assert _cli(fake_mnist, other, "--steps", "4", "--no-plots", "--resume") == 0
+    assert "overlaps allowed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _cli(fake_mnist, tmp_path / "bad", "--overlap", "clip")
