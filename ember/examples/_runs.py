@@ -219,12 +219,13 @@ def merge_settings(args: argparse.Namespace, saved: dict[str, Any] | None, fixed
     return cfg
 
 
-def restore(ckpt_path: Path, ckpt: dict[str, Any], optim: Any, metrics: MetricsLog, unit: str,
+def restore(ckpt_path: Path, ckpt: dict[str, Any], optim: Any, metrics: MetricsLog | None, unit: str,
             read: Callable[[dict[str, Any]], Any] = lambda ckpt: None) -> tuple[int, Any]:
     """Continue a run from the checkpoint ``ckpt`` loaded from ``ckpt_path``: the parameter store,
     ``optim``'s state (an Ember optimizer) and the global RNG states are restored, ``metrics``
     is truncated to the records of ``unit`` (``"epoch"``, ``"step"``) the checkpoint covers,
-    and a line says so. ``read(ckpt)`` reads the caller's own state.
+    and a line says so. ``read(ckpt)`` reads the caller's own state. ``metrics`` None (the
+    ranks > 0 of a data-parallel run, which write nothing): no truncation.
 
     Returns ``(ckpt[unit], read(ckpt))``; :class:`CheckpointError` if the contents are malformed.
     """
@@ -236,7 +237,8 @@ def restore(ckpt_path: Path, ckpt: dict[str, Any], optim: Any, metrics: MetricsL
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt_path}: malformed checkpoint ({type(e).__name__}: {e})") from None
     set_rng_state(ckpt["rng"])
-    metrics.truncate(unit, done)
+    if metrics is not None:
+        metrics.truncate(unit, done)
     print(f"resuming after {unit} {done} from {ckpt_path}")
     return done, extra
 

@@ -17,11 +17,16 @@ checkpoints every epoch (``--resume`` continues bit-for-bit: each epoch's shuffl
 the seed and the epoch number) and, at the end, draws PNG figures: train/test ELBO, test
 images beside reconstructions, samples from the prior and a 2-D embedding (t-SNE with
 scikit-learn if installed, else PCA) of the test set's latent means, coloured by digit.
+
+``torchrun --nproc_per_node=N -m ember vae --distributed`` trains the same model data-parallel on N
+processes (ember.infer.distributed): ``--batch-size`` is the global batch, each process takes its
+part of every batch, the summed gradient is the single-process one; rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -50,6 +55,7 @@ from ember.examples._runs import (
     restore,
     rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from ember.infer import SVI, Trace_ELBO
 
@@ -194,24 +200,30 @@ def make_svi(vae: VAE, lr: float = 1.0e-3) -> SVI:
 
 
 def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-                bar: Any = None, on_step: Callable[[int, int], None] | None = None) -> tuple[float, list[float]]:
+                bar: Any = None, on_step: Callable[[int, int], None] | None = None,
+                shard: Callable[[torch.Tensor], torch.Tensor] | None = None, min_batch: int = 1) -> tuple[float, list[float]]:
     """One pass over ``images [N, 784]`` in an order drawn from ``generator`` (a CPU generator).
 
     Returns the average loss per datapoint (-ELBO estimate, as the seed's "average training
     loss") and the same average over each quarter of the epoch's batches (how it moved within
     the epoch). ``bar``, a tqdm bar, is advanced per batch and shows the running loss.
     ``on_step(step, steps)``, if given, is called after each gradient step (``step`` from 1).
+    Data-parallel training (``svi`` a ``DataParallelSVI``, whose ``step`` returns the global
+    loss): ``shard(indices)`` picks this process's part of each global batch's indices, and a last
+    batch smaller than ``min_batch`` (the number of processes: each needs a datum) joins the one before.
     """
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(images.device)
-    steps = math.ceil(n / batch_size)
+    starts = _batch_starts(n, batch_size, min_batch)
+    steps = len(starts)
     sums, sizes = [], []
     total = 0.0
-    for start in range(0, n, batch_size):
-        x = images[order[start : start + batch_size]]
+    for k, start in enumerate(starts):
+        idx = order[start : starts[k + 1] if k + 1 < steps else n]
+        x = images[idx if shard is None else shard(idx)]
         loss = svi.step(x)
         sums.append(loss)
-        sizes.append(x.shape[0])
+        sizes.append(idx.shape[0])
         total += loss
         if bar is not None:
             bar.update(1)
@@ -223,12 +235,24 @@ def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torc
     return total / n, quarters
 
 
+def _batch_starts(n: int, batch_size: int, min_batch: int = 1) -> list[int]:
+    """Where the minibatches of an epoch of ``n`` items start; a last batch smaller than ``min_batch`` joins the one before."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < min_batch:
+        starts.pop()
+    return starts
+
+
 def evaluate(svi: SVI, images: torch.Tensor, batch_size: int) -> float:
     """The loss per datapoint (-ELBO estimate) over ``images [N, 784]``, without gradient steps."""
+    return _loss_sum(svi, images, batch_size) / images.shape[0]
+
+
+def _loss_sum(svi: Any, images: torch.Tensor, batch_size: int) -> float:
     total = 0.0
     for start in range(0, images.shape[0], batch_size):
         total += svi.evaluate_loss(images[start : start + batch_size])
-    return total / images.shape[0]
+    return total
 
 
 def embed_2d(z: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
@@ -410,6 +434,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~15%% faster steps "
                         "(benchmarks/vae_epoch.py: 1.17x vs 1.02x the time of a hand-written torch step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on the processes torchrun starts (`torchrun --nproc_per_node=N -m ember vae "
+                        "--distributed`; gloo on CPU, NCCL with --device cuda): --batch-size is the global batch, split "
+                        "across the processes; rank 0 prints, checkpoints and plots")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --distributed: how long a process waits for the others before failing "
+                        "(default 300; a process that dies is noticed at once)")
 
 
 def _check_positive(args: argparse.Namespace) -> None:
@@ -469,6 +500,8 @@ def _should_test(epoch: int, freq: int, last: int) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate, checkpoint and plot; the ``ember vae`` command. Returns the exit status."""
+    if getattr(args, "distributed", False):
+        return _main_distributed(args)
     _check_positive(args)
     device = resolve_device(args.device)
     run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "vae", CHECKPOINT_KIND,
@@ -485,27 +518,106 @@ def main(args: argparse.Namespace) -> int:
         return _run(args, cfg, device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y)
 
 
+def _main_distributed(args: argparse.Namespace) -> int:
+    """``ember vae --distributed`` on one of the processes torchrun started (see :func:`_run`)."""
+    from ember.infer import distributed as ed
+
+    _check_positive(args)
+    if args.dist_timeout is not None and not args.dist_timeout > 0:
+        raise UsageError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
+    if not ed.is_available():
+        raise UsageError("--distributed: this torch build has no torch.distributed with the gloo backend")
+    device = resolve_device(args.device)
+    try:
+        info = ed.init_from_env(timeout=args.dist_timeout or ed.DEFAULT_TIMEOUT, device=device)
+    except ed.DistributedError as e:
+        raise UsageError(f"--distributed: {e}") from None
+    tag = "" if info.is_main else f"rank {info.rank}: "
+    try:
+        with contextlib.ExitStack() as stack:
+            if not info.is_main:  # rank 0 prints, checkpoints and plots
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+                args = argparse.Namespace(**{**vars(args), "no_progress": True})
+
+            def resolve() -> tuple[Any, ...]:
+                run = resolve_run(args.out, args.resume, "vae", CHECKPOINT_KIND,
+                                  required=("epoch", "params", "optim", "rng", "args", "history"),
+                                  types={"args": dict, "history": dict, "epoch": int})
+                cfg = _training_settings(args, run.ckpt)
+                if cfg["embedding"] == "tsne" and not args.no_plots and not _have_sklearn():
+                    raise UsageError(_TSNE_NEEDS_SKLEARN)
+                return (*run, cfg)
+
+            run_dir, ckpt_path, ckpt, cfg = ed.broadcast_from_main(resolve, "reading the settings and the checkpoint")
+            with RunSetup(args.threads, validation=(not args.no_validation, False)) as setup:
+                mnist, train_x, test_x, test_y = _load_data(args.data_dir, info.device, cfg["train_subset"])
+                if min(cfg["batch_size"], train_x.shape[0], test_x.shape[0]) < info.world_size:
+                    raise UsageError(f"--distributed with {info.world_size} processes needs a batch size and data sets of at "
+                                     f"least {info.world_size} images (one per process)")
+                if info.is_main:
+                    run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images "
+                                                            f"({mnist.source}); {info.world_size} processes ({info.backend})")
+                return _run(args, cfg, info.device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y, ddp=info)
+    except ed.DistributedError as e:
+        print(f"ember vae: error: {tag}{e} (the last checkpoint, if any, is intact: restart with --resume)", file=sys.stderr)
+        return 1
+    finally:
+        ed.destroy()
+
+
+def _seed_ranks(ddp: Any, cfg: dict[str, Any], ckpt: dict[str, Any] | None, start: int) -> None:
+    """Each rank's random streams (data-parallel runs): fresh, rank 0 keeps the run seed and rank r > 0 seeds from
+    (seed, r); resumed, rank r continues its saved stream if the checkpoint has one (same or larger world size
+    before), else it seeds from (seed, r, epoch)."""
+    from ember.infer import distributed as ed
+
+    if ckpt is None:
+        if ddp.rank > 0:
+            ember.set_rng_seed(ed.rank_seed(cfg["seed"], ddp.rank))
+        return
+    saved = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if ddp.rank < len(saved):
+        set_rng_state(saved[ddp.rank])
+    else:
+        ember.set_rng_seed(int(np.random.SeedSequence([cfg["seed"], ddp.rank, start]).generate_state(1, dtype=np.uint64)[0] % (2**63)))
+    if len(saved) != ddp.world_size:
+        print(f"the checkpoint was written by {len(saved)} process(es), this run has {ddp.world_size}: parameters, optimizer "
+              f"state and data order carry over; ranks >= {len(saved)} start new random streams"
+              + (f" and the streams of ranks >= {ddp.world_size} are dropped" if len(saved) > ddp.world_size else ""))
+
+
 def _read_history(ckpt: dict[str, Any]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """The (epoch, loss) histories, train and test, of a checkpoint."""
     return tuple([(int(e), float(v)) for e, v in ckpt["history"][split]] for split in ("train", "test"))
 
 
-def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt_path: Path | None,
-         ckpt: dict[str, Any] | None, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> int:
+def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path | None, ckpt_path: Path | None,
+         ckpt: dict[str, Any] | None, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, ddp: Any = None) -> int:
+    """Train, evaluate, checkpoint, plot. ``ddp``: the ``DistInfo`` of a data-parallel run (each rank trains on its
+    part of every global batch; rank 0 alone writes), else None."""
     ember.set_rng_seed(cfg["seed"])
     ember.clear_param_store()
     vae = VAE(cfg["z_dim"], cfg["hidden_dim"]).to(device)
     ember.module("encoder", vae.encoder)
     ember.module("decoder", vae.decoder)
-    svi = make_svi(vae, cfg["lr"])
-    metrics = MetricsLog(run_dir)
+    main_rank = ddp is None or ddp.is_main
+    if ddp is None:
+        svi = make_svi(vae, cfg["lr"])
+    else:
+        from ember.infer.distributed import DataParallelSVI, all_reduce_sum, gather_to_main, shard
+
+        svi = DataParallelSVI(vae.model, vae.guide, ember.optim.Adam({"lr": cfg["lr"]}), loss=Trace_ELBO())
+    metrics = MetricsLog(run_dir) if main_rank else None
     start = 0
     train_hist: list[tuple[int, float]] = []
     test_hist: list[tuple[int, float]] = []
     if ckpt is not None:
         start, (train_hist, test_hist) = restore(ckpt_path, ckpt, svi.optim, metrics, "epoch", _read_history)
+    if ddp is not None:
+        _seed_ranks(ddp, cfg, ckpt, start)
+        svi.setup(shard(train_x[: cfg["batch_size"]]))  # parameters from rank 0 (leaves the random streams alone)
     epochs = cfg["epochs"]
-    n_batches = math.ceil(train_x.shape[0] / cfg["batch_size"])
+    n_batches = len(_batch_starts(train_x.shape[0], cfg["batch_size"], 1 if ddp is None else ddp.world_size))
     if start >= epochs:
         print(f"already trained for {start} epochs (pass --epochs N with N > {start} to train more); drawing the figures")
     else:
@@ -520,7 +632,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
         t = time.perf_counter()
         try:
             train_loss, quarters = train_epoch(svi, train_x, cfg["batch_size"], epoch_generator(cfg["seed"], epoch), bar,
-                                               on_step=_test_step_hook(epoch))
+                                               on_step=_test_step_hook(epoch), shard=None if ddp is None else shard,
+                                               min_batch=1 if ddp is None else ddp.world_size)
         finally:
             bar.close()
         seconds = time.perf_counter() - t
@@ -533,21 +646,34 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
             # the test ELBO draws z too: keep it off the training RNG stream, so the trajectory
             # does not depend on when (or whether) the test loss was computed
             with fork_rng(device):
-                test_loss = evaluate(svi, test_x, cfg["batch_size"])
+                if ddp is None:
+                    test_loss = evaluate(svi, test_x, cfg["batch_size"])
+                else:  # each rank its part of the test set; one reduction
+                    test_loss = all_reduce_sum([_loss_sum(svi, shard(test_x), cfg["batch_size"])])[0] / test_x.shape[0]
             record.update(test_loss=test_loss, test_seconds=round(time.perf_counter() - t, 3))
             test_hist.append((epoch, test_loss))
             line += f"\n[epoch {epoch:03d}]  average test loss: {test_loss:.4f}"
         print(line, flush=True)
+        rng = rng_state()
+        extra: dict[str, Any] = {}
+        if ddp is not None:  # parameters and optimizer state are replicated; the random streams are per rank
+            rngs = gather_to_main(rng, "gathering the random states for the checkpoint")
+            extra = {"world_size": ddp.world_size, "rng_ranks": rngs}
+        if not main_rank:
+            continue
         metrics.append(record)
         save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
             "epoch": epoch,
             "params": ember.get_param_store().get_state(),
             "optim": svi.optim.get_state(),
-            "rng": rng_state(),
+            "rng": rng,
             "args": {**cfg, "device": str(device), "data_dir": args.data_dir},
             "history": {"train": [list(h) for h in train_hist], "test": [list(h) for h in test_hist]},
+            **extra,
         })
 
+    if not main_rank:
+        return 0
     if not args.no_plots:
         t = time.perf_counter()
         paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, cfg["embedding"], cfg["embedding_points"],

@@ -11,4 +11,13 @@ from ember.infer.tracegraph_elbo import TraceGraph_ELBO
 
 __all__ = ["ELBO", "JitTrace_ELBO", "NonFiniteLossError", "SVI", "TraceGraph_ELBO", "TraceMeanField_ELBO", "Trace_ELBO"]
 __all__ += ["Empirical", "EmpiricalMarginal", "Importance", "Predictive"]
-__all__ += ["HMC", "MCMC", "NUTS", "init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value"]
+__all__ += ["DataParallelSVI", "HMC", "MCMC", "NUTS", "init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value"]
+
+
+def __getattr__(name: str):
+    # data-parallel SVI imports torch.distributed (~0.1 s): only on first use
+    if name == "DataParallelSVI":
+        from ember.infer.distributed import DataParallelSVI
+
+        return DataParallelSVI
+    raise AttributeError(f"module 'ember.infer' has no attribute {name!r}")
