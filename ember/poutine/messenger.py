@@ -17,6 +17,10 @@ class Messenger:
     path, ``_process_message`` / ``_postprocess_message`` directly.
     """
 
+    # Whether this handler needs to see the auxiliary site in which a plate records its
+    # indices (trace and replay do). A plate under handlers that all say no skips the site.
+    _wants_subsample_site = True
+
     def __init__(self, fn: Callable | None = None) -> None:
         self.fn = fn
 

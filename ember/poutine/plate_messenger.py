@@ -87,6 +87,8 @@ class PlateMessenger(Messenger):
     sequential version: one iteration per index, with the same scaling.
     """
 
+    _wants_subsample_site = False  # a plate does not read other plates' index sites
+
     def __init__(
         self,
         name: str,
@@ -145,7 +147,7 @@ class PlateMessenger(Messenger):
             if not isinstance(sub, torch.Tensor):
                 sub = torch.as_tensor(sub, device=self.device)
             return sub
-        if not _STACK:
+        if not _STACK or not any(h._wants_subsample_site for h in _STACK):
             if self.subsample_size >= self.size:
                 return _arange(self.size, self.device)
             return _Subsample(self.size, self.subsample_size, self.device).sample()

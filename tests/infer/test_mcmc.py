@@ -383,3 +383,27 @@ def test_median_init_and_validation_restored():
     mcmc.run(8.5)
     if before is not None:
         assert pyro.primitives._VALIDATION[0] == before
+
+
+def test_plate_index_site_skipped_only_when_no_handler_needs_it():
+    from ember.infer.mcmc.potential import _Substitute
+
+    def model():
+        with pyro.plate("data", 3) as idx:
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+        return idx
+
+    seen = []
+
+    class Spy(pyro.poutine.Messenger):
+        def _pyro_sample(self, msg):
+            seen.append(msg.name)
+
+    with _Substitute({"x": torch.zeros(3)}):
+        idx = model()
+    torch.testing.assert_close(idx, torch.arange(3))
+    with Spy(), _Substitute({"x": torch.zeros(3)}):
+        model()
+    assert seen == ["data", "x"]  # a handler that may care still sees the index site
+    tr = pyro.poutine.trace(model).get_trace()
+    assert "data" in tr.nodes

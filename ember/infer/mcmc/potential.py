@@ -131,6 +131,8 @@ class _ChooseInit(Messenger):
 class _Substitute(Messenger):
     """Substitute the latents from ``values`` and add up every site's log-density (the hot path)."""
 
+    _wants_subsample_site = False  # full-data plates only (checked on the first, traced run)
+
     def __init__(self, values: dict, record: bool = False) -> None:
         super().__init__()
         self.values = values
