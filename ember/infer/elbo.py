@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ember.poutine.plate_messenger import PlateMessenger
+from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, site_is_subsample
@@ -198,24 +198,15 @@ class ELBO:
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
         with torch.no_grad():
             model_trace, guide_trace = get_importance_trace(model, guide, args, kwargs, validate=False)
-        dims = [-f.dim for tr in (model_trace, guide_trace) for s in tr.nodes.values() if s.type == "sample" for f in s.cond_indep_stack if f.dim is not None]
-        return max(dims, default=0)
-
-    def _vectorized(self, fn: Callable, dim: int) -> Callable:
-        num = self.num_particles
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with PlateMessenger("num_particles_vectorized", num, dim=dim):
-                return fn(*args, **kwargs)
-
-        return wrapped
+        return guess_max_plate_nesting(model_trace, guide_trace)
 
     def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[Trace, Trace]]:
         if self.vectorize_particles and self.num_particles > 1:
             if self.max_plate_nesting == math.inf:
                 self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
             dim = -int(self.max_plate_nesting) - 1
-            yield get_importance_trace(self._vectorized(model, dim), self._vectorized(guide, dim), args, kwargs)
+            name, num = "num_particles_vectorized", self.num_particles
+            yield get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs)
         else:
             for _ in range(self.num_particles):
                 yield get_importance_trace(model, guide, args, kwargs)

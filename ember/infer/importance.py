@@ -23,8 +23,8 @@ from torch.distributions import constraints
 
 from ember.distributions.torch_dist import TorchDistribution
 from ember.infer.elbo import _is_latent, check_model_guide_match, describe_nonfinite, get_importance_trace
+from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.block_messenger import BlockMessenger
-from ember.poutine.plate_messenger import PlateMessenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, site_is_subsample
@@ -37,30 +37,6 @@ _SAMPLE_PLATE = "_importance_samples"
 
 # ----------------------------------------------------------------------------------------
 # helpers shared with predictive.py
-def _plate_nesting(*traces: Trace) -> int:
-    """How many batch dims the sites of ``traces`` use: the deepest vectorized plate, and
-    also any batch dims no plate declares (a distribution with batch_shape (3,) outside
-    every plate, an observation of shape (5,) under a scalar distribution). A plate over
-    samples put left of that many dims never collides with a dim of the model's own."""
-    n = 0
-    for tr in traces:
-        for site in tr.nodes.values():
-            if site.type != "sample" or site_is_subsample(site):
-                continue
-            for f in site.cond_indep_stack:
-                if f.dim is not None:
-                    n = max(n, -f.dim)
-            fn = site.fn
-            event_dim = len(getattr(fn, "event_shape", ()))
-            batch_shape = getattr(fn, "batch_shape", None)
-            if batch_shape is not None:
-                n = max(n, len(batch_shape))
-            v = site.value
-            if isinstance(v, torch.Tensor):
-                n = max(n, v.dim() - event_dim)
-    return n
-
-
 def _unvectorize(value: Any, shape: Sequence[int], n: int, name: str) -> torch.Tensor:
     """Turn the value of site ``name`` from a run vectorized over ``n`` samples (a plate
     left of the site's own dims) into shape ``[n, *shape]``, where ``shape`` is the
@@ -266,7 +242,7 @@ class Importance:
         self._check(model_trace, guide_trace, first=True)
         nesting = self._max_plate_nesting_arg
         if nesting is None:
-            nesting = _plate_nesting(model_trace, guide_trace)
+            nesting = guess_max_plate_nesting(model_trace, guide_trace)
         self._shapes = {
             name: site.value.shape
             for tr in (guide_trace, model_trace)
@@ -275,15 +251,9 @@ class Importance:
         }
         dim = -nesting - 1
 
-        def vectorized(fn: Callable) -> Callable:
-            def wrapped(*a: Any, **k: Any) -> Any:
-                with PlateMessenger(_SAMPLE_PLATE, n, dim=dim):
-                    return fn(*a, **k)
-
-            return wrapped
-
         try:
-            vmodel, vguide = get_importance_trace(vectorized(self.model), vectorized(self.guide), args, kwargs, validate=False)
+            vmodel, vguide = get_importance_trace(in_plate(self.model, _SAMPLE_PLATE, n, dim),
+                                                  in_plate(self.guide, _SAMPLE_PLATE, n, dim), args, kwargs, validate=False)
             model_lp = _per_sample_log_density(vmodel, n, nesting)
             guide_lp = _per_sample_log_density(vguide, n, nesting)
         except Exception as e:  # any failure of the vectorized run means: run the loop

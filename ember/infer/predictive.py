@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from ember.distributions.special import Unit
-from ember.infer.importance import _plate_nesting, _unvectorize
+from ember.infer.importance import _unvectorize
+from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.messenger import Messenger
-from ember.poutine.plate_messenger import PlateMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, site_is_subsample
 from ember.runtime import Message
@@ -179,7 +179,7 @@ def _predict(
                 out[k] = values
         return out
 
-    nesting = _plate_nesting(trial)
+    nesting = guess_max_plate_nesting(trial)
     vectorized = {}
     for name, value in per_sample.items():
         site = nodes.get(name)
@@ -188,10 +188,7 @@ def _predict(
         pad = max(0, nesting - (len(shape) - event_dim))
         vectorized[name] = value.reshape((n,) + (1,) * pad + tuple(shape))
 
-    def vectorized_model(*a: Any, **k: Any) -> Any:
-        with PlateMessenger(_SAMPLE_PLATE, n, dim=-nesting - 1):
-            return _PredictMessenger(model, vectorized, resample_observed)(*a, **k)
-
+    vectorized_model = in_plate(_PredictMessenger(model, vectorized, resample_observed), _SAMPLE_PLATE, n, -nesting - 1)
     try:
         tr = TraceMessenger(vectorized_model).get_trace(*args, **kwargs)
     except Exception as e:

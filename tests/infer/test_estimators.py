@@ -172,3 +172,21 @@ def test_local_discrete_latents_with_subsampling_scale_costs_not_scores():
     g = _grads(Trace_ELBO(num_particles=n, vectorize_particles=True), model, guide, ["logits"], x)
     assert torch.allclose(g["logits"], logits.grad, atol=5 * 2.0 * (N / B) / math.sqrt(n))
     assert torch.all(g["logits"][[0, 2, 3]] == 0)
+
+
+def test_vectorized_particles_stay_left_of_undeclared_batch_dims():
+    # an observation of shape (3,) under a scalar Normal, no plate: the particle dim must go left
+    # of it even when num_particles equals its size (else particle i would meet datum i only)
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.zeros(3))
+
+    def guide():
+        pyro.sample("loc", dist.Normal(0.5, 1.0))
+
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True)
+    pyro.set_rng_seed(0)
+    losses = [elbo.loss(model, guide) for _ in range(400)]
+    assert elbo.max_plate_nesting == 1
+    expected = -(3 * (-0.5 * math.log(2 * math.pi) - 0.5 * (0.25 + 1.0)) - 0.5 * 0.25)
+    assert sum(losses) / len(losses) == pytest.approx(expected, abs=0.25)
