@@ -117,20 +117,35 @@ def _dist_summary(fn: Any) -> str:
     return "; ".join(parts)
 
 
-def describe_nonfinite(traces: list) -> str:
-    """Name the first site whose log-density is not finite, with its value and the
-    distribution's parameters."""
+def first_nonfinite_site(traces: list) -> tuple[str, str, Message] | None:
+    """``(label, name, site)`` of the first sample site of ``[(label, trace), ...]`` whose
+    (computed) log-density is not finite; None if there is none."""
     for label, tr in traces:
         for name, site in tr.nodes.items():
             if site.type != "sample" or site.log_prob_sum is None:
                 continue
             lps = site.log_prob_sum
             if isinstance(lps, torch.Tensor) and not bool(torch.isfinite(lps)):
-                return (
-                    f"the first non-finite log-density is at {label} site '{name}' ({type(site.fn).__name__}): "
-                    f"log_prob_sum = {lps.item()}. Value: {_tensor_summary(site.value)}. Parameters: {_dist_summary(site.fn)}"
-                )
-    return "no single site has a non-finite log-density (the sum overflowed, or the loss function itself produced it)"
+                return label, name, site
+    return None
+
+
+def describe_site(label: str, name: str, site: Message) -> str:
+    """``"<label> site 'x' (Normal): log_prob_sum = nan. Value: ... Parameters: ..."``."""
+    where = f"{label} site" if label else "site"
+    return (
+        f"{where} '{name}' ({type(site.fn).__name__}): log_prob_sum = {site.log_prob_sum.item()}. "
+        f"Value: {_tensor_summary(site.value)}. Parameters: {_dist_summary(site.fn)}"
+    )
+
+
+def describe_nonfinite(traces: list) -> str:
+    """Name the first site whose log-density is not finite, with its value and the
+    distribution's parameters."""
+    found = first_nonfinite_site(traces)
+    if found is None:
+        return "no single site has a non-finite log-density (the sum overflowed, or the loss function itself produced it)"
+    return "the first non-finite log-density is at " + describe_site(*found)
 
 
 class MultiFrameTensor:

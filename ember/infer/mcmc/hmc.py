@@ -88,7 +88,6 @@ class HMC:
         self.max_energy_error = max_energy_error
         self.min_step_size = min_step_size
         self.max_step_size = max_step_size
-        self.potential: Any = None
         self.inverse_mass_matrix: torch.Tensor | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------
@@ -102,7 +101,6 @@ class HMC:
 
     def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int) -> tuple:
         """Find the chain's starting point and reset adaptation; return ``(z, U, grad)`` (NumPy)."""
-        self.potential = potential
         zt, u, gt = potential.initial_point(self.init_strategy, initial_params)
         if zt.numel() == 0:
             raise ValueError(f"{type(self).__name__}: the model has no latent sample sites, so there is nothing to sample "
@@ -116,9 +114,9 @@ class HMC:
         self._minv = np.eye(dim) if self.full_mass else np.ones(dim)
         self._update_mass_factors()
         self._warmup_steps = warmup_steps
-        self._windows = adaptation_windows(warmup_steps) if self.adapt_mass_matrix else []
-        self._window_ends = {end - 1: start for start, end in self._windows}
-        self._window_starts = {start for start, _ in self._windows}
+        windows = adaptation_windows(warmup_steps) if self.adapt_mass_matrix else []
+        self._window_starts = {start for start, _ in windows}
+        self._window_ends = {end - 1 for _, end in windows}
         self._welford = Welford(dim, dense=self.full_mass)
         self._in_window = False
         eps = self.step_size
@@ -197,7 +195,7 @@ class HMC:
     def _adapt(self, it: int, z: np.ndarray, u: float, g: np.ndarray, accept_prob: float) -> None:
         if self.adapt_step_size:
             self._step_size = min(max(self._da.update(accept_prob), self.min_step_size), self.max_step_size)
-        if self._windows:
+        if self._window_ends:
             if it in self._window_starts:
                 self._in_window = True
                 self._welford.reset()
@@ -239,7 +237,3 @@ class HMC:
             energy = h0
         return z, u, g, {"accept_prob": accept_prob, "diverging": diverging, "num_steps": n, "tree_depth": 0,
                          "potential_energy": u, "energy": energy}
-
-    def describe(self) -> str:
-        return f"{type(self).__name__}(step_size={self._step_size:.3g})" if hasattr(self, "_step_size") else type(self).__name__
-

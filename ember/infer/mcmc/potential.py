@@ -25,8 +25,10 @@ import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
+from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, resolve_init_strategy
 from ember.poutine.messenger import Messenger
+from ember.poutine.misc_messengers import SubstituteMessenger
 from ember.poutine.plate_messenger import _Subsample
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import scale_and_mask
@@ -87,7 +89,6 @@ class LatentSite:
     size: int
     transform: Transform | None  # None: the identity
     dtype: torch.dtype
-    dist_name: str
 
     @property
     def view_shape(self) -> torch.Size | None:
@@ -118,8 +119,6 @@ class _ChooseInit(Messenger):
         _refuse_discrete(msg.name, msg.fn)
         try:
             value = self.strategy(msg)
-        except (ValueError, TypeError):
-            raise
         except (NotImplementedError, RuntimeError) as e:  # a strategy that cannot handle this distribution
             raise MCMCInitError(f"the init strategy failed at site '{msg.name}' ({type(msg.fn).__name__}): {e}") from e
         if not isinstance(value, torch.Tensor):
@@ -133,12 +132,10 @@ class _Substitute(Messenger):
 
     _wants_subsample_site = False  # full-data plates only (checked on the first, traced run)
 
-    def __init__(self, values: dict, record: bool = False) -> None:
+    def __init__(self, values: dict) -> None:
         super().__init__()
         self.values = values
         self.log_joint: Any = None
-        self.record = record
-        self.by_site: dict[str, torch.Tensor] = {}
 
     def _process_message(self, msg: Message) -> None:
         if msg.type != "sample" or msg.is_observed or type(msg.fn) is _Subsample:
@@ -164,8 +161,6 @@ class _Substitute(Messenger):
             lp = scale_and_mask(lp, scale, mask)
         if lp.dim():
             lp = lp.sum()
-        if self.record:
-            self.by_site[msg.name] = lp
         total = self.log_joint
         self.log_joint = lp if total is None else total + lp
 
@@ -234,7 +229,7 @@ class ModelPotential:
                 ushape = t.inv(value).shape
             size = int(math.prod(ushape))
             identity = t == torch.distributions.transforms.identity_transform
-            sites.append(LatentSite(name, shape, ushape, offset, size, None if identity else t, value.dtype, type(fn).__name__))
+            sites.append(LatentSite(name, shape, ushape, offset, size, None if identity else t, value.dtype))
             dtypes.append(value.dtype)
             offset += size
         self.sites = sites
@@ -323,24 +318,6 @@ class ModelPotential:
             value = math.inf
         return value, g
 
-    def log_density_by_site(self, z: torch.Tensor) -> dict[str, float]:
-        """Each site's (scaled, masked) log-density at ``z``, plus ``"<log|det J|>"`` per latent:
-        what an error message shows when the potential is not finite."""
-        with torch.no_grad():
-            values, _ = self._values_and_logdet(z)
-            h = _Substitute(values, record=True)
-            try:
-                with h:
-                    self.model(*self.args, **self.kwargs)
-            except (ValueError, RuntimeError) as e:
-                return {"<error>": f"{type(e).__name__}: {e}"}  # type: ignore[dict-item]
-            out = {k: float(v) for k, v in h.by_site.items()}
-            for s in self.sites:
-                if s.transform is not None:
-                    u = z[s.offset:s.offset + s.size].view(s.unconstrained_shape)
-                    out[f"log|det J| of {s.name}"] = float(s.transform.log_abs_det_jacobian(u, s.transform(u)).sum())
-        return out
-
     # ---- initialisation ---------------------------------------------------------------------------
     def initial_point(self, init_strategy: Any = init_to_median, initial_params: dict | None = None,
                       max_tries: int = 100) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -392,14 +369,23 @@ class ModelPotential:
         return out
 
     def _explain_nonfinite(self, z: torch.Tensor, u: float, g: torch.Tensor) -> str:
-        by_site = self.log_density_by_site(z)
-        if "<error>" in by_site:
-            return f"running the model raised {by_site['<error>']}"
-        bad = {k: v for k, v in by_site.items() if not math.isfinite(v)}
-        if bad:
-            parts = ", ".join(f"'{k}' = {v}" for k, v in bad.items())
-            return f"the log density is not finite at site(s) {parts}. Check that the data lie in the support of the " \
-                   f"likelihood and that parameters are valid at the initial values"
+        with torch.no_grad():
+            values, _ = self._values_and_logdet(z)
+            try:
+                with TraceMessenger() as tm, SubstituteMessenger(data=values):
+                    self.model(*self.args, **self.kwargs)
+                tm.trace.compute_log_prob()
+            except (ValueError, RuntimeError) as e:
+                return f"running the model at the initial values raised {type(e).__name__}: {e}"
+            found = first_nonfinite_site([("", tm.trace)])
+            if found is not None:
+                return (f"the log density is not finite at {describe_site(*found)}. Check that the data lie in the support "
+                        f"of the likelihood and that parameters are valid at the initial values")
+            for s in self.sites:
+                if s.transform is not None:
+                    uu = z[s.offset:s.offset + s.size].view(s.unconstrained_shape)
+                    if not torch.isfinite(s.transform.log_abs_det_jacobian(uu, s.transform(uu))).all():
+                        return f"the log-Jacobian of site '{s.name}''s transform to its support is not finite at the initial value"
         if not math.isfinite(u):
             return f"the potential energy is {u}"
         bad_grad = [s.name for s in self.sites if not torch.isfinite(g[s.offset:s.offset + s.size]).all()]
@@ -419,7 +405,7 @@ class FunctionPotential:
             v = torch.as_tensor(v)
             if not v.dtype.is_floating_point:
                 raise ValueError(f"MCMC: initial_params['{name}'] must be a floating tensor, got dtype {v.dtype}")
-            sites.append(LatentSite(name, v.shape, v.shape, offset, v.numel(), None, v.dtype, "potential_fn"))
+            sites.append(LatentSite(name, v.shape, v.shape, offset, v.numel(), None, v.dtype))
             offset += v.numel()
             dtypes.append(v.dtype)
         self.sites = sites
@@ -440,10 +426,6 @@ class FunctionPotential:
         return self.potential_fn(self._values(z))
 
     potential_and_grad = ModelPotential.potential_and_grad
-
-    def log_density_by_site(self, z: torch.Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            return {"-potential_fn": -float(self.potential(z))}
 
     def initial_point(self, init_strategy: Any = None, initial_params: dict | None = None, max_tries: int = 1) -> tuple:
         z = self.unconstrain(initial_params or self.initial_params)
