@@ -54,24 +54,30 @@ def min_ess(samples: dict[str, np.ndarray]) -> float:
 
 
 # ---- ember ---------------------------------------------------------------------------------------
+def torch_models(lib: Any, dist: Any) -> dict[str, Any]:
+    """The two models for a Pyro-style library on torch (``lib`` is ``ember`` or ``pyro``)."""
+
+    def eight_schools(sigma, y):
+        mu = lib.sample("mu", dist.Normal(0.0, 5.0))
+        tau = lib.sample("tau", dist.HalfCauchy(5.0))
+        with lib.plate("J", 8):
+            theta_tilde = lib.sample("theta_tilde", dist.Normal(0.0, 1.0))
+            lib.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+    def logreg(x, y):
+        w = lib.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
+        b = lib.sample("b", dist.Normal(0.0, 1.0))
+        with lib.plate("N", x.shape[0]):
+            lib.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    return {"eight_schools": eight_schools, "logreg": logreg}
+
+
 def ember_models() -> dict[str, Any]:
     import ember
     import ember.distributions as dist
 
-    def eight_schools(sigma, y):
-        mu = ember.sample("mu", dist.Normal(0.0, 5.0))
-        tau = ember.sample("tau", dist.HalfCauchy(5.0))
-        with ember.plate("J", 8):
-            theta_tilde = ember.sample("theta_tilde", dist.Normal(0.0, 1.0))
-            ember.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-
-    def logreg(x, y):
-        w = ember.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
-        b = ember.sample("b", dist.Normal(0.0, 1.0))
-        with ember.plate("N", x.shape[0]):
-            ember.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
-
-    return {"eight_schools": eight_schools, "logreg": logreg}
+    return torch_models(ember, dist)
 
 
 def run_ember(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,20 +146,7 @@ def pyro_models() -> dict[str, Any]:
     import pyro
     import pyro.distributions as dist
 
-    def eight_schools(sigma, y):
-        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-        with pyro.plate("J", 8):
-            theta_tilde = pyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-            pyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-
-    def logreg(x, y):
-        w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
-        b = pyro.sample("b", dist.Normal(0.0, 1.0))
-        with pyro.plate("N", x.shape[0]):
-            pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
-
-    return {"eight_schools": eight_schools, "logreg": logreg}
+    return torch_models(pyro, dist)
 
 
 def run_pyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
