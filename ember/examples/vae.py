@@ -290,6 +290,16 @@ def _have_sklearn() -> bool:
     return importlib.util.find_spec("sklearn") is not None
 
 
+def _save(fig: Any, path: Path) -> str:
+    """Lay out, write as PNG and close a matplotlib figure; return its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
 def _grid(images: torch.Tensor, rows: int, cols: int, pad: int = 1) -> np.ndarray:
     """Tile ``images [rows*cols, 784]`` into one ``[rows*29+1, cols*29+1]`` array (white gutters)."""
     images = images.detach().cpu().float().reshape(-1, 28, 28)
@@ -343,10 +353,7 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
     ax.set_title("VAE on MNIST")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths["elbo"] = str(run_dir / "elbo.png")
-    fig.savefig(paths["elbo"], dpi=100)
-    plt.close(fig)
+    paths["elbo"] = _save(fig, run_dir / "elbo.png")
 
     # 2. test images beside their reconstructions (columns: image, reconstruction)
     idx = _pick_test_examples(test_labels.cpu())
@@ -359,10 +366,7 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
     ax.imshow(_grid(pairs, rows, cols), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title("test image | reconstruction", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    paths["reconstructions"] = str(run_dir / "reconstructions.png")
-    fig.savefig(paths["reconstructions"], dpi=100)
-    plt.close(fig)
+    paths["reconstructions"] = _save(fig, run_dir / "reconstructions.png")
 
     # 3. samples from the prior (decoder means)
     s = vae.sample(64, generator=g)
@@ -370,10 +374,7 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
     ax.imshow(_grid(s, 8, 8), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title("decoder means of z ~ N(0, I)", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    paths["samples"] = str(run_dir / "samples.png")
-    fig.savefig(paths["samples"], dpi=100)
-    plt.close(fig)
+    paths["samples"] = _save(fig, run_dir / "samples.png")
 
     # 4. 2-D embedding of the test set's latent means
     if embedding_points is None:
@@ -389,10 +390,7 @@ def make_figures(vae: VAE, run_dir: Path, train_hist: list[tuple[int, float]], t
     ax.set_title(f"{how} of the latent means of {m} test images")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    paths["embedding"] = str(run_dir / "embedding.png")
-    fig.savefig(paths["embedding"], dpi=100)
-    plt.close(fig)
+    paths["embedding"] = _save(fig, run_dir / "embedding.png")
     vae.train()
     return paths
 

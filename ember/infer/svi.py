@@ -132,14 +132,13 @@ class SVI:
         bad = [n for n, p in touched.items() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
         if not bad:
             return  # the sums overflowed, the gradients themselves are finite
-        if bad:
-            for p in touched.values():
-                p.grad = None
-            msg = f"Non-finite gradients for parameters {bad[:10]} (the loss itself was finite). No step was taken; the parameters are unchanged."
-            if self.on_nonfinite == "skip":
-                warnings.warn("SVI.step skipped: " + msg, RuntimeWarning, stacklevel=3)
-                return
-            raise NonFiniteLossError(msg)
+        for p in touched.values():
+            p.grad = None
+        msg = f"Non-finite gradients for parameters {bad[:10]} (the loss itself was finite). No step was taken; the parameters are unchanged."
+        if self.on_nonfinite == "skip":
+            warnings.warn("SVI.step skipped: " + msg, RuntimeWarning, stacklevel=3)
+            return
+        raise NonFiniteLossError(msg)
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
         """The loss estimate without taking a step (no gradients are computed)."""
