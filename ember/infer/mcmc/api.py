@@ -106,9 +106,10 @@ class MCMC:
         n_keep = len(keep)
         for chain in range(self.num_chains):
             t0 = time.perf_counter()
-            potential = kernel.make_potential(args, kwargs, self._chain_initial_params(chain))
+            initial = self._chain_initial_params(chain)
+            potential = kernel.make_potential(args, kwargs, initial)
             seed = int(torch.randint(0, 2**62, ()).item())
-            z, u, g = kernel.setup_chain(potential, self.warmup_steps, self._chain_initial_params(chain), seed)
+            z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed)
             self._potential = potential
             draws = np.empty((n_keep, z.size))
             stats = {k: np.empty(n_keep, dtype=bool if k == "diverging" else np.int64 if k in ("num_steps", "tree_depth")
