@@ -90,10 +90,11 @@ class LatentSite:
     transform: Transform | None  # None: the identity
     dtype: torch.dtype
 
-    @property
-    def view_shape(self) -> torch.Size | None:
-        """The shape to view this site's slice of ``z`` as (None: it already is ``[size]``)."""
-        return None if self.unconstrained_shape == torch.Size([self.size]) else self.unconstrained_shape
+    view_shape: torch.Size | None = None  # what its slice of ``z`` is viewed as (None: ``[size]`` already)
+
+    def __post_init__(self) -> None:
+        if self.unconstrained_shape != torch.Size([self.size]):
+            self.view_shape = self.unconstrained_shape
 
 
 def _refuse_discrete(name: str, fn: Any) -> None:
