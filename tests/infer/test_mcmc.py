@@ -407,3 +407,20 @@ def test_plate_index_site_skipped_only_when_no_handler_needs_it():
     assert seen == ["data", "x"]  # a handler that may care still sees the index site
     tr = pyro.poutine.trace(model).get_trace()
     assert "data" in tr.nodes
+
+
+def test_more_bad_inputs_name_what_is_wrong():
+    def model():
+        pyro.sample("a", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"initial_params\['a'\] has shape \(3,\); the site's unconstrained value has shape \(2,\)"):
+        ModelPotential(model).initial_point("median", initial_params={"a": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"the value for site 'a' has shape \(3,\), but the site's values have shape \(2,\)"):
+        ModelPotential(model).initial_point(init_to_value(values={"a": torch.zeros(3)}))
+    with pytest.raises(ValueError, match="unknown chain_method 'threads'"):
+        MCMC(NUTS(model), num_samples=5, chain_method="threads")
+    mcmc = MCMC(NUTS(model), num_samples=5, warmup_steps=5, disable_progbar=True).run()
+    with pytest.raises(ValueError, match=r"num_samples must be in \[1, 5\], got 9"):
+        mcmc.get_samples(num_samples=9)
+    with pytest.warns(UserWarning, match="runs chains one after another"):
+        MCMC(NUTS(model), num_samples=5, num_chains=2, chain_method="parallel")
