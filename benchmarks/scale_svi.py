@@ -22,62 +22,52 @@ from torch.distributions import constraints, transform_to
 GUESS, MEAS = 8.5, 9.5
 
 
-def make_ember(validate: bool):
-    import ember
-    import ember.distributions as dist
-    from ember.infer import SVI, Trace_ELBO
+def _make_run(lib, validate: bool):
+    """The timed SVI loop for a Pyro-style library (``lib`` is ``ember`` or ``pyro``)."""
+    dist = lib.distributions
+    SVI, Trace_ELBO = lib.infer.SVI, lib.infer.Trace_ELBO
 
     def model(guess):
-        w = ember.sample("weight", dist.Normal(guess, 1.0))
-        return ember.sample("measurement", dist.Normal(w, 0.75))
+        w = lib.sample("weight", dist.Normal(guess, 1.0))
+        return lib.sample("measurement", dist.Normal(w, 0.75))
 
-    cond = ember.condition(model, data={"measurement": torch.tensor(MEAS)})
+    cond = lib.condition(model, data={"measurement": torch.tensor(MEAS)})
 
     def guide(guess):
-        a = ember.param("a", torch.tensor(guess))
-        b = ember.param("b", torch.tensor(1.0), constraint=constraints.positive)
-        return ember.sample("weight", dist.Normal(a, b))
+        a = lib.param("a", torch.tensor(guess))
+        b = lib.param("b", torch.tensor(1.0), constraint=constraints.positive)
+        return lib.sample("weight", dist.Normal(a, b))
 
     def run(n):
-        ember.enable_validation(validate)
-        ember.clear_param_store()
-        svi = SVI(cond, guide, ember.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
+        lib.enable_validation(validate)
+        lib.clear_param_store()
+        svi = SVI(cond, guide, lib.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
         t = time.perf_counter()
         for _ in range(n):
             svi.step(GUESS)
         dt = time.perf_counter() - t
-        ember.enable_validation(True)
+        lib.enable_validation(True)
         return dt
 
     return run
 
 
+def make_ember(validate: bool):
+    import ember
+    import ember.distributions  # noqa: F401
+    import ember.infer  # noqa: F401
+    import ember.optim  # noqa: F401
+
+    return _make_run(ember, validate)
+
+
 def make_pyro():
     import pyro
-    import pyro.distributions as dist
-    from pyro.infer import SVI, Trace_ELBO
+    import pyro.distributions  # noqa: F401
+    import pyro.infer  # noqa: F401
+    import pyro.optim  # noqa: F401
 
-    def model(guess):
-        w = pyro.sample("weight", dist.Normal(guess, 1.0))
-        return pyro.sample("measurement", dist.Normal(w, 0.75))
-
-    cond = pyro.condition(model, data={"measurement": torch.tensor(MEAS)})
-
-    def guide(guess):
-        a = pyro.param("a", torch.tensor(guess))
-        b = pyro.param("b", torch.tensor(1.0), constraint=constraints.positive)
-        return pyro.sample("weight", dist.Normal(a, b))
-
-    def run(n):
-        pyro.enable_validation(False)
-        pyro.clear_param_store()
-        svi = SVI(cond, guide, pyro.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
-        t = time.perf_counter()
-        for _ in range(n):
-            svi.step(GUESS)
-        return time.perf_counter() - t
-
-    return run
+    return _make_run(pyro, False)
 
 
 def make_hand_dist():
