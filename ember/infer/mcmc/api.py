@@ -79,6 +79,7 @@ class MCMC:
         self.inverse_mass_matrices: list[torch.Tensor] = []
         self.wall_times: list[float] = []
         self._warmup_grad_evals: list[int] = []
+        self.compile_status: list[str] = []  # per chain: "compiled (torchscript)" or "eager: <why>"
 
     # ---- running -----------------------------------------------------------------------------------
     def _chain_initial_params(self, chain: int) -> dict | None:
@@ -101,6 +102,7 @@ class MCMC:
         kernel = self.kernel
         self._z, self._stats, self.step_sizes, self.inverse_mass_matrices, self.wall_times = [], [], [], [], []
         self._warmup_grad_evals = []
+        self.compile_status = []
         total = self.warmup_steps + self.num_samples
         keep = range(self.warmup_steps, total, self.thinning)
         n_keep = len(keep)
@@ -109,7 +111,9 @@ class MCMC:
             initial = self._chain_initial_params(chain)
             potential = kernel.make_potential(args, kwargs, initial)
             seed = int(torch.randint(0, 2**62, ()).item())
-            z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed)
+            z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed,
+                                         validate_while_sampling=not self.disable_validation)
+            self.compile_status.append(kernel.compile_status)
             self._potential = potential
             draws = np.empty((n_keep, z.size))
             stats = {k: np.empty(n_keep, dtype=bool if k == "diverging" else np.int64 if k in ("num_steps", "tree_depth")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -51,14 +52,20 @@ class HMC:
             or a function of the site (``ember.infer.init_to_median`` ...); default uniform on
             (-2, 2) in unconstrained space, as Stan and Pyro.
         max_energy_error: an energy error above this marks the transition divergent (1000).
-        jit_compile, max_plate_nesting, ignore_jit_warnings: accepted for Pyro compatibility; Ember
-            runs the model eagerly (its potential costs about the hand-written one already).
+        jit_compile: compile the potential and its gradient into one graph after the first
+            (eager, checked) evaluation; see :mod:`ember.infer.mcmc.compile`. ``None`` (default):
+            compile where the model allows it and otherwise run it eagerly, silently
+            (``MCMC.compile_status`` says which happened and why); ``True``: the same, with a
+            warning when the model cannot be compiled; ``False``: always run the model eagerly.
+            A model whose control flow depends on latent values (an ``if`` on a tensor,
+            boolean indexing) is detected and runs eagerly.
+        max_plate_nesting, jit_options, ignore_jit_warnings: accepted for Pyro compatibility.
     """
 
     def __init__(self, model: Callable | None = None, potential_fn: Callable | None = None, step_size: float = 1.0,
                  trajectory_length: float | None = None, num_steps: int | None = None, adapt_step_size: bool = True,
                  adapt_mass_matrix: bool = True, full_mass: bool = False, transforms: dict | None = None,
-                 max_plate_nesting: int | None = None, jit_compile: bool = False, jit_options: dict | None = None,
+                 max_plate_nesting: int | None = None, jit_compile: bool | None = None, jit_options: dict | None = None,
                  ignore_jit_warnings: bool = False, target_accept_prob: float = 0.8, init_strategy: Any = init_to_uniform,
                  *, max_energy_error: float = 1000.0, min_step_size: float = 1e-10, max_step_size: float = 1e10) -> None:
         if (model is None) == (potential_fn is None):
@@ -88,6 +95,10 @@ class HMC:
         self.max_energy_error = max_energy_error
         self.min_step_size = min_step_size
         self.max_step_size = max_step_size
+        if jit_compile is not None and not isinstance(jit_compile, bool):
+            raise TypeError(f"{type(self).__name__}: jit_compile must be None, True or False, got {jit_compile!r}")
+        self.jit_compile = jit_compile
+        self.compile_status = "not run"
         self.inverse_mass_matrix: torch.Tensor | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------
@@ -99,14 +110,17 @@ class HMC:
                              f"tensors) in MCMC(...)")
         return FunctionPotential(self.potential_fn, initial_params)
 
-    def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int) -> tuple:
-        """Find the chain's starting point and reset adaptation; return ``(z, U, grad)`` (NumPy)."""
+    def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int,
+                    validate_while_sampling: bool = False) -> tuple:
+        """Find the chain's starting point, compile the potential (see ``jit_compile``) and reset
+        adaptation; return ``(z, U, grad)`` (NumPy)."""
         zt, u, gt = potential.initial_point(self.init_strategy, initial_params)
         if zt.numel() == 0:
             raise ValueError(f"{type(self).__name__}: the model has no latent sample sites, so there is nothing to sample "
                              f"(observed sites: {sorted(potential.observed)})")
+        self._compile_potential(potential, zt, u, gt, validate_while_sampling)
         self._tdtype = zt.dtype
-        self._potential_and_grad = potential.potential_and_grad
+        self._pot = potential.potential_and_grad_numpy  # float64 NumPy in, (float, float64 NumPy) out
         z = zt.detach().to(torch.float64).numpy().copy()
         g = gt.detach().to(torch.float64).numpy().copy()
         self._rng = random.Random(rng_seed)
@@ -127,6 +141,22 @@ class HMC:
         self._da.reset(eps)
         return z, u, g
 
+    def _compile_potential(self, potential: Any, z: torch.Tensor, u: float, g: torch.Tensor, validating: bool) -> None:
+        if self.jit_compile is False:
+            self.compile_status = "eager (jit_compile=False)"
+            return
+        if validating:
+            problem = "validation is on while sampling (MCMC(disable_validation=False)), and its checks are Python control flow"
+        elif potential.compile(z, u, g):
+            self.compile_status = f"compiled ({potential.compiled})"
+            return
+        else:
+            problem = potential.compile_problem
+        self.compile_status = f"eager: {problem}"
+        if self.jit_compile:
+            warnings.warn(f"{type(self).__name__}(jit_compile=True): the potential runs eagerly, because {problem}",
+                          stacklevel=4)
+
     def _update_mass_factors(self) -> None:
         minv = self._minv
         if self.full_mass:
@@ -137,10 +167,6 @@ class HMC:
         self.inverse_mass_matrix = torch.from_numpy(minv.copy()).to(self._tdtype)
 
     # ---- building blocks -----------------------------------------------------------------------------
-    def _pot(self, z: np.ndarray) -> tuple[float, np.ndarray]:
-        u, g = self._potential_and_grad(torch.from_numpy(z).to(self._tdtype))
-        return u, g.detach().to(torch.float64).numpy()
-
     def _sample_momentum(self, dim: int) -> np.ndarray:
         e = torch.randn(dim, dtype=torch.float64).numpy()  # Ember's (torch's) random stream
         if self.full_mass:

@@ -56,12 +56,13 @@ class NUTS(HMC):
     def __init__(self, model: Callable | None = None, potential_fn: Callable | None = None, step_size: float = 1.0,
                  adapt_step_size: bool = True, adapt_mass_matrix: bool = True, full_mass: bool = False,
                  use_multinomial_sampling: bool = True, transforms: dict | None = None, max_plate_nesting: int | None = None,
-                 jit_compile: bool = False, jit_options: dict | None = None, ignore_jit_warnings: bool = False,
+                 jit_compile: bool | None = None, jit_options: dict | None = None, ignore_jit_warnings: bool = False,
                  target_accept_prob: float = 0.8, max_tree_depth: int = 10, init_strategy: Any = init_to_uniform,
                  *, max_energy_error: float = 1000.0, min_step_size: float = 1e-10, max_step_size: float = 1e10) -> None:
         super().__init__(model=model, potential_fn=potential_fn, step_size=step_size, num_steps=1,
                          adapt_step_size=adapt_step_size, adapt_mass_matrix=adapt_mass_matrix, full_mass=full_mass,
-                         transforms=transforms, target_accept_prob=target_accept_prob, init_strategy=init_strategy,
+                         transforms=transforms, jit_compile=jit_compile, target_accept_prob=target_accept_prob,
+                         init_strategy=init_strategy,
                          max_energy_error=max_energy_error, min_step_size=min_step_size, max_step_size=max_step_size)
         if not isinstance(max_tree_depth, int) or not 1 <= max_tree_depth <= 30:
             raise ValueError(f"NUTS: max_tree_depth must be an integer in [1, 30], got {max_tree_depth!r}")
@@ -70,10 +71,16 @@ class NUTS(HMC):
 
     # ---- the tree --------------------------------------------------------------------------------
     def _leaf(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> _Tree:
-        z, p, g, u = self._leapfrog(z, p, g, eps)
-        ps = self._p_sharp(p)
-        h = u + 0.5 * float(p @ ps) if math.isfinite(u) else math.inf
-        if h != h:
+        # one leapfrog step, written out (this runs once per gradient evaluation)
+        half = 0.5 * eps
+        minv = self._minv
+        p = p - half * g
+        z = z + eps * (minv @ p if self.full_mass else minv * p)
+        u, g = self._pot(z)
+        p = p - half * g
+        ps = minv @ p if self.full_mass else minv * p
+        h = u + 0.5 * float(p @ ps)
+        if h != h:  # nan, or inf - inf
             h = math.inf
         self._n_leapfrog += 1
         delta = h0 - h

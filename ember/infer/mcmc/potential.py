@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributions import biject_to
-from torch.distributions.transforms import Transform
+from torch.distributions.transforms import AffineTransform, ComposeTransform, Transform
 
 from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, resolve_init_strategy
@@ -72,6 +73,25 @@ def _scalar_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     global _scalar_grad
     _scalar_grad = _pick_scalar_grad()  # decided on first use, not at import
     return _scalar_grad(u, z)
+
+
+def _is_identity_affine(t: Transform) -> bool:
+    if not isinstance(t, AffineTransform):
+        return False
+    loc, scale = t.loc, t.scale
+    return (isinstance(loc, (int, float)) and loc == 0 and isinstance(scale, (int, float)) and scale == 1)
+
+
+def _unconstraining_transform(support: Any) -> Transform:
+    """``biject_to(support)`` without identity steps: torch maps ``nonnegative`` (HalfCauchy's,
+    HalfNormal's support) to ``exp`` followed by ``x + 0``, which costs five needless operations
+    (and their backward) on every evaluation of the potential."""
+    t = biject_to(support)
+    if isinstance(t, ComposeTransform):
+        parts = [p for p in t.parts if not _is_identity_affine(p)]
+        if len(parts) != len(t.parts):
+            t = parts[0] if len(parts) == 1 else ComposeTransform(parts) if parts else torch.distributions.transforms.identity_transform
+    return t
 
 
 class MCMCInitError(ValueError):
@@ -190,6 +210,9 @@ class ModelPotential:
         self.dtype = torch.get_default_dtype()
         self.observed: dict[str, torch.Tensor] = {}
         self._structure_known = False
+        self._compiled: Callable | None = None
+        self.compiled: str | None = None  # how the potential runs once compiled ("torchscript" / "fx"), else None
+        self.compile_problem: str | None = None  # why it runs eagerly, when compiling was tried and refused
 
     # ---- structure ---------------------------------------------------------------------------
     def _learn_structure(self, trace: Any) -> None:
@@ -222,7 +245,7 @@ class ModelPotential:
                 raise ValueError(f"MCMC: latent site '{name}' has a non-floating value {value!r}")
             t = self.user_transforms.get(name)
             if t is None:
-                t = biject_to(support)
+                t = _unconstraining_transform(support)
             shape = value.shape
             try:
                 ushape = torch.Size(t.inverse_shape(shape))
@@ -308,6 +331,22 @@ class ModelPotential:
 
     def potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(U(z), dU/dz)`` with ``U`` a Python float (``inf`` where it is not finite)."""
+        if self._compiled is not None:
+            out = self._compiled(z.detach().to(torch.float64))
+            value = float(out[-1])
+            return (math.inf if value != value else value), out[:-1].to(z.dtype)
+        return self._eager_potential_and_grad(z)
+
+    def potential_and_grad_numpy(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        """The same on a float64 NumPy vector (what the samplers hold): ``(U, grad)``, grad float64."""
+        if self._compiled is not None:
+            out = self._compiled(torch.from_numpy(z)).numpy()
+            value = float(out[-1])
+            return (math.inf if value != value else value), out[:-1]
+        value, g = self._eager_potential_and_grad(torch.from_numpy(z).to(self.dtype))
+        return value, g.to(torch.float64).numpy()
+
+    def _eager_potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
         z = z.detach().requires_grad_(True)
         u = self.potential(z)
         if not isinstance(u, torch.Tensor) or not u.requires_grad:
@@ -318,6 +357,27 @@ class ModelPotential:
         if value != value:
             value = math.inf
         return value, g
+
+    def compile(self, z: torch.Tensor, u: float, g: torch.Tensor) -> bool:
+        """Record the potential and its gradient at ``z`` as one graph and use it from now on
+        (see :mod:`ember.infer.mcmc.compile`); ``(u, g)`` are the eager ``U(z)`` and gradient it
+        must reproduce. Runs the model with validation off (the eager start has already checked
+        it). Returns whether it worked; otherwise :attr:`compile_problem` says why and the model
+        keeps running eagerly."""
+        from ember.infer.mcmc.compile import compile_value_and_grad
+        from ember.primitives import validation_enabled
+
+        self._compiled = None
+        if z.device.type != "cpu":
+            self.compile_problem = "compiling is done for CPU models only (the samplers' state is in NumPy)"
+            return False
+        with validation_enabled(False):
+            compiled, how = compile_value_and_grad(self.potential, z, self._eager_potential_and_grad)
+        if compiled is None:
+            self.compiled, self.compile_problem = None, how
+            return False
+        self._compiled, self.compiled, self.compile_problem = compiled, how, None
+        return True
 
     # ---- initialisation ---------------------------------------------------------------------------
     def initial_point(self, init_strategy: Any = init_to_median, initial_params: dict | None = None,
@@ -416,6 +476,9 @@ class FunctionPotential:
             self.dtype = torch.promote_types(self.dtype, d)
         self.observed: dict[str, torch.Tensor] = {}
         self.initial_params = {k: torch.as_tensor(v) for k, v in initial_params.items()}
+        self._compiled: Callable | None = None
+        self.compiled: str | None = None
+        self.compile_problem: str | None = None
 
     unconstrain = ModelPotential.unconstrain
     constrain = ModelPotential.constrain
@@ -427,6 +490,9 @@ class FunctionPotential:
         return self.potential_fn(self._values(z))
 
     potential_and_grad = ModelPotential.potential_and_grad
+    potential_and_grad_numpy = ModelPotential.potential_and_grad_numpy
+    _eager_potential_and_grad = ModelPotential._eager_potential_and_grad
+    compile = ModelPotential.compile
 
     def initial_point(self, init_strategy: Any = None, initial_params: dict | None = None, max_tries: int = 1) -> tuple:
         z = self.unconstrain(initial_params or self.initial_params)
