@@ -1,0 +1,262 @@
+"""The compiled potential (ember.infer.mcmc.compile): same values and gradients as the model run
+eagerly, the same draws, and an eager fallback, with the reason, for every model whose recorded
+graph would not be the model."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ember as pyro
+import ember.distributions as dist
+from ember.infer import MCMC, NUTS
+from ember.infer.mcmc import ModelPotential
+from ember.infer.mcmc.compile import compile_value_and_grad
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+Y8 = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+S8 = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+def eight_schools(sigma, y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("J", 8):
+        theta_tilde = pyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
+
+
+def logreg(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
+    b = pyro.sample("b", dist.Normal(0.0, 1.0))
+    with pyro.plate("N", x.shape[0]):
+        pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+
+GROUP = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+
+
+def constrained_and_indexed(y):
+    # simplex, interval, positive supports; integer indexing; a scaled and a masked site; a factor
+    p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))
+    r = pyro.sample("r", dist.Beta(2.0, 2.0))
+    s = pyro.sample("s", dist.Gamma(2.0, 1.0))
+    a = pyro.sample("a", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    with pyro.poutine.scale(scale=0.5):
+        pyro.sample("extra", dist.Normal(r, 1.0), obs=torch.tensor(0.3))
+    pyro.factor("pull", -(p[0] - 0.2) ** 2)
+    with pyro.plate("n", len(y)):
+        mask = torch.tensor([True, True, False, True, True, True, True])
+        pyro.sample("y", dist.Normal(a[GROUP] + r, s).mask(mask), obs=y)
+
+
+def _potential(model, *args):
+    with pyro.validation_enabled(False):
+        mp = ModelPotential(model, args)
+        z, u, g = mp.initial_point("uniform")
+        return mp, z, u, g
+
+
+def _eager(mp, z):
+    return mp._eager_potential_and_grad(z)
+
+
+@pytest.mark.parametrize("case", ["eight_schools", "logreg", "constrained_and_indexed", "float64"])
+def test_compiled_potential_matches_eager_everywhere(case):
+    g = torch.Generator().manual_seed(1)
+    if case == "eight_schools":
+        mp, z, u, grad = _potential(eight_schools, S8, Y8)
+    elif case == "logreg":
+        x = torch.randn(50, 3, generator=g)
+        mp, z, u, grad = _potential(logreg, x, torch.bernoulli(torch.sigmoid(x.sum(-1)), generator=g))
+    elif case == "constrained_and_indexed":
+        mp, z, u, grad = _potential(constrained_and_indexed, torch.randn(7, generator=g))
+    else:
+        def logreg64(x, y):
+            w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1], dtype=torch.float64), 1.0).to_event(1))
+            s = pyro.sample("s", dist.HalfNormal(torch.tensor(1.0, dtype=torch.float64)))
+            with pyro.plate("N", x.shape[0]):
+                pyro.sample("y", dist.Normal(x @ w, s), obs=y)
+
+        mp, z, u, grad = _potential(logreg64, torch.randn(20, 2, generator=g, dtype=torch.float64),
+                                    torch.randn(20, generator=g, dtype=torch.float64))
+        assert mp.dtype == torch.float64
+    assert mp.compile(z, u, grad), mp.compile_problem
+    assert mp.compiled in ("static runtime", "torchscript", "fx")
+    tol = 1e-10 if mp.dtype == torch.float64 else 1e-4
+    for _ in range(5):
+        zz = z + torch.randn(z.shape, generator=g, dtype=z.dtype)
+        u_e, g_e = _eager(mp, zz)
+        u_c, g_c = mp.potential_and_grad(zz)
+        assert math.isclose(u_c, u_e, rel_tol=tol, abs_tol=tol)
+        torch.testing.assert_close(g_c, g_e, rtol=tol, atol=tol * (1 + g_e.abs().max().item()))
+        # the samplers' entry point: float64 NumPy in and out
+        u_n, g_n = mp.potential_and_grad_numpy(zz.double().numpy())
+        assert isinstance(g_n, np.ndarray) and g_n.dtype == np.float64 and g_n.shape == (mp.dim,)
+        assert math.isclose(u_n, u_e, rel_tol=tol, abs_tol=tol)
+
+
+def test_compiled_results_are_not_overwritten_by_later_calls():
+    mp, z, u, g = _potential(eight_schools, S8, Y8)
+    assert mp.compile(z, u, g)
+    u1, g1 = mp.potential_and_grad_numpy(z.double().numpy())
+    kept = g1.copy()
+    mp.potential_and_grad_numpy((z + 1.0).double().numpy())
+    np.testing.assert_array_equal(g1, kept)
+
+
+def test_non_finite_potential_reads_inf_when_compiled():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("f", torch.log(x + 3.0))  # nan below x = -3
+    mp, z, u, g = _potential(model)
+    assert mp.compile(z, u, g)
+    assert mp.potential_and_grad(torch.tensor([-10.0]))[0] == math.inf
+    assert mp.potential_and_grad_numpy(np.array([-10.0]))[0] == math.inf
+
+
+def test_nuts_draws_identical_compiled_or_eager():
+    # eight schools' float32 graph computes exactly what the eager model computes here, so the
+    # whole chain is reproduced draw for draw
+    runs = {}
+    for jit in (None, False):
+        pyro.set_rng_seed(3)
+        mcmc = MCMC(NUTS(eight_schools, jit_compile=jit), num_samples=60, warmup_steps=60, disable_progbar=True)
+        mcmc.run(S8, Y8)
+        runs[jit] = mcmc
+    assert runs[None].compile_status[0].startswith("compiled")
+    assert runs[False].compile_status == ["eager (jit_compile=False)"]
+    a, b = runs[None].get_samples(), runs[False].get_samples()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_nuts_recovers_a_conjugate_posterior():
+    # Normal mean with known sd: posterior N(sum(y) / (n + 1), 1 / (n + 1)) under a N(0, 1) prior
+    y = torch.tensor([1.2, 0.4, 2.1, 1.7, 0.9, 1.3])
+
+    def model(y):
+        m = pyro.sample("m", dist.Normal(0.0, 1.0))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.Normal(m, 1.0), obs=y)
+
+    mcmc = MCMC(NUTS(model), num_samples=1500, warmup_steps=500, disable_progbar=True)
+    mcmc.run(y)
+    assert mcmc.compile_status[0].startswith("compiled")
+    m = mcmc.get_samples()["m"]
+    n = len(y)
+    mean, sd = float(y.sum()) / (n + 1), 1 / math.sqrt(n + 1)
+    assert abs(float(m.mean()) - mean) < 4 * sd / math.sqrt(400)  # ESS well above 400 here
+    assert abs(float(m.std()) - sd) < 0.1 * sd
+
+
+# ---- what must not be compiled ------------------------------------------------------------------------
+def _branch():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    if x > 0:  # control flow on a latent value
+        pyro.factor("f", -x)
+
+
+def _boolean_mask():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+    pyro.factor("f", -x[x > 0].sum())  # output shape depends on the values
+
+
+def _random_inside():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    pyro.factor("f", -0.01 * x * torch.randn(()))  # a potential that is not a function of z
+
+
+def _through_numpy():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    c = float(x.detach().numpy())  # escapes the recording
+    pyro.factor("f", -x * (1.0 if c > 0 else 2.0))
+
+
+@pytest.mark.parametrize("model, reason", [
+    (_branch, "turns a tensor into a Python value"),
+    (_boolean_mask, "dynamic output shape"),
+    (_random_inside, "nondeterministic"),
+    (_through_numpy, "recording the model failed"),
+])
+def test_models_whose_graph_is_not_the_model_run_eagerly(model, reason):
+    mcmc = MCMC(NUTS(model), num_samples=20, warmup_steps=20, disable_progbar=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (jit_compile=None) falls back silently
+        mcmc.run()
+    status = mcmc.compile_status[0]
+    assert status.startswith("eager: ") and reason in status, status
+    assert np.isfinite(mcmc.get_samples()["x"].numpy()).all()
+
+
+def test_branchy_model_still_samples_its_posterior_eagerly():
+    # p(x) ∝ N(x; 0, 1) * exp(-x) for x > 0: an `if` that compilation would freeze on one side
+    mcmc = MCMC(NUTS(_branch), num_samples=2000, warmup_steps=500, disable_progbar=True)
+    mcmc.run()
+    x = mcmc.get_samples()["x"].numpy()
+    # closed form: for x > 0, N(x; 0, 1) e^-x = e^(1/2) N(x + 1; 0, 1)
+    phi = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    tail1 = 0.5 * math.erfc(1 / math.sqrt(2))  # P(N(0, 1) > 1)
+    z = 0.5 + math.exp(0.5) * tail1
+    mean = (-phi(0) + math.exp(0.5) * (phi(1) - tail1)) / z
+    assert abs(x.mean() - mean) < 0.1
+
+
+def test_jit_compile_true_warns_with_the_reason_and_false_never_compiles():
+    with pytest.warns(UserWarning, match="jit_compile=True.*turns a tensor into a Python value"):
+        MCMC(NUTS(_branch, jit_compile=True), num_samples=5, warmup_steps=5, disable_progbar=True).run()
+    mcmc = MCMC(NUTS(eight_schools, jit_compile=False), num_samples=5, warmup_steps=5, disable_progbar=True)
+    mcmc.run(S8, Y8)
+    assert mcmc.compile_status == ["eager (jit_compile=False)"]
+    with pytest.raises(TypeError, match="jit_compile must be None, True or False"):
+        NUTS(eight_schools, jit_compile="yes")
+
+
+def test_validation_while_sampling_keeps_the_model_eager():
+    mcmc = MCMC(NUTS(eight_schools), num_samples=5, warmup_steps=5, disable_progbar=True, disable_validation=False)
+    mcmc.run(S8, Y8)
+    assert "validation is on while sampling" in mcmc.compile_status[0]
+
+
+def test_params_and_potential_fn_compile():
+    def with_param():
+        s = pyro.param("s", torch.tensor(2.0), constraint=dist.constraints.positive)  # requires grad: a constant here
+        pyro.sample("x", dist.Normal(0.0, s))
+
+    mcmc = MCMC(NUTS(with_param), num_samples=400, warmup_steps=200, disable_progbar=True)
+    mcmc.run()
+    assert mcmc.compile_status[0].startswith("compiled")
+    assert abs(float(mcmc.get_samples()["x"].std()) - 2.0) < 0.3
+
+    def potential_fn(params):
+        return 0.5 * (params["a"] ** 2).sum()
+
+    mcmc = MCMC(NUTS(potential_fn=potential_fn), num_samples=400, warmup_steps=200, disable_progbar=True,
+                initial_params={"a": torch.zeros(2)})
+    mcmc.run()
+    assert mcmc.compile_status[0].startswith("compiled")
+    assert abs(float(mcmc.get_samples()["a"].std()) - 1.0) < 0.15
+
+
+def test_compile_value_and_grad_refuses_a_graph_that_disagrees_with_its_check():
+    f = lambda z: (z * z).sum()  # noqa: E731
+    wrong = lambda z: (float((z * z).sum()) + 1.0, 2 * z)  # noqa: E731 - a "model" that is not f
+    compiled, why = compile_value_and_grad(f, torch.tensor([1.0, 2.0]), wrong)
+    assert compiled is None and "gives U=" in why
+    compiled, how = compile_value_and_grad(f, torch.tensor([1.0, 2.0]), lambda z: (float((z * z).sum()), 2 * z))
+    out = compiled(torch.tensor([3.0, -1.0], dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.tolist() == [6.0, -2.0, 10.0]
