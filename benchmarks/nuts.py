@@ -8,8 +8,12 @@ Reported per library: wall time of the whole run (numpyro's includes its JIT com
 is its first run in the process), gradient evaluations (warm-up and sampling), the minimum
 effective sample size over every latent element (computed by ember's estimator on every
 library's draws, so the ESS definitions agree) and min ESS per second, and a few posterior
-means. Separately, microseconds per potential-and-gradient evaluation at one point for ember,
-the same density written by hand in PyTorch, and pyro-ppl. Prints one JSON line.
+means. Ember runs twice: as it runs by default (the potential compiled, see
+``ember.infer.mcmc.compile``; this is the process's first compilation, so its one-time set-up is
+in the wall time) and with ``jit_compile=False`` (the model run eagerly on every evaluation);
+pyro-ppl runs with its default and with ``jit_compile=True``. Separately, microseconds per
+potential-and-gradient evaluation at one point for ember (compiled and eager), the same density
+written by hand in PyTorch, and pyro-ppl. Prints one JSON line.
 
 Data: eight schools is Rubin's; the regression has N=1000, D=10, x ~ N(0, 1), true weights
 ~ N(0, 1), y ~ Bernoulli(logits = x.w + 0.5), from ``--seed``; priors w ~ N(0, 1), b ~ N(0, 1).
@@ -80,29 +84,49 @@ def ember_models() -> dict[str, Any]:
     return torch_models(ember, dist)
 
 
-def run_ember(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+def run_ember(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool | None = None) -> dict[str, Any]:
     import ember
     from ember.infer import MCMC, NUTS
 
     model = ember_models()[name]
     ember.set_rng_seed(args.seed)
-    mcmc = MCMC(NUTS(model), num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
+    mcmc = MCMC(NUTS(model, jit_compile=jit_compile), num_samples=args.samples, warmup_steps=args.warmup,
+                disable_progbar=True)
     t = time.perf_counter()
     mcmc.run(*data)
     wall = time.perf_counter() - t
     samples = {k: v.numpy() for k, v in mcmc.get_samples().items()}
-    return _report(wall, mcmc.num_grad_evals_warmup + mcmc.num_grad_evals, samples, mcmc.num_divergences,
-                   float(mcmc.step_sizes[0]))
+    out = _report(wall, mcmc.num_grad_evals_warmup + mcmc.num_grad_evals, samples, mcmc.num_divergences,
+                  float(mcmc.step_sizes[0]))
+    out["potential"] = mcmc.compile_status[0]
+    return out
 
 
-def ember_potential_us(name: str, data: tuple, reps: int) -> float:
+def ember_potential_us(name: str, data: tuple, reps: int, compiled: bool) -> float:
+    """µs per potential-and-gradient call as the samplers make it (float64 NumPy in and out)."""
     import ember
     from ember.infer.mcmc.potential import ModelPotential
 
     with ember.validation_enabled(False):
         mp = ModelPotential(ember_models()[name], data)
-        z, _, _ = mp.initial_point("uniform")
-        return _time_us(lambda: mp.potential_and_grad(z), reps)
+        z, u, g = mp.initial_point("uniform")
+        if compiled and not mp.compile(z, u, g):
+            raise RuntimeError(f"ember could not compile the {name} potential: {mp.compile_problem}")
+        zn = z.double().numpy()
+        return _time_us(lambda: mp.potential_and_grad_numpy(zn), reps)
+
+
+def ember_compile_s(name: str, data: tuple) -> float:
+    """Seconds to record and compile the potential (after the process has compiled once)."""
+    import ember
+    from ember.infer.mcmc.potential import ModelPotential
+
+    with ember.validation_enabled(False):
+        mp = ModelPotential(ember_models()[name], data)
+        z, u, g = mp.initial_point("uniform")
+        t = time.perf_counter()
+        mp.compile(z, u, g)
+        return round(time.perf_counter() - t, 3)
 
 
 # ---- the same densities by hand ------------------------------------------------------------------
@@ -149,7 +173,7 @@ def pyro_models() -> dict[str, Any]:
     return torch_models(pyro, dist)
 
 
-def run_pyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+def run_pyro(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool = False) -> dict[str, Any]:
     import pyro
     import pyro.ops.integrator as integrator
     from pyro.infer import MCMC, NUTS
@@ -165,7 +189,8 @@ def run_pyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]
     try:
         pyro.set_rng_seed(args.seed)
         pyro.clear_param_store()
-        mcmc = MCMC(NUTS(pyro_models()[name]), num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
+        kernel = NUTS(pyro_models()[name], jit_compile=jit_compile, ignore_jit_warnings=True)
+        mcmc = MCMC(kernel, num_samples=args.samples, warmup_steps=args.warmup, disable_progbar=True)
         t = time.perf_counter()
         mcmc.run(*data)
         wall = time.perf_counter() - t
@@ -255,6 +280,7 @@ def main() -> None:
     p.add_argument("--potential-reps", type=int, default=300, help="evaluations per timing round of the potential")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-numpyro", action="store_true")
+    p.add_argument("--no-pyro-jit", action="store_true", help="skip pyro-ppl's NUTS(jit_compile=True) run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     # before jax is imported (the version check below imports it)
@@ -288,20 +314,31 @@ def main() -> None:
     for name in args.models.split(","):
         data = datasets[name]
         res: dict[str, Any] = {}
-        res["potential_us"] = {"ember": ember_potential_us(name, data, args.potential_reps),
+        # ember's default run first: its wall time includes the process's first compilation
+        # (make_fx imports torch._dynamo once, ~1.2 s here), as a user's first run would
+        res["ember"] = run_ember(name, data, args)
+        res["ember_eager"] = run_ember(name, data, args, jit_compile=False)
+        res["ember_compile_s"] = ember_compile_s(name, data)
+        res["potential_us"] = {"ember": ember_potential_us(name, data, args.potential_reps, compiled=True),
+                               "ember_eager": ember_potential_us(name, data, args.potential_reps, compiled=False),
                                "torch_by_hand": hand_potential_us(name, data, args.potential_reps)}
         if have["pyro"]:
             res["potential_us"]["pyro"] = pyro_potential_us(name, data, args.potential_reps)
-        res["ember"] = run_ember(name, data, args)
-        if have["pyro"]:
             res["pyro"] = run_pyro(name, data, args)
+            if not args.no_pyro_jit:
+                res["pyro_jit"] = run_pyro(name, data, args, jit_compile=True)
         if have["numpyro"]:
             res["numpyro_first_run"] = run_numpyro(name, data, args)
-        ratios = {"ember_potential_vs_hand": round(res["potential_us"]["ember"] / res["potential_us"]["torch_by_hand"], 2)}
+        pot = res["potential_us"]
+        ratios = {"ember_potential_vs_hand": round(pot["ember"] / pot["torch_by_hand"], 2),
+                  "ember_eager_potential_vs_hand": round(pot["ember_eager"] / pot["torch_by_hand"], 2)}
         if have["pyro"]:
             ratios["pyro_wall_over_ember_wall"] = round(res["pyro"]["wall_s"] / res["ember"]["wall_s"], 2)
             ratios["ember_ess_per_s_over_pyro"] = round(res["ember"]["min_ess_per_s"] / max(res["pyro"]["min_ess_per_s"], 1e-9), 2)
-            ratios["pyro_potential_over_ember"] = round(res["potential_us"]["pyro"] / res["potential_us"]["ember"], 2)
+            ratios["pyro_potential_over_ember"] = round(pot["pyro"] / pot["ember"], 2)
+            ratios["pyro_wall_over_ember_eager_wall"] = round(res["pyro"]["wall_s"] / res["ember_eager"]["wall_s"], 2)
+            if "pyro_jit" in res:
+                ratios["pyro_jit_wall_over_ember_wall"] = round(res["pyro_jit"]["wall_s"] / res["ember"]["wall_s"], 2)
         if have["numpyro"]:
             ratios["numpyro_first_wall_over_ember_wall"] = round(res["numpyro_first_run"]["wall_s"] / res["ember"]["wall_s"], 2)
         res["ratios"] = ratios
