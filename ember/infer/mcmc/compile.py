@@ -175,6 +175,8 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
         if math.isfinite(u) and bool(torch.isfinite(g).all()):
             points.append((z.to(io_dtype), u, g))
 
+    if not points:
+        return None, "the potential or its gradient is not finite at the point to check the compiled graph at"
     problem = ""
     for how, run in _runners(gm, z_io):
         try:
