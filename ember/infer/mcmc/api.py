@@ -79,7 +79,7 @@ class MCMC:
         self.inverse_mass_matrices: list[torch.Tensor] = []
         self.wall_times: list[float] = []
         self._warmup_grad_evals: list[int] = []
-        self.compile_status: list[str] = []  # per chain: "compiled (torchscript)" or "eager: <why>"
+        self.compile_status: list[str] = []  # per chain: "compiled (<runner>)" or "eager: <why>"
 
     # ---- running -----------------------------------------------------------------------------------
     def _chain_initial_params(self, chain: int) -> dict | None:

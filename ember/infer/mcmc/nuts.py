@@ -80,7 +80,7 @@ class NUTS(HMC):
         p = p - half * g
         ps = minv @ p if self.full_mass else minv * p
         h = u + 0.5 * float(p @ ps)
-        if h != h:  # nan, or inf - inf
+        if not math.isfinite(h):  # a non-finite potential or momentum: an infinite energy error
             h = math.inf
         self._n_leapfrog += 1
         delta = h0 - h

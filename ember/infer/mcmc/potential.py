@@ -211,7 +211,7 @@ class ModelPotential:
         self.observed: dict[str, torch.Tensor] = {}
         self._structure_known = False
         self._compiled: Callable | None = None
-        self.compiled: str | None = None  # how the potential runs once compiled ("torchscript" / "fx"), else None
+        self.compiled: str | None = None  # the runner of the compiled potential ("static runtime", "torchscript", "fx"), else None
         self.compile_problem: str | None = None  # why it runs eagerly, when compiling was tried and refused
 
     # ---- structure ---------------------------------------------------------------------------
