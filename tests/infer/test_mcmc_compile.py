@@ -187,11 +187,18 @@ def _through_numpy():
     pyro.factor("f", -x * (1.0 if c > 0 else 2.0))
 
 
+def _through_tolist():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    if x.tolist() > 0.5:  # tolist reads values without the dispatcher: must still be seen
+        pyro.factor("f", -10.0 * (x - 0.5))
+
+
 @pytest.mark.parametrize("model, reason", [
-    (_branch, "turns a tensor into a Python value"),
-    (_boolean_mask, "dynamic output shape"),
-    (_random_inside, "nondeterministic"),
+    (_branch, "turns a tensor it computed into a Python value"),
+    (_boolean_mask, "boolean mask computed from the latents"),
+    (_random_inside, "draws random numbers"),
     (_through_numpy, "recording the model failed"),
+    (_through_tolist, "turns a tensor it computed into a Python value"),
 ])
 def test_models_whose_graph_is_not_the_model_run_eagerly(model, reason):
     mcmc = MCMC(NUTS(model), num_samples=20, warmup_steps=20, disable_progbar=True)
@@ -217,7 +224,7 @@ def test_branchy_model_still_samples_its_posterior_eagerly():
 
 
 def test_jit_compile_true_warns_with_the_reason_and_false_never_compiles():
-    with pytest.warns(UserWarning, match="jit_compile=True.*turns a tensor into a Python value"):
+    with pytest.warns(UserWarning, match="jit_compile=True.*turns a tensor it computed into a Python value"):
         MCMC(NUTS(_branch, jit_compile=True), num_samples=5, warmup_steps=5, disable_progbar=True).run()
     mcmc = MCMC(NUTS(eight_schools, jit_compile=False), num_samples=5, warmup_steps=5, disable_progbar=True)
     mcmc.run(S8, Y8)
@@ -260,3 +267,54 @@ def test_compile_value_and_grad_refuses_a_graph_that_disagrees_with_its_check():
     compiled, how = compile_value_and_grad(f, torch.tensor([1.0, 2.0]), lambda z: (float((z * z).sum()), 2 * z))
     out = compiled(torch.tensor([3.0, -1.0], dtype=torch.float64))
     assert out.dtype == torch.float64 and out.tolist() == [6.0, -2.0, 10.0]
+
+
+NAN_Y = torch.tensor([1.0, float("nan"), 0.3, 2.0])
+LINEAR = torch.nn.Linear(3, 1)
+
+
+def _data_mask_and_unique(y):
+    # value-dependent shapes computed from data only: the same on every call, so compiled
+    m = pyro.sample("m", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    seen = y[~torch.isnan(y)]
+    groups = torch.unique(torch.tensor([0, 2, 2, 1]))
+    with pyro.plate("n", 3):
+        pyro.sample("y", dist.Normal(m[groups], 1.0), obs=seen)
+
+
+def _lkj():
+    L = pyro.sample("L", dist.LKJCholesky(3, 2.0))  # torch indexes with a constant triangular mask
+    pyro.sample("x", dist.MultivariateNormal(torch.zeros(3), scale_tril=L), obs=torch.tensor([0.5, -0.3, 1.0]))
+
+
+def _with_module(x):
+    s = pyro.sample("s", dist.HalfNormal(1.0))
+    pyro.sample("y", dist.Normal(LINEAR(x).squeeze(-1), s).to_event(1), obs=torch.zeros(len(x)))
+
+
+@pytest.mark.parametrize("model, args", [(_data_mask_and_unique, (NAN_Y,)), (_lkj, ()),
+                                         (_with_module, (torch.randn(6, 3),))])
+def test_data_only_dynamic_shapes_lkj_and_modules_compile(model, args):
+    mp, z, u, g = _potential(model, *args)
+    assert mp.compile(z, u, g), mp.compile_problem
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        zz = z + 0.5 * torch.randn(z.shape, generator=gen)
+        u_e, g_e = _eager(mp, zz)
+        u_c, g_c = mp.potential_and_grad(zz)
+        assert math.isclose(u_c, u_e, rel_tol=1e-4, abs_tol=1e-4)
+        torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-4)
+
+
+def test_linalg_error_in_the_eager_model_is_an_infinite_potential():
+    def model():
+        s = pyro.sample("s", dist.Normal(0.0, 1.0))
+        one = torch.ones(())
+        c = torch.stack([torch.stack([one, 0.5 * s]), torch.stack([0.5 * s, one])])  # positive definite for |s| < 2
+        pyro.sample("x", dist.MultivariateNormal(torch.zeros(2), covariance_matrix=c), obs=torch.zeros(2))
+
+    with pyro.validation_enabled(False):
+        mp = ModelPotential(model)
+        mp.initial_point(pyro.infer.init_to_value(values={"s": torch.tensor(0.0)}))
+        u, g = _eager(mp, torch.tensor([-3.0]))  # not positive definite there: no density
+    assert u == math.inf and torch.equal(g, torch.zeros(1))

@@ -109,18 +109,24 @@ class MCMC:
         for chain in range(self.num_chains):
             t0 = time.perf_counter()
             initial = self._chain_initial_params(chain)
+            desc = "" if self.num_chains == 1 else f"chain {chain + 1}/{self.num_chains} "
+            # the set-up (a starting point, the compiled potential) can take a while on big models
+            bar = tqdm(total=total, desc=desc + "setup", disable=self.disable_progbar, dynamic_ncols=True,
+                       mininterval=0.3, unit="it")
             potential = kernel.make_potential(args, kwargs, initial)
             seed = int(torch.randint(0, 2**62, ()).item())
-            z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed,
-                                         validate_while_sampling=not self.disable_validation)
+            try:
+                z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed,
+                                             validate_while_sampling=not self.disable_validation)
+            except BaseException:
+                bar.close()
+                raise
             self.compile_status.append(kernel.compile_status)
             self._potential = potential
             draws = np.empty((n_keep, z.size))
             stats = {k: np.empty(n_keep, dtype=bool if k == "diverging" else np.int64 if k in ("num_steps", "tree_depth")
                                  else np.float64) for k in _STAT_FIELDS}
-            desc = "" if self.num_chains == 1 else f"chain {chain + 1}/{self.num_chains} "
-            bar = tqdm(total=total, desc=desc + "warmup", disable=self.disable_progbar, dynamic_ncols=True,
-                       mininterval=0.3, unit="it")
+            bar.set_description(desc + "warmup", refresh=False)
             divergences = 0
             acc_sum = 0.0
             warmup_grads = 0

@@ -10,10 +10,12 @@ A recorded graph is only the same function as the model where the model's contro
 depend on the values it is given, so compilation is refused (and the caller runs the model
 eagerly) when:
 
-- the model turns a traced tensor into a Python value (``if x > 0``, ``float(x)``, ``x.item()``):
-  ``make_fx`` raises rather than bake in one branch;
-- an operation's output shape depends on tensor values (boolean indexing, ``nonzero``, ``unique``)
-  or its output is data to Python (``equal``), by the operator's own tags;
+- the model turns a tensor it computed into a Python value (``if x > 0``, ``float(x)``,
+  ``x.item()``, ``x.tolist()``): ``make_fx`` raises rather than bake in one branch (it cannot
+  tell latents from data there, so this refuses data-only values computed in the model too);
+- an operation whose output shape depends on tensor values (boolean indexing, ``nonzero``,
+  ``unique``) or whose output is data to Python (``equal``), by the operator's own tags, is
+  applied to values computed from the latents (on data alone it gives the same result every call);
 - an operation draws random numbers (the potential must be a deterministic function);
 - the compiled graph does not reproduce the eager value and gradient at ``z0``.
 
@@ -26,51 +28,77 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 __all__ = ["compile_value_and_grad"]
 
-_REFUSED_TAGS = ("dynamic_output_shape", "data_dependent_output", "nondeterministic_seeded")
+_INDEX_OPS = ("index.Tensor", "index_put.default", "index_put_.default", "_index_put_impl_.default",
+              "_unsafe_index.Tensor", "_unsafe_index_put.default")
 
 
-def _integer_indexing(node: torch.fx.Node) -> bool:
-    """``x[idx]`` with integer index tensors (a hierarchical model's ``theta[group]``): the output
-    shape is the index's, so fixed; the same op with a boolean mask is not."""
-    if "index" not in getattr(node.target, "__name__", "") or len(node.args) < 2:
-        return False
-    indices = node.args[1]
-    if not isinstance(indices, (list, tuple)):
-        return False
-    for i in indices:
-        if i is None:
-            continue
-        val = i.meta.get("val") if isinstance(i, torch.fx.Node) else i
-        if not isinstance(val, torch.Tensor) or val.dtype in (torch.bool, torch.uint8) or val.is_floating_point():
-            return False
-    return True
+def _depends_on_input(gm: torch.fx.GraphModule) -> set:
+    """The nodes whose value depends on the graph's input (the latent vector)."""
+    dep: set = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or (node.op == "call_function" and any(a in dep for a in node.all_input_nodes)):
+            dep.add(node)
+    return dep
+
+
+def _boolean_index_depends(node: torch.fx.Node, dep: set) -> bool:
+    """For ``x[idx]`` and its backward: is any boolean index computed from the latents? (Integer
+    indices give the index's shape, and a boolean mask built from data is the same every call.)"""
+    indices = node.args[1] if len(node.args) > 1 else ()
+    for i in indices if isinstance(indices, (list, tuple)) else (indices,):
+        if isinstance(i, torch.fx.Node) and i in dep:
+            val = i.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.dtype in (torch.bool, torch.uint8):
+                return True
+    return False
 
 
 def _refused_op(gm: torch.fx.GraphModule) -> str | None:
-    tags = tuple(getattr(torch.Tag, t) for t in _REFUSED_TAGS if hasattr(torch.Tag, t))
+    """Why the recorded graph is not the model, if an operation says so by its tags: random
+    numbers (always), or a value-dependent output shape or Python-facing result computed from
+    the latents (the same operations on data only give the same result on every call)."""
+    tag = getattr(torch, "Tag", None)
+    seeded = getattr(tag, "nondeterministic_seeded", None)
+    dynamic = getattr(tag, "dynamic_output_shape", None)
+    data_dep = getattr(tag, "data_dependent_output", None)
+    dep = _depends_on_input(gm)
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
         op_tags = getattr(node.target, "tags", ())
-        for tag in tags:
-            if tag in op_tags and not (tag.name == "dynamic_output_shape" and _integer_indexing(node)):
-                return f"operation {node.target} ({tag.name.replace('_', ' ')})"
+        if seeded is not None and seeded in op_tags:
+            return f"operation {node.target}, which draws random numbers, so the potential is not a function of the latents"
+        if (dynamic is not None and dynamic in op_tags) or (data_dep is not None and data_dep in op_tags):
+            name = getattr(node.target, "__name__", str(node.target))
+            if name in _INDEX_OPS:
+                if _boolean_index_depends(node, dep):
+                    return f"a boolean mask computed from the latents ({node.target}: its output shape depends on their values)"
+            elif any(a in dep for a in node.all_input_nodes):
+                return f"operation {node.target} on values computed from the latents (its output shape or result depends on them)"
     return None
 
 
 def _detach_constants(gm: torch.fx.GraphModule) -> None:
-    # the model's params and data are constants of the graph; TorchScript refuses constants that
-    # require grad, and no gradient flows to them here anyway
+    # the model's params, module weights and data are constants of the graph; TorchScript refuses
+    # constants that require grad, and no gradient flows to them here anyway
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             value = getattr(gm, node.target, None)
             if isinstance(value, torch.Tensor) and value.requires_grad:
+                delattr(gm, node.target)  # an nn.Parameter cannot be replaced by a plain tensor in place
                 setattr(gm, node.target, value.detach())
+
+
+def _tolist_through_item(t: torch.Tensor) -> Any:
+    # Tensor.tolist reads the values without passing through the dispatcher, so make_fx would not
+    # see a latent leave the graph; .item() it sees (and refuses on a recorded tensor)
+    return t.item() if t.dim() == 0 else [_tolist_through_item(x) for x in t.unbind(0)]
 
 
 def _runners(gm: torch.fx.GraphModule, z0: torch.Tensor) -> list[tuple[str, Callable]]:
@@ -148,22 +176,30 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
         return torch.cat([g.reshape(-1), u.reshape(1)]).to(io_dtype)
 
     z_io = z0.to(io_dtype)
+    tolist = torch.Tensor.tolist
     try:
+        torch.Tensor.tolist = _tolist_through_item
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = make_fx(packed)(z_io)
     except Exception as e:  # noqa: BLE001 - whatever the model does that cannot be recorded
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "_local_scalar_dense" in msg or "data-dependent" in msg:
-            msg = ("the model turns a tensor into a Python value (an `if` on a tensor, float(), .item()), so its "
-                   "control flow may depend on the latent values")
+            msg = ("the model turns a tensor it computed into a Python value (an `if` on a tensor, float(), .item(), "
+                   ".tolist()), so its control flow may depend on the latent values; values computed from the data "
+                   "alone can be computed outside the model and passed in")
         return None, f"recording the model failed: {msg}"
-    refused = _refused_op(gm)
-    if refused is not None:
-        return None, f"the model uses {refused}, whose result is not a fixed function of the inputs"
-    _detach_constants(gm)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
+    finally:
+        torch.Tensor.tolist = tolist
+    try:
+        refused = _refused_op(gm)
+        if refused is not None:
+            return None, f"the model uses {refused}"
+        _detach_constants(gm)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    except Exception as e:  # noqa: BLE001 - an unexpected graph: run the model eagerly
+        return None, f"preparing the recorded graph failed: {type(e).__name__}: {e}"
 
     # the points to check at: z0, and a nearby point (a different branch of Python-side logic
     # that escaped the recording, e.g. through NumPy, would show there)
@@ -171,7 +207,10 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
     z1 = z0 + 0.1 * torch.randn(z0.shape, generator=gen, dtype=z0.dtype).to(z0.device)
     points = []
     for z in (z0, z1):
-        u, g = check(z)
+        try:
+            u, g = check(z)
+        except Exception:  # noqa: BLE001 - the eager model fails here: no reference at this point
+            continue
         if math.isfinite(u) and bool(torch.isfinite(g).all()):
             points.append((z.to(io_dtype), u, g))
 

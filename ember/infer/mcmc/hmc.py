@@ -26,6 +26,7 @@ import torch
 from ember.infer.initialization import init_to_uniform, resolve_init_strategy
 from ember.infer.mcmc.adaptation import DualAveraging, Welford, adaptation_windows
 from ember.infer.mcmc.potential import FunctionPotential, ModelPotential
+from ember.primitives import validation_enabled
 
 __all__ = ["HMC"]
 
@@ -135,7 +136,8 @@ class HMC:
         self._in_window = False
         eps = self.step_size
         if self.adapt_step_size:
-            eps = self._find_reasonable_step_size(z, u, g, eps)
+            with validation_enabled(validate_while_sampling):  # far-off points: checked as while sampling
+                eps = self._find_reasonable_step_size(z, u, g, eps)
         self._step_size = eps
         self._da = DualAveraging(self.target_accept_prob)
         self._da.reset(eps)

@@ -348,7 +348,12 @@ class ModelPotential:
 
     def _eager_potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
         z = z.detach().requires_grad_(True)
-        u = self.potential(z)
+        try:
+            u = self.potential(z)
+        except torch.linalg.LinAlgError:
+            # e.g. a Cholesky factor of a matrix built from latents that is not positive definite
+            # there: no density at this point (as the compiled graph reports it), not a crash
+            return math.inf, torch.zeros_like(z)
         if not isinstance(u, torch.Tensor) or not u.requires_grad:
             # no latent influences the density (or no latents at all)
             return float(u), torch.zeros_like(z)
