@@ -17,16 +17,7 @@ from ember.infer.mcmc import MCMCInitError, ModelPotential, effective_sample_siz
 from ember.infer.mcmc.adaptation import DualAveraging, Welford, adaptation_windows
 from ember.infer.mcmc.diagnostics import autocorrelation, hpdi, summary
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    # tiny tensors: one intra-op thread (two threads stall when the other core is busy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the root conftest seeds and clears the param store
 
 
 def scale_model(guess):

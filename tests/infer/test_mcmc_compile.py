@@ -5,6 +5,8 @@ graph would not be the model."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -17,34 +19,14 @@ from ember.infer import MCMC, NUTS
 from ember.infer.mcmc import ModelPotential
 from ember.infer.mcmc.compile import compile_value_and_grad
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import nuts as bench  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def _seed():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the root conftest seeds and clears the param store
 
-
-Y8 = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-S8 = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-
-def eight_schools(sigma, y):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("J", 8):
-        theta_tilde = pyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-        pyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-
-
-def logreg(x, y):
-    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
-    b = pyro.sample("b", dist.Normal(0.0, 1.0))
-    with pyro.plate("N", x.shape[0]):
-        pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+Y8, S8 = torch.tensor(bench.Y8), torch.tensor(bench.SIGMA8)
+eight_schools = bench.torch_models(pyro, dist)["eight_schools"]
+logreg = bench.torch_models(pyro, dist)["logreg"]
 
 
 GROUP = torch.tensor([0, 1, 1, 2, 0, 2, 2])

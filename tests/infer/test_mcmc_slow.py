@@ -22,7 +22,7 @@ from ember.infer.mcmc import effective_sample_size, split_gelman_rubin
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 import nuts as bench  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 REFERENCE = {
     "eight_schools": {
@@ -36,14 +36,6 @@ REFERENCE = {
         "sd": {"b": 0.1052, "w": [0.1076, 0.1145, 0.1724, 0.0977, 0.1128, 0.1065, 0.1120, 0.1004, 0.1354, 0.1124]},
     },
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name,warmup,samples", [("eight_schools", 1000, 1000), ("logreg", 500, 500)])
