@@ -1,0 +1,159 @@
+"""Recording a function of tensors as one graph of ATen operations and running it without Python.
+
+The machinery behind the compiled MCMC potential (``ember.infer.mcmc.compile``) and the compiled
+ELBO (``ember.infer.JitTrace_ELBO``): ``record`` runs the function once under ``make_fx`` (the
+model's Python, Ember's handlers and the distribution objects run once; what remains are the
+tensor operations, forward and backward), ``refused_op`` says when the graph would not be the
+function, and ``runners`` gives the ways to run it, fastest first, for the caller to check
+against the eager function before use.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["agrees", "depends_on_input", "detach_constants", "record", "refused_op", "runners"]
+
+DATA_DEPENDENT = ("{who} turns a tensor it computed into a Python value (an `if` on a tensor, float(), .item(), "
+                  ".tolist()), so its control flow may depend on {what}; values computed from the data alone can be "
+                  "computed outside the model and passed in")
+
+
+def _tolist_through_item(t: torch.Tensor) -> Any:
+    # Tensor.tolist reads the values without passing through the dispatcher, so make_fx would not
+    # see a recorded value leave the graph; .item() it sees (and refuses on a recorded tensor)
+    return t.item() if t.dim() == 0 else [_tolist_through_item(x) for x in t.unbind(0)]
+
+
+def record(fn: Callable, example: tuple, who: str = "the model", what: str = "the latent values"
+           ) -> tuple[torch.fx.GraphModule | None, str]:
+    """``(graph, "")`` with ``fn``'s tensor operations on inputs shaped like ``example``, or
+    ``(None, reason)`` when recording failed (``who``'s fault, said for a scientist; ``what``
+    names the inputs)."""
+    try:
+        from torch.fx.experimental.proxy_tensor import make_fx
+    except ImportError as e:  # pragma: no cover - every supported torch has it
+        return None, f"this torch has no make_fx ({e})"
+    tolist = torch.Tensor.tolist
+    try:
+        torch.Tensor.tolist = _tolist_through_item
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = make_fx(fn)(*example)
+    except Exception as e:  # noqa: BLE001 - whatever the model does that cannot be recorded
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "_local_scalar_dense" in msg or "data-dependent" in msg:
+            msg = DATA_DEPENDENT.format(who=who, what=what)
+        return None, f"recording the model failed: {msg}"
+    finally:
+        torch.Tensor.tolist = tolist
+    return gm, ""
+
+
+_INDEX_OPS = ("index.Tensor", "index_put.default", "index_put_.default", "_index_put_impl_.default",
+              "_unsafe_index.Tensor", "_unsafe_index_put.default")
+
+
+def depends_on_input(gm: torch.fx.GraphModule) -> set:
+    """The nodes whose value depends on the graph's inputs."""
+    dep: set = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or (node.op == "call_function" and any(a in dep for a in node.all_input_nodes)):
+            dep.add(node)
+    return dep
+
+
+def _boolean_index_depends(node: torch.fx.Node, dep: set) -> bool:
+    """For ``x[idx]`` and its backward: is any boolean index computed from the latents? (Integer
+    indices give the index's shape, and a boolean mask built from data is the same every call.)"""
+    indices = node.args[1] if len(node.args) > 1 else ()
+    for i in indices if isinstance(indices, (list, tuple)) else (indices,):
+        if isinstance(i, torch.fx.Node) and i in dep:
+            val = i.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.dtype in (torch.bool, torch.uint8):
+                return True
+    return False
+
+
+def refused_op(gm: torch.fx.GraphModule, allow_random: bool = False) -> str | None:
+    """Why the recorded graph is not the function, if an operation says so by its tags: random
+    numbers (unless ``allow_random``: an ELBO estimate is random, and the graph draws fresh
+    numbers on every call), or a value-dependent output shape or Python-facing result computed
+    from the graph's inputs (the same operations on data only give the same result every call)."""
+    tag = getattr(torch, "Tag", None)
+    seeded = getattr(tag, "nondeterministic_seeded", None)
+    dynamic = getattr(tag, "dynamic_output_shape", None)
+    data_dep = getattr(tag, "data_dependent_output", None)
+    dep = depends_on_input(gm)
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op_tags = getattr(node.target, "tags", ())
+        if seeded is not None and seeded in op_tags and not allow_random:
+            return f"operation {node.target}, which draws random numbers, so the potential is not a function of the latents"
+        if (dynamic is not None and dynamic in op_tags) or (data_dep is not None and data_dep in op_tags):
+            name = getattr(node.target, "__name__", str(node.target))
+            if name in _INDEX_OPS:
+                if _boolean_index_depends(node, dep):
+                    return f"a boolean mask computed from the latents ({node.target}: its output shape depends on their values)"
+            elif any(a in dep for a in node.all_input_nodes):
+                return f"operation {node.target} on values computed from the latents (its output shape or result depends on them)"
+    return None
+
+
+def detach_constants(gm: torch.fx.GraphModule) -> None:
+    # the model's params, module weights and data are constants of the graph; TorchScript refuses
+    # constants that require grad, and no gradient flows to them here anyway
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(gm, node.target, None)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                delattr(gm, node.target)  # an nn.Parameter cannot be replaced by a plain tensor in place
+                setattr(gm, node.target, value.detach())
+
+
+
+
+def runners(gm: torch.fx.GraphModule, example: tuple) -> list[tuple[str, Callable]]:
+    """Ways to run the graph, fastest first: TorchScript's static runtime (made for small
+    inference graphs: ~1.5 µs per operation here), the TorchScript interpreter (~2.2 µs), and
+    the FX graph itself (~6 µs, always there). The first two are skipped where this torch
+    cannot build them."""
+    out: list[tuple[str, Callable]] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(gm, example, check_trace=False)
+            try:
+                traced = torch.jit.freeze(traced.eval())  # constants folded in
+            except Exception:  # noqa: BLE001 - freezing is an optimisation only
+                pass
+        to_static = getattr(torch._C, "_jit_to_static_module", None)
+        if to_static is not None:
+            try:
+                out.append(("static runtime", to_static(traced._c)))
+            except Exception:  # noqa: BLE001 - not every graph is supported
+                pass
+        method = getattr(getattr(traced, "_c", None), "_get_method", None)
+        out.append(("torchscript", method("forward") if method is not None else traced))  # skips Module.__call__
+    except Exception:  # noqa: BLE001 - TorchScript is optional: the FX graph runs without it
+        pass
+
+    def run_fx(*inputs: torch.Tensor, _gm: torch.fx.GraphModule = gm) -> Any:
+        with torch.no_grad():
+            return _gm(*inputs)
+
+    out.append(("fx", run_fx))
+    return out
+
+
+def agrees(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    tol = 1e-3 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4 if a.dtype == torch.float32 else 1e-7
+    scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)
+    return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale))
