@@ -1,8 +1,9 @@
 """Seed 003's scale model: µs per SVI step, ember vs the same ELBO written by hand.
 
-Alternates rounds of: ember (validation off), ember (validation on), the ELBO
+Alternates rounds of: ember (validation off), ember (validation on), ember with
+``JitTrace_ELBO`` (the compiled ELBO; its first step, which compiles, is in the timing), the ELBO
 hand-written with torch.distributions (validate_args=False), the ELBO as plain torch
-formulas, and pyro-ppl when it is importable (run this file with the peers' python:
+formulas, and pyro-ppl (``Trace_ELBO`` and ``JitTrace_ELBO``) when it is importable (run this file with the peers' python:
 `.peers-venv/bin/python benchmarks/scale_svi.py` after `pip install -e .` there).
 Every variant: 2 sample sites, one param constrained positive, SGD(lr=1e-3, momentum=0.1),
 loss returned as a float each step. Prints one JSON line.
@@ -22,10 +23,12 @@ from torch.distributions import constraints, transform_to
 GUESS, MEAS = 8.5, 9.5
 
 
-def _make_run(lib, validate: bool):
-    """The timed SVI loop for a Pyro-style library (``lib`` is ``ember`` or ``pyro``)."""
+def _make_run(lib, validate: bool, jit: bool = False):
+    """The timed SVI loop for a Pyro-style library (``lib`` is ``ember`` or ``pyro``); ``jit``
+    uses the library's ``JitTrace_ELBO``, whose compilation (on the first step) is timed too."""
     dist = lib.distributions
-    SVI, Trace_ELBO = lib.infer.SVI, lib.infer.Trace_ELBO
+    SVI = lib.infer.SVI
+    make_elbo = (lambda: lib.infer.JitTrace_ELBO(ignore_jit_warnings=True)) if jit else lib.infer.Trace_ELBO
 
     def model(guess):
         w = lib.sample("weight", dist.Normal(guess, 1.0))
@@ -33,18 +36,22 @@ def _make_run(lib, validate: bool):
 
     cond = lib.condition(model, data={"measurement": torch.tensor(MEAS)})
 
+    # Pyro's JitTrace_ELBO traces only tensor arguments: the jit variants take the guess as a tensor
+    arg = torch.tensor(GUESS) if jit else GUESS
+    init = torch.as_tensor if jit else torch.tensor
+
     def guide(guess):
-        a = lib.param("a", torch.tensor(guess))
+        a = lib.param("a", init(guess))
         b = lib.param("b", torch.tensor(1.0), constraint=constraints.positive)
         return lib.sample("weight", dist.Normal(a, b))
 
     def run(n):
         lib.enable_validation(validate)
         lib.clear_param_store()
-        svi = SVI(cond, guide, lib.optim.SGD({"lr": 0.001, "momentum": 0.1}), Trace_ELBO())
+        svi = SVI(cond, guide, lib.optim.SGD({"lr": 0.001, "momentum": 0.1}), make_elbo())
         t = time.perf_counter()
         for _ in range(n):
-            svi.step(GUESS)
+            svi.step(arg)
         dt = time.perf_counter() - t
         lib.enable_validation(True)
         return dt
@@ -52,22 +59,22 @@ def _make_run(lib, validate: bool):
     return run
 
 
-def make_ember(validate: bool):
+def make_ember(validate: bool, jit: bool = False):
     import ember
     import ember.distributions  # noqa: F401
     import ember.infer  # noqa: F401
     import ember.optim  # noqa: F401
 
-    return _make_run(ember, validate)
+    return _make_run(ember, validate, jit)
 
 
-def make_pyro():
+def make_pyro(jit: bool = False):
     import pyro
     import pyro.distributions  # noqa: F401
     import pyro.infer  # noqa: F401
     import pyro.optim  # noqa: F401
 
-    return _make_run(pyro, False)
+    return _make_run(pyro, False, jit)
 
 
 def make_hand_dist():
@@ -135,11 +142,13 @@ def main() -> None:
     variants = {
         "ember": make_ember(False),
         "ember_validated": make_ember(True),
+        "ember_jit": make_ember(False, jit=True),
         "hand_torch_distributions": make_hand_dist(),
         "hand_formulas": make_hand_formula(),
     }
     try:
         variants["pyro"] = make_pyro()
+        variants["pyro_jit"] = make_pyro(jit=True)
     except ImportError:
         pass
     for run in variants.values():  # warm up
@@ -160,6 +169,8 @@ def main() -> None:
     }
     if "pyro" in us:
         out["pyro_over_ember"] = round(us["pyro"] / us["ember"], 3)
+        out["pyro_over_ember_jit"] = round(us["pyro"] / us["ember_jit"], 3)
+        out["pyro_jit_over_ember_jit"] = round(us["pyro_jit"] / us["ember_jit"], 3)
     print(json.dumps(out))
 
 

@@ -59,10 +59,14 @@ _INDEX_OPS = ("index.Tensor", "index_put.default", "index_put_.default", "_index
 
 
 def depends_on_input(gm: torch.fx.GraphModule) -> set:
-    """The nodes whose value depends on the graph's inputs."""
+    """The nodes whose value depends on the graph's inputs or on random numbers it draws."""
+    seeded = getattr(getattr(torch, "Tag", None), "nondeterministic_seeded", None)
     dep: set = set()
     for node in gm.graph.nodes:
-        if node.op == "placeholder" or (node.op == "call_function" and any(a in dep for a in node.all_input_nodes)):
+        if node.op == "placeholder":
+            dep.add(node)
+        elif node.op == "call_function" and (any(a in dep for a in node.all_input_nodes)
+                                             or (seeded is not None and seeded in getattr(node.target, "tags", ()))):
             dep.add(node)
     return dep
 

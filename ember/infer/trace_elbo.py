@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ember.infer.compiled_elbo import CompiledLossAndGrads
 from ember.infer.elbo import ELBO, MultiFrameTensor, _is_latent
 from ember.poutine.trace_struct import Trace, scale_and_mask, site_is_subsample
 
@@ -84,12 +85,12 @@ class Trace_ELBO(ELBO):
         return _loss_and_surrogate(elbo, _score_function_terms(model_trace, guide_trace, nonreparam))
 
 
-class JitTrace_ELBO(Trace_ELBO):
-    """Accepted for compatibility with code written for Pyro's ``JitTrace_ELBO``.
-
-    Ember runs it eagerly: its eager path already costs close to the same loss written
-    by hand in PyTorch (see ``benchmarks/``), and models with Python control flow
-    work without tracing caveats."""
+class JitTrace_ELBO(CompiledLossAndGrads, Trace_ELBO):
+    """``Trace_ELBO`` compiled: after one eager, checked step, each step runs one recorded graph
+    of the guide's sampling, the model, the surrogate loss and its gradients, without Python
+    (see :mod:`ember.infer.compiled_elbo`). As with Pyro's ``JitTrace_ELBO``, the model and guide
+    must have static structure; where they do not (control flow on sampled values, ...), it
+    warns once and runs eagerly. ``compile_status`` says which happened and why."""
 
 
 class TraceMeanField_ELBO(Trace_ELBO):
