@@ -18,6 +18,8 @@ a value-dependent shape is computed from sampled values, parameters or data argu
 the graph's loss and gradients differ from the eager code's on the same random numbers.
 Arguments are matched by signature: tensors by shape and dtype (their values may change from
 step to step, e.g. mini-batches), other arguments by value; a ninth signature stops compiling.
+Tensors the model or guide reads from elsewhere (globals, closures) are constants of the graph:
+pass data that changes between steps as an argument.
 """
 
 from __future__ import annotations
