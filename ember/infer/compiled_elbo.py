@@ -19,7 +19,9 @@ the graph's loss and gradients differ from the eager code's on the same random n
 Arguments are matched by signature: tensors by shape and dtype (their values may change from
 step to step, e.g. mini-batches), other arguments by value; a ninth signature stops compiling.
 Tensors the model or guide reads from elsewhere (globals, closures) are constants of the graph:
-pass data that changes between steps as an argument.
+pass data that changes between steps as an argument. Python side effects of the model and guide
+(printing, appending to a list) happen during the first step only (several times: the eager step,
+the recording and its checks), never in the compiled steps.
 """
 
 from __future__ import annotations
@@ -73,10 +75,14 @@ def _signature(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> t
 
 
 class _Compiled:
-    """One signature's graph: the parameters it reads (by name), which of them get gradients."""
+    """One signature's graph: the parameters it reads (by name), which of them get gradients, and
+    what each parameter was when recorded (its transform to the constraint is in the graph)."""
 
-    def __init__(self, run: Callable, how: str, names: list[str], grad_idx: list[int], shapes: list) -> None:
-        self.run, self.how, self.names, self.grad_idx, self.shapes = run, how, names, grad_idx, shapes
+    def __init__(self, run: Callable, how: str, names: list[str], grad_idx: list[int], params: list,
+                 constraints: list) -> None:
+        self.run, self.how, self.names, self.grad_idx = run, how, names, grad_idx
+        self.shapes = [(p.shape, p.dtype) for p in params]
+        self.constraints = constraints
 
 
 class CompiledLossAndGrads:
@@ -104,7 +110,14 @@ class CompiledLossAndGrads:
             return eager(model, guide, *args, **kwargs)
         key, tensors, rebuild = sig
         compiled = self._compiled_state()
-        entry = compiled.get(key)
+        held = compiled.get(key)
+        # the entry holds its model and guide, so their ids cannot be reused by new functions
+        entry = None
+        if held is not None:
+            if held[0] is model and held[1] is guide:
+                entry = held[2]
+            else:
+                del compiled[key]
         if entry is None:
             if len(compiled) >= _MAX_SIGNATURES:
                 self._fall_back(f"the arguments came with {_MAX_SIGNATURES} different signatures (a Python number "
@@ -131,7 +144,7 @@ class CompiledLossAndGrads:
             entry = self._compile(model, guide, tensors, rebuild, names)
         except Exception as e:  # noqa: BLE001 - compiling is an optimisation: never fail the step for it
             entry = f"compiling failed: {type(e).__name__}: {e}"
-        self._compiled_state()[key] = entry
+        self._compiled_state()[key] = (model, guide, entry)
         if isinstance(entry, str):
             self._fall_back(entry)
         else:
@@ -158,6 +171,8 @@ class CompiledLossAndGrads:
         params = [store._params[n] for n in names]
         if any(t.device.type != "cpu" for t in params + tensors):
             return "compiling is done for CPU parameters and data only"
+        if any(t.requires_grad for t in tensors):
+            return "a tensor argument requires grad, and the compiled ELBO gives gradients to parameters only"
         grad_idx = [i for i, p in enumerate(params) if p.grad is not None]  # the eager step's gradients
         if not grad_idx:
             return "no parameter received a gradient"
@@ -224,7 +239,7 @@ class CompiledLossAndGrads:
                     problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
                     continue
                 if ok:
-                    return _Compiled(run, how, names, grad_idx, [p.shape for p in params])
+                    return _Compiled(run, how, names, grad_idx, params, [store._constraints.get(n) for n in names])
         return problem
 
     # ---- later calls --------------------------------------------------------------------------------
@@ -236,8 +251,10 @@ class CompiledLossAndGrads:
         except KeyError:  # a parameter was deleted: record again
             del self._compiled_state()[key]
             return self.loss_and_grads(model, guide, *args, **kwargs)
-        for p, shape in zip(params, entry.shapes):
-            if p.shape != shape:  # a parameter was replaced by one of another shape
+        constraints = store._constraints
+        for n, p, (shape, dtype), c in zip(entry.names, params, entry.shapes, entry.constraints):
+            if p.shape != shape or p.dtype != dtype or constraints.get(n) is not c:
+                # re-created with another shape, dtype or constraint (whose transform the graph holds)
                 del self._compiled_state()[key]
                 return self.loss_and_grads(model, guide, *args, **kwargs)
         rng = torch.get_rng_state()
@@ -248,9 +265,13 @@ class CompiledLossAndGrads:
             # the eager ELBO on the same random numbers says which site is at fault
             torch.set_rng_state(rng)
             return super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[misc]
+        seen: set = set()
         for i, g in zip(entry.grad_idx, out[1:]):
-            if g.is_inference():  # the static runtime's outputs: optimizers may update grads in place
+            # optimizers may update .grad in place: give each parameter its own plain tensor (the
+            # static runtime returns inference tensors; a graph may return one expanded buffer twice)
+            if g.is_inference() or g._base is not None or id(g) in seen:
                 g = g.clone()
+            seen.add(id(g))
             p = params[i]
             p.grad = g if p.grad is None else p.grad + g
         touched = store._touched

@@ -207,3 +207,81 @@ def test_a_python_number_that_changes_every_step_stops_compiling_after_eight_sig
         for i in range(10):
             svi.step(8.5, 0.1 * i)
     assert len(elbo._compiled_state()) == 8 and "signatures" in elbo.compile_status
+
+
+def test_new_functions_never_run_an_old_graph_and_a_new_constraint_records_again():
+    def make(obs):
+        def model():
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=torch.tensor(obs))
+
+        def guide():
+            pyro.sample("z", dist.Normal(pyro.param("l", torch.tensor(0.0)), 1.0))
+
+        return model, guide
+
+    elbo = JitTrace_ELBO()
+    m, g = make(1.0)
+    for _ in range(2):
+        elbo.loss_and_grads(m, g)
+    del m, g  # a new closure may get the old ids: it must not get the old graph (data 1.0)
+    m, g = make(100.0)
+    pyro.set_rng_seed(3)
+    loss = elbo.loss_and_grads(m, g)
+    pyro.set_rng_seed(3)
+    for _, p in get_param_store().named_parameters():
+        p.grad = None
+    assert math.isclose(loss, Trace_ELBO().loss_and_grads(m, g), rel_tol=1e-5)
+
+    def guide_s():
+        s = pyro.param("s")
+        pyro.sample("z", dist.Normal(0.0, s))
+
+    def model_s():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=torch.tensor(1.0))
+
+    pyro.clear_param_store()
+    pyro.param("s", torch.tensor(0.5), constraint=constraints.positive)
+    elbo = JitTrace_ELBO()
+    for _ in range(2):
+        elbo.loss_and_grads(model_s, guide_s)
+    pyro.clear_param_store()
+    pyro.param("s", torch.tensor(0.5), constraint=constraints.interval(0.0, 1.0))  # same name and shape
+    l_c, g_c = _grads_after(elbo, model_s, guide_s, seed=9)
+    l_e, g_e = _grads_after(Trace_ELBO(), model_s, guide_s, seed=9)
+    assert math.isclose(l_c, l_e, rel_tol=1e-5)
+    torch.testing.assert_close(g_c["s"], g_e["s"])
+
+
+@pytest.mark.parametrize("runner", ["static runtime", "torchscript", "fx"])
+def test_each_parameter_gets_its_own_gradient_tensor(runner, monkeypatch):
+    import ember.infer.compiled_elbo as compiled_elbo
+
+    every = compiled_elbo.runners
+    monkeypatch.setattr(compiled_elbo, "runners", lambda gm, ex: [r for r in every(gm, ex) if r[0] == runner])
+
+    def model():
+        a = pyro.param("pa", torch.zeros(3))
+        b = pyro.param("pb", torch.zeros(3))
+        pyro.factor("f", (a + b).sum() * 2)  # the backward hands one expanded buffer to both
+
+    def guide():
+        pass
+
+    elbo = JitTrace_ELBO()
+    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 0.5}), elbo)
+    for _ in range(3):
+        svi.step()  # ClippedAdam clamps .grad in place
+    assert elbo.compile_status == f"compiled ({runner})"
+    torch.testing.assert_close(pyro.param("pa"), pyro.param("pb"))
+
+
+def test_a_tensor_argument_that_requires_grad_keeps_the_elbo_eager():
+    x = torch.tensor(8.5, requires_grad=True)
+    elbo = JitTrace_ELBO()
+    with pytest.warns(UserWarning, match="requires grad"):
+        elbo.loss_and_grads(scale_model, scale_guide, x)
+    x.grad = None
+    elbo.loss_and_grads(scale_model, scale_guide, x)
+    assert x.grad is not None  # the eager ELBO still differentiates with respect to it
