@@ -278,10 +278,13 @@ def test_each_parameter_gets_its_own_gradient_tensor(runner, monkeypatch):
 
 
 def test_a_tensor_argument_that_requires_grad_keeps_the_elbo_eager():
+    def guide(guess):
+        return scale_guide(8.5)
+
     x = torch.tensor(8.5, requires_grad=True)
     elbo = JitTrace_ELBO()
     with pytest.warns(UserWarning, match="requires grad"):
-        elbo.loss_and_grads(scale_model, scale_guide, x)
+        elbo.loss_and_grads(scale_model, guide, x)
     x.grad = None
-    elbo.loss_and_grads(scale_model, scale_guide, x)
+    elbo.loss_and_grads(scale_model, guide, x)
     assert x.grad is not None  # the eager ELBO still differentiates with respect to it
