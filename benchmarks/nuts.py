@@ -58,8 +58,9 @@ def min_ess(samples: dict[str, np.ndarray]) -> float:
 
 
 # ---- ember ---------------------------------------------------------------------------------------
-def torch_models(lib: Any, dist: Any) -> dict[str, Any]:
-    """The two models for a Pyro-style library on torch (``lib`` is ``ember`` or ``pyro``)."""
+def pyro_style_models(lib: Any, dist: Any, zeros: Any = torch.zeros) -> dict[str, Any]:
+    """The two models for a Pyro-style library (``lib`` is ``ember``, ``pyro`` or ``numpyro``;
+    ``zeros`` is its array library's, ``jax.numpy.zeros`` for numpyro)."""
 
     def eight_schools(sigma, y):
         mu = lib.sample("mu", dist.Normal(0.0, 5.0))
@@ -69,7 +70,7 @@ def torch_models(lib: Any, dist: Any) -> dict[str, Any]:
             lib.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
 
     def logreg(x, y):
-        w = lib.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
+        w = lib.sample("w", dist.Normal(zeros(x.shape[1]), 1.0).to_event(1))
         b = lib.sample("b", dist.Normal(0.0, 1.0))
         with lib.plate("N", x.shape[0]):
             lib.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
@@ -81,7 +82,7 @@ def ember_models() -> dict[str, Any]:
     import ember
     import ember.distributions as dist
 
-    return torch_models(ember, dist)
+    return pyro_style_models(ember, dist)
 
 
 def run_ember(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool | None = None) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def pyro_models() -> dict[str, Any]:
     import pyro
     import pyro.distributions as dist
 
-    return torch_models(pyro, dist)
+    return pyro_style_models(pyro, dist)
 
 
 def run_pyro(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool = False) -> dict[str, Any]:
@@ -219,19 +220,7 @@ def run_numpyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, A
     import numpyro.distributions as dist
     from numpyro.infer import MCMC, NUTS
 
-    if name == "eight_schools":
-        def model(sigma, y):
-            mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-            tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-            with numpyro.plate("J", 8):
-                theta_tilde = numpyro.sample("theta_tilde", dist.Normal(0.0, 1.0))
-                numpyro.sample("obs", dist.Normal(mu + tau * theta_tilde, sigma), obs=y)
-    else:
-        def model(x, y):
-            w = numpyro.sample("w", dist.Normal(jnp.zeros(x.shape[1]), 1.0).to_event(1))
-            b = numpyro.sample("b", dist.Normal(0.0, 1.0))
-            with numpyro.plate("N", x.shape[0]):
-                numpyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+    model = pyro_style_models(numpyro, dist, zeros=jnp.zeros)[name]
 
     jdata = tuple(jnp.asarray(d.numpy() if isinstance(d, torch.Tensor) else d) for d in data)
     mcmc = MCMC(NUTS(model), num_warmup=args.warmup, num_samples=args.samples, progress_bar=False)

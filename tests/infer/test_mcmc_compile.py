@@ -25,8 +25,8 @@ import nuts as bench  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")  # the root conftest seeds and clears the param store
 
 Y8, S8 = torch.tensor(bench.Y8), torch.tensor(bench.SIGMA8)
-eight_schools = bench.torch_models(pyro, dist)["eight_schools"]
-logreg = bench.torch_models(pyro, dist)["logreg"]
+eight_schools = bench.pyro_style_models(pyro, dist)["eight_schools"]
+logreg = bench.pyro_style_models(pyro, dist)["logreg"]
 
 
 GROUP = torch.tensor([0, 1, 1, 2, 0, 2, 2])
