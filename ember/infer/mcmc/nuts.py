@@ -71,14 +71,8 @@ class NUTS(HMC):
 
     # ---- the tree --------------------------------------------------------------------------------
     def _leaf(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> _Tree:
-        # one leapfrog step, written out (this runs once per gradient evaluation)
-        half = 0.5 * eps
-        minv = self._minv
-        p = p - half * g
-        z = z + eps * (minv @ p if self.full_mass else minv * p)
-        u, g = self._pot(z)
-        p = p - half * g
-        ps = minv @ p if self.full_mass else minv * p
+        z, p, g, u = self._leapfrog(z, p, g, eps)
+        ps = self._p_sharp(p)
         h = u + 0.5 * float(p @ ps)
         if not math.isfinite(h):  # a non-finite potential or momentum: an infinite energy error
             h = math.inf
