@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["agrees", "depends_on_input", "detach_constants", "record", "refused_op", "runners"]
+__all__ = ["agrees", "compile_graph", "depends_on_input", "detach_constants", "record", "refused_op", "runners"]
 
 DATA_DEPENDENT = ("{who} turns a tensor it computed into a Python value (an `if` on a tensor, float(), .item(), "
                   ".tolist()), so its control flow may depend on {what}; values computed from the data alone can be "
@@ -83,11 +83,12 @@ def _boolean_index_depends(node: torch.fx.Node, dep: set) -> bool:
     return False
 
 
-def refused_op(gm: torch.fx.GraphModule, allow_random: bool = False) -> str | None:
+def refused_op(gm: torch.fx.GraphModule, allow_random: bool = False, source: str = "the latents") -> str | None:
     """Why the recorded graph is not the function, if an operation says so by its tags: random
     numbers (unless ``allow_random``: an ELBO estimate is random, and the graph draws fresh
     numbers on every call), or a value-dependent output shape or Python-facing result computed
-    from the graph's inputs (the same operations on data only give the same result every call)."""
+    from the graph's inputs (the same operations on data only give the same result every call).
+    ``source`` names those inputs in the message."""
     tag = getattr(torch, "Tag", None)
     seeded = getattr(tag, "nondeterministic_seeded", None)
     dynamic = getattr(tag, "dynamic_output_shape", None)
@@ -103,9 +104,9 @@ def refused_op(gm: torch.fx.GraphModule, allow_random: bool = False) -> str | No
             name = getattr(node.target, "__name__", str(node.target))
             if name in _INDEX_OPS:
                 if _boolean_index_depends(node, dep):
-                    return f"a boolean mask computed from the latents ({node.target}: its output shape depends on their values)"
+                    return f"a boolean mask computed from {source} ({node.target}: its output shape depends on their values)"
             elif any(a in dep for a in node.all_input_nodes):
-                return f"operation {node.target} on values computed from the latents (its output shape or result depends on them)"
+                return f"operation {node.target} on values computed from {source} (its output shape or result depends on them)"
     return None
 
 
@@ -118,8 +119,6 @@ def detach_constants(gm: torch.fx.GraphModule) -> None:
             if isinstance(value, torch.Tensor) and value.requires_grad:
                 delattr(gm, node.target)  # an nn.Parameter cannot be replaced by a plain tensor in place
                 setattr(gm, node.target, value.detach())
-
-
 
 
 def runners(gm: torch.fx.GraphModule, example: tuple) -> list[tuple[str, Callable]]:
@@ -161,3 +160,35 @@ def agrees(a: torch.Tensor, b: torch.Tensor) -> bool:
     tol = 1e-3 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4 if a.dtype == torch.float32 else 1e-7
     scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale))
+
+
+def compile_graph(fn: Callable, example: tuple, problem_of: Callable[[str, Callable], str | None], *,
+                  who: str, what: str, source: str = "the latents", allow_random: bool = False
+                  ) -> tuple[Callable | None, str]:
+    """Record ``fn`` at ``example``, refuse what would not be ``fn``, and return the fastest runner
+    that ``problem_of(how, run)`` accepts (it returns None, or what is wrong): ``(run, how)``, or
+    ``(None, reason)``. With ``allow_random`` the graph keeps every operation (a random draw whose
+    result is unused still advances the generator, as in the eager code)."""
+    gm, problem = record(fn, example, who=who, what=what)
+    if gm is None:
+        return None, problem
+    try:
+        refused = refused_op(gm, allow_random=allow_random, source=source)
+        if refused is not None:
+            return None, f"{who} uses {refused}"
+        detach_constants(gm)
+        if not allow_random:
+            gm.graph.eliminate_dead_code()
+        gm.recompile()
+    except Exception as e:  # noqa: BLE001 - an unexpected graph: run the function eagerly
+        return None, f"preparing the recorded graph failed: {type(e).__name__}: {e}"
+    problem = ""
+    for how, run in runners(gm, example):
+        try:
+            problem = problem_of(how, run) or ""
+        except Exception as e:  # noqa: BLE001 - try the next runner
+            problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
+            continue
+        if not problem:
+            return run, how
+    return None, problem

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.compile import agrees, detach_constants, record, refused_op, runners
+from ember.infer.compile import agrees, compile_graph
 from ember.primitives import get_param_store, validation_enabled
 
 __all__ = ["CompiledLossAndGrads"]
@@ -88,18 +88,18 @@ class _Compiled:
 class CompiledLossAndGrads:
     """Mixin for an ELBO class: ``loss_and_grads`` through a recorded graph (see the module)."""
 
-    compile_status: str = "not run"
-
-    def _compiled_state(self) -> dict:
-        state = self.__dict__.get("_compiled_signatures")
-        if state is None:
-            state = self.__dict__["_compiled_signatures"] = {}
-        return state
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # signature -> (model, guide, _Compiled or the reason it runs eagerly); holding the model
+        # and guide keeps their ids from being reused by new functions
+        self._signatures: dict = {}
+        self._warned = False
+        self.compile_status = "not run"
 
     def _fall_back(self, why: str) -> None:
         self.compile_status = f"eager: {why}"
-        if not self.__dict__.get("_warned"):
-            self.__dict__["_warned"] = True
+        if not self._warned:
+            self._warned = True
             warnings.warn(f"{type(self).__name__} runs eagerly: {why}", UserWarning, stacklevel=4)
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
@@ -109,17 +109,11 @@ class CompiledLossAndGrads:
             self._fall_back("its arguments are not flat tensors and plain values (numbers, strings, None)")
             return eager(model, guide, *args, **kwargs)
         key, tensors, rebuild = sig
-        compiled = self._compiled_state()
-        held = compiled.get(key)
-        # the entry holds its model and guide, so their ids cannot be reused by new functions
-        entry = None
-        if held is not None:
-            if held[0] is model and held[1] is guide:
-                entry = held[2]
-            else:
-                del compiled[key]
+        held = self._signatures.get(key)
+        entry = held[2] if held is not None and held[0] is model and held[1] is guide else None
         if entry is None:
-            if len(compiled) >= _MAX_SIGNATURES:
+            self._signatures.pop(key, None)
+            if len(self._signatures) >= _MAX_SIGNATURES:
                 self._fall_back(f"the arguments came with {_MAX_SIGNATURES} different signatures (a Python number "
                                 f"that changes every step? pass it as a tensor)")
                 return eager(model, guide, *args, **kwargs)
@@ -144,22 +138,12 @@ class CompiledLossAndGrads:
             entry = self._compile(model, guide, tensors, rebuild, names)
         except Exception as e:  # noqa: BLE001 - compiling is an optimisation: never fail the step for it
             entry = f"compiling failed: {type(e).__name__}: {e}"
-        self._compiled_state()[key] = (model, guide, entry)
+        self._signatures[key] = (model, guide, entry)
         if isinstance(entry, str):
             self._fall_back(entry)
         else:
             self.compile_status = f"compiled ({entry.how})"
         return loss
-
-    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-        loss: Any = 0.0
-        surrogate: Any = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):  # type: ignore[attr-defined]
-            l_, s_ = self._differentiable_loss_particle(model_trace, guide_trace)  # type: ignore[attr-defined]
-            loss = loss + l_
-            surrogate = surrogate + s_
-        n = self.num_particles  # type: ignore[attr-defined]
-        return (loss, surrogate) if n == 1 else (loss / n, surrogate / n)
 
     def _compile(self, model: Callable, guide: Callable, tensors: list, rebuild: Callable, names: list[str]) -> _Compiled | str:
         from torch.func import grad_and_value
@@ -198,65 +182,49 @@ class CompiledLossAndGrads:
             return (loss, *grads)
 
         example = tuple(p.detach() for p in params) + tuple(t.detach() for t in tensors)
+
+        def eager_reference() -> tuple[float, list]:
+            leaves = [params[i] for i in grad_idx]
+            a, kw = rebuild(tensors)
+            loss, surrogate = self._loss_and_surrogate(model, guide, a, kw)
+            grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
+            return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+
+        def problem_of(how: str, run: Callable) -> str | None:
+            for _ in range(2):  # the same random numbers for both, twice
+                rng = torch.get_rng_state()
+                u_ref, g_ref = eager_reference()
+                torch.set_rng_state(rng)
+                with torch.no_grad():
+                    out = run(*example)
+                value = float(out[0])
+                same = math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) if math.isfinite(u_ref) else not math.isfinite(value)
+                if not (same and all(agrees(g, r) for g, r in zip(out[1:], g_ref))):
+                    return (f"the compiled graph ({how}) gives loss {value:.6g} where the eager ELBO gives {u_ref:.6g} on "
+                            f"the same random numbers, or different gradients (randomness from outside torch, e.g. "
+                            f"Python's random or NumPy?)")
+            return None
+
         with validation_enabled(False):  # the eager first step has checked the model and guide
-            gm, problem = record(loss_and_grads, example, who="the model or guide",
-                                 what="the sampled values, the parameters or the data")
-            if gm is None:
-                return problem
-            refused = refused_op(gm, allow_random=True)
-            if refused is not None:
-                return f"the model or guide uses {refused.replace('the latents', 'the sampled values or inputs')}"
-            detach_constants(gm)
-            gm.recompile()
-
-            def eager_reference() -> tuple[float, list]:
-                leaves = [params[i] for i in grad_idx]
-                a, kw = rebuild(tensors)
-                loss, surrogate = self._loss_and_surrogate(model, guide, a, kw)
-                grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
-                return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
-
-            problem = ""
-            for how, run in runners(gm, example):
-                try:
-                    ok = True
-                    for _ in range(2):  # the same random numbers for both, twice
-                        rng = torch.get_rng_state()
-                        u_ref, g_ref = eager_reference()
-                        torch.set_rng_state(rng)
-                        with torch.no_grad():
-                            out = run(*example)
-                        value = float(out[0])
-                        same = (math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) if math.isfinite(u_ref)
-                                else not math.isfinite(value))
-                        if not (same and all(agrees(g, r) for g, r in zip(out[1:], g_ref))):
-                            problem = (f"the compiled graph ({how}) gives loss {value:.6g} where the eager ELBO gives "
-                                       f"{u_ref:.6g} on the same random numbers, or different gradients (randomness "
-                                       f"from outside torch, e.g. Python's random or NumPy?)")
-                            ok = False
-                            break
-                except Exception as e:  # noqa: BLE001 - try the next runner
-                    problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
-                    continue
-                if ok:
-                    return _Compiled(run, how, names, grad_idx, params, [store._constraints.get(n) for n in names])
-        return problem
+            run, how = compile_graph(loss_and_grads, example, problem_of, who="the model or guide",
+                                     what="the sampled values, the parameters or the data",
+                                     source="the sampled values or inputs", allow_random=True)
+        if run is None:
+            return how
+        return _Compiled(run, how, names, grad_idx, params, [store._constraints.get(n) for n in names])
 
     # ---- later calls --------------------------------------------------------------------------------
     def _run(self, entry: _Compiled, key: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict,
              tensors: list) -> float:
         store = get_param_store()
-        try:
-            params = [store._params[n] for n in entry.names]
-        except KeyError:  # a parameter was deleted: record again
-            del self._compiled_state()[key]
-            return self.loss_and_grads(model, guide, *args, **kwargs)
+        params = [store._params.get(n) for n in entry.names]
         constraints = store._constraints
-        for n, p, (shape, dtype), c in zip(entry.names, params, entry.shapes, entry.constraints):
-            if p.shape != shape or p.dtype != dtype or constraints.get(n) is not c:
-                # re-created with another shape, dtype or constraint (whose transform the graph holds)
-                del self._compiled_state()[key]
-                return self.loss_and_grads(model, guide, *args, **kwargs)
+        if any(p is None or (p.shape, p.dtype) != sd or constraints.get(n) is not c
+               for n, p, sd, c in zip(entry.names, params, entry.shapes, entry.constraints)):
+            # a parameter was deleted, or re-created with another shape, dtype or constraint (whose
+            # transform the graph holds): record again
+            del self._signatures[key]
+            return self.loss_and_grads(model, guide, *args, **kwargs)
         rng = torch.get_rng_state()
         with torch.no_grad():
             out = entry.run(*params, *tensors)

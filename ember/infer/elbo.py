@@ -247,14 +247,21 @@ class ELBO:
                 total += loss.item()
             return total / self.num_particles
 
+    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+        """(loss, surrogate) averaged over the particles, as tensors (no checks, no ``.item()``)."""
+        loss: Any = None
+        surrogate: Any = None
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            l_, s_ = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = l_ if loss is None else loss + l_
+            surrogate = s_ if surrogate is None else surrogate + s_
+        n = self.num_particles
+        return (loss, surrogate) if n == 1 else (loss / n, surrogate / n)
+
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """A differentiable surrogate whose gradient estimates the gradient of -ELBO
         (its value equals the -ELBO estimate for reparameterized guides)."""
-        total: Any = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
-            total = total + surrogate
-        return total / self.num_particles
+        return self._loss_and_surrogate(model, guide, args, kwargs)[1]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Estimate -ELBO (returned as a float) and backpropagate its gradient."""

@@ -115,9 +115,9 @@ def test_mini_batches_reuse_the_graph_and_a_new_shape_records_another():
     data = 3.0 + torch.randn(40)
     for i in range(200):
         svi.step(data[(i % 4) * 10:(i % 4) * 10 + 10])  # values change, shape does not
-    assert len(elbo._compiled_state()) == 1 and elbo.compile_status.startswith("compiled")
+    assert len(elbo._signatures) == 1 and elbo.compile_status.startswith("compiled")
     svi.step(data[:7])
-    assert len(elbo._compiled_state()) == 2
+    assert len(elbo._signatures) == 2
     assert abs(pyro.param("loc").item() - data.mean().item()) < 0.3
 
 
@@ -206,7 +206,7 @@ def test_a_python_number_that_changes_every_step_stops_compiling_after_eight_sig
     with pytest.warns(UserWarning, match="8 different signatures"):
         for i in range(10):
             svi.step(8.5, 0.1 * i)
-    assert len(elbo._compiled_state()) == 8 and "signatures" in elbo.compile_status
+    assert len(elbo._signatures) == 8 and "signatures" in elbo.compile_status
 
 
 def test_new_functions_never_run_an_old_graph_and_a_new_constraint_records_again():
@@ -256,10 +256,10 @@ def test_new_functions_never_run_an_old_graph_and_a_new_constraint_records_again
 
 @pytest.mark.parametrize("runner", ["static runtime", "torchscript", "fx"])
 def test_each_parameter_gets_its_own_gradient_tensor(runner, monkeypatch):
-    import ember.infer.compiled_elbo as compiled_elbo
+    import ember.infer.compile as compile_module
 
-    every = compiled_elbo.runners
-    monkeypatch.setattr(compiled_elbo, "runners", lambda gm, ex: [r for r in every(gm, ex) if r[0] == runner])
+    every = compile_module.runners
+    monkeypatch.setattr(compile_module, "runners", lambda gm, ex: [r for r in every(gm, ex) if r[0] == runner])
 
     def model():
         a = pyro.param("pa", torch.zeros(3))

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from ember.infer.compile import agrees, detach_constants, record, refused_op, runners
+from ember.infer.compile import agrees, compile_graph
 
 __all__ = ["compile_value_and_grad"]
 
@@ -58,25 +58,11 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
 
     z0 = z0.detach()
     dtype = z0.dtype
-    value_and_grad = grad_and_value(lambda z: fn(z))
+    value_and_grad = grad_and_value(fn)
 
     def packed(z: torch.Tensor) -> torch.Tensor:
         g, u = value_and_grad(z.to(dtype))
         return torch.cat([g.reshape(-1), u.reshape(1)]).to(io_dtype)
-
-    z_io = z0.to(io_dtype)
-    gm, problem = record(packed, (z_io,))
-    if gm is None:
-        return None, problem
-    try:
-        refused = refused_op(gm)
-        if refused is not None:
-            return None, f"the model uses {refused}"
-        detach_constants(gm)
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    except Exception as e:  # noqa: BLE001 - an unexpected graph: run the model eagerly
-        return None, f"preparing the recorded graph failed: {type(e).__name__}: {e}"
 
     # the points to check at: z0, and a nearby point (a different branch of Python-side logic
     # that escaped the recording, e.g. through NumPy, would show there)
@@ -90,33 +76,24 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
             continue
         if math.isfinite(u) and bool(torch.isfinite(g).all()):
             points.append((z.to(io_dtype), u, g))
-
     if not points:
         return None, "the potential or its gradient is not finite at the point to check the compiled graph at"
-    problem = ""
-    for how, run in runners(gm, (z_io,)):
-        try:
-            ok = True
-            outputs = []
-            for z, u_ref, g_ref in points:
-                with torch.no_grad():
-                    out = run(z)
-                outputs.append((out, out.clone()))
-                value = float(out[-1])
-                if not (math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) and agrees(out[:-1].to(g_ref.dtype), g_ref)):
-                    problem = (f"the compiled graph ({how}) gives U={value:.6g} where the model gives {u_ref:.6g}, "
-                               f"or a different gradient")
-                    ok = False
-                    break
-            # the samplers keep earlier results: a runner must not write a later result into them
+    z_io = z0.to(io_dtype)
+
+    def problem_of(how: str, run: Callable) -> str | None:
+        outputs = []
+        for z, u_ref, g_ref in points:
             with torch.no_grad():
-                run(z_io * 0.5 + 0.25)
-            if ok and not all(torch.equal(out, kept) for out, kept in outputs):
-                problem = f"the compiled graph ({how}) reuses its output buffer"
-                ok = False
-        except Exception as e:  # noqa: BLE001 - try the next runner
-            problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
-            continue
-        if ok:
-            return run, how
-    return None, problem
+                out = run(z)
+            outputs.append((out, out.clone()))
+            value = float(out[-1])
+            if not (math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) and agrees(out[:-1].to(g_ref.dtype), g_ref)):
+                return f"the compiled graph ({how}) gives U={value:.6g} where the model gives {u_ref:.6g}, or a different gradient"
+        # the samplers keep earlier results: a runner must not write a later result into them
+        with torch.no_grad():
+            run(z_io * 0.5 + 0.25)
+        if not all(torch.equal(out, kept) for out, kept in outputs):
+            return f"the compiled graph ({how}) reuses its output buffer"
+        return None
+
+    return compile_graph(packed, (z_io,), problem_of, who="the model", what="the latent values")
