@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any
+
+from ember.examples._main import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,26 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     air.add_arguments(p)
     p.set_defaults(run=air.main)
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ember.data import MNISTFormatError, MNISTNotFoundError
-    from ember.examples._runs import UsageError
-    from ember.params.serialize import CheckpointError
-
-    return (UsageError, CheckpointError, MNISTFormatError, MNISTNotFoundError)
-
-
-def run_main(fn: Callable[[argparse.Namespace], Any], args: argparse.Namespace, command: str) -> int:
-    """Call ``fn(args)``; report the errors a user can fix as ``ember <command>: error: ...`` and return 2."""
-    try:
-        return int(fn(args) or 0)
-    except _user_errors() as e:
-        print(f"ember {command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"ember {command}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list | None = None) -> int:

@@ -20,6 +20,7 @@ from torch.distributions import constraints
 
 import ember
 import ember.distributions as dist
+from ember.examples._main import run_main
 from ember.examples._runs import UsageError, make_run_dir
 from ember.infer import SVI, Trace_ELBO
 
@@ -149,6 +150,4 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m ember.examples.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    from ember.cli import run_main
-
     raise SystemExit(run_main(main, parser.parse_args(), "scale"))

@@ -41,6 +41,7 @@ import torch.nn as nn
 
 import ember
 import ember.distributions as dist
+from ember.examples._main import run_main
 from ember.examples._runs import (
     CHECKPOINT_NAME,
     MetricsLog,
@@ -686,6 +687,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m ember.examples.vae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    from ember.cli import run_main
-
     raise SystemExit(run_main(main, parser.parse_args(), "vae"))
