@@ -1,49 +1,27 @@
 """Distributions: every ``torch.distributions`` class with Ember's extensions
 (``to_event``/``independent``, ``mask``, ``expand_by``, ``shape``, calling to sample),
-plus :class:`Delta`, :class:`Unit` and :class:`MaskedDistribution`."""
+plus :class:`Delta`, :class:`Unit`, :class:`MaskedDistribution`, :class:`Empirical`
+and the distributions Pyro adds to torch's.
+
+Layout (Pyro's paths): ``ember.distributions.torch`` (the wrapped torch classes),
+``.constraints``, ``.transforms`` (with the flows), ``.util``, ``.testing.fakes``.
+This package imports nothing above it (``runtime`` only), so ``ember.infer`` and the
+rest can build on it."""
 
 from __future__ import annotations
 
 import torch.distributions as _td
-from torch.distributions import biject_to, constraints, kl_divergence, register_kl, transform_to, transforms
+from torch.distributions import kl_divergence, register_kl
 
+from ember.distributions import constraints, transforms  # noqa: F401  (registers biject_to for the extra constraints)
+from ember.distributions.empirical import Empirical
 from ember.distributions.special import Delta, Unit
+from ember.distributions.torch import *  # noqa: F401,F403
+from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
 from ember.distributions.torch_dist import MaskedDistribution, TorchDistribution, TorchDistributionMixin
-
-_TORCH_NAMES = [
-    "Bernoulli", "Beta", "Binomial", "Categorical", "Cauchy", "Chi2", "ContinuousBernoulli", "Dirichlet",
-    "Exponential", "FisherSnedecor", "Gamma", "GeneralizedPareto", "Geometric", "Gumbel", "HalfCauchy",
-    "HalfNormal", "Independent", "InverseGamma", "Kumaraswamy", "LKJCholesky", "Laplace", "LogNormal",
-    "LogisticNormal", "LowRankMultivariateNormal", "MixtureSameFamily", "Multinomial", "MultivariateNormal",
-    "NegativeBinomial", "Normal", "OneHotCategorical", "OneHotCategoricalStraightThrough", "Pareto",
-    "RelaxedBernoulli", "RelaxedOneHotCategorical", "StudentT", "Poisson", "Uniform", "VonMises", "Weibull",
-    "Wishart", "TransformedDistribution",
-]
-
-
-def _wrap(name: str) -> type:
-    base = getattr(_td, name)
-    return type(name, (TorchDistributionMixin, base), {"__module__": __name__, "__doc__": base.__doc__, "__qualname__": name})
-
-
-_g = globals()
-for _name in _TORCH_NAMES:
-    if hasattr(_td, _name):
-        _g[_name] = _wrap(_name)
-del _g, _name
-
-from ember.distributions.fast import HalfCauchy, Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
+from ember.distributions.transforms import biject_to, transform_to
 
 Distribution = _td.Distribution
-
-
-def __getattr__(name: str) -> type:
-    # Empirical lives with importance sampling (it needs the inference code); Pyro exports it here
-    if name == "Empirical":
-        from ember.infer.importance import Empirical
-
-        return Empirical
-    raise AttributeError(f"module 'ember.distributions' has no attribute {name!r}")
 
 
 def enable_validation(is_validate: bool = True) -> None:

@@ -1,0 +1,56 @@
+"""Learnable transforms: a ``torch.distributions.Transform`` that is also an
+``nn.Module`` (Pyro's ``TransformModule``), and conditional ones that build a transform
+from a context tensor (``ConditionalTransformModule.condition(context)``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributions.transforms import ComposeTransform, Transform
+
+__all__ = ["ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "TransformModule"]
+
+
+class TransformModule(Transform, torch.nn.Module):
+    """A transform with learnable parameters: register it with ``ember.module`` (or put
+    it inside an ``nn.Module``) so that SVI/optimizers see its parameters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+    def __hash__(self) -> int:
+        return torch.nn.Module.__hash__(self)
+
+
+class ComposeTransformModule(ComposeTransform, torch.nn.ModuleList):
+    """A composition of transforms (``parts``) that registers the learnable ones as submodules."""
+
+    def __init__(self, parts: list, cache_size: int = 0) -> None:
+        super().__init__(parts, cache_size=cache_size)
+        for part in parts:
+            if isinstance(part, torch.nn.Module):
+                self.append(part)
+
+    def __hash__(self) -> int:
+        return torch.nn.Module.__hash__(self)
+
+    def with_cache(self, cache_size: int = 1) -> ComposeTransformModule:
+        if cache_size == self._cache_size:
+            return self
+        return ComposeTransformModule(self.parts, cache_size=cache_size)
+
+
+class ConditionalTransform:
+    """Something that becomes a transform once given a context: ``condition(context)``."""
+
+    def condition(self, context: torch.Tensor) -> Transform:
+        raise NotImplementedError(f"{type(self).__name__}.condition(context) is not implemented")
+
+
+class ConditionalTransformModule(ConditionalTransform, torch.nn.Module):
+    """A learnable conditional transform: ``condition(context)`` returns a ``Transform``
+    whose parameters are computed from ``context`` (``[..., context_dim]``)."""
+
+    def __hash__(self) -> int:
+        return torch.nn.Module.__hash__(self)
