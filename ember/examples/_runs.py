@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 import ember.distributions as dist
-from ember.params.serialize import CheckpointError, atomic_save, atomic_write, safe_load, shared_file_mode
+from ember.params.serialize import CheckpointError, atomic_save, atomic_write, content_digest, safe_load, shared_file_mode, validate_param_store_state
 from ember.primitives import enable_validation, get_param_store
 from ember.runtime import is_validation_enabled
 
@@ -229,6 +229,7 @@ def restore(ckpt_path: Path, ckpt: dict[str, Any], optim: Any, metrics: MetricsL
 
     Returns ``(ckpt[unit], read(ckpt))``; :class:`CheckpointError` if the contents are malformed.
     """
+    validate_param_store_state(ckpt.get("params"), f"{ckpt_path}")
     try:
         get_param_store().set_state(ckpt["params"])
         optim.set_state(ckpt["optim"])
@@ -400,42 +401,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def _feed(h: Any, obj: Any) -> None:
-    """Hash ``obj`` (plain data) into ``h``: type tags, lengths, shapes and dtypes included, dict order kept."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(obj, dict):
-        h.update(b"D%d;" % len(obj))
-        for k, v in obj.items():
-            _feed(h, k)
-            _feed(h, v)
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"%c%d;" % (b"L" if isinstance(obj, list) else b"U", len(obj)))
-        for v in obj:
-            _feed(h, v)
-    elif isinstance(obj, str):
-        b = obj.encode("utf-8", "surrogatepass")
-        h.update(b"S%d;" % len(b) + b)
-    elif isinstance(obj, (bytes, bytearray)):
-        h.update(b"B%d;" % len(obj) + bytes(obj))
-    elif obj is None or isinstance(obj, bool):
-        h.update(repr(obj).encode() + b";")
-    elif isinstance(obj, int):
-        h.update(b"I%d;" % obj)
-    elif isinstance(obj, float):
-        h.update(b"F" + obj.hex().encode() + b";")
-    else:  # torch.Size, torch.dtype, torch.device, ...: whatever weights_only loading admits
-        h.update(f"O{type(obj).__qualname__}:{obj!r};".encode())
-
-
 def checkpoint_digest(state: dict[str, Any]) -> str:
     """``"sha256:<hex>"`` of a checkpoint's contents (every key but ``"digest"``), as loaded, not as bytes on disk."""
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != "digest"})
-    return "sha256:" + h.hexdigest()
+    return content_digest({k: v for k, v in state.items() if k != "digest"})
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
@@ -487,3 +455,4 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise UsageError(f"--device {name!r}: expected cpu or cuda")
     return device
+

@@ -29,7 +29,7 @@ from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from ember.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from ember.params.param_store import module_from_param_with_module_name, user_param_name
-from ember.params.serialize import CheckpointError, atomic_save, safe_load
+from ember.params.serialize import CheckpointError, load_digested, save_digested
 from ember.primitives import get_param_store
 
 __all__ = ["OPTIM_STATE_FORMAT", "EmberOptim", "PyroOptim"]
@@ -414,7 +414,20 @@ class PyroOptim:
             raise TypeError(f"{where}: malformed optimizer state (missing 'params' or 'groups')")
         for name, entry in state["params"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get("state"), dict):
-                raise TypeError(f"{where}: malformed optimizer state for param '{name}'")
+                raise TypeError(f"{where}: malformed optimizer state for param '{name}' (expected a dict with a 'state' dict)")
+            shape = entry.get("shape")
+            if shape is not None and not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+                raise TypeError(f"{where}: malformed optimizer state for param '{name}': shape {shape!r} is not a list of sizes")
+            if entry.get("group") is not None and entry["group"] not in state["groups"]:
+                raise ValueError(f"{where}: malformed optimizer state for param '{name}': its group {entry['group']!r} is not saved")
+            for key, value in entry["state"].items():
+                for v in value if isinstance(value, (list, tuple)) else [value]:  # LBFGS keeps lists of tensors
+                    if isinstance(v, torch.Tensor):
+                        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                            raise ValueError(f"{where}: malformed optimizer state for param '{name}': '{key}' holds non-finite values")
+                    elif v is not None and not isinstance(v, (int, float)):
+                        raise TypeError(f"{where}: malformed optimizer state for param '{name}': '{key}' holds a "
+                                        f"{type(v).__name__}, expected tensors or numbers")
         for label, group in state["groups"].items():
             if not isinstance(group, dict) or not isinstance(group.get("hyperparams"), dict):
                 raise TypeError(f"{where}: malformed optimizer state for group '{label}'")
@@ -456,16 +469,19 @@ class PyroOptim:
         record.optimizer.state[p] = {k: _to_param(v, p, k, group) for k, v in saved["state"].items()}
 
     def save(self, filename: str | os.PathLike) -> None:
-        """Write :meth:`get_state` to ``filename`` atomically (temp file, fsync, rename)."""
-        atomic_save(self.get_state(), filename)
+        """Write :meth:`get_state` to ``filename`` atomically (temp file, fsync, rename), with a
+        SHA-256 checksum over every byte (:func:`ember.params.serialize.save_digested`)."""
+        save_digested(self.get_state(), filename, OPTIM_STATE_FORMAT)
 
     def load(self, filename: str | os.PathLike, map_location: Any = None) -> None:
         """Load a state written by :meth:`save` (never executes code from the file).
 
-        :raises CheckpointError: if the file is missing, truncated, tampered with or
-            not an Ember optimizer state.
+        :raises CheckpointError: if the file is missing, truncated, tampered with (any changed
+            byte fails its checksum), malformed or not an Ember optimizer state. Files written
+            before checksums load with an ``UnverifiedCheckpointWarning``.
         """
-        state = safe_load(filename, map_location=map_location, what="optimizer state")
+        state = load_digested(filename, OPTIM_STATE_FORMAT, map_location, "optimizer state",
+                              kinds={"ember.param_store": "; it is a parameter store: load it with ember.get_param_store().load(...)"})
         tag = state.get("format") if isinstance(state, dict) else type(state).__name__
         if tag != OPTIM_STATE_FORMAT:
             hint = "; it is a parameter store: load it with ember.get_param_store().load(...)" if tag == "ember.param_store" else ""

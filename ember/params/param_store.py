@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch.distributions import constraints, transform_to
 
-from ember.params.serialize import atomic_save, constraint_from_spec, constraint_to_spec, safe_load
+from ember.params.serialize import (
+    CheckpointError,
+    constraint_from_spec,
+    constraint_to_spec,
+    load_digested,
+    save_digested,
+    validate_param_store_state,
+)
 
 __all__ = ["ParamStoreDict", "module_from_param_with_module_name", "user_param_name", "param_with_module_name"]
 
@@ -51,6 +58,8 @@ class ParamStoreDict:
         self._modules: dict[str, tuple] = {}
         # names read during the current capture (SVI step): name -> unconstrained tensor
         self._touched: dict[str, torch.Tensor] | None = None
+        # names set by set_state/load whose constraint no ember.param call has declared yet
+        self._unchecked: set[str] = set()
 
     # ---- mapping protocol ----------------------------------------------------------------
     def clear(self) -> None:
@@ -60,6 +69,7 @@ class ParamStoreDict:
         self._transforms.clear()
         self._param_to_name.clear()
         self._modules.clear()
+        self._unchecked.clear()
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in list(self._params):
@@ -130,6 +140,8 @@ class ParamStoreDict:
                 init_tensor = init_tensor()
             self._set(name, init_tensor, constraint)
             u = self._params[name]
+        elif self._unchecked and name in self._unchecked:
+            u = self._check_loaded(name, constraint)
         touched = self._touched
         if touched is not None:
             touched[name] = u
@@ -184,6 +196,29 @@ class ParamStoreDict:
         self._constraints[name] = constraint
         self._transforms[name] = None if constraint is constraints.real else transform_to(constraint)
         self._param_to_name[id(u)] = name
+
+    def _check_loaded(self, name: str, constraint: constraints.Constraint) -> torch.Tensor:
+        """First ember.param(name, constraint=...) after a load: a loaded value outside the declared
+        constraint is an error; one inside it but stored under another constraint takes the declared one."""
+        self._unchecked.discard(name)
+        old = self._constraints[name]
+        try:
+            same = constraint is old or constraint_to_spec(constraint, name) == constraint_to_spec(old, name)
+        except ValueError:  # a constraint without a plain-data form: compare by the check below
+            same = False
+        if same:
+            return self._params[name]
+        value = self[name].detach()
+        ok = torch.as_tensor(constraint.check(value))
+        if not bool(ok.all()):
+            bad = value[~ok.expand(value.shape)] if value.dim() and ok.shape == value.shape else value
+            raise ValueError(
+                f"param '{name}': the value loaded into the parameter store (stored with constraint {_cname(old)}) lies "
+                f"outside the constraint {_cname(constraint)} that ember.param declares (offending values: "
+                f"{bad.flatten()[:5].tolist()}). Load a store saved by this model, or delete '{name}' from the store to re-initialise it."
+            )
+        self._set(name, value, constraint)
+        return self._params[name]
 
     def _begin_capture(self) -> dict:
         self._touched = {}
@@ -284,6 +319,7 @@ class ParamStoreDict:
             self._constraints[name] = c
             self._transforms[name] = None if c is constraints.real else transform_to(c)
             self._param_to_name[id(t)] = name
+            self._unchecked.add(name)
 
     def _is_module_param(self, name: str) -> bool:
         if _MODULE_NAMESPACE_DIVIDER not in name:
@@ -292,14 +328,19 @@ class ParamStoreDict:
         return entry is not None and entry[0]() is not None
 
     def save(self, filename: str | os.PathLike) -> None:
-        """Write the store to ``filename`` atomically (temp file, fsync, rename)."""
-        atomic_save({"format": "ember.param_store", "version": 1, **self.get_state()}, filename)
+        """Write the store to ``filename`` atomically (temp file, fsync, rename), with a SHA-256
+        checksum over every byte (:func:`ember.params.serialize.save_digested`)."""
+        save_digested({"format": "ember.param_store", "version": 2, **self.get_state()}, filename, "ember.param_store")
 
     def load(self, filename: str | os.PathLike, map_location: Any = None) -> None:
-        """Load a store written by :meth:`save`. Never executes code from the file."""
-        state = safe_load(filename, map_location=map_location, what="parameter store")
-        if state.get("format") != "ember.param_store":
-            raise ValueError(f"{filename}: not an Ember parameter store (format tag {state.get('format')!r})")
+        """Load a store written by :meth:`save`. Never executes code from the file; a damaged,
+        changed or malformed file is a :class:`CheckpointError` and leaves the store as it was."""
+        state = load_digested(filename, "ember.param_store", map_location, "parameter store",
+                              kinds={"ember.optim": "; it is an optimizer state: load it with the optimizer's .load(...)"})
+        if not isinstance(state, dict) or state.get("format") != "ember.param_store":
+            tag = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{filename}: not an Ember parameter store (format tag {tag!r})")
+        validate_param_store_state(state, os.fspath(filename))
         self.set_state(state)
 
     # ---- constraint helper for pickling -------------------------------------------------------------
