@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite, get_importance_trace
+from ember.optim.optim import NonFiniteParameterError
 from ember.primitives import get_param_store
 from ember.runtime import is_validation_enabled
 
@@ -25,7 +26,9 @@ class SVI:
     :param loss: an ELBO object (``Trace_ELBO()``, ...) or any callable
         ``(model, guide, *args, **kwargs) -> scalar tensor`` to minimise.
     :param on_nonfinite: ``"raise"`` (default) raises on a NaN/inf loss naming the first
-        site at fault; ``"skip"`` warns and skips the step. Either way no parameter moves.
+        site at fault, and the optimizer's ``NonFiniteParameterError`` when a step would
+        leave a parameter NaN/inf; ``"skip"`` warns and skips the step (``step`` returns
+        NaN). Either way no parameter moves.
 
     ``step(*args, **kwargs)`` takes one gradient step on every parameter the model and
     guide touched and returns the loss as a float; ``evaluate_loss`` only estimates it.
@@ -117,9 +120,16 @@ class SVI:
         params = list(touched.values())
         if is_validation_enabled():
             self._check_grads(touched)
-        self.optim(params)
-        for p in params:
-            p.grad = None
+        try:
+            self.optim(params)
+        except NonFiniteParameterError as e:  # the optimizer restored the parameters
+            if self.on_nonfinite != "skip":
+                raise
+            warnings.warn(f"SVI.step skipped: {e}", RuntimeWarning, stacklevel=2)
+            loss = math.nan
+        finally:
+            for p in params:
+                p.grad = None
         return loss
 
     def _check_grads(self, touched: dict) -> None:

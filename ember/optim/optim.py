@@ -32,11 +32,22 @@ from ember.params.param_store import module_from_param_with_module_name, user_pa
 from ember.params.serialize import CheckpointError, load_digested, save_digested
 from ember.primitives import get_param_store
 
-__all__ = ["OPTIM_STATE_FORMAT", "EmberOptim", "PyroOptim"]
+__all__ = ["OPTIM_STATE_FORMAT", "EmberOptim", "NonFiniteParameterError", "PyroOptim"]
 
 OPTIM_STATE_FORMAT = "ember.optim"
 _STATE_VERSION = 1
 _CLIP_KEYS = ("clip_norm", "clip_value")
+
+
+class NonFiniteParameterError(ValueError):
+    """An optimizer step made parameters NaN or infinite; they were restored to their values
+    before the step. ``names``: the parameters at fault; ``setting``: the optimizer and the
+    arguments of their group (e.g. ``"Adam(lr=inf)"``)."""
+
+    def __init__(self, message: str, names: list[str], setting: str) -> None:
+        super().__init__(message)
+        self.names = names
+        self.setting = setting
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -189,12 +200,20 @@ class PyroOptim:
         self._by_name: dict[str, torch.Tensor] = {}
         self._pending_params: dict[str, dict[str, Any]] = {}  # loaded state not yet installed
         self._pending_groups: dict[str, dict[str, Any]] = {}
+        self._backup: dict[int, torch.Tensor] = {}  # id(param) -> its value before the current step
 
     # ---- the step ----------------------------------------------------------------------------------
     def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         """Step the parameters ``params`` (unconstrained leaf tensors of the parameter
         store) that have a gradient. ``args``/``kwargs`` go to the torch optimizers'
-        ``step`` (e.g. a closure)."""
+        ``step`` (e.g. a closure).
+
+        :raises NonFiniteParameterError: if the step left a parameter NaN or infinite (e.g.
+            ``lr=inf``, or a non-finite gradient with Ember's checks off). Every parameter
+            this call stepped is then restored to its value before the step, and the
+            optimizer state (moments) of those at fault is reset if it became non-finite
+            too; the error names them and the optimizer setting.
+        """
         touched: dict[int, torch.Tensor] = {}
         for p in params:
             if not isinstance(p, torch.Tensor):
@@ -213,8 +232,58 @@ class PyroOptim:
             if entry.clip_value is not None:
                 clip_grad_value_(p, entry.clip_value)
             active.setdefault(id(entry.record), entry.record)
+        if not active:
+            return
+        stepped = [p for p in touched.values() if p.grad is not None]
+        backup = self._snapshot(stepped)
         for record in active.values():
             self._step(record, touched, args, kwargs)
+        self._check_finite(stepped, backup)
+
+    def _snapshot(self, ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copies of ``ps`` into buffers kept between steps (no allocation per step)."""
+        bufs = []
+        for p in ps:
+            b = self._backup.get(id(p))
+            if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
+                b = self._backup[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format).detach()
+            bufs.append(b)
+        with torch.no_grad():
+            torch._foreach_copy_(bufs, [p.detach() for p in ps])
+        return bufs
+
+    def _check_finite(self, ps: list[torch.Tensor], backup: list[torch.Tensor]) -> None:
+        """After a step: one check of the parameters' sums (one sync; a NaN or inf entry makes its sum
+        non-finite), per parameter only when it fails; on failure restore ``ps`` and raise."""
+        with torch.no_grad():
+            detached = [p.detach() for p in ps]
+            if bool(torch.isfinite(torch.stack([p.sum() for p in detached])).all()):
+                return
+            bad = [p for p in ps if not bool(torch.isfinite(p.detach()).all())]
+            if not bad:
+                return
+            sample = bad[0].detach().flatten()[:3].tolist()
+            torch._foreach_copy_(detached, backup)
+        names, settings, reset = [], [], []
+        for p in bad:
+            entry = self._entries[id(p)]
+            names.append(entry.name)
+            label = f"{self._optim_name}({entry.record.label if entry.record.label != 'defaults' else ''})"
+            if label not in settings:
+                settings.append(label)
+            state = entry.record.optimizer.state.get(p)
+            if state and any(isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+                             for v in state.values()):
+                entry.record.optimizer.state.pop(p, None)
+                reset.append(entry.name)
+        setting = ", ".join(settings)
+        msg = (f"the {setting} step made parameters {names[:10]}{' ...' if len(names) > 10 else ''} non-finite (e.g. "
+               f"'{names[0]}' became {sample}); every parameter this step updated is restored to its value before the step")
+        if reset:
+            msg += f", and the non-finite optimizer state of {reset[:10]} is reset"
+        msg += (". Lower the learning rate, clip the gradients (clip_args={'clip_norm': 10.0}), or check the model for "
+                "values that overflow")
+        raise NonFiniteParameterError(msg, names, setting)
 
     def _step(self, record: _Record, touched: dict[int, torch.Tensor], args: tuple, kwargs: dict) -> None:
         # Torch steps every param of the optimizer that has a gradient: hide the
@@ -309,6 +378,7 @@ class PyroOptim:
             record.optimizer.add_param_group({"params": params})
 
     def _detach(self, p: torch.Tensor) -> None:
+        self._backup.pop(id(p), None)
         entry = self._entries.pop(id(p), None)
         if entry is None:
             return
