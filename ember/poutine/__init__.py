@@ -62,3 +62,22 @@ __all__ = [
     "trace",
     "uncondition",
 ]
+
+# Pyro's module layout (issue 11 point 7): ember.poutine.handlers / runtime / util, and the
+# handlers that live there.
+from ember.poutine import handlers, runtime, util  # noqa: E402
+from ember.poutine.broadcast_messenger import BroadcastMessenger, broadcast  # noqa: E402
+from ember.poutine.handlers import queue, unwrap  # noqa: E402
+from ember.poutine.runtime import get_mask, get_plates  # noqa: E402
+
+__all__ += [
+    "BroadcastMessenger",
+    "broadcast",
+    "get_mask",
+    "get_plates",
+    "handlers",
+    "queue",
+    "runtime",
+    "unwrap",
+    "util",
+]

@@ -43,6 +43,14 @@ class TraceMessenger(Messenger):
             nodes["_RETURN"] = Message("return", "_RETURN", None, (), None, ret)
         return ret
 
+    def _reset(self) -> None:
+        """Forget the sites of a run left early (``poutine.escape``, ``poutine.queue``): the next
+        try records afresh; ``_INPUT`` is kept."""
+        old = self.trace
+        self.trace = Trace(self.graph_type)
+        if "_INPUT" in old.nodes:
+            self.trace.nodes["_INPUT"] = old.nodes["_INPUT"]
+
     def get_trace(self, *args: Any, **kwargs: Any) -> Trace:
         """Run the function and return its trace."""
         self(*args, **kwargs)

@@ -1,0 +1,87 @@
+"""Helpers for handlers and trace-based inference (Pyro's ``pyro.poutine.util``).
+
+- :func:`enum_extend`, :func:`discrete_escape`, :func:`all_escape`: the pieces of
+  :func:`ember.poutine.queue`, Pyro's sequential enumeration by a queue of partial traces.
+- :func:`prune_subsample_sites`: a copy of a trace without the plates' index sites.
+- :func:`site_is_subsample`, :func:`site_is_factor`, :func:`site_is_deterministic`: site roles.
+"""
+
+from __future__ import annotations
+
+from ember.poutine.trace_struct import Trace, site_is_subsample
+from ember.runtime import Message
+
+__all__ = [
+    "all_escape",
+    "discrete_escape",
+    "enum_extend",
+    "prune_subsample_sites",
+    "site_is_deterministic",
+    "site_is_factor",
+    "site_is_subsample",
+]
+
+
+def site_is_factor(site: Message) -> bool:
+    """Whether ``site`` was made by ``ember.factor`` (an observed site whose log-density is the factor)."""
+    return site.type == "sample" and bool(site.is_observed) and hasattr(site.fn, "log_factor")
+
+
+def site_is_deterministic(site: Message) -> bool:
+    """Whether ``site`` was made by ``ember.deterministic`` (a recorded value, never scored)."""
+    return site.type == "sample" and bool(site.infer.get("_deterministic", False))
+
+
+def prune_subsample_sites(trace: Trace) -> Trace:
+    """A copy of ``trace`` without the sites in which plates record their subsample indices."""
+    pruned = trace.copy()
+    for name, site in list(pruned.nodes.items()):
+        if site_is_subsample(site):
+            pruned.remove_node(name)
+    return pruned
+
+
+def _is_fresh_sample(trace: Trace, msg: Message) -> bool:
+    return msg.type == "sample" and not msg.is_observed and msg.name not in trace.nodes
+
+
+def discrete_escape(trace: Trace, msg: Message) -> bool:
+    """Whether ``msg`` is an unobserved sample site, not yet in ``trace``, whose distribution
+    can enumerate its support (the sites :func:`ember.poutine.queue` branches on by default)."""
+    return _is_fresh_sample(trace, msg) and bool(getattr(msg.fn, "has_enumerate_support", False))
+
+
+def all_escape(trace: Trace, msg: Message) -> bool:
+    """Whether ``msg`` is an unobserved sample site not yet in ``trace``."""
+    return _is_fresh_sample(trace, msg)
+
+
+def enum_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> list[Trace]:
+    """One copy of ``trace`` per value in the support of site ``msg``, each with the site
+    added at that value (at most ``num_samples`` copies; ``None`` or a negative number: all).
+
+    ``msg.fn.enumerate_support()`` gives the values: a tensor ``[support_size, *batch_shape,
+    *event_shape]``; copy ``i`` holds its ``i``-th entry. A site whose distribution cannot enumerate raises ``TypeError``.
+    """
+    fn = msg.fn
+    if not getattr(fn, "has_enumerate_support", False):
+        raise TypeError(
+            f"enum_extend: site '{msg.name}' has a {type(fn).__name__}, which cannot enumerate its support; "
+            f"use escape_fn=discrete_escape so that only discrete sites are enumerated"
+        )
+    if num_samples is None:
+        num_samples = -1
+    support = fn.enumerate_support()
+    extended = []
+    for i, value in enumerate(support):
+        if 0 <= num_samples <= i:
+            break
+        site = msg.copy()
+        site.value = value
+        site.done = True
+        site.stop = False
+        site.continuation = None
+        new = trace.copy()
+        new.nodes[msg.name] = site
+        extended.append(new)
+    return extended
