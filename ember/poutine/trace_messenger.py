@@ -46,10 +46,11 @@ class TraceMessenger(Messenger):
     def _reset(self) -> None:
         """Forget the sites of a run left early (``poutine.escape``, ``poutine.queue``): the next
         try records afresh; ``_INPUT`` is kept."""
-        old = self.trace
-        self.trace = Trace(self.graph_type)
-        if "_INPUT" in old.nodes:
-            self.trace.nodes["_INPUT"] = old.nodes["_INPUT"]
+        nodes = self.trace.nodes  # cleared in place: a run in progress keeps writing to it
+        inp = nodes.get("_INPUT")
+        nodes.clear()
+        if inp is not None:
+            nodes["_INPUT"] = inp
 
     def get_trace(self, *args: Any, **kwargs: Any) -> Trace:
         """Run the function and return its trace."""
