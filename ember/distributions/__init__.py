@@ -14,7 +14,29 @@ import torch.distributions as _td
 from torch.distributions import kl_divergence, register_kl
 
 from ember.distributions import constraints, transforms  # noqa: F401  (registers biject_to for the extra constraints)
+from ember.distributions.continuous import (
+    AsymmetricLaplace,
+    FoldedDistribution,
+    ImproperUniform,
+    Logistic,
+    MultivariateStudentT,
+    OrderedLogistic,
+    SkewLogistic,
+    SoftAsymmetricLaplace,
+    TruncatedNormal,
+)
+from ember.distributions.discrete import (
+    BetaBinomial,
+    DirichletMultinomial,
+    ExtendedBetaBinomial,
+    ExtendedBinomial,
+    GammaPoisson,
+    ZeroInflatedDistribution,
+    ZeroInflatedNegativeBinomial,
+    ZeroInflatedPoisson,
+)
 from ember.distributions.empirical import Empirical
+from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
@@ -33,7 +55,14 @@ def is_validation_enabled() -> bool:
     return bool(_td.Distribution._validate_args)
 
 
-__all__ = _TORCH_NAMES + [
+_PYRO_NAMES = [
+    "AsymmetricLaplace", "BetaBinomial", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
+    "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
+    "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
+    "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson",
+]
+
+__all__ = _TORCH_NAMES + _PYRO_NAMES + [
     "Delta", "Distribution", "Empirical", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
     "biject_to", "constraints", "enable_validation", "is_validation_enabled", "kl_divergence", "register_kl",
     "transform_to", "transforms",

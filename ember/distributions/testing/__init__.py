@@ -1,0 +1,1 @@
+"""Test helpers Pyro ships under ``pyro.distributions.testing``."""

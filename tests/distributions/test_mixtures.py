@@ -1,0 +1,47 @@
+"""MaskedMixture and MixtureOfDiagNormals: log_prob by brute force, moments, shapes."""
+
+import math
+
+import pytest
+import torch
+
+import ember.distributions as dist
+
+
+def test_mixture_of_diag_normals_log_prob_and_moments():
+    torch.manual_seed(0)
+    locs = torch.tensor([[0.0, 1.0], [3.0, -2.0], [-1.0, 0.5]], dtype=torch.double)
+    scales = torch.tensor([[1.0, 0.5], [0.3, 2.0], [1.5, 1.0]], dtype=torch.double)
+    logits = torch.tensor([0.2, -0.5, 1.0], dtype=torch.double)
+    d = dist.MixtureOfDiagNormals(locs, scales, logits)
+    x = torch.randn(7, 2, dtype=torch.double)
+    w = torch.softmax(logits, 0)
+    dens = sum(w[k] * torch.distributions.Normal(locs[k], scales[k]).log_prob(x).sum(-1).exp() for k in range(3))
+    torch.testing.assert_close(d.log_prob(x), dens.log())
+    s = d.sample((40000,))
+    assert s.shape == (40000, 2)
+    torch.testing.assert_close(s.mean(0), d.mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(s.var(0), d.variance, rtol=0.05, atol=0)
+    e = d.expand((4,))
+    assert e.sample((5,)).shape == (5, 4, 2) and e.log_prob(e.sample()).shape == (4,)
+    with pytest.raises(ValueError, match="component_logits"):
+        dist.MixtureOfDiagNormals(locs, scales, logits[:2])
+    with pytest.raises(ValueError, match="coord_scale"):
+        dist.MixtureOfDiagNormals(locs, -scales, logits, validate_args=True)
+
+
+def test_masked_mixture():
+    mask = torch.tensor([True, False, True])
+    c0, c1 = dist.Normal(torch.zeros(3), 1.0), dist.Normal(torch.full((3,), 5.0), 0.5)
+    d = dist.MaskedMixture(mask, c0, c1)
+    x = torch.tensor([4.0, 0.5, 5.5])
+    want = torch.where(mask, c1.log_prob(x), c0.log_prob(x))
+    torch.testing.assert_close(d.log_prob(x), want)
+    torch.manual_seed(0)
+    s = d.sample((4000,))
+    assert s.shape == (4000, 3)
+    torch.testing.assert_close(s.mean(0), d.mean, atol=0.1, rtol=0)
+    assert d.has_rsample and d.expand((2, 3)).rsample().shape == (2, 3)
+    with pytest.raises(ValueError, match="boolean"):
+        dist.MaskedMixture(mask.float(), c0, c1)
+    assert math.isclose(float(d.variance[1]), 1.0)
