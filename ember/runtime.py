@@ -1,4 +1,4 @@
-"""The one hot path: messages, the handler stack and ``apply_stack``.
+"""The one hot path: messages, the handler stack and ``apply_stack``; the message protocol.
 
 Every primitive (``sample``, ``param``, ...) builds a :class:`Message` and hands it to
 :func:`apply_stack`. Handlers (``ember.poutine``) sit on a global stack; the innermost
@@ -6,6 +6,70 @@ Every primitive (``sample``, ``param``, ...) builds a :class:`Message` and hands
 hide the message from the handlers outside it. After the walk, the default action fills
 in ``msg.value`` unless a handler already did (``msg.done``), then the visited handlers
 post-process the message from the outermost to the innermost (as in Pyro).
+
+The protocol
+============
+
+Message types
+-------------
+``"sample"``     a random variable (``ember.sample``, ``factor``, ``deterministic``); the only type
+                 estimators, samplers and predictors score.
+``"param"``      a learnable parameter read (``ember.param``, ``ember.module``).
+``"subsample"``  the indices a plate draws (``fn`` a ``_Subsample``; ``fn.size`` the plate's full
+                 size). ``trace`` records it and ``replay`` makes a model use the guide's indices;
+                 nothing else sees it: it is never a latent, never scored.
+any other        ``effectful(fn, type=...)`` functions (``ember.poutine.runtime``): recorded by
+                 ``trace`` when named, otherwise passed through.
+
+Fields (who sets, who reads)
+----------------------------
+``type``, ``name``      the primitive; ``name`` is unique per run for sample sites. ``lift`` turns a
+                        param into a sample message; ``do`` renames the intervened one ``name__CF``.
+``fn``, ``args``,       the distribution (or, for params, the store getter) and its call arguments.
+``kwargs``              ``plate`` replaces ``fn`` by ``fn.expand(...)`` to broadcast batch dims.
+``value``               set by the primitive (``obs``), ``condition``, ``substitute``, ``replay``,
+                        ``do``, or the default action (``fn(*args, **kwargs)``). Read by everyone.
+``is_observed``         set by the primitive, ``condition``, ``uncondition``, ``do``. Read through
+                        :func:`is_observed` / :func:`is_latent`.
+``infer``               options for inference (see below). Set by the primitive, ``infer_config``,
+                        ``uncondition``, ``replay`` (a *copy* of the guide site's), ``lift``.
+``scale``               a float or tensor: ``plate`` subsampling and ``poutine.scale`` multiply it.
+``mask``                None, a bool or a bool tensor: ``poutine.mask`` and ``Distribution.mask``
+                        (through the distribution) combine with ``&``.
+``cond_indep_stack``    the plates (``CondIndepStackFrame``) around the site, innermost first; set
+                        by ``plate`` (sample and param messages).
+``done``                the value is final: the default action does not draw.
+``stop``                handlers outside the current one do not see the message (``block``).
+``continuation``        called with the message after post-processing (``escape``).
+``log_prob``,           filled once by ``Trace.compute_log_prob`` (via :func:`site_log_prob`):
+``unscaled_log_prob``,  the scaled and masked log-density, the raw one, its sum, and the
+``log_prob_sum``,       Pyro-compatible score parts.
+``score_parts``
+``_intervener_id``      private to ``do`` (which intervention already acted on this site).
+
+The aliasing rule
+-----------------
+Trace nodes *are* the live messages (no copies). A message's ``infer`` dict may be shared (the
+user's own dict literal; a guide site's dict). **A handler never mutates an ``infer`` dict: to
+change it, it assigns a new one** (``msg.infer = {**msg.infer, "key": value}``); ``replay`` gives
+the model's message a copy of the guide site's dict. So what one handler does to a site never
+reaches another trace.
+
+``infer`` keys
+--------------
+``is_auxiliary``   (guide) a latent of the guide alone: not matched against the model; its
+                   −log q is part of every ELBO's loss and of every score-function cost.
+``baseline``       (guide, ``TraceGraph_ELBO``) baseline options of a non-reparameterized site.
+``was_observed``,  set by ``uncondition`` / ``Predictive``: the site was observed, with this value.
+``obs``
+``_deterministic`` set by ``deterministic``: a recorded value, never scored or drawn.
+``enumerate``      (reserved for enumeration) ``"parallel"`` or ``"sequential"``.
+
+Site roles
+----------
+:func:`is_sample`, :func:`is_observed`, :func:`is_latent`, :func:`is_auxiliary`,
+:func:`is_guide_latent`, :func:`is_deterministic`, :func:`is_factor`, :func:`is_subsample`: the
+one vocabulary every estimator, sampler and predictor uses.
 """
 
 from __future__ import annotations
@@ -13,7 +77,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Message", "apply_stack", "get_stack", "is_validation_enabled", "NonlocalExit"]
+__all__ = [
+    "Message",
+    "apply_stack",
+    "get_stack",
+    "is_validation_enabled",
+    "NonlocalExit",
+    "is_sample",
+    "is_observed",
+    "is_latent",
+    "is_auxiliary",
+    "is_guide_latent",
+    "is_deterministic",
+    "is_factor",
+    "is_subsample",
+]
 
 # The handler stack: index 0 is the outermost handler, the last element the innermost.
 _STACK: list = []
@@ -197,14 +275,63 @@ def apply_stack(msg: Message) -> Message:
     visited = 0
     for i in range(n - 1, -1, -1):
         visited += 1
-        stack[i]._process_message(msg)
-        if msg.stop:
-            break
+        h = stack[i]
+        f = h._pre.get(msg.type)  # read each time: lift turns a param message into a sample
+        if f is not None:
+            f(h, msg)
+            if msg.stop:
+                break
     default_process_message(msg)
     for i in range(n - visited, n):
-        stack[i]._postprocess_message(msg)
+        h = stack[i]
+        f = h._post.get(msg.type)
+        if f is not None:
+            f(h, msg)
     cont: Callable | None = msg.continuation
     if cont is not None:
         msg.continuation = None
         cont(msg)
     return msg
+
+
+# ---- site roles: the one vocabulary -------------------------------------------------------
+
+
+def is_sample(site: Message) -> bool:
+    """A random variable: a ``sample`` message (latent, observed, factor or deterministic)."""
+    return site.type == "sample"
+
+
+def is_subsample(site: Message) -> bool:
+    """The indices a plate drew (a ``subsample`` message): never scored, never a latent."""
+    return site.type == "subsample"
+
+
+def is_observed(site: Message) -> bool:
+    """A sample site with a fixed value that is scored: data, ``factor``, ``condition``."""
+    return site.type == "sample" and site.is_observed
+
+
+def is_auxiliary(site: Message) -> bool:
+    """A guide latent marked ``infer={"is_auxiliary": True}``: not matched against the model."""
+    return site.type == "sample" and not site.is_observed and bool(site.infer.get("is_auxiliary", False))
+
+
+def is_latent(site: Message) -> bool:
+    """A latent variable shared by model and guide: unobserved, not auxiliary."""
+    return site.type == "sample" and not site.is_observed and not site.infer.get("is_auxiliary", False)
+
+
+def is_guide_latent(site: Message) -> bool:
+    """A variable the guide draws: its −log q belongs to the ELBO (latents and auxiliaries)."""
+    return site.type == "sample" and not site.is_observed
+
+
+def is_deterministic(site: Message) -> bool:
+    """A value recorded by ``deterministic``: observed, never scored or redrawn."""
+    return site.type == "sample" and bool(site.infer.get("_deterministic", False))
+
+
+def is_factor(site: Message) -> bool:
+    """A ``factor`` site: an observed ``Unit`` whose log-density is the given factor."""
+    return site.type == "sample" and site.is_observed and hasattr(site.fn, "log_factor")

@@ -15,7 +15,6 @@ from torch.distributions import constraints, transform_to
 import ember as pyro
 import ember.distributions as dist
 from ember import poutine
-from ember.poutine import plate_messenger
 from ember.runtime import get_stack
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -25,11 +24,9 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 def _clean_state():
     pyro.clear_param_store()
     get_stack().clear()
-    plate_messenger._ACTIVE_DIMS.clear()
     yield
     leaked = list(get_stack())
     get_stack().clear()
-    plate_messenger._ACTIVE_DIMS.clear()
     pyro.clear_param_store()
     assert leaked == [], f"handlers left on the stack: {leaked}"
 

@@ -73,7 +73,10 @@ from ember.examples._runs import (
     MetricsLog,
     RunSetup,
     UsageError,
+    check_resumed_data,
     checkpoint_path,
+    data_identity,
+    data_source,
     fork_rng,
     load_mnist_arg,
     load_run_checkpoint,
@@ -83,6 +86,7 @@ from ember.examples._runs import (
     restore,
     rng_state,
     save_checkpoint,
+    writing,
 )
 from ember.infer import SVI, TraceGraph_ELBO
 from ember.poutine.messenger import Messenger
@@ -479,7 +483,11 @@ class _CaptureGuide(Messenger):
         self.values: dict[str, torch.Tensor] = {}
 
     def _pyro_post_sample(self, msg: Any) -> None:
-        if msg.name == "data" or msg.name.startswith("z_pres_"):
+        if msg.name.startswith("z_pres_"):
+            self.values[msg.name] = msg.value
+
+    def _pyro_post_subsample(self, msg: Any) -> None:
+        if msg.name == "data":
             self.values[msg.name] = msg.value
 
 
@@ -624,7 +632,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's choice (default 1)")
     g.add_argument("--out", default=None, help="run directory (default runs/air-<time>)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
-                   help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/air-*)")
+                   help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/air-*). The training "
+                        "canvases and the data source must be those the checkpoint recorded (see --allow-data-change)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that already holds one, deleting its checkpoint, metrics and figure "
+                        "(without --resume or --overwrite such an --out is refused)")
+    g.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue although the training canvases or the data source differ from the checkpoint's")
     g.add_argument("--no-plots", action="store_true", help="skip the reconstruction figure at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-validation", action="store_true", help="turn off Ember's own checks and distribution argument checks")
@@ -709,17 +723,22 @@ def main(args: argparse.Namespace) -> int:
     _check_args(args)
     device = resolve_device(args.device)
     run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "air", CHECKPOINT_KIND,
-                                           required=("step", "params", "optim", "rng", "args", "window"), types=_TRAIN_TYPES)
+                                           required=("step", "params", "optim", "rng", "args", "window"), types=_TRAIN_TYPES,
+                                           overwrite=args.overwrite)
     cfg = _settings(args, ckpt)
     with RunSetup(args.threads, validation=(not args.no_validation, not args.no_validation)) as setup:
         data = _load_data(args, cfg)
+        ident = data_identity(data.train.images, "multi-MNIST from " + data_source(args.data_dir))
+        if ckpt is not None:
+            check_resumed_data(ckpt_path, ckpt, ident, args.allow_data_change)
         run_dir = setup.started(run_dir, "air", f"{len(data.train)} training and {len(data.test)} test canvases, overlaps "
-                                                f"{'rejected' if cfg['overlap'] == 'reject' else 'allowed'} ({data.source})")
-        return _train(args, cfg, device, run_dir, ckpt_path, ckpt, data)
+                                                f"{'rejected' if cfg['overlap'] == 'reject' else 'allowed'} ({data.source})",
+                                resuming=ckpt is not None, overwrite=args.overwrite, outputs=("reconstructions.png",))
+        return _train(args, cfg, device, run_dir, ckpt_path, ckpt, data, ident)
 
 
 def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path, ckpt_path: Path | None,
-           ckpt: dict[str, Any] | None, data: Any) -> int:
+           ckpt: dict[str, Any] | None, data: Any, ident: dict[str, Any] | None = None) -> int:
     from tqdm import tqdm
 
     pyro.set_rng_seed(cfg["seed"])
@@ -758,7 +777,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
         save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
             "step": step, "params": pyro.get_param_store().get_state(), "optim": svi.optim.get_state(), "rng": rng_state(),
             "args": {k: cfg[k] for k in (*DEFAULTS, "steps")}, "window": dict(window), "last_eval": dict(last_eval),
-            "examples": examples, "example_counts": example_counts,
+            "examples": examples, "example_counts": example_counts, **({"data": ident} if ident is not None else {}),
         })
 
     def evaluate(step: int) -> None:
@@ -830,8 +849,9 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
                 torch.manual_seed(0)
                 x = examples[:10].float().div(255).reshape(-1, X_SIZE * X_SIZE).to(device)
                 recons, z_where, z_pres = reconstruct(air, x)
-            path = draw_reconstructions(x, recons, z_where, z_pres, run_dir / "reconstructions.png",
-                                        title=f"step {max(start, steps)}: test canvases (top) and reconstructions (bottom)")
+            with writing(run_dir / "reconstructions.png", "the checkpoint is intact"):
+                path = draw_reconstructions(x, recons, z_where, z_pres, run_dir / "reconstructions.png",
+                                            title=f"step {max(start, steps)}: test canvases (top) and reconstructions (bottom)")
             print(f"figure: {path}")
     return 0
 

@@ -72,7 +72,6 @@ import torch.distributed as dist
 from ember.infer.elbo import NonFiniteLossError, get_importance_trace
 from ember.infer.svi import SVI
 from ember.poutine.messenger import Messenger
-from ember.poutine.plate_messenger import _Subsample
 from ember.primitives import get_param_store, set_rng_seed
 from ember.runtime import Message, is_validation_enabled
 
@@ -346,9 +345,7 @@ class _ShardScale(Messenger):
         super().__init__(fn)
         self.owner = owner
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type != "sample" or type(msg.fn) is _Subsample:
-            return
+    def _pyro_sample(self, msg: Message) -> None:
         owner = self.owner
         factor = owner._site_factor(msg)
         if factor != 1.0:

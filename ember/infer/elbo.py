@@ -12,18 +12,14 @@ import torch
 from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
-from ember.poutine.trace_struct import Trace, site_is_subsample
-from ember.runtime import Message, is_validation_enabled
+from ember.poutine.trace_struct import Trace
+from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
 
 __all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor"]
 
 
 class NonFiniteLossError(ValueError):
     """The loss is NaN or infinite; the message names the first site at fault."""
-
-
-def _is_latent(site: Message) -> bool:
-    return site.type == "sample" and not site.is_observed and not site_is_subsample(site) and not site.infer.get("is_auxiliary", False)
 
 
 def _frames_str(frames: Any) -> str:
@@ -34,9 +30,18 @@ def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
     """Warn about latent sites present in only one of model and guide; raise on plate
     size clashes and on event-shape mismatches between a guide's value and the model's
     distribution at the same site."""
-    model_latents = {n for n, s in model_trace.nodes.items() if _is_latent(s)}
-    guide_latents = {n for n, s in guide_trace.nodes.items() if _is_latent(s)}
+    model_latents = {n for n, s in model_trace.nodes.items() if is_latent(s)}
+    guide_latents = {n for n, s in guide_trace.nodes.items() if is_latent(s)}
     model_sites = {n for n, s in model_trace.nodes.items() if s.type == "sample"}
+    observed_in_model = sorted(n for n in guide_latents if n in model_sites and is_observed(model_trace.nodes[n]))
+    if observed_in_model:
+        warnings.warn(
+            f"The guide samples site(s) {observed_in_model}, which the model observes. The model keeps its observation, "
+            f"so the guide's draw is unused while its log-density still enters the loss (a wrong ELBO); remove these "
+            f"sites from the guide.",
+            UserWarning,
+            stacklevel=4,
+        )
     missing_in_guide = model_latents - guide_latents
     if missing_in_guide:
         warnings.warn(
@@ -45,7 +50,7 @@ def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
             UserWarning,
             stacklevel=4,
         )
-    extra = guide_latents - model_sites
+    extra = guide_latents - model_sites  # (observed ones were reported above)
     if extra:
         warnings.warn(
             f"Found sample sites in the guide but not in the model: {sorted(extra)}. Their values are unused by the model; "

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from ember.distributions.empirical import Empirical
-from ember.infer.elbo import _is_latent, check_model_guide_match, describe_nonfinite, get_importance_trace
+from ember.infer.elbo import check_model_guide_match, describe_nonfinite, get_importance_trace
 from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
-from ember.poutine.trace_struct import Trace, site_is_subsample
-from ember.runtime import Message, is_validation_enabled
+from ember.poutine.trace_struct import Trace
+from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
 
 __all__ = ["Importance", "Empirical", "EmpiricalMarginal"]
 
@@ -88,17 +88,17 @@ def _per_sample_log_density(trace: Trace, n: int, nesting: int) -> torch.Tensor 
 
 
 def _hide_observed(msg: Message) -> bool:
-    return msg.type == "sample" and msg.is_observed
+    return is_observed(msg)
 
 
 def _index_trace(vec_trace: Trace, i: int, n: int, shapes: dict, nesting: int) -> Trace:
     """Sample ``i`` of the latent values of a vectorized trace, as a trace to replay."""
     tr = Trace()
     for name, site in vec_trace.nodes.items():
-        if site.type != "sample" or name == _SAMPLE_PLATE:
+        if site.type == "subsample" and name != _SAMPLE_PLATE:
+            tr.nodes[name] = site  # replay gives the plates the same indices
             continue
-        if site_is_subsample(site):
-            tr.nodes[name] = site
+        if site.type != "sample":
             continue
         if site.is_observed:
             continue
@@ -210,8 +210,8 @@ class Importance:
         warnings about guide sites the model lacks)."""
         if not is_validation_enabled():
             return
-        guide_latents = {n for n, s in guide_trace.nodes.items() if _is_latent(s)}
-        missing = [n for n, s in model_trace.nodes.items() if _is_latent(s) and n not in guide_latents]
+        guide_latents = {n for n, s in guide_trace.nodes.items() if is_latent(s)}
+        missing = [n for n, s in model_trace.nodes.items() if is_latent(s) and n not in guide_latents]
         if missing:
             raise ValueError(
                 f"Importance: the guide does not sample the model's latent site(s) {missing}. The model would draw them "

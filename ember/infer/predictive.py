@@ -15,22 +15,17 @@ from typing import Any
 
 import torch
 
-from ember.distributions.special import Unit
 from ember.infer.importance import _unvectorize
 from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.messenger import Messenger
 from ember.poutine.trace_messenger import TraceMessenger
-from ember.poutine.trace_struct import Trace, site_is_subsample
-from ember.runtime import Message
+from ember.poutine.trace_struct import Trace
+from ember.runtime import Message, is_deterministic, is_factor, is_observed
 
 __all__ = ["Predictive"]
 
 _SAMPLE_PLATE = "_num_predictive_samples"
-
-
-def _is_deterministic(msg: Message) -> bool:
-    return bool(msg.infer.get("_deterministic", False))
 
 
 class _PredictMessenger(Messenger):
@@ -46,7 +41,7 @@ class _PredictMessenger(Messenger):
 
     def _pyro_sample(self, msg: Message) -> None:
         fn = msg.fn
-        if _is_deterministic(msg) or site_is_subsample(msg) or isinstance(fn, Unit):
+        if is_deterministic(msg) or is_factor(msg):
             return
         value = self.samples.get(msg.name)
         if value is not None:
@@ -140,11 +135,11 @@ def _predict(
         per_sample[name] = value.reshape((n,) + tuple(shape))
 
     def sample_site(name: str, site: Message) -> bool:
-        return site.type == "sample" and not site_is_subsample(site) and name != _SAMPLE_PLATE
+        return site.type == "sample" and name != _SAMPLE_PLATE
 
     if return_sites is None:
         # every sample site (those in the posterior samples too), factors aside
-        selected = [k for k, s in nodes.items() if sample_site(k, s) and not isinstance(s.fn, Unit) and not (latent_only and s.is_observed)]
+        selected = [k for k, s in nodes.items() if sample_site(k, s) and not is_factor(s) and not (latent_only and is_observed(s))]
     elif return_sites:
         selected = list(return_sites)
         unknown = [k for k in selected if k != "_RETURN" and not (k in nodes and sample_site(k, nodes[k]))]
@@ -154,7 +149,7 @@ def _predict(
     else:
         # Pyro's default: every sample site not given in the posterior samples
         # (deterministic sites included), factors aside
-        selected = [k for k, s in nodes.items() if sample_site(k, s) and not isinstance(s.fn, Unit) and k not in samples]
+        selected = [k for k, s in nodes.items() if sample_site(k, s) and not is_factor(s) and k not in samples]
     shapes = {k: (nodes[k].value.shape if isinstance(nodes[k].value, torch.Tensor) else None) for k in selected}
 
     if not parallel and not return_trace:

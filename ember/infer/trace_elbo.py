@@ -7,14 +7,18 @@ from typing import Any
 import torch
 
 from ember.infer.compiled_elbo import CompiledLossAndGrads
-from ember.infer.elbo import ELBO, MultiFrameTensor, _is_latent
-from ember.poutine.trace_struct import Trace, scale_and_mask, site_is_subsample
+from ember.infer.elbo import ELBO, MultiFrameTensor
+from ember.poutine.trace_struct import Trace, scale_and_mask
+from ember.runtime import is_guide_latent, is_latent
 
 __all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
 
 
 def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, list]:
-    """The ELBO of one particle and the guide sites that need a score-function term."""
+    """The ELBO of one particle and the guide sites that need a score-function term.
+
+    Every guide latent counts, auxiliary ones included: an auxiliary site's −log q belongs to
+    the loss and (below) to the score-function costs of every estimator."""
     elbo: Any = None
     for site in model_trace.nodes.values():
         if site.type == "sample":
@@ -23,9 +27,9 @@ def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any,
                 elbo = lps if elbo is None else elbo + lps
     nonreparam = []
     for site in guide_trace.nodes.values():
-        if site.type == "sample" and not site.is_observed:
+        if is_guide_latent(site):
             lps = site.log_prob_sum
-            if lps is None or site_is_subsample(site):
+            if lps is None:
                 continue
             elbo = -lps if elbo is None else elbo - lps
             if not site.fn.has_rsample:
@@ -40,7 +44,7 @@ def _compute_log_r(model_trace: Trace, guide_trace: Trace) -> MultiFrameTensor:
         if site.type == "sample" and site.log_prob is not None:
             log_r.add(site.cond_indep_stack, site.log_prob.detach())
     for site in guide_trace.nodes.values():
-        if site.type == "sample" and site.log_prob is not None and _is_latent(site):
+        if site.log_prob is not None and is_guide_latent(site):
             log_r.add(site.cond_indep_stack, -site.log_prob.detach())
     return log_r
 
@@ -104,10 +108,10 @@ class TraceMeanField_ELBO(Trace_ELBO):
         nonreparam = []
         analytic = set()
         for name, gsite in guide_trace.nodes.items():
-            if not (gsite.type == "sample" and _is_latent(gsite)):
+            if not is_guide_latent(gsite):
                 continue
             msite = model_trace.nodes.get(name)
-            if gsite.fn.has_rsample and msite is not None and msite.type == "sample" and not msite.is_observed:
+            if gsite.fn.has_rsample and msite is not None and is_latent(msite) and is_latent(gsite):
                 try:
                     kl = torch.distributions.kl_divergence(gsite.fn, msite.fn)
                 except NotImplementedError:

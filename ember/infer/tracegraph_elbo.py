@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import ELBO, MultiFrameTensor, _is_latent
+from ember.infer.elbo import ELBO, MultiFrameTensor
 from ember.infer.trace_elbo import _loss_and_surrogate, _model_and_guide_terms
 from ember.poutine.trace_struct import Trace, scale_and_mask
+from ember.runtime import is_guide_latent
 
 __all__ = ["TraceGraph_ELBO"]
 
@@ -56,7 +57,7 @@ class TraceGraph_ELBO(ELBO):
 
     def _downstream(self, model_trace: Trace, guide_trace: Trace) -> list:
         """For each non-reparameterized guide site: (site, MultiFrameTensor of its downstream costs)."""
-        guide_names = [n for n, s in guide_trace.nodes.items() if _is_latent(s)]
+        guide_names = [n for n, s in guide_trace.nodes.items() if is_guide_latent(s)]  # auxiliary sites too
         gpos = {n: i for i, n in enumerate(guide_names)}
         model_sites = [(n, s) for n, s in model_trace.nodes.items() if s.type == "sample" and s.log_prob is not None]
         # first model position whose value comes from guide position >= i

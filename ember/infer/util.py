@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ember.poutine.plate_messenger import PlateMessenger
-from ember.poutine.trace_struct import Trace, site_is_subsample
+from ember.poutine.trace_struct import Trace
 
 __all__ = ["guess_max_plate_nesting", "in_plate"]
 
@@ -23,7 +23,7 @@ def guess_max_plate_nesting(*traces: Trace) -> int:
     n = 0
     for tr in traces:
         for site in tr.nodes.values():
-            if site.type != "sample" or site_is_subsample(site):
+            if site.type != "sample":
                 continue
             for f in site.cond_indep_stack:
                 if f.dim is not None:

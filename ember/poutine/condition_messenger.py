@@ -14,7 +14,8 @@ from ember.runtime import Message, apply_stack
 
 def _as_data(data: Any, who: str) -> dict:
     if isinstance(data, Trace):
-        return {name: site.value for name, site in data.nodes.items() if site.type == "sample"}
+        # sample sites, and the plates' indices (so the conditioned run subsamples alike)
+        return {name: site.value for name, site in data.nodes.items() if site.type in ("sample", "subsample")}
     if data is None:
         return {}
     if not hasattr(data, "get") or not hasattr(data, "__contains__"):
@@ -35,18 +36,25 @@ class ConditionMessenger(Messenger):
 
     def __init__(self, fn: Callable | None = None, data: Any = None) -> None:
         super().__init__(fn)
+        self._from_trace = isinstance(data, Trace)
         self.data = _as_data(data, "condition")
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type == "sample":
-            data = self.data
-            name = msg.name
-            if name in data:
-                value = data[name]
-                if value is None:
-                    return
-                msg.value = _to_tensor_like(value, msg)
-                msg.is_observed = True
+    def _pyro_sample(self, msg: Message) -> None:
+        data = self.data
+        name = msg.name
+        if name in data:
+            value = data[name]
+            if value is None:
+                return
+            msg.value = _to_tensor_like(value, msg)
+            msg.is_observed = True
+
+    def _pyro_subsample(self, msg: Message) -> None:
+        """Conditioned on a trace, a plate takes that trace's indices."""
+        if msg.value is None and self._from_trace:
+            value = self.data.get(msg.name)
+            if value is not None:
+                msg.value = value
 
 
 def condition(fn: Callable | None = None, data: Any = None) -> ConditionMessenger:

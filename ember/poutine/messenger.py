@@ -9,17 +9,58 @@ from typing import Any
 from ember.runtime import _STACK, Message
 
 
+class _EveryType:
+    """A dispatch table that answers the same function for every message type (a handler
+    that overrides ``_process_message`` / ``_postprocess_message`` itself)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def get(self, _type: str, _default: Any = None) -> Callable:
+        return self.fn
+
+
+def _build_dispatch(cls: type, prefix: str, override: str) -> Any:
+    method = getattr(cls, override)
+    if method is not getattr(Messenger, override):
+        return _EveryType(method)
+    table = {}
+    for attr in dir(cls):
+        if attr.startswith(prefix) and callable(getattr(cls, attr)):
+            mtype = attr[len(prefix) :]
+            if prefix == "_pyro_" and mtype.startswith("post_"):
+                continue
+            table[mtype] = getattr(cls, attr)
+    return table
+
+
 class Messenger:
     """An effect handler: a context manager, a decorator and a higher-order function.
 
-    Subclasses override ``_pyro_sample``, ``_pyro_param``, ... (called with the message
-    before the default action) and ``_pyro_post_sample``, ... (after it), or, on the hot
-    path, ``_process_message`` / ``_postprocess_message`` directly.
+    One way to write a handler: define ``_pyro_<type>(self, msg)`` (called with the message
+    before the default action, innermost handler first) and ``_pyro_post_<type>(self, msg)``
+    (after it, outermost first) for the message types it acts on (``sample``, ``param``,
+    ``subsample``, ...). Each class builds its dispatch tables once, when it is defined;
+    ``apply_stack`` looks a message's type up there, so a handler costs nothing for the types
+    it ignores. A handler that acts on every type alike (``block``, ``trace``) overrides
+    ``_process_message`` / ``_postprocess_message`` instead (Pyro's ``process_message`` /
+    ``postprocess_message`` spellings are honoured too).
     """
 
-    # Whether this handler needs to see the auxiliary site in which a plate records its
-    # indices (trace and replay do). A plate under handlers that all say no skips the site.
-    _wants_subsample_site = True
+    _pre: Any = {}
+    _post: Any = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Pyro-style overrides of the public names count as overrides of the hooks
+        if "process_message" in cls.__dict__ and "_process_message" not in cls.__dict__:
+            cls._process_message = cls.__dict__["process_message"]
+        if "postprocess_message" in cls.__dict__ and "_postprocess_message" not in cls.__dict__:
+            cls._postprocess_message = cls.__dict__["postprocess_message"]
+        cls._pre = _build_dispatch(cls, "_pyro_", "_process_message")
+        cls._post = _build_dispatch(cls, "_pyro_post_", "_postprocess_message")
 
     def __init__(self, fn: Callable | None = None) -> None:
         self.fn = fn
@@ -63,15 +104,18 @@ class Messenger:
         pass
 
     def _process_message(self, msg: Message) -> None:
-        method = getattr(self, "_pyro_" + msg.type, None)
-        if method is not None:
-            method(msg)
+        f = self._pre.get(msg.type)
+        if f is not None:
+            f(self, msg)
 
     def _postprocess_message(self, msg: Message) -> None:
-        method = getattr(self, "_pyro_post_" + msg.type, None)
-        if method is not None:
-            method(msg)
+        f = self._post.get(msg.type)
+        if f is not None:
+            f(self, msg)
 
     # Pyro-compatible spelling
-    process_message = _process_message
-    postprocess_message = _postprocess_message
+    def process_message(self, msg: Message) -> None:
+        self._process_message(msg)
+
+    def postprocess_message(self, msg: Message) -> None:
+        self._postprocess_message(msg)

@@ -126,9 +126,10 @@ class InferConfigMessenger(Messenger):
             raise ValueError("infer_config needs config_fn=")
         self.config_fn = config_fn
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type in ("sample", "param"):
-            msg.infer = dict(msg.infer, **self.config_fn(msg))
+    def _pyro_sample(self, msg: Message) -> None:
+        msg.infer = dict(msg.infer, **self.config_fn(msg))  # a new dict: never mutate a shared one
+
+    _pyro_param = _pyro_sample
 
 
 def infer_config(fn: Callable | None = None, config_fn: Callable | None = None) -> InferConfigMessenger:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 
 from ember.poutine.messenger import Messenger
-from ember.runtime import _STACK, Message, apply_stack
+from ember.runtime import _STACK, Message, apply_stack, is_validation_enabled
 
 
 class CondIndepStackFrame(NamedTuple):
@@ -28,9 +29,8 @@ class CondIndepStackFrame(NamedTuple):
 
 
 class _Subsample(torch.distributions.Distribution):
-    """The auxiliary distribution a subsampled plate draws its indices from (uniformly
-    without replacement). Its log-density is zero; ELBOs ignore it, and ``replay`` makes
-    the model use the guide's indices."""
+    """The ``fn`` of a plate's ``subsample`` message: draws ``subsample_size`` of ``size``
+    indices uniformly without replacement. Never scored."""
 
     arg_constraints: dict = {}
     has_rsample = False
@@ -55,8 +55,6 @@ class _Subsample(torch.distributions.Distribution):
         return torch.zeros((), device=value.device)
 
 
-# The dims used by the vectorized plates active right now: dim -> plate name
-_ACTIVE_DIMS: dict = {}
 _ARANGE_CACHE: dict = {}
 
 
@@ -85,9 +83,14 @@ class PlateMessenger(Messenger):
     indices) ``idx`` holds the subsampled indices and every log-density inside is
     scaled by ``size / subsample_size``. ``for i in plate(name, size):`` is the
     sequential version: one iteration per index, with the same scaling.
-    """
 
-    _wants_subsample_site = False  # a plate does not read other plates' index sites
+    ``plate(name)`` without a size declares a dim of any size, set by broadcasting (as in
+    Pyro): nothing is expanded or scaled, and ``idx`` is None.
+
+    The indices are a ``subsample`` message (not a sample site): ``trace`` records them and
+    ``replay`` gives a model the guide's indices; estimators never see them. The plate's dim
+    is allocated from the frames of the plates on the handler stack.
+    """
 
     def __init__(
         self,
@@ -102,17 +105,32 @@ class PlateMessenger(Messenger):
         super().__init__(None)
         if not isinstance(name, str):
             raise TypeError(f"plate: the first argument must be the plate's name (a str); got {name!r}")
+        if dim is not None and (not isinstance(dim, int) or dim >= 0):
+            raise ValueError(f"plate '{name}': dim must be a negative integer (counted from the right); got {dim!r}")
+        if use_cuda and device is None:
+            device = "cuda"
+        self.name = name
+        self.device = device
+        self._dim_request = dim
+        self.dim: int | None = None
+        self.subsample: torch.Tensor | None = None
+        self._frame: CondIndepStackFrame | None = None
+        if size is None and subsample is None:
+            if subsample_size is not None:
+                raise ValueError(f"plate '{name}': subsample_size needs the plate's size")
+            self.size = self.subsample_size = -1  # any size, set by broadcasting (Pyro's convention)
+            self._subsample_given = None
+            self._scale = 1.0
+            return
+        check_range = size is not None
         if size is None:
-            if subsample is None:
-                raise ValueError(f"plate '{name}': give its size (or explicit subsample indices)")
-            size = len(subsample)
+            size = len(subsample)  # explicit indices without a size: as many as given, no scaling
         if isinstance(size, torch.Tensor):
             size = int(size)
         if not isinstance(size, numbers.Integral) or size < 0:
             raise ValueError(f"plate '{name}': size must be a non-negative integer; got {size!r}")
-        if dim is not None and (not isinstance(dim, int) or dim >= 0):
-            raise ValueError(f"plate '{name}': dim must be a negative integer (counted from the right); got {dim!r}")
         if subsample is not None:
+            subsample = _check_indices(name, int(size) if check_range else 0, subsample, device)
             subsample_size = len(subsample)
         elif subsample_size is not None:
             if not isinstance(subsample_size, numbers.Integral) or subsample_size <= 0:
@@ -120,48 +138,35 @@ class PlateMessenger(Messenger):
             subsample_size = min(int(subsample_size), int(size))
         else:
             subsample_size = int(size)
-        if use_cuda and device is None:
-            device = "cuda"
-        self.name = name
         self.size = int(size)
         self.subsample_size = int(subsample_size)
         self._subsample_given = subsample
-        self.device = device
-        self._dim_request = dim
-        self.dim: int | None = None
-        self.subsample: torch.Tensor | None = None
         self._scale = self.size / self.subsample_size if self.subsample_size else 1.0
-        self._frame: CondIndepStackFrame | None = None
 
     # ---- indices ---------------------------------------------------------------------
-    def _draw_subsample(self) -> torch.Tensor:
+    def _draw_subsample(self) -> torch.Tensor | None:
         """The plate's indices: drawn once per plate object (re-entering the same plate
-        reuses them, and records the subsample site only once)."""
-        if self.subsample is None:
+        reuses them, and emits the subsample message only once)."""
+        if self.subsample is None and self.size >= 0:
             self.subsample = self._new_subsample()
         return self.subsample
 
     def _new_subsample(self) -> torch.Tensor:
+        fn = _Subsample(self.size, self.subsample_size, self.device)
         if self._subsample_given is not None:
             sub = self._subsample_given
-            if not isinstance(sub, torch.Tensor):
-                sub = torch.as_tensor(sub, device=self.device)
+        elif not _STACK:
+            return fn.sample()
+        else:
+            sub = None
+        if not _STACK:
             return sub
-        if not _STACK or not any(h._wants_subsample_site for h in _STACK):
-            if self.subsample_size >= self.size:
-                return _arange(self.size, self.device)
-            return _Subsample(self.size, self.subsample_size, self.device).sample()
-        # Under handlers the indices are an auxiliary sample site, so that replay() makes
-        # the model use the guide's indices, also where the model's plate itself does not
-        # subsample (seed 002's AIR model); its size and scale then follow the indices.
-        fn = _Subsample(self.size, self.subsample_size, self.device)
-        msg = Message("sample", self.name, fn, infer={"is_auxiliary": True, "plate_size": self.size})
+        # A message of its own, so that replay() makes the model use the guide's indices, also
+        # where the model's plate itself does not subsample (AIR's model); its size and scale
+        # then follow the indices.
+        msg = Message("subsample", self.name, fn, value=sub)
         apply_stack(msg)
         sub = msg.value
-        if msg.infer.get("plate_size", self.size) != self.size:
-            # indices replayed from a plate of another size: keep this plate's own, and let
-            # the model/guide check report the clash with the sites and shapes involved
-            return fn.sample()
         n = len(sub)
         if n != self.subsample_size:
             if n > self.size:
@@ -171,41 +176,42 @@ class PlateMessenger(Messenger):
         return sub
 
     def _allocate_dim(self) -> int:
+        used = {}
+        for h in _STACK:
+            frame = getattr(h, "_frame", None)
+            if frame is not None and frame.dim is not None:
+                used[frame.dim] = frame.name
         dim = self._dim_request
         if dim is not None:
-            other = _ACTIVE_DIMS.get(dim)
+            other = used.get(dim)
             if other is not None:
                 raise ValueError(f"plate '{self.name}' asks for dim {dim}, but plate '{other}' already uses it; nested plates need distinct dims")
             return dim
         dim = -1
-        while dim in _ACTIVE_DIMS:
+        while dim in used:
             dim -= 1
         return dim
 
     # ---- vectorized use ----------------------------------------------------------------
-    def __enter__(self) -> torch.Tensor:
+    def __enter__(self) -> torch.Tensor | None:
         for h in _STACK:
             if isinstance(h, PlateMessenger) and h.name == self.name and h._frame is not None:
                 raise ValueError(f"plate '{self.name}' is nested inside a plate with the same name; plate names must be unique")
         self._draw_subsample()
         dim = self._allocate_dim()
         self.dim = dim
-        _ACTIVE_DIMS[dim] = self.name
         self._frame = CondIndepStackFrame(self.name, dim, self.subsample_size, 0, self.size)
         _STACK.append(self)
         return self.subsample
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
-        self._reset()
         self._frame = None
-
-    def _reset(self) -> None:
-        if self.dim is not None and _ACTIVE_DIMS.get(self.dim) == self.name:
-            del _ACTIVE_DIMS[self.dim]
 
     # ---- sequential use ----------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
+        if self.size < 0:
+            raise ValueError(f"plate '{self.name}': a sequential plate (for i in plate(...)) needs a size")
         sub = self._draw_subsample()
         idx_list = sub.tolist() if isinstance(sub, torch.Tensor) else list(sub)
         for counter, i in enumerate(idx_list):
@@ -219,28 +225,28 @@ class PlateMessenger(Messenger):
                 self._frame = None
 
     def __len__(self) -> int:
+        if self.size < 0:
+            raise TypeError(f"plate '{self.name}' has no size (any size, set by broadcasting)")
         return self.subsample_size
 
     # ---- message processing --------------------------------------------------------------
-    def _process_message(self, msg: Message) -> None:
-        t = msg.type
-        if t != "sample" and t != "param":
-            return
+    def _pyro_param(self, msg: Message) -> None:
+        msg.cond_indep_stack = (self._frame,) + msg.cond_indep_stack
+
+    def _pyro_sample(self, msg: Message) -> None:
         frame = self._frame
         msg.cond_indep_stack = (frame,) + msg.cond_indep_stack
-        if t != "sample":
-            return
         if self._scale != 1.0:
             s = msg.scale
             msg.scale = self._scale if (type(s) is float and s == 1.0) else s * self._scale
         dim = frame.dim
-        if dim is None:
+        size = frame.size
+        if dim is None or size < 0:
             return
         fn = msg.fn
         batch_shape = getattr(fn, "batch_shape", None)
-        if batch_shape is None or type(fn) is _Subsample:
+        if batch_shape is None:
             return
-        size = frame.size
         nd = len(batch_shape)
         if -dim > nd:
             new = [1] * (-dim - nd) + list(batch_shape)
@@ -260,11 +266,12 @@ class PlateMessenger(Messenger):
                 new[dim] = size
                 msg.fn = fn.expand(torch.Size(new))
 
-    def _postprocess_message(self, msg: Message) -> None:
-        if msg.type != "sample" or not msg.is_observed:
+    def _pyro_post_sample(self, msg: Message) -> None:
+        if not msg.is_observed:
             return
-        dim = self._frame.dim if self._frame is not None else None
-        if dim is None:
+        frame = self._frame
+        dim = frame.dim if frame is not None else None
+        if dim is None or frame.size < 0:
             return
         v = msg.value
         if not isinstance(v, torch.Tensor):
@@ -282,6 +289,29 @@ class PlateMessenger(Messenger):
                     f"(The distribution {type(fn).__name__} has batch_shape {_shape(fn.batch_shape)}.)"
                     + (" If you subsample, index the data with the plate's indices: `with plate(...) as idx: obs=data[idx]`." if self.subsample_size != self.size else "")
                 )
+            if cur == 1 and self.subsample_size > 1 and is_validation_enabled() and not msg.infer.get("_deterministic", False):
+                warnings.warn(
+                    f"Observed site '{msg.name}' has size 1 along dim {dim} of plate('{self.name}') of size "
+                    f"{self.subsample_size} (value shape {_shape(v.shape)}): the one datum is counted "
+                    f"{self.subsample_size} times. Give the observation the plate's size along that dim, or move "
+                    f"the site out of the plate.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+
+def _check_indices(name: str, size: int, subsample: Any, device: Any) -> torch.Tensor:
+    """Explicit subsample indices: integers in [0, size), one dim."""
+    if not isinstance(subsample, torch.Tensor):
+        subsample = torch.as_tensor(subsample, device=device)
+    if subsample.dim() != 1:
+        raise ValueError(f"plate '{name}': subsample must be a 1-d tensor of indices; got shape {_shape(subsample.shape)}")
+    if subsample.is_floating_point() or subsample.dtype == torch.bool:
+        raise ValueError(f"plate '{name}': subsample indices must be integers; got dtype {subsample.dtype}")
+    if subsample.numel() and size and bool(((subsample < 0) | (subsample >= size)).any()):
+        bad = subsample[(subsample < 0) | (subsample >= size)][:5].tolist()
+        raise ValueError(f"plate '{name}' of size {size}: subsample indices must lie in [0, {size - 1}]; got {bad}")
+    return subsample
 
 
 def plate(

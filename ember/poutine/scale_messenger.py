@@ -29,10 +29,9 @@ class ScaleMessenger(Messenger):
             raise TypeError(f"poutine.scale expects a positive number or tensor; got {type(scale).__name__}")
         self.scale = scale
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type == "sample":
-            s = msg.scale
-            msg.scale = self.scale if (type(s) is float and s == 1.0) else s * self.scale
+    def _pyro_sample(self, msg: Message) -> None:
+        s = msg.scale
+        msg.scale = self.scale if (type(s) is float and s == 1.0) else s * self.scale
 
 
 def scale(fn: Callable | None = None, scale: Any = 1.0) -> ScaleMessenger:
@@ -51,10 +50,9 @@ class MaskMessenger(Messenger):
             mask = as_bool_mask(mask, "poutine.mask")
         self.mask = mask
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type == "sample":
-            m = msg.mask
-            msg.mask = self.mask if m is None else (m & self.mask)
+    def _pyro_sample(self, msg: Message) -> None:
+        m = msg.mask
+        msg.mask = self.mask if m is None else (m & self.mask)
 
 
 def mask(fn: Callable | None = None, mask: Any = None) -> MaskMessenger:

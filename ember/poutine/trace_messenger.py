@@ -57,10 +57,7 @@ class TraceMessenger(Messenger):
         self(*args, **kwargs)
         return self.trace
 
-    def _process_message(self, msg: Message) -> None:
-        pass
-
-    def _postprocess_message(self, msg: Message) -> None:
+    def _postprocess_message(self, msg: Message) -> None:  # every type: trace records them all
         t = msg.type
         if t == "sample" or t == "param":
             if self.param_only and t != "param":

@@ -8,15 +8,10 @@ from typing import Any
 
 import torch
 
-from ember.poutine.plate_messenger import _Subsample
-from ember.runtime import Message, is_validation_enabled
+from ember.runtime import Message, is_guide_latent, is_validation_enabled
+from ember.runtime import is_subsample as site_is_subsample
 
-__all__ = ["Trace", "site_is_subsample", "scale_and_mask"]
-
-
-def site_is_subsample(site: Message) -> bool:
-    """True for the auxiliary site a plate records its indices in."""
-    return site.type == "sample" and type(site.fn) is _Subsample
+__all__ = ["Trace", "site_is_subsample", "scale_and_mask", "site_log_prob"]
 
 
 def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> torch.Tensor:
@@ -29,6 +24,26 @@ def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> 
     if not (type(scale) is float and scale == 1.0):
         tensor = tensor * scale
     return tensor
+
+
+def site_log_prob(site: Message) -> torch.Tensor:
+    """The scaled, masked log-density of a sample site (its batch shape), computed once.
+
+    The one definition every estimator, sampler and predictor uses: fills ``site.log_prob``,
+    ``site.unscaled_log_prob`` and ``site.log_prob_sum`` and returns ``site.log_prob``.
+    """
+    lp = site.log_prob
+    if lp is not None:
+        return lp
+    fn = site.fn
+    lp = fn.log_prob(site.value, *site.args, **site.kwargs)
+    site.unscaled_log_prob = lp
+    scale, mask = site.scale, site.mask
+    if mask is not None or not (type(scale) is float and scale == 1.0):
+        lp = scale_and_mask(lp, scale, mask)
+    site.log_prob = lp
+    site.log_prob_sum = lp.sum() if lp.dim() else lp
+    return lp
 
 
 def _shape_str(shape: Any) -> str:
@@ -61,7 +76,7 @@ class Trace:
             old = nodes[name]
             if old.type != msg.type:
                 raise RuntimeError(f"site '{name}' is already in the trace as a {old.type} site; it cannot also be a {msg.type} site")
-            if site_is_subsample(msg) and site_is_subsample(old):
+            if msg.type == "subsample":
                 return  # the same plate entered again in one run: keep its first indices
             if msg.type != "param":
                 raise RuntimeError(
@@ -101,7 +116,7 @@ class Trace:
     # ---- views -------------------------------------------------------------------------
     @property
     def stochastic_nodes(self) -> list:
-        return [n for n, s in self.nodes.items() if s.type == "sample" and not s.is_observed and not site_is_subsample(s)]
+        return [n for n, s in self.nodes.items() if is_guide_latent(s)]
 
     @property
     def observation_nodes(self) -> list:
@@ -116,7 +131,7 @@ class Trace:
         return [
             n
             for n, s in self.nodes.items()
-            if s.type == "sample" and not s.is_observed and getattr(s.fn, "has_rsample", False) and not site_is_subsample(s)
+            if is_guide_latent(s) and getattr(s.fn, "has_rsample", False)
         ]
 
     @property
@@ -126,7 +141,7 @@ class Trace:
 
     def iter_stochastic_nodes(self) -> Iterator:
         for name, site in self.nodes.items():
-            if site.type == "sample" and not site.is_observed and not site_is_subsample(site):
+            if is_guide_latent(site):
                 yield name, site
 
     # ---- log densities -----------------------------------------------------------------
@@ -137,23 +152,14 @@ class Trace:
         for name, site in self.nodes.items():
             if site.type != "sample" or site.log_prob is not None or not site_filter(name, site):
                 continue
-            fn = site.fn
-            if type(fn) is _Subsample:
-                continue
             try:
-                lp = fn.log_prob(site.value, *site.args, **site.kwargs)
+                site_log_prob(site)
             except (ValueError, RuntimeError) as e:
                 raise type(e)(
-                    f"Error while computing log_prob at site '{name}' ({type(fn).__name__}):\n{e}\n{self.format_shapes(last_site=name)}"
+                    f"Error while computing log_prob at site '{name}' ({type(site.fn).__name__}):\n{e}\n{self.format_shapes(last_site=name)}"
                 ) from e
             if validate:
-                self._check_log_prob_shape(name, site, lp)
-            site.unscaled_log_prob = lp
-            scale, mask = site.scale, site.mask
-            if mask is not None or not (type(scale) is float and scale == 1.0):
-                lp = scale_and_mask(lp, scale, mask)
-            site.log_prob = lp
-            site.log_prob_sum = lp.sum() if lp.dim() else lp
+                self._check_log_prob_shape(name, site, site.unscaled_log_prob)
 
     def log_prob_sum(self, site_filter: Callable[[str, Message], bool] = lambda name, site: True) -> torch.Tensor:
         """Sum over sample sites of the scaled, masked log-density: a scalar tensor."""

@@ -376,7 +376,7 @@ def test_median_init_and_validation_restored():
         assert pyro.primitives._VALIDATION[0] == before
 
 
-def test_plate_index_site_skipped_only_when_no_handler_needs_it():
+def test_plate_indices_are_a_subsample_message():
     from ember.infer.mcmc.potential import _Substitute
 
     def model():
@@ -390,12 +390,15 @@ def test_plate_index_site_skipped_only_when_no_handler_needs_it():
         def _pyro_sample(self, msg):
             seen.append(msg.name)
 
+        def _pyro_subsample(self, msg):
+            seen.append(("subsample", msg.name))
+
     with _Substitute({"x": torch.zeros(3)}):
         idx = model()
     torch.testing.assert_close(idx, torch.arange(3))
     with Spy(), _Substitute({"x": torch.zeros(3)}):
         model()
-    assert seen == ["data", "x"]  # a handler that may care still sees the index site
+    assert seen == [("subsample", "data"), "x"]  # the plate's indices: a message type of their own
     tr = pyro.poutine.trace(model).get_trace()
     assert "data" in tr.nodes
 

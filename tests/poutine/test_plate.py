@@ -102,8 +102,8 @@ class TestDims:
     def test_bad_size_and_name(self):
         with pytest.raises(ValueError, match="'p'"):
             pyro.plate("p", -1)
-        with pytest.raises(ValueError):
-            pyro.plate("p")  # neither size nor subsample
+        with pytest.raises(ValueError, match="subsample_size needs the plate's size"):
+            pyro.plate("p", subsample_size=3)
         with pytest.raises(TypeError):
             pyro.plate(3, 2)
 
@@ -219,7 +219,8 @@ class TestBroadcast:
             with pyro.plate("p", 3):
                 pyro.sample("o", dist.Normal(torch.tensor([0.0, 1.0, 2.0]), 1.0), obs=torch.tensor([1.0]))
 
-        tr = run(model)
+        with pytest.warns(UserWarning, match="Observed site 'o' has size 1 along dim -1 of plate\\('p'\\) of size 3.*counted 3 times"):
+            tr = run(model)
         tr.compute_log_prob()
         expected = torch.tensor([-0.5, 0.0, -0.5]) - LOG_SQRT_2PI
         assert torch.allclose(tr.nodes["o"].log_prob, expected)
@@ -255,7 +256,7 @@ class TestSubsample:
                 pyro.sample("z", dist.Normal(0.0, 1.0))
 
         tr = run(model)
-        assert "data" in tr.nodes and tr.nodes["data"].type == "sample"
+        assert "data" in tr.nodes and tr.nodes["data"].type == "subsample"
         assert tr.stochastic_nodes == ["z"]
         z = tr.nodes["z"].value
         expected = (10 / 3) * tdist.Normal(0.0, 1.0).log_prob(z).sum()

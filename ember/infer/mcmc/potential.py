@@ -30,9 +30,8 @@ from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, resolve_init_strategy
 from ember.poutine.messenger import Messenger
 from ember.poutine.misc_messengers import SubstituteMessenger
-from ember.poutine.plate_messenger import _Subsample
 from ember.poutine.trace_messenger import TraceMessenger
-from ember.poutine.trace_struct import scale_and_mask
+from ember.poutine.trace_struct import site_log_prob
 from ember.runtime import Message, is_validation_enabled
 
 __all__ = ["LatentSite", "ModelPotential", "MCMCInitError"]
@@ -135,7 +134,7 @@ class _ChooseInit(Messenger):
         self.strategy = strategy
 
     def _pyro_sample(self, msg: Message) -> None:
-        if msg.is_observed or msg.done or type(msg.fn) is _Subsample:
+        if msg.is_observed or msg.done:
             return
         _refuse_discrete(msg.name, msg.fn)
         try:
@@ -151,15 +150,13 @@ class _ChooseInit(Messenger):
 class _Substitute(Messenger):
     """Substitute the latents from ``values`` and add up every site's log-density (the hot path)."""
 
-    _wants_subsample_site = False  # full-data plates only (checked on the first, traced run)
-
     def __init__(self, values: dict) -> None:
         super().__init__()
         self.values = values
         self.log_joint: Any = None
 
-    def _process_message(self, msg: Message) -> None:
-        if msg.type != "sample" or msg.is_observed or type(msg.fn) is _Subsample:
+    def _pyro_sample(self, msg: Message) -> None:
+        if msg.is_observed:
             return
         try:
             msg.value = self.values[msg.name]
@@ -170,18 +167,9 @@ class _Substitute(Messenger):
             ) from None
         msg.done = True
 
-    def _postprocess_message(self, msg: Message) -> None:
-        if msg.type != "sample":
-            return
-        fn = msg.fn
-        if type(fn) is _Subsample:
-            return
-        lp = fn.log_prob(msg.value, *msg.args, **msg.kwargs)
-        scale, mask = msg.scale, msg.mask
-        if mask is not None or not (type(scale) is float and scale == 1.0):
-            lp = scale_and_mask(lp, scale, mask)
-        if lp.dim():
-            lp = lp.sum()
+    def _pyro_post_sample(self, msg: Message) -> None:
+        site_log_prob(msg)
+        lp = msg.log_prob_sum
         total = self.log_joint
         self.log_joint = lp if total is None else total + lp
 
@@ -221,15 +209,15 @@ class ModelPotential:
         offset = 0
         dtypes = []
         for name, site in trace.nodes.items():
-            if site.type != "sample":
-                continue
             fn = site.fn
-            if type(fn) is _Subsample:
+            if site.type == "subsample":
                 if fn.subsample_size < fn.size:
                     raise ValueError(
                         f"MCMC: plate '{name}' subsamples {fn.subsample_size} of {fn.size} items; HMC and NUTS need the "
                         f"exact log density, so use the full data (drop subsample_size) when running MCMC"
                     )
+                continue
+            if site.type != "sample":
                 continue
             if site.is_observed:
                 if isinstance(site.value, torch.Tensor):
