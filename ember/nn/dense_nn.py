@@ -1,0 +1,59 @@
+"""Fully connected networks with Pyro's constructor signatures, used as hypernetworks by
+the coupling flows. This module imports only torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ConditionalDenseNN", "DenseNN"]
+
+
+class ConditionalDenseNN(nn.Module):
+    """An MLP ``f(inputs, context)`` on ``cat([context, inputs], -1)`` whose output is split
+    into the parameters of ``param_dims``: each ``[..., param_dim]`` (a tensor when there is one
+    parameter, a tuple otherwise)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int],
+        param_dims: Sequence[int] = (1, 1),
+        nonlinearity: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_dim, self.context_dim, self.hidden_dims = input_dim, context_dim, list(hidden_dims)
+        self.param_dims = list(param_dims)
+        self.count_params = len(self.param_dims)
+        self.output_multiplier = sum(self.param_dims)
+        sizes = [input_dim + context_dim] + self.hidden_dims + [self.output_multiplier]
+        self.layers = nn.ModuleList([nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)])
+        self.f = nonlinearity if nonlinearity is not None else nn.ReLU()
+
+    def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.context_dim:
+            if context is None:
+                raise ValueError(f"{type(self).__name__}: this network needs a context of size {self.context_dim}")
+            context = context.expand(inputs.shape[:-1] + context.shape[-1:])
+            h = torch.cat([context, inputs], dim=-1)
+        else:
+            h = inputs
+        for layer in self.layers[:-1]:
+            h = self.f(layer(h))
+        h = self.layers[-1](h)
+        if self.count_params == 1:
+            return h
+        return tuple(h.split(self.param_dims, dim=-1))
+
+
+class DenseNN(ConditionalDenseNN):
+    """An MLP ``f(inputs)`` (see :class:`ConditionalDenseNN`)."""
+
+    def __init__(self, input_dim: int, hidden_dims: Sequence[int], param_dims: Sequence[int] = (1, 1), nonlinearity: nn.Module | None = None) -> None:
+        super().__init__(input_dim, 0, hidden_dims, param_dims, nonlinearity)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:  # type: ignore[override]
+        return super().forward(inputs, None)
