@@ -1,9 +1,20 @@
 """The MCMC runner: warm-up, sampling, several chains, samples, summaries and diagnostics.
 
+``run`` reads as the algorithm: for each chain, ``state = kernel.init(...)``; then per iteration
+``state, info = kernel.transition(state)``, during warm-up ``state = kernel.adapt(state, info)``,
+and record. Chains are values (see :mod:`ember.infer.mcmc.hmc`), so they do not share anything
+but the kernel's configuration and the model's potential (built, and compiled, once per run).
+
 Chains run one after another in this process (``chain_method="sequential"``): no worker
-processes, so nothing hangs in notebooks or on Windows, and every chain's random stream comes
-from Ember's (``ember.set_rng_seed``). Each chain gets its own starting point from the
+processes, so nothing hangs in notebooks or on Windows, and every chain's random key comes from
+Ember's random stream (``ember.set_rng_seed``). Each chain gets its own starting point from the
 kernel's ``init_strategy`` (or ``initial_params``) and its own adaptation.
+
+``summary`` and ``diagnostics`` mean what Pyro's mean: the interval under the percentile labels
+is the highest posterior density interval, and ``"acceptance rate"`` is, per chain, the fraction
+of post-warm-up transitions that moved the chain (for NUTS: that took a new point from the
+trajectory). The mean acceptance *statistic* (what step-size adaptation targets) is
+``get_extra_fields()["accept_prob"].mean()``.
 """
 
 from __future__ import annotations
@@ -15,13 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ember.infer.mcmc.diagnostics import effective_sample_size, format_summary, split_gelman_rubin, summary
 from ember.infer.mcmc.hmc import HMC
+from ember.infer.mcmc.util import diagnostics as _site_diagnostics
+from ember.infer.mcmc.util import format_summary, summary
 from ember.primitives import validation_enabled
+from ember.util import check_kwargs
 
 __all__ = ["MCMC"]
 
-_STAT_FIELDS = ("accept_prob", "diverging", "num_steps", "tree_depth", "step_size", "potential_energy", "energy")
+_STAT_FIELDS = ("accept_prob", "accepted", "diverging", "num_steps", "tree_depth", "step_size", "potential_energy", "energy")
+_BOOL_FIELDS = ("accepted", "diverging")
+_INT_FIELDS = ("num_steps", "tree_depth")
+_VALID = ("kernel", "num_samples", "warmup_steps", "initial_params", "num_chains", "hook_fn", "mp_context", "disable_progbar",
+          "disable_validation", "transforms", "save_params", "chain_method", "thinning")
+_IGNORED = {"mp_context": "Ember runs chains in this process (no worker processes), so there is no multiprocessing context"}
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -41,18 +59,28 @@ class MCMC:
             ``num_chains`` dim gives each chain its own. Sites not named use the kernel's
             ``init_strategy``.
         num_chains: number of chains (run one after another in this process).
-        chain_method: ``"sequential"``; ``"parallel"`` is accepted and runs sequentially too
-            (with a warning), since worker processes are what makes other libraries hang.
+        hook_fn: called after every iteration as ``hook_fn(kernel, z, stage, i)`` with ``z`` the
+            flat unconstrained position, ``stage`` ``"Warmup"`` or ``"Sample"``.
         disable_progbar: no progress bar.
         disable_validation: switch Ember's and torch's argument checks off while sampling (the
             model is checked once, at initialisation, either way).
+        transforms: ``{site: Transform}`` from constrained to unconstrained values (Pyro's
+            direction), given to the kernel.
+        save_params: the site names to keep (default: every latent site).
+        chain_method: ``"sequential"``; ``"parallel"`` and ``"vectorized"`` are accepted and run
+            sequentially too (with a warning).
         thinning: keep every ``thinning``-th draw.
+        mp_context: Pyro's option, accepted without effect (a warning says so).
+
+    An unknown keyword raises ``TypeError`` naming the closest valid one.
     """
 
     def __init__(self, kernel: HMC, num_samples: int, warmup_steps: int | None = None, initial_params: dict | None = None,
                  num_chains: int = 1, hook_fn: Any = None, mp_context: Any = None, disable_progbar: bool = False,
                  disable_validation: bool = True, transforms: dict | None = None, save_params: Any = None,
-                 chain_method: str = "sequential", thinning: int = 1) -> None:
+                 chain_method: str = "sequential", thinning: int = 1, **kwargs: Any) -> None:
+        check_kwargs("MCMC", {**kwargs, **({"mp_context": mp_context} if mp_context is not None else {})},
+                     valid=_VALID, ignored=_IGNORED)
         if not isinstance(kernel, HMC):
             raise TypeError(f"MCMC: kernel must be an ember.infer.mcmc kernel (NUTS or HMC), got {type(kernel).__name__}")
         self.kernel = kernel
@@ -68,6 +96,11 @@ class MCMC:
         self.chain_method = "sequential"
         if transforms is not None:
             kernel.transforms = transforms
+        if save_params is not None:
+            if isinstance(save_params, str) or not all(isinstance(n, str) for n in save_params):
+                raise TypeError(f"MCMC: save_params must be a list of site names, got {save_params!r}")
+            save_params = list(save_params)
+        self.save_params = save_params
         self.initial_params = initial_params
         self.hook_fn = hook_fn
         self.disable_progbar = disable_progbar
@@ -75,10 +108,13 @@ class MCMC:
         self._z: list[torch.Tensor] = []
         self._stats: list[dict[str, np.ndarray]] = []
         self._potential: Any = None
+        self.states: list[Any] = []  # each chain's final state (kernel.transition can continue from it)
         self.step_sizes: list[float] = []
         self.inverse_mass_matrices: list[torch.Tensor] = []
         self.wall_times: list[float] = []
         self._warmup_grad_evals: list[int] = []
+        self._divergences: list[list[int]] = []  # per chain: post-warm-up iteration indices (Pyro's)
+        self._acceptance: list[float] = []  # per chain: Pyro's acceptance rate
         self.compile_status: list[str] = []  # per chain: "compiled (<runner>)" or "eager: <why>"
 
     # ---- running -----------------------------------------------------------------------------------
@@ -100,12 +136,13 @@ class MCMC:
         from tqdm import tqdm
 
         kernel = self.kernel
-        self._z, self._stats, self.step_sizes, self.inverse_mass_matrices, self.wall_times = [], [], [], [], []
-        self._warmup_grad_evals = []
+        self._z, self._stats, self.states, self.step_sizes, self.inverse_mass_matrices = [], [], [], [], []
+        self.wall_times, self._warmup_grad_evals, self._divergences, self._acceptance = [], [], [], []
         self.compile_status = []
-        total = self.warmup_steps + self.num_samples
-        keep = range(self.warmup_steps, total, self.thinning)
-        n_keep = len(keep)
+        warmup, total = self.warmup_steps, self.warmup_steps + self.num_samples
+        n_keep = len(range(warmup, total, self.thinning))
+        validate = not self.disable_validation
+        potential = None
         for chain in range(self.num_chains):
             t0 = time.perf_counter()
             initial = self._chain_initial_params(chain)
@@ -113,54 +150,64 @@ class MCMC:
             # the set-up (a starting point, the compiled potential) can take a while on big models
             bar = tqdm(total=total, desc=desc + "setup", disable=self.disable_progbar, dynamic_ncols=True,
                        mininterval=0.3, unit="it")
-            potential = kernel.make_potential(args, kwargs, initial)
-            seed = int(torch.randint(0, 2**62, ()).item())
             try:
-                z, u, g = kernel.setup_chain(potential, self.warmup_steps, initial, seed,
-                                             validate_while_sampling=not self.disable_validation)
+                if potential is None:
+                    potential = kernel.make_potential(args, kwargs, initial)
+                rng_key = int(torch.randint(0, 2**62, ()).item())
+                state = kernel.init(potential, warmup, initial, rng_key=rng_key, validate_while_sampling=validate)
             except BaseException:
                 bar.close()
                 raise
             self.compile_status.append(kernel.compile_status)
             self._potential = potential
-            draws = np.empty((n_keep, z.size))
-            stats = {k: np.empty(n_keep, dtype=bool if k == "diverging" else np.int64 if k in ("num_steps", "tree_depth")
-                                 else np.float64) for k in _STAT_FIELDS}
+            draws = np.empty((n_keep, state.z.size))
+            stats = {k: np.empty(n_keep, dtype=bool if k in _BOOL_FIELDS else np.int64 if k in _INT_FIELDS else np.float64)
+                     for k in _STAT_FIELDS}
             bar.set_description(desc + "warmup", refresh=False)
-            divergences = 0
+            divergent: list[int] = []
+            n_accepted = 0
             acc_sum = 0.0
             warmup_grads = 0
             j = 0
-            with validation_enabled(not self.disable_validation):
+            with validation_enabled(validate):
                 for it in range(total):
-                    z, u, g, st = kernel.step(it, z, u, g)
-                    divergences += st["diverging"]
-                    acc_sum += st["accept_prob"]
-                    if it < self.warmup_steps:
-                        warmup_grads += st["num_steps"]
-                    if it >= self.warmup_steps and (it - self.warmup_steps) % self.thinning == 0:
-                        draws[j] = z
-                        for k in _STAT_FIELDS:
-                            stats[k][j] = st[k]
-                        j += 1
+                    state, info = kernel.transition(state)
+                    if it < warmup:
+                        state = kernel.adapt(state, info)
+                        warmup_grads += info.num_steps
+                    else:
+                        n_accepted += info.accepted
+                        if info.diverging:
+                            divergent.append(it - warmup)
+                        if (it - warmup) % self.thinning == 0:
+                            draws[j] = state.z
+                            for k, v in zip(_STAT_FIELDS, (info.accept_prob, info.accepted, info.diverging, info.num_steps,
+                                                           info.tree_depth, info.step_size, state.potential_energy,
+                                                           info.energy)):
+                                stats[k][j] = v
+                            j += 1
+                    acc_sum += info.accept_prob
                     if self.hook_fn is not None:
-                        self.hook_fn(kernel, torch.from_numpy(z), "Warmup" if it < self.warmup_steps else "Sample", it)
+                        self.hook_fn(kernel, torch.from_numpy(state.z), "Warmup" if it < warmup else "Sample", it)
                     if not self.disable_progbar:
-                        if it == self.warmup_steps:
+                        if it == warmup:
                             bar.set_description(desc + "sample")
-                            acc_sum = st["accept_prob"]
+                            acc_sum = info.accept_prob
                         bar.update()
                         if it % 20 == 0 or it == total - 1:
-                            n_acc = it + 1 if it < self.warmup_steps else it - self.warmup_steps + 1
-                            bar.set_postfix_str(f"step size {st['step_size']:.2e}, acc. prob {acc_sum / n_acc:.3f}, "
-                                                f"divergences {divergences}", refresh=False)
+                            n_acc = it + 1 if it < warmup else it - warmup + 1
+                            bar.set_postfix_str(f"step size {info.step_size:.2e}, acc. prob {acc_sum / n_acc:.3f}, "
+                                                f"divergences {len(divergent)}", refresh=False)
             bar.close()
             self._z.append(torch.from_numpy(draws).to(potential.dtype))
             self._stats.append(stats)
-            self.step_sizes.append(kernel._step_size)
-            self.inverse_mass_matrices.append(kernel.inverse_mass_matrix.clone())
+            self.states.append(state)
+            self.step_sizes.append(state.step_size)
+            self.inverse_mass_matrices.append(torch.from_numpy(state.inverse_mass_matrix.copy()).to(potential.dtype))
             self.wall_times.append(time.perf_counter() - t0)
             self._warmup_grad_evals.append(warmup_grads)
+            self._divergences.append(divergent)
+            self._acceptance.append(n_accepted / self.num_samples)
         return self
 
     def _require_run(self) -> None:
@@ -175,6 +222,11 @@ class MCMC:
         self._require_run()
         z = torch.stack(self._z)  # [C, S, D]
         values = self._potential.constrain(z)
+        if self.save_params is not None:
+            unknown = [n for n in self.save_params if n not in values]
+            if unknown:
+                raise ValueError(f"MCMC: save_params names {unknown}, which are not latent sites; latent sites: {list(values)}")
+            values = {k: v for k, v in values.items() if k in self.save_params}
         if not group_by_chain:
             values = {k: v.reshape((-1,) + v.shape[2:]) for k, v in values.items()}
             if num_samples is not None:
@@ -188,9 +240,11 @@ class MCMC:
         return values
 
     def get_extra_fields(self, group_by_chain: bool = False) -> dict[str, np.ndarray]:
-        """Per-draw sampler statistics: ``accept_prob``, ``diverging``, ``num_steps`` (leapfrog
-        steps, i.e. gradient evaluations), ``tree_depth``, ``step_size``, ``potential_energy``,
-        ``energy`` (the Hamiltonian at the draw)."""
+        """Per kept draw, the statistics of the transition that produced it: ``accept_prob`` (the
+        acceptance statistic), ``accepted`` (whether the chain moved), ``diverging``, ``num_steps``
+        (leapfrog steps, i.e. gradient evaluations), ``tree_depth``, ``step_size``,
+        ``potential_energy``, ``energy`` (the Hamiltonian at the draw). ``[num_chains * draws]``,
+        or ``[num_chains, draws]`` with ``group_by_chain=True``."""
         self._require_run()
         out = {k: np.stack([s[k] for s in self._stats]) for k in _STAT_FIELDS}
         if not group_by_chain:
@@ -199,8 +253,9 @@ class MCMC:
 
     @property
     def num_divergences(self) -> int:
+        """Divergent transitions after warm-up, every chain, thinned-out iterations included."""
         self._require_run()
-        return int(sum(s["diverging"].sum() for s in self._stats))
+        return sum(len(d) for d in self._divergences)
 
     @property
     def num_grad_evals(self) -> int:
@@ -215,22 +270,18 @@ class MCMC:
         return int(sum(self._warmup_grad_evals))
 
     def diagnostics(self) -> dict[str, Any]:
-        """``{site: {"n_eff": ..., "r_hat": ...}, "divergences": {"chain 0": [draw indices]},
-        "acceptance rate": {"chain 0": mean acceptance statistic}}``."""
-        samples = self.get_samples(group_by_chain=True)
-        out: dict[str, Any] = {}
-        for name, v in samples.items():
-            d: dict[str, Any] = {"n_eff": torch.as_tensor(effective_sample_size(v))}
-            if v.shape[1] >= 4:
-                d["r_hat"] = torch.as_tensor(split_gelman_rubin(v))
-            out[name] = d
-        out["divergences"] = {f"chain {i}": np.nonzero(s["diverging"])[0].tolist() for i, s in enumerate(self._stats)}
-        out["acceptance rate"] = {f"chain {i}": float(s["accept_prob"].mean()) for i, s in enumerate(self._stats)}
+        """Pyro's diagnostics: ``{site: {"n_eff": tensor, "r_hat": tensor}}`` (split R-hat, each of
+        the site's shape), ``"divergences": {"chain 0": [post-warm-up iteration indices], ...}`` and
+        ``"acceptance rate": {"chain 0": fraction of post-warm-up transitions that moved, ...}``."""
+        out: dict[str, Any] = dict(_site_diagnostics(self.get_samples(group_by_chain=True)))
+        out["divergences"] = {f"chain {i}": list(d) for i, d in enumerate(self._divergences)}
+        out["acceptance rate"] = {f"chain {i}": a for i, a in enumerate(self._acceptance)}
         return out
 
     def summary(self, prob: float = 0.9) -> None:
-        """Print mean, sd, median, the ``prob`` interval, n_eff and r_hat of every latent
-        element, and the number of divergences."""
+        """Print Pyro's table: per latent element the mean, std, median, the ``prob`` highest
+        posterior density interval (under the labels ``5.0%``/``95.0%`` for 0.9), n_eff and
+        r_hat; then the number of divergences."""
         self._require_run()
         stats = summary(self.get_samples(group_by_chain=True), prob=prob)
         print(format_summary(stats, num_divergences=self.num_divergences))

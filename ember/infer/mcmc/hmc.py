@@ -1,36 +1,138 @@
 """Hamiltonian Monte Carlo with step-size and mass-matrix adaptation.
 
+A kernel is configuration; a chain is a value. :meth:`HMC.init` returns a chain's
+:class:`HMCState` (position, potential energy and gradient, step size, inverse mass matrix,
+adaptation state, random key); :meth:`HMC.transition` maps a state to the next one plus that
+transition's :class:`TransitionInfo`; :meth:`HMC.adapt` applies warm-up adaptation to a state.
+Nothing about a chain is stored in the kernel, so chains can be advanced in any interleaving and
+give the same draws (the kernel does hold what it samples: the model's potential, bound to the
+model's arguments by ``init``). :class:`~ember.infer.mcmc.MCMC` runs ``init``, then
+``transition`` and ``adapt`` during warm-up, ``transition`` after it, and records.
+
+Randomness: every transition draws from its own stream, a Philox generator keyed by the chain's
+``rng_key`` with the iteration number in its counter, so a chain's draws depend only on its key
+(``MCMC`` takes the keys from Ember's random stream, ``ember.set_rng_seed``).
+
 The kernel moves on the flat unconstrained vector of :class:`~ember.infer.mcmc.potential.ModelPotential`.
 Momenta ``p ~ N(0, M)``; the inverse mass matrix ``M^-1`` (a vector for ``full_mass=False``, a
 matrix otherwise) is what windowed adaptation estimates: the covariance of the unconstrained
 draws. Kinetic energy ``K(p) = p . M^-1 p / 2``. The step size adapts by dual averaging towards
 ``target_accept_prob`` during warm-up and is frozen after it.
 
-The sampler's own state (position, momentum, gradient, summed momenta) lives in float64 NumPy
-vectors and Python floats: on vectors of a few dozen numbers a NumPy operation costs about a
-microsecond and a torch one several, and a NUTS trajectory makes some twenty of them per leapfrog
-step. Only the potential and its gradient run in torch, in the model's dtype, once per step.
+The state (position, momentum, gradient, summed momenta) lives in float64 NumPy vectors and
+Python floats: on vectors of a few dozen numbers a NumPy operation costs about a microsecond and a
+torch one several, and a NUTS trajectory makes some twenty of them per leapfrog step. Only the
+potential and its gradient run in torch, in the model's dtype, once per step.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ember.infer.initialization import init_to_uniform, resolve_init_strategy
-from ember.infer.mcmc.adaptation import DualAveraging, Welford, adaptation_windows
+from ember.infer.mcmc.adaptation import (
+    AdaptState,
+    dual_averaging_final,
+    dual_averaging_init,
+    dual_averaging_update,
+    welford_init,
+    welford_regularized,
+    welford_update,
+)
 from ember.infer.mcmc.potential import FunctionPotential, ModelPotential
 from ember.primitives import validation_enabled
+from ember.util import check_kwargs
 
-__all__ = ["HMC"]
+__all__ = ["HMC", "HMCState", "TransitionInfo"]
 
 _LOG_0_8 = math.log(0.8)
+_STREAM_TRANSITION, _STREAM_STEP_SIZE_SEARCH, _STREAM_INIT = 0, 1, 2
+
+
+class HMCState(NamedTuple):
+    """One chain's state (HMC and NUTS). ``D`` is the unconstrained dimension."""
+
+    iteration: int  # transitions taken so far, warm-up included
+    z: np.ndarray  # [D] float64: the unconstrained position
+    potential_energy: float  # U(z)
+    grad: np.ndarray  # [D] float64: dU/dz
+    step_size: float
+    inverse_mass_matrix: np.ndarray  # [D] (diagonal) or [D, D] (full_mass)
+    mass_sqrt: np.ndarray  # a square root of the mass matrix M (derived from inverse_mass_matrix): [D] or [D, D]
+    adapt: AdaptState
+    rng_key: int  # the chain's random key: transition t draws from Philox(rng_key, counter t)
+
+
+class TransitionInfo(NamedTuple):
+    """What one transition did."""
+
+    accept_prob: float  # the acceptance statistic (HMC: min(1, exp(-dH)); NUTS: its mean over the trajectory)
+    accepted: bool  # whether the chain moved to a new point (Pyro's "acceptance rate" counts these)
+    diverging: bool  # an energy error above max_energy_error
+    num_steps: int  # leapfrog steps (gradient evaluations)
+    tree_depth: int  # NUTS: doublings; HMC: 0
+    energy: float  # the Hamiltonian at the new state
+    step_size: float  # the step size used
+
+
+def _mass_sqrt(minv: np.ndarray) -> np.ndarray:
+    """A square root ``L`` of the mass matrix ``M = (M^-1)^-1`` (``p = L e`` has covariance ``M``)."""
+    if minv.ndim == 2:
+        mass = np.linalg.inv(minv)
+        return np.linalg.cholesky((mass + mass.T) / 2)
+    return 1.0 / np.sqrt(minv)
+
+
+def _rng(key: int, iteration: int, stream: int) -> np.random.Generator:
+    return np.random.Generator(np.random.Philox(key=key, counter=[0, 0, iteration, stream]))
+
+
+class _Integrator:
+    """One transition's working context: the potential, the metric and the transition's random
+    stream, plus the tallies a NUTS trajectory keeps."""
+
+    __slots__ = ("pot", "minv", "full", "mass_sqrt", "rng", "max_energy_error", "n_leapfrog", "sum_accept", "diverging")
+
+    def __init__(self, pot: Callable, state: HMCState, rng: np.random.Generator, max_energy_error: float) -> None:
+        self.pot = pot
+        self.minv = state.inverse_mass_matrix
+        self.full = self.minv.ndim == 2
+        self.mass_sqrt = state.mass_sqrt
+        self.rng = rng
+        self.max_energy_error = max_energy_error
+        self.n_leapfrog = 0
+        self.sum_accept = 0.0
+        self.diverging = False
+
+    def momentum(self) -> np.ndarray:
+        e = self.rng.standard_normal(self.minv.shape[0])
+        return self.mass_sqrt @ e if self.full else e * self.mass_sqrt
+
+    def p_sharp(self, p: np.ndarray) -> np.ndarray:
+        return self.minv @ p if self.full else self.minv * p
+
+    def leapfrog(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float) -> tuple:
+        p = p - (0.5 * eps) * g
+        z = z + eps * self.p_sharp(p)
+        u, g = self.pot(z)
+        p = p - (0.5 * eps) * g
+        return z, p, g, u
+
+
+# accepted but without effect in Ember, and why: warned about once when given a non-default value
+_IGNORED = {
+    "max_plate_nesting": "Ember allocates plate dims as the model runs, and HMC/NUTS refuse discrete latents (the only "
+                         "use Pyro has for it)",
+    "jit_options": "Ember compiles the potential with make_fx/TorchScript, not torch.jit.trace (see jit_compile)",
+    "ignore_jit_warnings": "Ember's compiled potential does not go through torch.jit.trace, which is what warns",
+}
 
 
 class HMC:
@@ -46,13 +148,15 @@ class HMC:
             ``num_steps`` fixes the number of leapfrog steps instead.
         adapt_step_size, adapt_mass_matrix, full_mass: warm-up adaptation switches; ``full_mass``
             adapts a dense mass matrix instead of a diagonal one.
-        transforms: ``{site: Transform}`` from unconstrained to constrained values (default
-            ``biject_to(support)``).
+        transforms: ``{site: Transform}`` from a site's constrained values to unconstrained ones
+            (Pyro's direction; default ``biject_to(support).inv``).
         target_accept_prob: the acceptance statistic dual averaging aims at (0.8).
         init_strategy: a name (``"uniform"``, ``"median"``, ``"sample"``, ``"mean"``, ``"value"``)
             or a function of the site (``ember.infer.init_to_median`` ...); default uniform on
             (-2, 2) in unconstrained space, as Stan and Pyro.
         max_energy_error: an energy error above this marks the transition divergent (1000).
+        min_step_size, max_step_size: bounds on the adapted step size (Pyro spells them
+            ``min_stepsize``, ``max_stepsize``; both spellings are accepted).
         jit_compile: compile the potential and its gradient into one graph after the first
             (eager, checked) evaluation; see :mod:`ember.infer.mcmc.compile`. ``None`` (default):
             compile where the model allows it and otherwise run it eagerly, silently
@@ -60,7 +164,10 @@ class HMC:
             warning when the model cannot be compiled; ``False``: always run the model eagerly.
             A model whose control flow depends on latent values (an ``if`` on a tensor,
             boolean indexing) is detected and runs eagerly.
-        max_plate_nesting, jit_options, ignore_jit_warnings: accepted for Pyro compatibility.
+        max_plate_nesting, jit_options, ignore_jit_warnings: Pyro options accepted without effect
+            (a warning names each one given).
+
+    An unknown keyword raises ``TypeError`` naming the closest valid one.
     """
 
     def __init__(self, model: Callable | None = None, potential_fn: Callable | None = None, step_size: float = 1.0,
@@ -68,19 +175,30 @@ class HMC:
                  adapt_mass_matrix: bool = True, full_mass: bool = False, transforms: dict | None = None,
                  max_plate_nesting: int | None = None, jit_compile: bool | None = None, jit_options: dict | None = None,
                  ignore_jit_warnings: bool = False, target_accept_prob: float = 0.8, init_strategy: Any = init_to_uniform,
-                 *, max_energy_error: float = 1000.0, min_step_size: float = 1e-10, max_step_size: float = 1e10) -> None:
+                 *, max_energy_error: float = 1000.0, min_step_size: float = 1e-10, max_step_size: float = 1e10,
+                 **kwargs: Any) -> None:
+        owner = type(self).__name__
+        min_step_size = kwargs.pop("min_stepsize", min_step_size)
+        max_step_size = kwargs.pop("max_stepsize", max_step_size)
+        given = {k: v for k, v in (("max_plate_nesting", max_plate_nesting), ("jit_options", jit_options),
+                                   ("ignore_jit_warnings", ignore_jit_warnings or None)) if v is not None}
+        check_kwargs(owner, {**kwargs, **given}, valid=self._valid_kwargs(), ignored=self._ignored_kwargs())
         if (model is None) == (potential_fn is None):
-            raise ValueError(f"{type(self).__name__} needs exactly one of model= or potential_fn=")
+            raise ValueError(f"{owner} needs exactly one of model= or potential_fn=")
         if model is not None and not callable(model):
-            raise TypeError(f"{type(self).__name__}: model must be callable, got {type(model).__name__}")
+            raise TypeError(f"{owner}: model must be callable, got {type(model).__name__}")
         if not (isinstance(step_size, (int, float)) and step_size > 0 and math.isfinite(step_size)):
-            raise ValueError(f"{type(self).__name__}: step_size must be a positive number, got {step_size!r}")
+            raise ValueError(f"{owner}: step_size must be a positive number, got {step_size!r}")
         if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
-            raise ValueError(f"{type(self).__name__}: num_steps must be a positive integer, got {num_steps!r}")
+            raise ValueError(f"{owner}: num_steps must be a positive integer, got {num_steps!r}")
         if trajectory_length is not None and not trajectory_length > 0:
-            raise ValueError(f"{type(self).__name__}: trajectory_length must be positive, got {trajectory_length!r}")
+            raise ValueError(f"{owner}: trajectory_length must be positive, got {trajectory_length!r}")
         if not 0.0 < target_accept_prob < 1.0:
-            raise ValueError(f"{type(self).__name__}: target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+            raise ValueError(f"{owner}: target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+        if not 0 < min_step_size <= max_step_size:
+            raise ValueError(f"{owner}: need 0 < min_step_size <= max_step_size, got {min_step_size!r} and {max_step_size!r}")
+        if jit_compile is not None and not isinstance(jit_compile, bool):
+            raise TypeError(f"{owner}: jit_compile must be None, True or False, got {jit_compile!r}")
         self.model = model
         self.potential_fn = potential_fn
         self.step_size = float(step_size)
@@ -96,52 +214,67 @@ class HMC:
         self.max_energy_error = max_energy_error
         self.min_step_size = min_step_size
         self.max_step_size = max_step_size
-        if jit_compile is not None and not isinstance(jit_compile, bool):
-            raise TypeError(f"{type(self).__name__}: jit_compile must be None, True or False, got {jit_compile!r}")
         self.jit_compile = jit_compile
         self.compile_status = "not run"
-        self.inverse_mass_matrix: torch.Tensor | None = None
+        self.potential: Any = None  # what the kernel samples: set by init() (a ModelPotential or FunctionPotential)
+        self._pot: Callable | None = None
+        self._compiled_for: Any = None
+        # only for Pyro's stateful surface (setup/sample): the one chain it drives
+        self._initial_params: dict | None = None
+        self._state: HMCState | None = None
 
-    # ---- set-up -----------------------------------------------------------------------------------
+    @classmethod
+    def _valid_kwargs(cls) -> list[str]:
+        return ["model", "potential_fn", "step_size", "trajectory_length", "num_steps", "adapt_step_size", "adapt_mass_matrix",
+                "full_mass", "transforms", "jit_compile", "target_accept_prob", "init_strategy", "max_energy_error",
+                "min_step_size", "max_step_size", "min_stepsize", "max_stepsize"]
+
+    @classmethod
+    def _ignored_kwargs(cls) -> dict[str, str]:
+        return dict(_IGNORED)
+
+    # ---- set-up ---------------------------------------------------------------------------------------
     def make_potential(self, args: tuple, kwargs: dict, initial_params: dict | None = None) -> Any:
+        """The potential this kernel samples for ``model(*args, **kwargs)`` (or ``potential_fn``)."""
         if self.model is not None:
-            return ModelPotential(self.model, args, kwargs, transforms=self.transforms)
+            user = {name: t.inv for name, t in (self.transforms or {}).items()}  # ModelPotential wants unconstrained -> constrained
+            return ModelPotential(self.model, args, kwargs, transforms=user)
         if not initial_params:
             raise ValueError(f"{type(self).__name__} with potential_fn= needs initial_params (a dict of unconstrained "
                              f"tensors) in MCMC(...)")
         return FunctionPotential(self.potential_fn, initial_params)
 
-    def setup_chain(self, potential: Any, warmup_steps: int, initial_params: dict | None, rng_seed: int,
-                    validate_while_sampling: bool = False) -> tuple:
-        """Find the chain's starting point, compile the potential (see ``jit_compile``) and reset
-        adaptation; return ``(z, U, grad)`` (NumPy)."""
+    def init(self, potential: Any, warmup_steps: int = 0, initial_params: dict | None = None, rng_key: int | None = None,
+             validate_while_sampling: bool = False) -> HMCState:
+        """A new chain on ``potential`` (from :meth:`make_potential`): find its starting point,
+        compile the potential the first time it is seen (see ``jit_compile``), search a starting
+        step size, and set up ``warmup_steps`` iterations of adaptation. ``rng_key`` (an int)
+        determines every random choice of the chain's transitions (default: drawn from Ember's
+        random stream). The kernel samples this potential from now on."""
         zt, u, gt = potential.initial_point(self.init_strategy, initial_params)
         if zt.numel() == 0:
             raise ValueError(f"{type(self).__name__}: the model has no latent sample sites, so there is nothing to sample "
                              f"(observed sites: {sorted(potential.observed)})")
-        self._compile_potential(potential, zt, u, gt, validate_while_sampling)
-        self._tdtype = zt.dtype
+        if self._compiled_for is not potential:
+            self._compile_potential(potential, zt, u, gt, validate_while_sampling)
+            self._compiled_for = potential
+        self.potential = potential
         self._pot = potential.potential_and_grad_numpy  # float64 NumPy in, (float, float64 NumPy) out
+        if rng_key is None:
+            rng_key = int(torch.randint(0, 2**62, ()).item())
         z = zt.detach().to(torch.float64).numpy().copy()
         g = gt.detach().to(torch.float64).numpy().copy()
-        self._rng = random.Random(rng_seed)
         dim = z.size
-        self._minv = np.eye(dim) if self.full_mass else np.ones(dim)
-        self._update_mass_factors()
-        self._warmup_steps = warmup_steps
-        windows = adaptation_windows(warmup_steps) if self.adapt_mass_matrix else []
-        self._window_starts = {start for start, _ in windows}
-        self._window_ends = {end - 1 for _, end in windows}
-        self._welford = Welford(dim, dense=self.full_mass)
-        self._in_window = False
+        minv = np.eye(dim) if self.full_mass else np.ones(dim)
+        msqrt = _mass_sqrt(minv)
         eps = self.step_size
+        adapt = AdaptState.start(warmup_steps, eps, dim, self.full_mass, self.adapt_mass_matrix)
+        state = HMCState(0, z, u, g, eps, minv, msqrt, adapt, int(rng_key))
         if self.adapt_step_size:
             with validation_enabled(validate_while_sampling):  # far-off points: checked as while sampling
-                eps = self._find_reasonable_step_size(z, u, g, eps)
-        self._step_size = eps
-        self._da = DualAveraging(self.target_accept_prob)
-        self._da.reset(eps)
-        return z, u, g
+                eps = self._find_reasonable_step_size(state, _rng(state.rng_key, 0, _STREAM_INIT))
+            state = state._replace(step_size=eps, adapt=adapt._replace(dual_averaging=dual_averaging_init(eps)))
+        return state
 
     def _compile_potential(self, potential: Any, z: torch.Tensor, u: float, g: torch.Tensor, validating: bool) -> None:
         if self.jit_compile is False:
@@ -159,42 +292,67 @@ class HMC:
             warnings.warn(f"{type(self).__name__}(jit_compile=True): the potential runs eagerly, because {problem}",
                           stacklevel=4)
 
-    def _update_mass_factors(self) -> None:
-        minv = self._minv
-        if self.full_mass:
-            mass = np.linalg.inv(minv)
-            self._mass_sqrt = np.linalg.cholesky((mass + mass.T) / 2)  # p = L @ e has covariance M
-        else:
-            self._mass_sqrt = 1.0 / np.sqrt(minv)
-        self.inverse_mass_matrix = torch.from_numpy(minv.copy()).to(self._tdtype)
+    def _check_ready(self) -> Callable:
+        if self._pot is None:
+            raise RuntimeError(f"{type(self).__name__}: no potential yet; call kernel.init(kernel.make_potential(args, kwargs)) "
+                               f"(MCMC.run does) before transition()")
+        return self._pot
 
-    # ---- building blocks -----------------------------------------------------------------------------
-    def _sample_momentum(self, dim: int) -> np.ndarray:
-        e = torch.randn(dim, dtype=torch.float64).numpy()  # Ember's (torch's) random stream
-        if self.full_mass:
-            return self._mass_sqrt @ e
-        return e * self._mass_sqrt
+    # ---- one transition, adaptation --------------------------------------------------------------------
+    def transition(self, state: HMCState) -> tuple[HMCState, TransitionInfo]:
+        """The next state of the chain and what the transition did; ``state`` is not modified."""
+        ig = _Integrator(self._check_ready(), state, _rng(state.rng_key, state.iteration, _STREAM_TRANSITION),
+                         self.max_energy_error)
+        z, u, g, info = self._transition(ig, state.z, state.potential_energy, state.grad, state.step_size)
+        return state._replace(iteration=state.iteration + 1, z=z, potential_energy=u, grad=g), info
 
-    def _p_sharp(self, p: np.ndarray) -> np.ndarray:
-        if self.full_mass:
-            return self._minv @ p
-        return self._minv * p
+    def adapt(self, state: HMCState, info: TransitionInfo) -> HMCState:
+        """Warm-up adaptation after the transition that produced ``state`` (a no-op after
+        warm-up): dual averaging of the step size on ``info.accept_prob``; at the end of each slow
+        window the inverse mass matrix becomes the window's regularised covariance, and the step
+        size is searched again; after the last warm-up iteration the step size is frozen at its
+        averaged value."""
+        a = state.adapt
+        it = state.iteration - 1
+        if it >= a.num_warmup:
+            return state
+        eps, da, welford, in_window = state.step_size, a.dual_averaging, a.welford, a.in_window
+        minv, msqrt = state.inverse_mass_matrix, state.mass_sqrt
+        if self.adapt_step_size:
+            da = dual_averaging_update(da, info.accept_prob, self.target_accept_prob)
+            eps = self._clamp(math.exp(da.log_eps))
+        if a.window_ends:
+            if it in a.window_starts:
+                in_window = True
+                welford = welford_init(state.z.size, self.full_mass)
+            if in_window:
+                welford = welford_update(welford, state.z)
+            if it in a.window_ends:
+                in_window = False
+                minv = welford_regularized(welford)
+                msqrt = _mass_sqrt(minv)
+                if self.adapt_step_size:
+                    probe = state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt)
+                    eps = self._find_reasonable_step_size(probe, _rng(state.rng_key, it, _STREAM_STEP_SIZE_SEARCH))
+                    da = dual_averaging_init(eps)
+        if it == a.num_warmup - 1 and self.adapt_step_size:
+            eps = self._clamp(dual_averaging_final(da))
+        return state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt,
+                              adapt=a._replace(dual_averaging=da, welford=welford, in_window=in_window))
 
-    def _leapfrog(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float) -> tuple:
-        p = p - (0.5 * eps) * g
-        z = z + eps * self._p_sharp(p)
-        u, g = self._pot(z)
-        p = p - (0.5 * eps) * g
-        return z, p, g, u
+    def _clamp(self, eps: float) -> float:
+        return min(max(eps, self.min_step_size), self.max_step_size)
 
-    def _find_reasonable_step_size(self, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> float:
-        """Double or halve ``eps`` until one leapfrog step's acceptance crosses 0.8 (Stan's rule)."""
+    def _find_reasonable_step_size(self, state: HMCState, rng: np.random.Generator) -> float:
+        """Double or halve the step size until one leapfrog step's acceptance crosses 0.8 (Stan's rule)."""
+        ig = _Integrator(self._check_ready(), state, rng, self.max_energy_error)
+        z, u, g, eps = state.z, state.potential_energy, state.grad, state.step_size
         direction = 0
         for _ in range(100):
-            p = self._sample_momentum(z.size)
-            h0 = u + 0.5 * float(p @ self._p_sharp(p))
-            _, p1, _, u1 = self._leapfrog(z, p, g, eps)
-            h1 = u1 + 0.5 * float(p1 @ self._p_sharp(p1))
+            p = ig.momentum()
+            h0 = u + 0.5 * float(p @ ig.p_sharp(p))
+            _, p1, _, u1 = ig.leapfrog(z, p, g, eps)
+            h1 = u1 + 0.5 * float(p1 @ ig.p_sharp(p1))
             delta = h0 - h1
             if delta != delta:
                 delta = -math.inf
@@ -207,61 +365,98 @@ class HMC:
             eps = eps * 2.0 if direction == 1 else eps * 0.5
             if eps > self.max_step_size or eps < self.min_step_size:
                 break
-        return min(max(eps, self.min_step_size), self.max_step_size)
-
-    # ---- one iteration --------------------------------------------------------------------------------
-    def step(self, it: int, z: np.ndarray, u: float, g: np.ndarray) -> tuple:
-        """Iteration ``it`` (0-based, counting warm-up): a transition, then adaptation while
-        ``it < warmup_steps``. Returns ``(z, U, grad, stats)``."""
-        eps = self._step_size
-        z, u, g, stats = self._transition(z, u, g, eps)
-        stats["step_size"] = eps
-        if it < self._warmup_steps:
-            self._adapt(it, z, u, g, stats["accept_prob"])
-        return z, u, g, stats
-
-    def _adapt(self, it: int, z: np.ndarray, u: float, g: np.ndarray, accept_prob: float) -> None:
-        if self.adapt_step_size:
-            self._step_size = min(max(self._da.update(accept_prob), self.min_step_size), self.max_step_size)
-        if self._window_ends:
-            if it in self._window_starts:
-                self._in_window = True
-                self._welford.reset()
-            if self._in_window:
-                self._welford.update(z)
-            if it in self._window_ends:
-                self._in_window = False
-                self._minv = self._welford.regularized()
-                self._update_mass_factors()
-                if self.adapt_step_size:
-                    self._step_size = self._find_reasonable_step_size(z, u, g, self._step_size)
-                    self._da.reset(self._step_size)
-        if it == self._warmup_steps - 1 and self.adapt_step_size:
-            self._step_size = min(max(self._da.final_step_size(), self.min_step_size), self.max_step_size)
+        return self._clamp(eps)
 
     def _num_leapfrog(self, eps: float) -> int:
         if self.num_steps is not None:
             return self.num_steps
         return max(1, min(int(round(self.trajectory_length / eps)), 100000))
 
-    def _transition(self, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
-        p = self._sample_momentum(z.size)
-        h0 = u + 0.5 * float(p @ self._p_sharp(p))
+    def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
+        p = ig.momentum()
+        h0 = u + 0.5 * float(p @ ig.p_sharp(p))
         n = self._num_leapfrog(eps)
         z1, p1, g1, u1 = z, p, g, u
         for _ in range(n):
-            z1, p1, g1, u1 = self._leapfrog(z1, p1, g1, eps)
+            z1, p1, g1, u1 = ig.leapfrog(z1, p1, g1, eps)
             if not math.isfinite(u1):
                 break
-        h1 = u1 + 0.5 * float(p1 @ self._p_sharp(p1)) if math.isfinite(u1) else math.inf
+        h1 = u1 + 0.5 * float(p1 @ ig.p_sharp(p1)) if math.isfinite(u1) else math.inf
         if h1 != h1:
             h1 = math.inf
         delta = h0 - h1
         accept_prob = 1.0 if delta >= 0 else math.exp(delta)
         diverging = (h1 - h0) > self.max_energy_error
-        if self._rng.random() < accept_prob:
+        accepted = ig.rng.random() < accept_prob
+        if accepted:
             z, u, g, energy = z1, u1, g1, h1
         else:
             energy = h0
-        return z, u, g, {"accept_prob": accept_prob, "diverging": diverging, "num_steps": n, "tree_depth": 0,
-                         "potential_energy": u, "energy": energy}
+        return z, u, g, TransitionInfo(accept_prob, accepted, diverging, n, 0, energy, eps)
+
+    # ---- Pyro's stateful surface: setup(), sample(params), diagnostics(), logging() ---------------------
+    @property
+    def initial_params(self) -> dict | None:
+        """Unconstrained starting values by site: those given (Pyro's ``kernel.initial_params = ...``)
+        or, after :meth:`setup`, those the chain started from."""
+        if self._state is not None and self.potential is not None and self._initial_params is None:
+            return self.unconstrained_params(self._state)
+        return self._initial_params
+
+    @initial_params.setter
+    def initial_params(self, params: dict | None) -> None:
+        self._initial_params = params
+
+    @property
+    def inverse_mass_matrix(self) -> torch.Tensor | None:
+        """The inverse mass matrix of the chain :meth:`setup` drives (Pyro's attribute)."""
+        return None if self._state is None else torch.from_numpy(self._state.inverse_mass_matrix.copy())
+
+    def unconstrained_params(self, state: HMCState) -> dict[str, torch.Tensor]:
+        """``state``'s position as unconstrained tensors by site name."""
+        z = torch.from_numpy(state.z.copy()).to(self.potential.dtype)
+        return {s.name: z[s.offset:s.offset + s.size].reshape(s.unconstrained_shape) for s in self.potential.sites}
+
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+        """Pyro's entry point: start one chain on ``model(*args, **kwargs)`` for
+        :meth:`sample` to advance (``MCMC`` uses :meth:`init`/:meth:`transition` instead)."""
+        potential = self.make_potential(args, kwargs, self._initial_params)
+        self._state = self.init(potential, warmup_steps, self._initial_params)
+        self._warmup_steps = warmup_steps
+        self._divergences: list[int] = []
+        self._accept_cnt = 0
+        self._mean_accept_prob = 0.0
+
+    def sample(self, params: dict | None = None) -> dict[str, torch.Tensor]:
+        """Pyro's step: advance the chain :meth:`setup` started by one transition (adapting during
+        warm-up); return its unconstrained position by site. ``params`` is not read (the chain's
+        own state is the position, as in Pyro when its cache is warm)."""
+        if self._state is None:
+            raise RuntimeError(f"{type(self).__name__}.sample: call kernel.setup(warmup_steps, *model_args) first")
+        state, info = self.transition(self._state)
+        t = state.iteration
+        if t <= self._warmup_steps:
+            state = self.adapt(state, info)
+            n = t
+        else:
+            n = t - self._warmup_steps
+            self._accept_cnt += int(info.accepted)
+            if info.diverging:
+                self._divergences.append(n - 1)
+        self._mean_accept_prob += (info.accept_prob - self._mean_accept_prob) / n
+        self._state = state
+        return self.unconstrained_params(state)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"divergences": [post-warm-up iteration indices], "acceptance rate": fraction of
+        post-warm-up transitions that moved}`` of the chain :meth:`setup` started."""
+        done = 0 if self._state is None else self._state.iteration - self._warmup_steps
+        return {"divergences": list(getattr(self, "_divergences", [])),
+                "acceptance rate": self._accept_cnt / done if done > 0 else math.nan}
+
+    def logging(self) -> OrderedDict:
+        step = math.nan if self._state is None else self._state.step_size
+        return OrderedDict([("step size", f"{step:.2e}"), ("acc. prob", f"{getattr(self, '_mean_accept_prob', 0.0):.3f}")])
+
+    def cleanup(self) -> None:
+        self._state = None
