@@ -50,3 +50,9 @@ __all__ = [
     "set_rng_seed",
     "validation_enabled",
 ]
+
+# Pyro's top-level names added by issue 11 point 7 (module layout)
+from ember import settings  # noqa: E402
+from ember.primitives import plate_stack, subsample  # noqa: E402
+
+__all__ += ["plate_stack", "settings", "subsample"]

@@ -266,3 +266,52 @@ class validation_enabled:
     def __exit__(self, *exc: Any) -> None:
         _VALIDATION[0] = self._old[0]
         torch.distributions.Distribution.set_default_validate_args(self._old[1])
+
+
+# ---- Pyro's plate_stack and subsample (issue 11 point 7) ---------------------------------------
+import contextlib  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+
+
+@contextlib.contextmanager
+def plate_stack(prefix: str, sizes: Sequence[int], rightmost_dim: int = -1) -> Iterator[None]:
+    """A contiguous stack of plates named ``f"{prefix}_{i}"``, one per entry of ``sizes``
+    (leftmost first), at dims ``rightmost_dim - len(sizes) + 1, ..., rightmost_dim``: inside,
+    a site with no batch shape is broadcast to ``sizes``. ``rightmost_dim`` is negative."""
+    if not isinstance(rightmost_dim, int) or rightmost_dim >= 0:
+        raise ValueError(f"plate_stack('{prefix}'): rightmost_dim must be a negative integer; got {rightmost_dim!r}")
+    with contextlib.ExitStack() as stack:
+        for i, size in enumerate(reversed(list(sizes))):
+            stack.enter_context(plate(f"{prefix}_{i}", size, dim=rightmost_dim - i))
+        yield
+
+
+def subsample(data: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """``data`` restricted to the subsample indices of the enclosing subsampling plates: along
+    each such plate's dim (counted left of the ``event_dim`` rightmost dims), a dim of the
+    plate's full size is indexed by the plate's indices; a dim already of the subsample size
+    (or 1, or missing) is left as it is. Outside subsampling plates ``data`` is returned.
+    Lets a model take full-size data while its plates draw (or replay) minibatches."""
+    if not isinstance(event_dim, int) or event_dim < 0:
+        raise ValueError(f"subsample: event_dim must be a non-negative integer; got {event_dim!r}")
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"subsample: data must be a tensor; got {type(data).__name__}")
+    for frame in list(_STACK):
+        if not isinstance(frame, PlateMessenger) or frame.dim is None or frame.subsample is None:
+            continue
+        dim = frame.dim - event_dim
+        if -dim > data.dim():
+            continue
+        n = data.size(dim)
+        if n == frame.size and n != frame.subsample_size:
+            data = data.index_select(dim, frame.subsample.to(device=data.device))
+        elif n not in (1, frame.subsample_size):
+            raise ValueError(
+                f"subsample: data of shape {tuple(data.shape)} has size {n} at dim {dim} (plate '{frame.name}' dim "
+                f"{frame.dim}, event_dim={event_dim}); expected the plate's full size {frame.size} or its subsample size "
+                f"{frame.subsample_size}"
+            )
+    return data
+
+
+__all__ += ["plate_stack", "subsample"]
