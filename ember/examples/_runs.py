@@ -29,12 +29,15 @@ data (tensors, numbers, strings, lists, dicts), so it is written with
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import datetime
+import errno
 import json
 import os
 import random
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,19 +45,35 @@ import numpy as np
 import torch
 
 import ember.distributions as dist
-from ember.params.serialize import CheckpointError, atomic_save, atomic_write, content_digest, safe_load, shared_file_mode, validate_param_store_state
+from ember.params.serialize import (
+    TMP_SUFFIX,
+    CheckpointError,
+    atomic_save,
+    atomic_write,
+    content_digest,
+    safe_load,
+    shared_file_mode,
+    validate_param_store_state,
+)
 from ember.primitives import enable_validation, get_param_store
 from ember.runtime import is_validation_enabled
 
 __all__ = [
     "CHECKPOINT_NAME",
     "METRICS_NAME",
+    "LOCK_NAME",
     "CheckpointError",
     "MetricsLog",
     "ResolvedRun",
+    "RunLock",
     "RunSetup",
+    "RunWriteError",
     "UsageError",
+    "check_resumed_data",
     "checkpoint_digest",
+    "claim_run_dir",
+    "data_identity",
+    "data_source",
     "checkpoint_path",
     "epoch_generator",
     "find_latest_run",
@@ -71,15 +90,39 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "writing",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".ember-run.lock"
 _CHECKPOINT_VERSION = 2  # 2: with "digest"; 1: without
 
 
 class UsageError(ValueError):
     """A problem with the command line or the environment, reported as one line with exit code 2."""
+
+
+class RunWriteError(UsageError):
+    """Writing a run's file failed (no space, read-only, permission): one line naming the file and the cause."""
+
+
+def _describe_os_error(e: OSError) -> str:
+    """``"No space left on device (ENOSPC)"``: the cause of ``e`` in words and by name."""
+    name = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    why = e.strerror or str(e) or type(e).__name__
+    return f"{why} ({name})" if name else why
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, after: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into :class:`RunWriteError`:
+    ``cannot write <path>: <cause>`` and ``after`` (e.g. what is still intact)."""
+    try:
+        yield
+    except OSError as e:
+        target = e.filename if isinstance(e.filename, str) and e.filename else path
+        raise RunWriteError(f"cannot write {target}: {_describe_os_error(e)}{'; ' + after if after else ''}") from None
 
 
 # ---- run directories ---------------------------------------------------------------------------
@@ -137,18 +180,36 @@ def checkpoint_path(where: str | os.PathLike) -> Path:
     return path / CHECKPOINT_NAME
 
 
-def resolve_resume(out: str | None, resume: str | None, name: str) -> tuple[Path | None, Path | None]:
+def _run_files(path: Path) -> list[str]:
+    """The files of a run (checkpoint, metrics) that ``path`` already holds."""
+    return [n for n in (CHECKPOINT_NAME, METRICS_NAME) if (path / n).exists()]
+
+
+def _refuse_existing(out: str | os.PathLike, files: list[str]) -> None:
+    raise UsageError(f"--out {out}: already holds a run ({', '.join(files)}); pass --resume to continue it, --overwrite "
+                     "to replace it, or another --out")
+
+
+def resolve_resume(out: str | None, resume: str | None, name: str, overwrite: bool = False) -> tuple[Path | None, Path | None]:
     """The run directory and, with ``--resume`` (``resume`` not None; ``""`` for a bare
     ``--resume``), the checkpoint file to continue from: ``resume`` or ``out`` as a run
     directory or a checkpoint file, else the latest ``runs/<name>-*`` with a checkpoint.
 
     Without ``--resume`` the run directory is ``out`` (None: a new ``runs/<name>-<time>``,
-    named when :func:`make_run_dir` creates it); an ``out`` that exists as a file is a
-    :class:`UsageError` at once, before any data is loaded.
+    named when :func:`make_run_dir` creates it); an ``out`` that exists as a file, or that
+    already holds a run (a checkpoint or metrics) while ``overwrite`` is false, is a
+    :class:`UsageError` at once, before any data is loaded (:func:`claim_run_dir` checks
+    again under the run's lock).
     """
     if resume is None:
         _check_out(out)
+        if out is not None and not overwrite and Path(out).is_dir():
+            files = _run_files(Path(out))
+            if files:
+                _refuse_existing(out, files)
         return (Path(out) if out is not None else None), None
+    if overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: --resume continues the run, --overwrite replaces it")
     where = resume or out
     if not where:
         latest = find_latest_run(name)
@@ -174,11 +235,11 @@ class ResolvedRun(NamedTuple):
 
 
 def resolve_run(out: str | None, resume: str | None, name: str, kind: str, required: tuple[str, ...],
-                types: dict[str, type]) -> ResolvedRun:
+                types: dict[str, type], overwrite: bool = False) -> ResolvedRun:
     """:func:`resolve_resume`, then, with ``--resume``, the checkpoint loaded (a ``kind`` checkpoint
     with the ``required`` keys; each key of ``types`` it has must be of that type, else
     :class:`CheckpointError`)."""
-    run_dir, ckpt_path = resolve_resume(out, resume, name)
+    run_dir, ckpt_path = resolve_resume(out, resume, name, overwrite)
     if ckpt_path is None:
         return ResolvedRun(run_dir, None, None)
     return ResolvedRun(run_dir, ckpt_path, load_run_checkpoint(ckpt_path, kind, required, types))
@@ -271,17 +332,225 @@ class RunSetup:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
         threads, checks, validate = self._saved
         torch.set_num_threads(threads)
         enable_validation(checks)
         dist.enable_validation(validate)
 
-    def started(self, run_dir: str | os.PathLike | None, name: str, data: str) -> Path:
-        """Create the run directory (:func:`make_run_dir`), print it, and print ``data: <data>; <seconds since entry> s``."""
-        path = make_run_dir(run_dir, name)
+    def started(self, run_dir: str | os.PathLike | None, name: str, data: str, resuming: bool = False,
+                overwrite: bool = False, outputs: tuple[str, ...] = ()) -> Path:
+        """Create, lock and check the run directory (:func:`claim_run_dir`; the lock is released on
+        exit), print it, and print ``data: <data>; <seconds since entry> s``."""
+        path, self.lock = claim_run_dir(run_dir, name, resuming, overwrite, outputs)
         print(f"run directory: {path}")
         print(f"data: {data}; {time.perf_counter() - self._t0:.1f} s")
         return path
+
+
+# ---- owning a run directory ----------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a run trains: ``<run>/.ember-run.lock``.
+
+    The lock is an ``flock`` on that file (released by the kernel when the process ends, even
+    by SIGKILL) and the file records its holder (pid, host, start time) as one JSON line, so a
+    second process is told who holds it. Where ``flock`` is unavailable, the recorded pid is
+    checked instead. A lock file left by a process that is gone (killed) is taken over, and
+    :meth:`acquire` returns a line saying so.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    @staticmethod
+    def _describe(info: dict[str, Any]) -> str:
+        return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+
+    def _read(self, fd: int) -> dict[str, Any]:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            info = json.loads(text) if text else {}
+            return info if isinstance(info, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> str | None:
+        """Take the lock; :class:`UsageError` naming the holder if another live process has it.
+        Returns a message if a stale lock (its process gone) was taken over, else None."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the recorded pid alone
+            fcntl = None
+        for _ in range(10):  # the file may be replaced between open and flock by a finishing run
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise RunWriteError(f"cannot create the lock file {self.path}: {_describe_os_error(e)}") from None
+            flocked = False
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    flocked = True
+                except BlockingIOError:
+                    holder = self._read(fd)
+                    os.close(fd)
+                    raise UsageError(f"run directory {self.path.parent} is in use by another ember run ({self._describe(holder)}; "
+                                     f"lock {self.path}); wait for it to finish, or pass another --out") from None
+                except OSError:  # a file system without flock: fall back to the pid
+                    pass
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            previous = self._read(fd)
+            me = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            note = None
+            if previous and previous.get("pid") != me["pid"]:
+                pid = previous.get("pid")
+                alive = isinstance(pid, int) and previous.get("host") == me["host"] and _pid_alive(pid)
+                if not flocked and alive:
+                    os.close(fd)
+                    raise UsageError(f"run directory {self.path.parent} is in use by another ember run ({self._describe(previous)}; "
+                                     f"lock {self.path}); wait for it to finish, or pass another --out")
+                note = f"taking over the stale lock of {self._describe(previous)}, which no longer holds it (its run was killed)"
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(me) + "\n").encode())
+            self._fd = fd
+            return note
+        raise UsageError(f"could not take the lock {self.path}: it keeps being replaced by other processes")
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (idempotent)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
+                os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+
+
+def _remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Delete the temporary files an interrupted atomic write left in ``run_dir`` (``.<name>.<random>.tmp``)."""
+    removed = []
+    for p in sorted(run_dir.glob(".*" + TMP_SUFFIX)):
+        if p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+    return removed
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Create, write, fsync and delete a small file in ``run_dir``; :class:`RunWriteError` if that fails."""
+    probe = run_dir / f".ember-write-check-{os.getpid()}{TMP_SUFFIX}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ember" * 820)  # 4 kB
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        raise RunWriteError(f"run directory {run_dir} is not writable: {_describe_os_error(e)}; nothing was trained") from None
+
+
+def claim_run_dir(run_dir: str | os.PathLike | None, name: str, resuming: bool = False, overwrite: bool = False,
+                  outputs: tuple[str, ...] = ()) -> tuple[Path, RunLock]:
+    """Create (:func:`make_run_dir`) and lock (:class:`RunLock`) the run directory before training.
+
+    Under the lock: a directory that already holds a run (checkpoint or metrics) is refused
+    unless ``resuming`` (``--resume``) or ``overwrite`` (``--overwrite``: its checkpoint,
+    metrics and the ``outputs`` figures are deleted first); temporary files of a killed write
+    are removed; the directory must be writable. Each step is reported as one line; every
+    refusal is a :class:`UsageError` (the lock is released again). Returns the path and the
+    lock, which the caller releases when the run ends.
+    """
+    path = make_run_dir(run_dir, name)
+    lock = RunLock(path)
+    note = lock.acquire()
+    try:
+        if note:
+            print(note)
+        files = _run_files(path)
+        if files and not resuming:
+            if not overwrite:
+                _refuse_existing(path, files)
+            removed = [n for n in (CHECKPOINT_NAME, METRICS_NAME, *outputs) if (path / n).is_file()]
+            for n in removed:
+                with writing(path / n):
+                    (path / n).unlink()
+            print(f"--overwrite: removed the previous run's {', '.join(removed)} from {path}")
+        stale = _remove_stale_temporaries(path)
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) left by an interrupted write: {', '.join(stale)}")
+        _check_writable(path)
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
+
+
+# ---- the data a run trains on ---------------------------------------------------------------------
+
+
+def data_source(data_dir: str | None, default: str = "Ember's MNIST (cache or download)") -> str:
+    """The data source a run records: ``--data-dir`` resolved to an absolute path, else ``default``."""
+    return str(Path(data_dir).expanduser().resolve()) if data_dir is not None else default
+
+
+def data_identity(images: torch.Tensor, source: str) -> dict[str, Any]:
+    """What identifies a run's training data: ``{"images": N, "digest": "sha256:...", "source": source}``,
+    the digest over the images exactly as used (``images [N, ...]``: dtype, shape and values)."""
+    return {"images": int(images.shape[0]), "digest": content_digest(images.detach().cpu()), "source": str(source)}
+
+
+def check_resumed_data(ckpt_path: str | os.PathLike, ckpt: dict[str, Any], ident: dict[str, Any], allow_change: bool) -> None:
+    """On ``--resume``: :class:`UsageError` if the training data ``ident`` (:func:`data_identity`)
+    differ from those the checkpoint recorded (images or source), unless ``allow_change``
+    (``--allow-data-change``), which prints the difference and continues. A checkpoint from
+    before data digests is not checked (a line says so)."""
+    saved = ckpt.get("data")
+    if not isinstance(saved, dict):
+        print(f"note: {ckpt_path} records no digest of its training data (an older Ember); the data were not compared")
+        return
+    diffs = []
+    if saved.get("digest") != ident["digest"]:
+        diffs.append(f"the training images differ ({saved.get('images')} images, {str(saved.get('digest'))[:19]} in the checkpoint; "
+                     f"{ident['images']} images, {ident['digest'][:19]} now)")
+    if saved.get("source") != ident["source"]:
+        diffs.append(f"the data source differs ({saved.get('source')} in the checkpoint, {ident['source']} now)")
+    if not diffs:
+        return
+    if not allow_change:
+        raise UsageError(f"--resume {ckpt_path}: {'; '.join(diffs)}; pass --allow-data-change to continue on these data, "
+                         "or start a new run")
+    print(f"--allow-data-change: continuing on other data: {'; '.join(diffs)}")
 
 
 def load_mnist_arg(data_dir: str | None) -> Any:
@@ -311,8 +580,10 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_NAME
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append ``record`` as one line; an ``OSError`` is a :class:`RunWriteError` naming the file."""
+        with writing(self.path, "the checkpoint is intact; free space or fix the permissions, then restart with --resume"):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         """The records written so far (a torn last line, from a crash mid-write, is skipped)."""
@@ -338,7 +609,8 @@ class MetricsLog:
             return
         kept = [r for r in self.read() if isinstance(r.get(key), (int, float)) and r[key] <= last]
         data = "".join(json.dumps(r) + "\n" for r in kept).encode()
-        atomic_write(self.path, lambda f: f.write(data), mode=shared_file_mode())
+        with writing(self.path, "it is unchanged"):
+            atomic_write(self.path, lambda f: f.write(data), mode=shared_file_mode())
 
 
 # ---- RNG -----------------------------------------------------------------------------------------
@@ -408,10 +680,13 @@ def checkpoint_digest(state: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plain data only) to ``path`` atomically, tagged ``kind`` (e.g. ``"ember.vae"``)
-    and with the :func:`checkpoint_digest` of the whole, which :func:`load_checkpoint` checks."""
+    and with the :func:`checkpoint_digest` of the whole, which :func:`load_checkpoint` checks.
+    An ``OSError`` (no space, read-only, permission) is a :class:`RunWriteError`; the previous file stays."""
     state = {"format": kind, "version": _CHECKPOINT_VERSION, **payload}
     state["digest"] = checkpoint_digest(state)
-    atomic_save(state, path)
+    intact = "the previous checkpoint is intact" if Path(path).exists() else "no checkpoint was written"
+    with writing(path, f"{intact}; free space or fix the permissions, then restart with --resume"):
+        atomic_save(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str, required: tuple[str, ...] = (), map_location: Any = "cpu") -> dict[str, Any]:

@@ -47,6 +47,9 @@ from ember.examples._runs import (
     MetricsLog,
     RunSetup,
     UsageError,
+    check_resumed_data,
+    data_identity,
+    data_source,
     epoch_generator,
     fork_rng,
     load_mnist_arg,
@@ -57,6 +60,7 @@ from ember.examples._runs import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    writing,
 )
 from ember.infer import SVI, Trace_ELBO
 
@@ -77,6 +81,7 @@ CHECKPOINT_KIND = "ember.examples.vae"
 DEFAULT_EPOCHS = 10
 TSNE_POINTS = 3000  # default size of the t-SNE embedding (t-SNE of all 10,000 test images takes over a minute)
 NUM_PIXELS = 784
+FIGURES = ("elbo.png", "reconstructions.png", "samples.png", "embedding.png")
 
 # Settings that define the trained model and its trajectory: fixed by the checkpoint on --resume.
 _TRAINING_DEFAULTS: dict[str, Any] = {"z_dim": 50, "hidden_dim": 400, "batch_size": 256, "lr": 1.0e-3, "seed": 0, "train_subset": None}
@@ -421,7 +426,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory with the MNIST IDX files or mnist.pkl.gz (default: Ember's cache, downloading if needed)")
     p.add_argument("--out", default=None, help="run directory (default runs/vae-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
-                   help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/vae-*)")
+                   help="continue from the checkpoint in RUN_DIR (default: --out, else the latest runs/vae-*). The training "
+                        "images and the data source must be those the checkpoint recorded (see --allow-data-change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that already holds one, deleting its checkpoint, metrics and figures "
+                        "(without --resume or --overwrite such an --out is refused)")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue although the training images or the data source differ from the checkpoint's")
     p.add_argument("--embedding", choices=["auto", "tsne", "pca"], default=None,
                    help="2-D embedding of the latent means: t-SNE (needs scikit-learn), PCA, or auto (t-SNE if installed; "
                         "the default, with --resume the resumed run's)")
@@ -505,7 +516,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "vae", CHECKPOINT_KIND,
                                            required=("epoch", "params", "optim", "rng", "args", "history"),
-                                           types={"args": dict, "history": dict, "epoch": int})
+                                           types={"args": dict, "history": dict, "epoch": int}, overwrite=args.overwrite)
     cfg = _training_settings(args, ckpt)
     if cfg["embedding"] == "tsne" and not args.no_plots and not _have_sklearn():
         raise UsageError(_TSNE_NEEDS_SKLEARN)  # now, not after the training
@@ -513,8 +524,12 @@ def main(args: argparse.Namespace) -> int:
     # off: the Bernoulli scores intensities in [0, 1], not only 0/1
     with RunSetup(args.threads, validation=(not args.no_validation, False)) as setup:
         mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
-        run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source})")
-        return _run(args, cfg, device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y)
+        data = data_identity(train_x, data_source(args.data_dir))
+        if ckpt is not None:
+            check_resumed_data(ckpt_path, ckpt, data, args.allow_data_change)
+        run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images ({mnist.source})",
+                                resuming=ckpt is not None, overwrite=args.overwrite, outputs=FIGURES)
+        return _run(args, cfg, device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y, data=data)
 
 
 def _main_distributed(args: argparse.Namespace) -> int:
@@ -541,7 +556,7 @@ def _main_distributed(args: argparse.Namespace) -> int:
             def resolve() -> tuple[Any, ...]:
                 run = resolve_run(args.out, args.resume, "vae", CHECKPOINT_KIND,
                                   required=("epoch", "params", "optim", "rng", "args", "history"),
-                                  types={"args": dict, "history": dict, "epoch": int})
+                                  types={"args": dict, "history": dict, "epoch": int}, overwrite=args.overwrite)
                 cfg = _training_settings(args, run.ckpt)
                 if cfg["embedding"] == "tsne" and not args.no_plots and not _have_sklearn():
                     raise UsageError(_TSNE_NEEDS_SKLEARN)
@@ -553,10 +568,14 @@ def _main_distributed(args: argparse.Namespace) -> int:
                 if min(cfg["batch_size"], train_x.shape[0], test_x.shape[0]) < info.world_size:
                     raise UsageError(f"--distributed with {info.world_size} processes needs a batch size and data sets of at "
                                      f"least {info.world_size} images (one per process)")
+                data = data_identity(train_x, data_source(args.data_dir))
+                if ckpt is not None:  # every rank has the checkpoint: all refuse alike
+                    check_resumed_data(ckpt_path, ckpt, data, args.allow_data_change)
                 if info.is_main:
                     run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images "
-                                                            f"({mnist.source}); {info.world_size} processes ({info.backend})")
-                return _run(args, cfg, info.device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y, ddp=info)
+                                                            f"({mnist.source}); {info.world_size} processes ({info.backend})",
+                                            resuming=ckpt is not None, overwrite=args.overwrite, outputs=FIGURES)
+                return _run(args, cfg, info.device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y, ddp=info, data=data)
     except ed.DistributedError as e:
         print(f"ember vae: error: {tag}{e} (the last checkpoint, if any, is intact: restart with --resume)", file=sys.stderr)
         return 1
@@ -591,9 +610,11 @@ def _read_history(ckpt: dict[str, Any]) -> tuple[list[tuple[int, float]], list[t
 
 
 def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, run_dir: Path | None, ckpt_path: Path | None,
-         ckpt: dict[str, Any] | None, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, ddp: Any = None) -> int:
+         ckpt: dict[str, Any] | None, train_x: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, ddp: Any = None,
+         data: dict[str, Any] | None = None) -> int:
     """Train, evaluate, checkpoint, plot. ``ddp``: the ``DistInfo`` of a data-parallel run (each rank trains on its
-    part of every global batch; rank 0 alone writes), else None."""
+    part of every global batch; rank 0 alone writes), else None. ``data``: the training data's
+    :func:`~ember.examples._runs.data_identity`, recorded in the checkpoint."""
     ember.set_rng_seed(cfg["seed"])
     ember.clear_param_store()
     vae = VAE(cfg["z_dim"], cfg["hidden_dim"]).to(device)
@@ -668,6 +689,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
             "rng": rng,
             "args": {**cfg, "device": str(device), "data_dir": args.data_dir},
             "history": {"train": [list(h) for h in train_hist], "test": [list(h) for h in test_hist]},
+            **({"data": data} if data is not None else {}),
             **extra,
         })
 
@@ -675,8 +697,9 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
         return 0
     if not args.no_plots:
         t = time.perf_counter()
-        paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, cfg["embedding"], cfg["embedding_points"],
-                             cfg["seed"])
+        with writing(run_dir, "the checkpoint is intact"):
+            paths = make_figures(vae, run_dir, train_hist, test_hist, test_x, test_y, cfg["embedding"], cfg["embedding_points"],
+                                 cfg["seed"])
         if paths:
             print(f"figures ({time.perf_counter() - t:.1f} s): {', '.join(Path(p).name for p in paths.values())}")
     print(f"run directory: {run_dir}")

@@ -92,8 +92,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], mod
 
 
 def atomic_save(obj: Any, filename: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``filename`` through :func:`atomic_write`."""
-    atomic_write(filename, lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` to ``filename`` through :func:`atomic_write`.
+
+    A failing write (no space, ...) surfaces as the ``OSError`` it is, not as the
+    ``unexpected pos`` ``RuntimeError`` torch's zip writer makes of it."""
+
+    def write(f: BinaryIO) -> None:
+        w = _WriteErrors(f)
+        try:
+            torch.save(obj, w)
+        except RuntimeError:
+            if w.error is not None:
+                raise w.error from None
+            raise
+
+    atomic_write(filename, write)
+
+
+class _WriteErrors:
+    """A file proxy that remembers the first ``OSError`` its ``write`` raised (torch hides it)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b: Any) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as e:
+            if self.error is None:
+                self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 def shared_file_mode() -> int:

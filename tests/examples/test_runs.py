@@ -300,8 +300,10 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(_runs.RunWriteError) as e:
         _runs.save_checkpoint(path, "k", _small_checkpoint(2))
+    assert str(e.value) == (f"cannot write {path}: No space left on device (ENOSPC); the previous checkpoint is intact; "
+                            "free space or fix the permissions, then restart with --resume")
     monkeypatch.undo()
     assert path.read_bytes() == before
     state = _runs.load_checkpoint(path, "k")
