@@ -21,3 +21,7 @@ def __getattr__(name: str):
 
         return DataParallelSVI
     raise AttributeError(f"module 'ember.infer' has no attribute {name!r}")
+
+from ember.infer.abstract_infer import TracePosterior  # noqa: E402  (Pyro exports it from pyro.infer)
+
+__all__ += ["TracePosterior"]
