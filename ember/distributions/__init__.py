@@ -14,6 +14,7 @@ import torch.distributions as _td
 from torch.distributions import kl_divergence, register_kl
 
 from ember.distributions import constraints, transforms  # noqa: F401  (registers biject_to for the extra constraints)
+from ember.distributions.conditional import ConditionalDistribution, ConditionalTransformedDistribution
 from ember.distributions.continuous import (
     AsymmetricLaplace,
     FoldedDistribution,
@@ -56,7 +57,7 @@ def is_validation_enabled() -> bool:
 
 
 _PYRO_NAMES = [
-    "AsymmetricLaplace", "BetaBinomial", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
+    "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson",

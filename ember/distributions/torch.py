@@ -32,4 +32,16 @@ del _g, _name
 
 from ember.distributions.fast import HalfCauchy, Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
 
+
+class TransformedDistribution(TorchDistributionMixin, _td.TransformedDistribution):  # type: ignore[no-redef]
+    __doc__ = _td.TransformedDistribution.__doc__
+
+    def clear_cache(self) -> None:
+        """Forget every transform's cached values (Pyro's flow-training loop calls this after
+        each step, since the same data tensor is transformed again)."""
+        from ember.distributions.transforms.torch_transform import clear_cache
+
+        for t in self.transforms:
+            clear_cache(t)
+
 __all__ = [n for n in TORCH_NAMES if n in globals()]

@@ -1,6 +1,11 @@
 """Transforms: every ``torch.distributions.transforms`` name plus Pyro's fixed
 transforms, learnable flows (``TransformModule``s) with Pyro's helper constructors,
-and the ``biject_to``/``transform_to`` registrations of Ember's extra constraints."""
+and the ``biject_to``/``transform_to`` registrations of Ember's extra constraints.
+
+The flows are written here rather than wrapped from a flow library (zuko was
+considered): Pyro's flows are ``Transform`` objects that are also ``nn.Module``s with
+Pyro's parameter names, caching and ``condition(context)``, which the libraries
+shape differently; the mathematics is short and each is tested against autograd."""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ from torch.distributions import biject_to, transform_to
 from torch.distributions.transforms import *  # noqa: F401,F403
 from torch.distributions.transforms import __all__ as _torch_all
 
+from ember.distributions.transforms.affine_autoregressive import (
+    AffineAutoregressive,
+    AffineCoupling,
+    ConditionalAffineAutoregressive,
+    ConditionalAffineCoupling,
+    affine_autoregressive,
+    affine_coupling,
+    conditional_affine_autoregressive,
+    conditional_affine_coupling,
+)
 from ember.distributions.transforms.basic import (
     CorrMatrixCholeskyTransform,
     LowerCholeskyAffine,
@@ -17,6 +32,35 @@ from ember.distributions.transforms.basic import (
     SoftplusLowerCholeskyTransform,
     UnitLowerCholeskyTransform,
 )
+from ember.distributions.transforms.simple_flows import (
+    BatchNorm,
+    ConditionalPlanar,
+    Householder,
+    NeuralAutoregressive,
+    Planar,
+    Radial,
+    Sylvester,
+    batchnorm,
+    conditional_planar,
+    householder,
+    neural_autoregressive,
+    permute,
+    planar,
+    radial,
+    sylvester,
+)
+from ember.distributions.transforms.spline import (
+    ConditionalSpline,
+    ConditionalSplineAutoregressive,
+    Spline,
+    SplineAutoregressive,
+    SplineCoupling,
+    conditional_spline,
+    conditional_spline_autoregressive,
+    spline,
+    spline_autoregressive,
+    spline_coupling,
+)
 from ember.distributions.transforms.torch_transform import (
     ComposeTransformModule,
     ConditionalTransform,
@@ -25,7 +69,13 @@ from ember.distributions.transforms.torch_transform import (
 )
 
 __all__ = list(_torch_all) + [
-    "ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform",
-    "LowerCholeskyAffine", "Normalize", "OrderedTransform", "Permute", "SoftplusLowerCholeskyTransform",
-    "TransformModule", "UnitLowerCholeskyTransform", "biject_to", "transform_to",
+    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "ComposeTransformModule", "ConditionalAffineAutoregressive",
+    "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
+    "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",
+    "NeuralAutoregressive", "Normalize", "OrderedTransform", "Permute", "Planar", "Radial", "SoftplusLowerCholeskyTransform",
+    "Spline", "SplineAutoregressive", "SplineCoupling", "Sylvester", "TransformModule", "UnitLowerCholeskyTransform",
+    "affine_autoregressive", "affine_coupling", "batchnorm", "biject_to", "conditional_affine_autoregressive",
+    "conditional_affine_coupling", "conditional_planar", "conditional_spline", "conditional_spline_autoregressive",
+    "householder", "neural_autoregressive", "permute", "planar", "radial", "spline", "spline_autoregressive",
+    "spline_coupling", "sylvester", "transform_to",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.distributions.transforms import ComposeTransform, Transform
 
-__all__ = ["ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "TransformModule"]
+__all__ = ["clear_cache", "ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "TransformModule"]
 
 
 class TransformModule(Transform, torch.nn.Module):
@@ -21,6 +21,25 @@ class TransformModule(Transform, torch.nn.Module):
 
     def __hash__(self) -> int:
         return torch.nn.Module.__hash__(self)
+
+    def clear_cache(self) -> None:
+        """Forget the cached ``(x, y)`` pair and log-determinant. Call it after each
+        optimisation step when the same data tensor is transformed again (otherwise the
+        cache hands back values from the previous step's freed graph)."""
+        clear_cache(self)
+
+
+def clear_cache(t: Transform) -> None:
+    """Forget what transform ``t`` (and its parts) cached."""
+    if getattr(t, "_cache_size", 0):
+        t._cached_x_y = (None, None)
+    for name in ("_cache_logdet", "_cached_log_scale"):
+        if getattr(t, name, None) is not None:
+            setattr(t, name, None)
+    for part in getattr(t, "parts", ()):
+        clear_cache(part)
+    if isinstance(t, torch.distributions.transforms._InverseTransform):
+        clear_cache(t._inv)
 
 
 class ComposeTransformModule(ComposeTransform, torch.nn.ModuleList):

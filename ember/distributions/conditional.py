@@ -1,0 +1,36 @@
+"""Distributions that become ordinary ones once given a context (Pyro's
+``pyro.distributions.conditional``): ``ConditionalTransformedDistribution(base, transforms)
+.condition(context)`` is a ``TransformedDistribution`` whose conditional transforms are
+conditioned on ``context``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ember.distributions.torch import TransformedDistribution
+from ember.distributions.transforms.torch_transform import ConditionalTransform
+
+__all__ = ["ConditionalDistribution", "ConditionalTransformedDistribution"]
+
+
+class ConditionalDistribution:
+    """Something with ``condition(context) -> Distribution``."""
+
+    def condition(self, context: torch.Tensor) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.condition(context) is not implemented")
+
+
+class ConditionalTransformedDistribution(ConditionalDistribution):
+    """``base_dist`` (a distribution, or a conditional one) pushed through ``transforms``
+    (transforms and/or conditional transforms, applied in order)."""
+
+    def __init__(self, base_dist: Any, transforms: Any) -> None:
+        self.base_dist = base_dist
+        self.transforms = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms]
+
+    def condition(self, context: torch.Tensor) -> TransformedDistribution:
+        base = self.base_dist.condition(context) if isinstance(self.base_dist, ConditionalDistribution) else self.base_dist
+        ts = [t.condition(context) if isinstance(t, ConditionalTransform) else t for t in self.transforms]
+        return TransformedDistribution(base, ts)

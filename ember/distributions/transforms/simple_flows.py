@@ -1,0 +1,354 @@
+"""Smaller flows with Pyro's names: Planar and Radial (Rezende & Mohamed 2015),
+Householder and Sylvester (van den Berg et al. 2018), BatchNorm (Dinh et al. 2017) and
+NeuralAutoregressive (Huang et al. 2018, deep sigmoidal flow)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import constraints
+
+from ember.distributions.transforms.basic import Permute
+from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
+from ember.nn.auto_reg_nn import AutoRegressiveNN
+from ember.nn.dense_nn import DenseNN
+
+__all__ = [
+    "BatchNorm", "ConditionalPlanar", "Householder", "NeuralAutoregressive", "Planar", "Radial", "Sylvester",
+    "batchnorm", "conditional_planar", "householder", "neural_autoregressive", "permute", "planar", "radial", "sylvester",
+]
+
+
+def _not_invertible(name: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name} has no closed-form inverse; only values it produced itself (cached) can be inverted. "
+        f"Use it in the sampling direction (e.g. a guide or TransformedDistribution.rsample)."
+    )
+
+
+def _planar(x: torch.Tensor, bias: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = x + u_hat tanh(w.x + b)`` with ``u_hat`` making it invertible; returns (y, log|det J|)."""
+    wu = (w * u).sum(-1, keepdim=True)
+    u_hat = u + (-1 + F.softplus(wu) - wu) * w / w.pow(2).sum(-1, keepdim=True)
+    act = torch.tanh((w * x).sum(-1, keepdim=True) + bias)
+    y = x + u_hat * act
+    psi = (1 - act.pow(2)) * w
+    return y, torch.log((1 + (u_hat * psi).sum(-1)).abs())
+
+
+class Planar(TransformModule):
+    """``y = x + u tanh(w^T x + b)`` on ``[..., input_dim]`` (``u`` adjusted so that
+    ``w^T u >= -1``: invertible). ``log|det J| = log|1 + u^T psi|``. Forward only (cached inverse)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__(cache_size=1)
+        bound = 1 / math.sqrt(input_dim)
+        self.bias = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
+        self.u = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.w = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.input_dim = input_dim
+        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.bias, self.u, self.w
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = _planar(x, *self._params())
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise _not_invertible(type(self).__name__)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        return c[1] if c is not None and c[0] is x else _planar(x, *self._params())[1]
+
+
+class ConditionalPlanar(ConditionalTransformModule):
+    """:class:`Planar` whose ``(bias, u, w)`` are ``nn(context)`` (``param_dims = [1, D, D]``)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    event_dim = 1
+
+    def __init__(self, nn: Any) -> None:
+        super().__init__()
+        self.nn = nn
+
+    def condition(self, context: torch.Tensor) -> Planar:
+        bias, u, w = self.nn(context)
+        t = Planar.__new__(Planar)
+        TransformModule.__init__(t, cache_size=1)
+        t._cache_logdet = None
+        t._params = lambda: (bias, u, w)  # type: ignore[method-assign]
+        return t
+
+
+class Radial(TransformModule):
+    """``y = x + beta h(alpha, r) (x - x0)`` with ``r = |x - x0|``, ``h = 1/(alpha + r)``,
+    ``alpha > 0`` and ``beta >= -alpha`` (invertible). Forward only (cached inverse)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__(cache_size=1)
+        bound = 1 / math.sqrt(input_dim)
+        self.x0 = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.alpha_prime = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
+        self.beta_prime = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
+        self.input_dim = input_dim
+        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = F.softplus(self.alpha_prime)
+        beta = -alpha + F.softplus(self.beta_prime)
+        diff = x - self.x0
+        r = diff.norm(dim=-1, keepdim=True)
+        h = 1 / (alpha + r)
+        bh = beta * h
+        y = x + bh * diff
+        h_prime = -h.pow(2)
+        ld = (self.input_dim - 1) * torch.log1p(bh) + torch.log1p(bh + beta * h_prime * r)
+        return y, ld.squeeze(-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._forward(x)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise _not_invertible("Radial")
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
+
+
+class Householder(TransformModule):
+    """``count_transforms`` Householder reflections ``x -> (I - 2 u u^T / |u|^2) x``
+    (volume preserving, ``log|det J| = 0``; exact inverse: the reflections in reverse order)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    volume_preserving = True
+
+    def __init__(self, input_dim: int, count_transforms: int = 1) -> None:
+        super().__init__(cache_size=1)
+        if count_transforms < 1:
+            raise ValueError(f"Householder: count_transforms must be >= 1; got {count_transforms}")
+        bound = 1 / math.sqrt(input_dim)
+        self.u_unnormed = nn.Parameter(torch.empty(count_transforms, input_dim).uniform_(-bound, bound))
+        self.input_dim, self.count_transforms = input_dim, count_transforms
+
+    def u(self) -> torch.Tensor:
+        return self.u_unnormed / self.u_unnormed.norm(dim=-1, keepdim=True)
+
+    def _reflect(self, x: torch.Tensor, order: range) -> torch.Tensor:
+        u = self.u()
+        for i in order:
+            x = x - 2 * (x * u[i]).sum(-1, keepdim=True) * u[i]
+        return x
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return self._reflect(x, range(self.count_transforms))
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self._reflect(y, range(self.count_transforms - 1, -1, -1))
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[:-1])
+
+
+class Sylvester(Householder):
+    """``y = x + Q R tanh(R' Q^T x + b)`` with ``Q`` orthogonal (Householder reflections) and
+    ``R``, ``R'`` upper triangular with diagonals in ``(-1, 1)`` (so ``1 + R_ii R'_ii h' > 0``:
+    invertible). ``log|det J| = sum_i log|1 + R_ii R'_ii (1 - tanh^2)|``. Forward only."""
+
+    volume_preserving = False
+
+    def __init__(self, input_dim: int, count_transforms: int = 1) -> None:
+        super().__init__(input_dim, count_transforms)
+        bound = 1 / math.sqrt(input_dim)
+        self.R_dense = nn.Parameter(torch.empty(input_dim, input_dim).uniform_(-bound, bound))
+        self.S_dense = nn.Parameter(torch.empty(input_dim, input_dim).uniform_(-bound, bound))
+        self.R_diag = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.S_diag = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.b = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        self.register_buffer("mask", torch.triu(torch.ones(input_dim, input_dim), diagonal=1))
+        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _R(self) -> tuple[torch.Tensor, torch.Tensor]:
+        R = self.R_dense * self.mask + torch.diag(torch.tanh(self.R_diag))
+        S = self.S_dense * self.mask + torch.diag(torch.tanh(self.S_diag))
+        return R, S
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        R, S = self._R()
+        qtx = self._reflect(x, range(self.count_transforms))  # Q^T x (Q symmetric product, reflections reversed below)
+        pre = qtx @ S.T + self.b
+        act = torch.tanh(pre)
+        y = x + self._reflect(act @ R.T, range(self.count_transforms - 1, -1, -1))
+        diag = (torch.diagonal(R) * torch.diagonal(S)) * (1 - act.pow(2))
+        return y, torch.log1p(diag).sum(-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._forward(x)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise _not_invertible("Sylvester")
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
+
+
+class BatchNorm(TransformModule):
+    """Batch normalisation as a flow: ``y = (x - m) / sqrt(v + eps) * gamma + beta`` with
+    ``gamma = softplus``-positive. In training mode ``m, v`` are the batch's statistics
+    (over all dims but the last) and update the moving averages; in eval mode the moving
+    averages are used. ``log|det J| = sum log(gamma / sqrt(v + eps))`` (shape ``x.shape[:-1]``)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.input_dim, self.momentum, self.epsilon = input_dim, momentum, epsilon
+        self.gamma = nn.Parameter(torch.ones(input_dim))
+        self.beta = nn.Parameter(torch.zeros(input_dim))
+        self.register_buffer("moving_mean", torch.zeros(input_dim))
+        self.register_buffer("moving_variance", torch.ones(input_dim))
+
+    @property
+    def constrained_gamma(self) -> torch.Tensor:
+        return F.relu(self.gamma) + 1e-6
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            flat = x.reshape(-1, x.size(-1))
+            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            with torch.no_grad():
+                self.moving_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+                self.moving_variance.mul_(1 - self.momentum).add_(self.momentum * var.detach())
+            return mean, var
+        return self.moving_mean, self.moving_variance
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self._stats(x)
+        self._last_var = var
+        return (x - mean) / torch.sqrt(var + self.epsilon) * self.constrained_gamma + self.beta
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        mean, var = (self.moving_mean, self.moving_variance)
+        self._last_var = var
+        return (y - self.beta) / self.constrained_gamma * torch.sqrt(var + self.epsilon) + mean
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        var = getattr(self, "_last_var", self.moving_variance)
+        ld = (self.constrained_gamma.log() - 0.5 * torch.log(var + self.epsilon)).sum(-1)
+        return ld.expand(x.shape[:-1])
+
+
+class NeuralAutoregressive(TransformModule):
+    """Deep sigmoidal flow: ``y_j = logit(sum_k w_jk sigmoid(a_jk x_j + b_jk))`` with
+    ``a > 0`` (softplus), ``w`` on the simplex (softmax), ``(a, b, w) = autoregressive_nn(x)``
+    (``param_dims = [hidden_units] * 3``). Monotone in ``x_j``; forward only (cached inverse)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    autoregressive = True
+    eps = 1e-8
+
+    def __init__(self, autoregressive_nn: Any, hidden_units: int = 16, activation: str = "sigmoid") -> None:
+        super().__init__(cache_size=1)
+        if activation != "sigmoid":
+            raise NotImplementedError(f"NeuralAutoregressive: only activation='sigmoid' is implemented; got {activation!r}")
+        self.arn, self.hidden_units = autoregressive_nn, hidden_units
+        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a_, b, w_ = self.arn(x)  # each [..., H, D]
+        a = F.softplus(a_)
+        log_w = torch.log_softmax(w_, dim=-2)
+        pre = a * x.unsqueeze(-2) + b
+        log_sig, log_1m_sig = F.logsigmoid(pre), F.logsigmoid(-pre)
+        log_s = torch.logsumexp(log_w + log_sig, -2)  # log of sum_k w sigma  (in (0, 1))
+        log_1m_s = torch.logsumexp(log_w + log_1m_sig, -2)
+        y = log_s - log_1m_s
+        # dy/dx = (sum_k w a sigma (1 - sigma)) / (s (1 - s))
+        log_ds = torch.logsumexp(log_w + a.log() + log_sig + log_1m_sig, -2)
+        return y, (log_ds - log_s - log_1m_s).sum(-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._forward(x)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise _not_invertible("NeuralAutoregressive")
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
+
+
+def planar(input_dim: int) -> Planar:
+    """A :class:`Planar` flow on ``input_dim`` dims."""
+    return Planar(input_dim)
+
+
+def conditional_planar(input_dim: int, context_dim: int, hidden_dims: list[int] | None = None) -> ConditionalPlanar:
+    """A :class:`ConditionalPlanar` with a ``DenseNN`` from the context (default hidden ``[10 * input_dim]``)."""
+    hidden = [input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalPlanar(DenseNN(context_dim, hidden, param_dims=[1, input_dim, input_dim]))
+
+
+def radial(input_dim: int) -> Radial:
+    """A :class:`Radial` flow on ``input_dim`` dims."""
+    return Radial(input_dim)
+
+
+def householder(input_dim: int, count_transforms: int | None = None) -> Householder:
+    """:class:`Householder` reflections (default ``input_dim // 2`` of them, at least 1)."""
+    return Householder(input_dim, count_transforms if count_transforms is not None else max(1, input_dim // 2))
+
+
+def sylvester(input_dim: int, count_transforms: int | None = None) -> Sylvester:
+    """A :class:`Sylvester` flow (default ``input_dim // 2`` reflections, at least 1)."""
+    return Sylvester(input_dim, count_transforms if count_transforms is not None else max(1, input_dim // 2))
+
+
+def batchnorm(input_dim: int, **kwargs: Any) -> BatchNorm:
+    """A :class:`BatchNorm` flow on ``input_dim`` dims."""
+    return BatchNorm(input_dim, **kwargs)
+
+
+def neural_autoregressive(input_dim: int, hidden_dims: list[int] | None = None, activation: str = "sigmoid", width: int = 16) -> NeuralAutoregressive:
+    """A :class:`NeuralAutoregressive` flow with a MADE network (default hidden ``[3 * input_dim + 1]``)."""
+    hidden = [3 * input_dim + 1] if hidden_dims is None else list(hidden_dims)
+    arn = AutoRegressiveNN(input_dim, hidden, param_dims=[width] * 3)
+    return NeuralAutoregressive(arn, hidden_units=width, activation=activation)
+
+
+def permute(input_dim: int, permutation: torch.Tensor | None = None, *, dim: int = -1) -> Permute:
+    """A :class:`Permute` of ``input_dim`` entries (a random permutation by default)."""
+    return Permute(torch.randperm(input_dim) if permutation is None else permutation, dim=dim)
+
+
