@@ -254,9 +254,15 @@ class NonlocalExit(Exception):
         self.site = site
 
     def reset_stack(self) -> None:
-        """Let every handler that saw the escaping site clean up after itself."""
-        for frame in list(_STACK):
+        """Let the handlers that saw the escaping site clean up after themselves: from the
+        innermost outwards, up to the first that hides the site (``block``), as in Pyro, so
+        that the handlers outside a ``block`` (a ``trace`` around ``TracePosterior.run``) keep
+        what they recorded."""
+        for frame in reversed(_STACK):
             frame._reset()
+            hide_fn = getattr(frame, "hide_fn", None)
+            if hide_fn is not None and hide_fn(self.site):
+                break
 
 
 def default_process_message(msg: Message) -> None:

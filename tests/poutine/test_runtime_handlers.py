@@ -175,3 +175,17 @@ def test_poutine_util() -> None:
     assert putil.all_escape(empty, normal) and not putil.discrete_escape(empty, normal)
     with pytest.raises(TypeError, match="'z'.*cannot enumerate"):
         putil.enum_extend(empty, normal)
+
+
+def test_queue_retries_leave_handlers_outside_a_block_alone() -> None:
+    """NonlocalExit.reset_stack stops at the block that hides the escaping site (as in Pyro):
+    a trace around a blocked search keeps the sites it recorded before."""
+    q = pyqueue.Queue()
+    q.put(poutine.Trace())
+    with poutine.trace() as outer:
+        ember.sample("before", dist.Normal(0.0, 1.0))
+        with poutine.block():
+            run = poutine.trace(poutine.queue(_discrete_model, queue=q))
+            while not q.empty():
+                run()
+    assert list(outer.trace.nodes) == ["before"]
