@@ -1,25 +1,36 @@
 """Helpers for handlers and trace-based inference (Pyro's ``pyro.poutine.util``).
 
-- :func:`enum_extend`, :func:`discrete_escape`, :func:`all_escape`: the pieces of
-  :func:`ember.poutine.queue`, Pyro's sequential enumeration by a queue of partial traces.
+- :func:`enum_extend`, :func:`mc_extend`, :func:`discrete_escape`, :func:`all_escape`: the
+  pieces of :func:`ember.poutine.queue`, Pyro's sequential enumeration by a queue of partial traces.
 - :func:`prune_subsample_sites`: a copy of a trace without the plates' index sites.
 - :func:`site_is_subsample`, :func:`site_is_factor`, :func:`site_is_deterministic`: site roles.
+- :func:`enable_validation`, :func:`is_validation_enabled`: Ember's own checks (one switch for
+  handlers and inference in Ember).
 """
 
 from __future__ import annotations
 
 from ember.poutine.trace_struct import Trace, site_is_subsample
-from ember.runtime import Message
+from ember.runtime import _VALIDATION, Message, is_validation_enabled
 
 __all__ = [
     "all_escape",
     "discrete_escape",
+    "enable_validation",
     "enum_extend",
+    "is_validation_enabled",
+    "mc_extend",
     "prune_subsample_sites",
     "site_is_deterministic",
     "site_is_factor",
     "site_is_subsample",
 ]
+
+
+def enable_validation(is_validate: bool) -> None:
+    """Switch Ember's own checks (shapes, model/guide structure, finite losses) on or off; torch's
+    distribution validation is left alone (``ember.enable_validation`` switches both)."""
+    _VALIDATION[0] = bool(is_validate)
 
 
 def site_is_factor(site: Message) -> bool:
@@ -78,6 +89,24 @@ def enum_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> l
             break
         site = msg.copy()
         site.value = value
+        site.done = True
+        site.stop = False
+        site.continuation = None
+        new = trace.copy()
+        new.nodes[msg.name] = site
+        extended.append(new)
+    return extended
+
+
+def mc_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> list[Trace]:
+    """``num_samples`` (default 1) copies of ``trace``, each with site ``msg`` added at a fresh
+    draw of its distribution (a Monte Carlo alternative to :func:`enum_extend`)."""
+    if num_samples is None:
+        num_samples = 1
+    extended = []
+    for _ in range(num_samples):
+        site = msg.copy()
+        site.value = site.fn(*site.args, **site.kwargs)
         site.done = True
         site.stop = False
         site.continuation = None

@@ -189,3 +189,18 @@ def test_queue_retries_leave_handlers_outside_a_block_alone() -> None:
             while not q.empty():
                 run()
     assert list(outer.trace.nodes) == ["before"]
+
+
+def test_mc_extend_and_validation_switch() -> None:
+    torch.manual_seed(0)
+    site = poutine.trace(lambda: ember.sample("z", dist.Normal(0.0, 1.0))).get_trace().nodes["z"]
+    ext = putil.mc_extend(poutine.Trace(), site, num_samples=3)
+    values = [float(t.nodes["z"].value) for t in ext]
+    assert len(set(values)) == 3 and float(site.value) not in values
+    assert len(putil.mc_extend(poutine.Trace(), site)) == 1
+    assert putil.is_validation_enabled()
+    putil.enable_validation(False)
+    try:
+        assert not putil.is_validation_enabled() and not ember.runtime.is_validation_enabled()
+    finally:
+        putil.enable_validation(True)
