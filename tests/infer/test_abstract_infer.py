@@ -158,3 +158,21 @@ def test_information_criterion() -> None:
     p_waic = (w * (ll - (w * ll).sum()) ** 2).sum() * n / (n - 1)
     assert float(ic["p_waic"]) == pytest.approx(float(p_waic), rel=1e-4)
     assert float(ic["waic"]) == pytest.approx(float(-2 * (lppd - p_waic)), rel=1e-4)
+
+
+def test_marginals_of_an_importance_posterior() -> None:
+    """Importance is not a TracePosterior subclass in Ember (its vectorized traces are built
+    lazily), but Marginals takes any run posterior with exec_traces and log_weights."""
+    from ember.infer import Importance
+
+    def scale(guess):
+        weight = pyro.sample("weight", dist.Normal(guess, 1.0))
+        pyro.sample("measurement", dist.Normal(weight, 0.75), obs=torch.tensor(9.5))
+        return weight
+
+    pyro.set_rng_seed(0)
+    imp = Importance(scale, guide=None, num_samples=2000).run(8.5)
+    marginals = Marginals(imp, ["weight", "_RETURN"])
+    exact_mean = (8.5 / 1.0 + 9.5 / 0.75**2) / (1 + 1 / 0.75**2)  # 9.14
+    assert float(marginals.empirical["weight"].mean) == pytest.approx(exact_mean, abs=0.15)
+    assert torch.equal(marginals.support()["weight"], marginals.support()["_RETURN"])
