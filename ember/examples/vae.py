@@ -479,6 +479,9 @@ def _training_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None) ->
 
 
 TEST_SLEEP_ENV = "EMBER_TEST_SLEEP_PER_STEP"
+# flags that may differ between the ranks of a data-parallel run (the data directory may be a per-machine
+# path: the data themselves are compared); every other flag must be the same on every rank
+_PER_RANK_ARGS = frozenset({"no_progress", "data_dir", "threads"})
 
 
 def _test_step_hook(epoch: int) -> Callable[[int, int], None] | None:
@@ -565,6 +568,11 @@ def _main_distributed(args: argparse.Namespace) -> int:
             run_dir, ckpt_path, ckpt, cfg = ed.broadcast_from_main(resolve, "reading the settings and the checkpoint")
             with RunSetup(args.threads, validation=(not args.no_validation, False)) as setup:
                 mnist, train_x, test_x, test_y = _load_data(args.data_dir, info.device, cfg["train_subset"])
+                # every rank the same command line and the same data, or every rank stops now, saying which differs
+                ed.check_agreement({k: v for k, v in sorted(vars(args).items())
+                                    if k not in _PER_RANK_ARGS and isinstance(v, (str, int, float, bool, type(None), list))},
+                                   {"training images": train_x, "test images": test_x, "test labels": test_y},
+                                   notes={"--data-dir": args.data_dir})
                 if min(cfg["batch_size"], train_x.shape[0], test_x.shape[0]) < info.world_size:
                     raise UsageError(f"--distributed with {info.world_size} processes needs a batch size and data sets of at "
                                      f"least {info.world_size} images (one per process)")

@@ -71,6 +71,7 @@ import torch.distributed as dist
 
 from ember.infer.elbo import NonFiniteLossError, get_importance_trace
 from ember.infer.svi import SVI
+from ember.optim.optim import NonFiniteParameterError
 from ember.poutine.messenger import Messenger
 from ember.primitives import get_param_store, set_rng_seed
 from ember.runtime import Message, is_validation_enabled
@@ -83,6 +84,7 @@ __all__ = [
     "PeerError",
     "all_reduce_sum",
     "broadcast_from_main",
+    "check_agreement",
     "destroy",
     "gather_to_main",
     "get_info",
@@ -331,6 +333,74 @@ def gather_to_main(obj: Any, what: str = "gather") -> list[Any] | None:
     with _collective(what):
         dist.gather_object(obj, out, dst=0)
     return out
+
+
+# ---- agreement at start-up ----------------------------------------------------------------------------
+
+
+def _tensor_fingerprint(t: torch.Tensor) -> dict[str, Any]:
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256()
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "sha256": h.hexdigest()}
+
+
+def _show_tensor(fp: dict[str, Any] | None) -> str:
+    if fp is None:
+        return "none"
+    n = fp["shape"][0] if fp["shape"] else 1
+    return f"{n} items {fp['shape']} {fp['dtype']}, sha256 {fp['sha256'][:12]}"
+
+
+def check_agreement(settings: dict[str, Any], data: dict[str, torch.Tensor], notes: dict[str, Any] | None = None,
+                    what: str = "start-up") -> None:
+    """Check, before training, that every rank runs with the same ``settings`` (name -> plain
+    value, compared by ``repr``) and the same ``data`` (name -> tensor ``[N, ...]``, compared by
+    shape, dtype and a SHA-256 of the contents). ``notes`` (name -> value) are not compared but
+    shown with a difference (e.g. each rank's ``--data-dir``, which may differ between machines
+    while the data agree). One ``all_gather`` of a few hundred bytes per rank.
+
+    Every rank must call it. If any rank differs from rank 0, every rank raises the same
+    :class:`DistributedError` at once, naming each differing rank and what differs (instead of
+    training on other data, or hanging at a later collective when the sizes differ).
+    """
+    info = get_info()
+    if info.world_size == 1:
+        return
+    mine = {"settings": {k: repr(v) for k, v in settings.items()},
+            "data": {k: _tensor_fingerprint(v) for k, v in data.items()},
+            "notes": {k: repr(v) for k, v in (notes or {}).items()}}
+    every: list[Any] = [None] * info.world_size
+    with _collective(f"the {what} agreement check"):
+        dist.all_gather_object(every, mine)
+    ref = every[0]
+    lines = []
+    for r in range(1, info.world_size):
+        fp = every[r]
+        diffs = []
+        for k in sorted(set(ref["settings"]) | set(fp["settings"])):
+            a, b = fp["settings"].get(k, "<unset>"), ref["settings"].get(k, "<unset>")
+            if a != b:
+                diffs.append(f"{k} {a} (rank 0: {b})")
+        data_differs = False
+        for k in sorted(set(ref["data"]) | set(fp["data"])):
+            a, b = fp["data"].get(k), ref["data"].get(k)
+            if a != b:
+                data_differs = True
+                if a is not None and b is not None and a["shape"] == b["shape"] and a["dtype"] == b["dtype"]:
+                    diffs.append(f"{k}: the same shape {a['shape']} but other contents "
+                                 f"(sha256 {a['sha256'][:12]}, rank 0: {b['sha256'][:12]})")
+                else:
+                    diffs.append(f"{k}: {_show_tensor(a)} (rank 0: {_show_tensor(b)})")
+        if data_differs:
+            for k in sorted(set(ref["notes"]) | set(fp["notes"])):
+                diffs.append(f"{k} {fp['notes'].get(k, '<unset>')} (rank 0: {ref['notes'].get(k, '<unset>')})")
+        if diffs:
+            lines.append(f"rank {r} differs from rank 0: " + "; ".join(diffs))
+    if lines:
+        raise DistributedError(f"the ranks disagree at {what}, so none trains: {' | '.join(lines)}. "
+                               "Start every rank with the same command and the same data")
 
 
 # ---- the scaling ---------------------------------------------------------------------------------
@@ -633,6 +703,11 @@ class DataParallelSVI:
             params = [p for p in touched.values() if p.grad is not None]
             if params:
                 self.optim(params)
+        except NonFiniteParameterError as e:  # the same parameters and gradients on every rank: the same decision
+            if self.on_nonfinite != "skip":
+                raise
+            warnings.warn(f"DataParallelSVI.step skipped: {e}", RuntimeWarning, stacklevel=2)
+            return math.nan
         finally:
             self._clear(named)
         return loss
