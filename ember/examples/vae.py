@@ -579,10 +579,12 @@ def _main_distributed(args: argparse.Namespace) -> int:
                 data = data_identity(train_x, data_source(args.data_dir))
                 if ckpt is not None:  # every rank has the checkpoint: all refuse alike
                     check_resumed_data(ckpt_path, ckpt, data, args.allow_data_change)
-                if info.is_main:
-                    run_dir = setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images "
-                                                            f"({mnist.source}); {info.world_size} processes ({info.backend})",
-                                            resuming=ckpt is not None, overwrite=args.overwrite, outputs=FIGURES)
+                # rank 0 claims the run directory; if it cannot (locked, not writable, a run there), every rank stops
+                run_dir = ed.broadcast_from_main(
+                    lambda: setup.started(run_dir, "vae", f"{train_x.shape[0]} training and {test_x.shape[0]} test images "
+                                                          f"({mnist.source}); {info.world_size} processes ({info.backend})",
+                                          resuming=ckpt is not None, overwrite=args.overwrite, outputs=FIGURES),
+                    "claiming the run directory")
                 return _run(args, cfg, info.device, run_dir, ckpt_path, ckpt, train_x, test_x, test_y, ddp=info, data=data)
     except ed.DistributedError as e:
         print(f"ember vae: error: {tag}{e} (the last checkpoint, if any, is intact: restart with --resume)", file=sys.stderr)

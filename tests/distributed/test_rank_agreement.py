@@ -148,3 +148,24 @@ def test_one_process_agrees_with_itself_and_skips_a_non_finite_step(one_process_
             with pytest.warns(RuntimeWarning, match=r"DataParallelSVI.step skipped: the Adam\(lr=inf\) step"):
                 assert math.isnan(svi.step(x))
         assert ember.param("loc").item() == 0.0
+
+
+@pytest.mark.slow
+def test_a_locked_run_directory_stops_every_rank(tmp_path):
+    a = _data(tmp_path / "a", 0)
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ember.examples._runs import RunLock\n"
+                               "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n",
+                               str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        procs, codes, seconds = _run(tmp_path, [["--data-dir", str(a)], ["--data-dir", str(a)]])
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert codes == [2, 1], procs.all_text()
+    assert f"is in use by another ember run (pid {holder.pid} " in _errors(procs, 0)[0]
+    (err,) = _errors(procs, 1)
+    assert err.startswith("ember vae: error: rank 1: rank 0 failed during claiming the run directory (UsageError: run directory")
+    assert seconds < 40
