@@ -23,6 +23,14 @@ data (tensors, numbers, strings, lists, dicts), so it is written with
   flipped bytes inside a tensor's data (those load as other numbers); the digest does, so a
   checkpoint either loads exactly as it was saved or raises :class:`CheckpointError`.
   Version-1 files (written before the digest) still load, unchecked.
+- :func:`claim_run_dir`, :class:`RunLock`: a run directory is created, locked (a second run on it
+  is refused, naming the holder; a killed run's stale lock is taken over), refused if it holds a
+  run and neither ``--resume`` nor ``--overwrite`` was given, cleared of a killed write's
+  temporary files and checked writable, all before the first step.
+- :func:`data_identity`, :func:`check_resumed_data`: ``--resume`` refuses other training data
+  (a SHA-256 of the images used, and the source) unless ``--allow-data-change``.
+- :func:`writing`, :class:`RunWriteError`: an ``OSError`` while writing is one line naming the
+  file and the cause.
 - :func:`resolve_device`, :class:`UsageError`: clear errors for the command line.
 """
 

@@ -37,7 +37,10 @@ stream, so they are estimated with ``world_size`` particles instead of one (unbi
 noisy). Pyro's Horovod recipe instead averages full-size estimates (``N / n_rank``); the two
 agree when the shards are of equal size.
 
-**Consistency.** Parameters are created by :meth:`DataParallelSVI.setup` (one run of model
+**Consistency.** Before training, :func:`check_agreement` compares each rank's settings and a
+SHA-256 of its data with rank 0's (one small ``all_gather``): a rank with other data, fewer
+items or another flag stops every rank at once, with one line naming it and the difference.
+Parameters are created by :meth:`DataParallelSVI.setup` (one run of model
 and guide, which leaves the random streams as they were) and broadcast from rank 0. Every
 step first exchanges a few numbers per rank (one ``all_gather``): whether the rank's loss
 was computed, the loss, and a fingerprint of the names, shapes and dtypes of the parameters
