@@ -36,7 +36,10 @@ from ember.distributions.discrete import (
     ZeroInflatedNegativeBinomial,
     ZeroInflatedPoisson,
 )
+from ember.distributions.directional import ProjectedNormal, SineBivariateVonMises, SineSkewed, VonMises3D
 from ember.distributions.empirical import Empirical
+from ember.distributions.hmm import DiscreteHMM, GaussianHMM
+from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
 from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
@@ -60,7 +63,8 @@ _PYRO_NAMES = [
     "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
-    "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson",
+    "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",
+    "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "VonMises3D",
 ]
 
 __all__ = _TORCH_NAMES + _PYRO_NAMES + [
