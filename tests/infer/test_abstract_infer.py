@@ -176,3 +176,34 @@ def test_marginals_of_an_importance_posterior() -> None:
     exact_mean = (8.5 / 1.0 + 9.5 / 0.75**2) / (1 + 1 / 0.75**2)  # 9.14
     assert float(marginals.empirical["weight"].mean) == pytest.approx(exact_mean, abs=0.15)
     assert torch.equal(marginals.support()["weight"], marginals.support()["_RETURN"])
+
+
+def test_nested_search_schelling_coordination() -> None:
+    """Searches nested inside a searched model (each under poutine.block), with the inner
+    posterior's marginal observed as a distribution: the Schelling coordination game of
+    Pyro's RSA examples. Exact answer by the same recursion written out by hand."""
+    pref = 0.6
+
+    def location():
+        return pyro.sample("loc", dist.Bernoulli(torch.tensor(pref)))
+
+    def alice(depth):
+        prior = location()
+        with poutine.block():
+            bob_marginal = EmpiricalMarginal(Search(bob).run(depth - 1))
+        return pyro.sample("bob_choice", bob_marginal, obs=prior)
+
+    def bob(depth):
+        prior = location()
+        if depth > 0:
+            with poutine.block():
+                alice_marginal = EmpiricalMarginal(Search(alice).run(depth))
+            return pyro.sample("alice_choice", alice_marginal, obs=prior)
+        return prior
+
+    b = pref  # P(bob goes to the preferred place) at depth 0
+    for _ in range(2):
+        a = pref * b / (pref * b + (1 - pref) * (1 - b))  # alice at depth d, given bob at d - 1
+        b = pref * a / (pref * a + (1 - pref) * (1 - a))  # bob at depth d, given alice at d
+    got = EmpiricalMarginal(Search(bob).run(2)).log_prob(torch.tensor(1.0)).exp()
+    assert float(got) == pytest.approx(b, abs=1e-5)  # 0.8836
