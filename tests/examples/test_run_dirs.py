@@ -317,3 +317,17 @@ def test_atomic_save_reports_the_os_error_not_torchs_zip_writer(tmp_path, monkey
         serialize.atomic_save({"w": torch.zeros(100)}, tmp_path / "c.pt")
     assert e.value.errno == errno.ENOSPC and not isinstance(e.value, RuntimeError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_with_malformed_parameters_is_refused_by_name(data_a, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _vae(data_a, run, "--epochs", "1") == 0
+    ckpt = _runs.load_checkpoint(run / "checkpoint.pt", vae.CHECKPOINT_KIND)
+    ckpt["params"]["params"]["encoder$$$fc1.bias"] = torch.zeros(8, dtype=torch.int64)
+    for k in ("digest", "format", "version"):
+        del ckpt[k]
+    _runs.save_checkpoint(run / "checkpoint.pt", vae.CHECKPOINT_KIND, ckpt)  # a valid digest over bad contents
+    capsys.readouterr()
+    assert _vae(data_a, run, "--epochs", "2", "--resume") == 2
+    assert _error(capsys)[0] == (f"ember vae: error: {run / 'checkpoint.pt'}: malformed parameter store: param "
+                                 "'encoder$$$fc1.bias' has dtype torch.int64; parameters are floating-point tensors")
