@@ -85,6 +85,13 @@ class TracePosterior(metaclass=ABCMeta):
                 self._idx_by_chain[chain_id].append(i)
         if not self.exec_traces:
             raise ValueError(f"{type(self).__name__}.run: _traces yielded no trace")
+        sizes = [torch.as_tensor(w).numel() for w in self.log_weights]
+        bad = [i for i, n in enumerate(sizes) if n != 1]
+        if bad:
+            raise ValueError(
+                f"{type(self).__name__}._traces: each log_weight must be a scalar; trace {bad[0]} has one with "
+                f"{sizes[bad[0]]} elements (sum it, e.g. trace.log_prob_sum())"
+            )
         logits = torch.stack([torch.as_tensor(w, dtype=torch.get_default_dtype()).detach().reshape(()) for w in self.log_weights])
         self._categorical = torch.distributions.Categorical(logits=logits)
         return self

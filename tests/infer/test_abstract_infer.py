@@ -136,6 +136,13 @@ def test_support_and_errors() -> None:
     with pytest.raises(ValueError, match="yield"):
         Bad().run()
 
+    class Vector(TracePosterior):
+        def _traces(self):
+            yield poutine.Trace(), torch.zeros(3)
+
+    with pytest.raises(ValueError, match="scalar; trace 0 has one with 3 elements"):
+        Vector().run()
+
 
 def test_run_hides_its_sites_from_outer_handlers() -> None:
     with poutine.trace() as tm:
