@@ -81,8 +81,13 @@ def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
                 )
 
 
-def get_importance_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict, validate: bool | None = None) -> tuple[Trace, Trace]:
-    """Run the guide, replay the model against it, compute log-densities."""
+def get_importance_trace(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, validate: bool | None = None, max_plate_nesting: float | None = None
+) -> tuple[Trace, Trace]:
+    """Run the guide, replay the model against it, compute log-densities.
+
+    ``max_plate_nesting`` is the window of the log-density shape check (``Trace.max_plate_nesting``):
+    the ELBOs pass theirs (infinite by default: every batch dim must be declared by a plate)."""
     guide_tm = TraceMessenger(guide)
     guide_tm(*args, **kwargs)
     guide_trace = guide_tm.trace
@@ -93,6 +98,7 @@ def get_importance_trace(model: Callable, guide: Callable, args: tuple, kwargs: 
         validate = is_validation_enabled()
     if validate:
         check_model_guide_match(model_trace, guide_trace)
+    model_trace.max_plate_nesting = guide_trace.max_plate_nesting = max_plate_nesting
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     return model_trace, guide_trace
@@ -226,10 +232,10 @@ class ELBO:
                 self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
             dim = -int(self.max_plate_nesting) - 1
             name, num = "num_particles_vectorized", self.num_particles
-            yield get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs)
+            yield get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
         else:
             for _ in range(self.num_particles):
-                yield get_importance_trace(model, guide, args, kwargs)
+                yield get_importance_trace(model, guide, args, kwargs, max_plate_nesting=self.max_plate_nesting)
 
     # ---- the interface ---------------------------------------------------------------------
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:

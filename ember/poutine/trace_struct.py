@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -46,6 +47,18 @@ def site_log_prob(site: Message) -> torch.Tensor:
     return lp
 
 
+def _shape_fixes(site: Message, shape: torch.Size, d: int, deepest: int) -> str:
+    """The fixes for a log-density dim ``d`` that no plate declares."""
+    n_event = len(shape) - deepest  # the undeclared dims left of the plates
+    fixes = [f"a plate for dim {d} (with plate(name, {shape[d]}): ...)"]
+    if len(site.fn.batch_shape) >= len(shape):
+        fixes.append(f".to_event({n_event}) if those dims belong to one event")
+    else:
+        fixes.append(f".expand({list(shape[:n_event])}).to_event({n_event}) if the value's dims belong to one event")
+    fixes.append("a reshape (an observation shaped [N, 1] inside plate(N) broadcasts to [N, N]: pass data.squeeze(-1))")
+    return "Fix it with " + "; or ".join(fixes) + "."
+
+
 def _shape_str(shape: Any) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
@@ -60,6 +73,10 @@ class Trace:
     def __init__(self, graph_type: str = "flat") -> None:
         self.nodes: OrderedDict[str, Message] = OrderedDict()
         self.graph_type = graph_type
+        # How many batch dims (from the right) the log-density shape check covers (Pyro's
+        # window). The ELBOs set it (infinite unless the user gives max_plate_nesting); left at
+        # None it is the deepest plate dim of the trace, as Pyro's MCMC and Importance guess it.
+        self.max_plate_nesting: float | None = None
 
     # ---- building --------------------------------------------------------------------
     def add_node(self, site_name: str, **kwargs: Any) -> None:
@@ -149,6 +166,9 @@ class Trace:
         """Fill ``site.log_prob`` (masked and scaled), ``site.unscaled_log_prob`` and
         ``site.log_prob_sum`` for every sample site, once (cached)."""
         validate = is_validation_enabled()
+        window = self.max_plate_nesting
+        if validate and window is None:
+            window = max((-f.dim for s in self.nodes.values() if s.type == "sample" for f in s.cond_indep_stack if f.dim is not None), default=0)
         for name, site in self.nodes.items():
             if site.type != "sample" or site.log_prob is not None or not site_filter(name, site):
                 continue
@@ -159,7 +179,7 @@ class Trace:
                     f"Error while computing log_prob at site '{name}' ({type(site.fn).__name__}):\n{e}\n{self.format_shapes(last_site=name)}"
                 ) from e
             if validate:
-                self._check_log_prob_shape(name, site, site.unscaled_log_prob)
+                self._check_log_prob_shape(name, site, site.unscaled_log_prob, window)
 
     def log_prob_sum(self, site_filter: Callable[[str, Message], bool] = lambda name, site: True) -> torch.Tensor:
         """Sum over sample sites of the scaled, masked log-density: a scalar tensor."""
@@ -183,20 +203,40 @@ class Trace:
                     sf = scale_and_mask(site.unscaled_log_prob, 1.0, site.mask)
                 site.score_parts = (site.log_prob, sf, 0)
 
-    def _check_log_prob_shape(self, name: str, site: Message, lp: torch.Tensor) -> None:
-        """Every dim a plate declares must have the plate's size in the log_prob. (Dims
-        no plate declares are allowed, and summed, as in Pyro.)"""
+    def _check_log_prob_shape(self, name: str, site: Message, lp: torch.Tensor, max_plate_nesting: float = math.inf) -> None:
+        """Pyro's rule: every dim a plate declares has the plate's size (or 1) in the log_prob;
+        a dim left of the deepest plate dim, within ``max_plate_nesting`` dims from the right,
+        that no plate declares must be 1 (else it would be summed as if it were data: an
+        observation shaped ``[N, 1]`` in ``plate(N)`` gives an ``[N, N]`` log-density). Dims
+        right of the deepest plate that no plate declares are free (summed)."""
         shape = lp.shape
+        expected: dict = {}
         for frame in site.cond_indep_stack:
             d = frame.dim
-            if d is None or -d > len(shape):
-                continue
+            if d is not None:
+                expected[d] = frame
+        deepest = -min(expected, default=0)
+        window = int(min(len(shape), max_plate_nesting))
+        for d in range(-window, 0):
             size = shape[d]
-            if size != frame.size and size != 1:
+            frame = expected.get(d)
+            if frame is not None:
+                if size != frame.size and size != 1 and frame.size >= 0:
+                    raise ValueError(
+                        f"At site '{name}', dim {d} of the log_prob has size {size}, but plate '{frame.name}' declares "
+                        f"size {frame.size} there. Check the shapes of the value and the distribution's parameters, and use "
+                        f".to_event(...) for dims that belong to one event.\n{self.format_shapes(last_site=name)}"
+                    )
+            elif -d > deepest and size != 1:
+                plates = ", ".join(f"'{f.name}' at dim {f.dim}" for f in site.cond_indep_stack if f.dim is not None) or "none"
+                value = site.value
+                vshape = _shape_str(value.shape) if isinstance(value, torch.Tensor) else "?"
                 raise ValueError(
-                    f"At site '{name}', dim {d} of the log_prob has size {size}, but plate '{frame.name}' declares "
-                    f"size {frame.size} there. Check the shapes of the value and the distribution's parameters, and use "
-                    f".to_event(...) for dims that belong to one event.\n{self.format_shapes(last_site=name)}"
+                    f"Invalid log_prob shape at site '{name}': the log_prob has shape {_shape_str(shape)}, so size {size} "
+                    f"at dim {d}, but no plate declares that dim (plates: {plates}). Its terms would be summed as if they "
+                    f"were independent data. The value has shape {vshape}; the distribution {type(site.fn).__name__} has "
+                    f"batch_shape {_shape_str(site.fn.batch_shape)} and event_shape {_shape_str(site.fn.event_shape)}. "
+                    f"{_shape_fixes(site, shape, d, deepest)}\n{self.format_shapes(last_site=name)}"
                 )
 
     # ---- display -----------------------------------------------------------------------

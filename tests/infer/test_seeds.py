@@ -221,22 +221,36 @@ def test_seed000_vae_on_a_postcard_expand_by():
 
     nn_encoder = NNEncoder()
 
-    def model():
-        pyro.module("decoder", nn_decoder)
-        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand_by([20]))
-        bern_prob = nn_decoder(z)
-        return pyro.sample("x", dist.Bernoulli(bern_prob))
+    def make_model(event):
+        def model():
+            pyro.module("decoder", nn_decoder)
+            z = pyro.sample("z", event(dist.Normal(0.0, 1.0).expand_by([20])))
+            bern_prob = nn_decoder(z)
+            return pyro.sample("x", event(dist.Bernoulli(bern_prob)))
 
-    def conditioned_model(x):
-        return pyro.condition(model, data={"x": x})()
+        return model
+
+    def make_conditioned(model):
+        def conditioned_model(x):
+            return pyro.condition(model, data={"x": x})()
+
+        return conditioned_model
 
     def guide(x):
         pyro.module("encoder", nn_encoder)
         m_z, s_z = nn_encoder(x)
-        return pyro.sample("z", dist.Normal(m_z, s_z))
+        return pyro.sample("z", dist.Normal(m_z, s_z).to_event(1))
 
     pyro.distributions.enable_validation(False)
-    svi = pyro.infer.SVI(model=conditioned_model, guide=guide, optim=Adam({"lr": 0.001}), loss=pyro.infer.Trace_ELBO())
     x = (torch.rand(784) > 0.5).float()
+    # The postcard writes the 20 (784) independent dims as batch dims outside any plate: as in
+    # Pyro, the ELBO refuses that with the fix in the message ...
+    as_written = make_conditioned(make_model(lambda d: d))
+    svi = pyro.infer.SVI(model=as_written, guide=guide, optim=Adam({"lr": 0.001}), loss=pyro.infer.Trace_ELBO())
+    with pytest.raises(ValueError, match=r"(?s)Invalid log_prob shape at site 'z'.*no plate declares.*\.to_event\(1\)"):
+        svi.step(x)
+    # ... and with .to_event(1) it trains
+    fixed = make_conditioned(make_model(lambda d: d.to_event(1)))
+    svi = pyro.infer.SVI(model=fixed, guide=guide, optim=Adam({"lr": 0.001}), loss=pyro.infer.Trace_ELBO())
     losses = [svi.step(x) for _ in range(50)]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
