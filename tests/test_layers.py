@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
     """Run lint-imports with the contract in ``cwd/pyproject.toml`` on the ``ember`` package in ``cwd``."""
     env = dict(os.environ, PYTHONPATH=str(cwd), NO_COLOR="1", COLUMNS="200")
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_contract_kept() -> None:
