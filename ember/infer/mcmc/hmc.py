@@ -10,7 +10,7 @@ model's arguments by ``init``). :class:`~ember.infer.mcmc.MCMC` runs ``init``, t
 ``transition`` and ``adapt`` during warm-up, ``transition`` after it, and records.
 
 Randomness: every transition draws from its own stream, a Philox generator keyed by the chain's
-``rng_key`` with the iteration number in its counter, so a chain's draws depend only on its key
+``rng_key`` with the iteration number in its counter (see :class:`_Streams`), so a chain's draws depend only on its key
 (``MCMC`` takes the keys from Ember's random stream, ``ember.set_rng_seed``).
 
 The kernel moves on the flat unconstrained vector of :class:`~ember.infer.mcmc.potential.ModelPotential`.
@@ -90,15 +90,34 @@ def _mass_sqrt(minv: np.ndarray) -> np.ndarray:
     return 1.0 / np.sqrt(minv)
 
 
-def _rng(key: int, iteration: int, stream: int) -> np.random.Generator:
-    return np.random.Generator(np.random.Philox(key=key, counter=[0, 0, iteration, stream]))
+class _Streams:
+    """Counter-based random streams: ``get(key, iteration, stream)`` is the generator
+    ``Philox(key, counter=[0, 0, iteration, stream])``, a pure function of its arguments. One
+    generator object is re-keyed in place (setting its state costs a third of building one); what
+    it returns is only used until the next ``get``."""
+
+    __slots__ = ("bitgen", "gen")
+
+    def __init__(self) -> None:
+        self.bitgen = np.random.Philox(0)
+        self.gen = np.random.Generator(self.bitgen)
+
+    def get(self, key: int, iteration: int, stream: int) -> np.random.Generator:
+        self.bitgen.state = {
+            "bit_generator": "Philox",
+            "state": {"counter": np.array([0, 0, iteration, stream], dtype=np.uint64),
+                      "key": np.array([key & 0xFFFFFFFFFFFFFFFF, (key >> 64) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64)},
+            "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
+        }
+        return self.gen
 
 
 class _Integrator:
     """One transition's working context: the potential, the metric and the transition's random
     stream, plus the tallies a NUTS trajectory keeps."""
 
-    __slots__ = ("pot", "minv", "full", "mass_sqrt", "rng", "max_energy_error", "n_leapfrog", "sum_accept", "diverging")
+    __slots__ = ("pot", "minv", "full", "mass_sqrt", "rng", "max_energy_error", "n_leapfrog", "sum_accept", "diverging",
+                 "_uniforms", "_next")
 
     def __init__(self, pot: Callable, state: HMCState, rng: np.random.Generator, max_energy_error: float) -> None:
         self.pot = pot
@@ -110,6 +129,16 @@ class _Integrator:
         self.n_leapfrog = 0
         self.sum_accept = 0.0
         self.diverging = False
+        self._uniforms: list[float] = []
+        self._next = 0
+
+    def uniform(self) -> float:
+        """A uniform draw on [0, 1) (drawn 32 at a time: one NumPy call costs as much as 32 Python floats)."""
+        if self._next == len(self._uniforms):
+            self._uniforms = self.rng.random(32).tolist()
+            self._next = 0
+        self._next += 1
+        return self._uniforms[self._next - 1]
 
     def momentum(self) -> np.ndarray:
         e = self.rng.standard_normal(self.minv.shape[0])
@@ -219,6 +248,7 @@ class HMC:
         self.potential: Any = None  # what the kernel samples: set by init() (a ModelPotential or FunctionPotential)
         self._pot: Callable | None = None
         self._compiled_for: Any = None
+        self._streams = _Streams()
         # only for Pyro's stateful surface (setup/sample): the one chain it drives
         self._initial_params: dict | None = None
         self._state: HMCState | None = None
@@ -272,7 +302,7 @@ class HMC:
         state = HMCState(0, z, u, g, eps, minv, msqrt, adapt, int(rng_key))
         if self.adapt_step_size:
             with validation_enabled(validate_while_sampling):  # far-off points: checked as while sampling
-                eps = self._find_reasonable_step_size(state, _rng(state.rng_key, 0, _STREAM_INIT))
+                eps = self._find_reasonable_step_size(state, self._streams.get(state.rng_key, 0, _STREAM_INIT))
             state = state._replace(step_size=eps, adapt=adapt._replace(dual_averaging=dual_averaging_init(eps)))
         return state
 
@@ -301,7 +331,7 @@ class HMC:
     # ---- one transition, adaptation --------------------------------------------------------------------
     def transition(self, state: HMCState) -> tuple[HMCState, TransitionInfo]:
         """The next state of the chain and what the transition did; ``state`` is not modified."""
-        ig = _Integrator(self._check_ready(), state, _rng(state.rng_key, state.iteration, _STREAM_TRANSITION),
+        ig = _Integrator(self._check_ready(), state, self._streams.get(state.rng_key, state.iteration, _STREAM_TRANSITION),
                          self.max_energy_error)
         z, u, g, info = self._transition(ig, state.z, state.potential_energy, state.grad, state.step_size)
         return state._replace(iteration=state.iteration + 1, z=z, potential_energy=u, grad=g), info
@@ -333,7 +363,7 @@ class HMC:
                 msqrt = _mass_sqrt(minv)
                 if self.adapt_step_size:
                     probe = state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt)
-                    eps = self._find_reasonable_step_size(probe, _rng(state.rng_key, it, _STREAM_STEP_SIZE_SEARCH))
+                    eps = self._find_reasonable_step_size(probe, self._streams.get(state.rng_key, it, _STREAM_STEP_SIZE_SEARCH))
                     da = dual_averaging_init(eps)
         if it == a.num_warmup - 1 and self.adapt_step_size:
             eps = self._clamp(dual_averaging_final(da))
@@ -387,7 +417,7 @@ class HMC:
         delta = h0 - h1
         accept_prob = 1.0 if delta >= 0 else math.exp(delta)
         diverging = (h1 - h0) > self.max_energy_error
-        accepted = ig.rng.random() < accept_prob
+        accepted = ig.uniform() < accept_prob
         if accepted:
             z, u, g, energy = z1, u1, g1, h1
         else:

@@ -125,7 +125,7 @@ class NUTS(HMC):
             return final
         log_w = _logaddexp(init.log_w, final.log_w)
         t = _Tree()
-        if ig.rng.random() < math.exp(final.log_w - log_w):
+        if ig.uniform() < math.exp(final.log_w - log_w):
             t.z_prop, t.u_prop, t.g_prop, t.h_prop = final.z_prop, final.u_prop, final.g_prop, final.h_prop
         else:
             t.z_prop, t.u_prop, t.g_prop, t.h_prop = init.z_prop, init.u_prop, init.g_prop, init.h_prop
@@ -142,7 +142,7 @@ class NUTS(HMC):
         p = ig.momentum()
         ps = ig.p_sharp(p)
         h0 = u + 0.5 * float(p @ ps)
-        rng = ig.rng
+        uniform = ig.uniform
         # the two ends of the trajectory: (z, p, grad); momenta at the seams (Stan's notation)
         fwd = (z, p, g)
         bck = (z, p, g)
@@ -154,7 +154,7 @@ class NUTS(HMC):
         moved = False
         depth = 0
         while depth < self.max_tree_depth:
-            if rng.random() > 0.5:
+            if uniform() > 0.5:
                 rho_bck = rho
                 p_bck_fwd, ps_bck_fwd = p_fwd_fwd, ps_fwd_fwd
                 t = self._build(ig, depth, fwd[0], fwd[1], fwd[2], eps, h0)
@@ -173,7 +173,7 @@ class NUTS(HMC):
             if not t.valid:
                 break
             depth += 1
-            if t.log_w > log_sum_w or rng.random() < math.exp(t.log_w - log_sum_w):
+            if t.log_w > log_sum_w or uniform() < math.exp(t.log_w - log_sum_w):
                 sample = (t.z_prop, t.u_prop, t.g_prop, t.h_prop)
                 moved = True
             log_sum_w = _logaddexp(log_sum_w, t.log_w)
