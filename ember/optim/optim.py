@@ -201,6 +201,9 @@ class PyroOptim:
         self._pending_params: dict[str, dict[str, Any]] = {}  # loaded state not yet installed
         self._pending_groups: dict[str, dict[str, Any]] = {}
         self._backup: dict[int, torch.Tensor] = {}  # id(param) -> its value before the current step
+        self._snap_key: tuple[int, ...] = ()  # the ids of the parameters the last step updated, and their buffers
+        self._snap_bufs: list[torch.Tensor] = []
+        self._finite_flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (found, 1.0)
 
     # ---- the step ----------------------------------------------------------------------------------
     def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
@@ -241,29 +244,66 @@ class PyroOptim:
         self._check_finite(stepped, backup)
 
     def _snapshot(self, ps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Copies of ``ps`` into buffers kept between steps (no allocation per step)."""
+        """Copies of ``ps`` into buffers kept between steps (no allocation per step; the buffer list
+        is reused while the same parameters are stepped)."""
+        key = tuple(map(id, ps))
+        detached = [p.detach() for p in ps]
+        if key == self._snap_key:
+            try:
+                torch._foreach_copy_(self._snap_bufs, detached)
+                return self._snap_bufs
+            except RuntimeError:  # a parameter changed shape, dtype or device in place
+                pass
+        backup = self._backup
         bufs = []
-        for p in ps:
-            b = self._backup.get(id(p))
+        for p in detached:
+            b = backup.get(id(p))
             if b is None or b.shape != p.shape or b.dtype != p.dtype or b.device != p.device:
-                b = self._backup[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format).detach()
+                b = torch.empty_like(p, memory_format=torch.contiguous_format)
             bufs.append(b)
-        with torch.no_grad():
-            torch._foreach_copy_(bufs, [p.detach() for p in ps])
+        for k, b in zip(key, bufs):
+            backup[k] = b
+        torch._foreach_copy_(bufs, detached)
+        self._snap_key, self._snap_bufs = key, bufs
         return bufs
 
+    def _all_finite(self, ps: list[torch.Tensor]) -> bool:
+        """Whether every entry of ``ps`` (detached) is finite: one fused pass per (device, dtype) (torch's AMP
+        check, which also multiplies in place by exactly 1.0, a no-op), one sync; a stack of sums as fallback."""
+        first = ps[0]
+        if all(p.device == first.device and p.dtype == first.dtype for p in ps):
+            groups = [ps]
+        else:
+            by: dict[tuple, list[torch.Tensor]] = {}
+            for p in ps:
+                by.setdefault((p.device, p.dtype), []).append(p)
+            groups = list(by.values())
+        try:
+            for group in groups:
+                flags = self._finite_flags.get(group[0].device)
+                if flags is None:
+                    flags = self._finite_flags[group[0].device] = (torch.zeros(1, device=group[0].device),
+                                                                   torch.ones(1, device=group[0].device))
+                found, one = flags
+                found.zero_()
+                torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
+                if bool(found):
+                    return False
+            return True
+        except (AttributeError, RuntimeError, TypeError):  # a dtype or build without the fused check
+            return bool(torch.isfinite(torch.stack([p.sum() for p in ps])).all()) or all(bool(torch.isfinite(p).all()) for p in ps)
+
     def _check_finite(self, ps: list[torch.Tensor], backup: list[torch.Tensor]) -> None:
-        """After a step: one check of the parameters' sums (one sync; a NaN or inf entry makes its sum
-        non-finite), per parameter only when it fails; on failure restore ``ps`` and raise."""
-        with torch.no_grad():
-            detached = [p.detach() for p in ps]
-            if bool(torch.isfinite(torch.stack([p.sum() for p in detached])).all()):
-                return
-            bad = [p for p in ps if not bool(torch.isfinite(p.detach()).all())]
-            if not bad:
-                return
-            sample = bad[0].detach().flatten()[:3].tolist()
-            torch._foreach_copy_(detached, backup)
+        """After a step: one fused finiteness check of ``ps`` (:meth:`_all_finite`); if it fails, restore
+        ``ps`` from ``backup`` and raise :class:`NonFiniteParameterError`."""
+        detached = [p.detach() for p in ps]
+        if self._all_finite(detached):
+            return
+        bad = [p for p in ps if not bool(torch.isfinite(p.detach()).all())]
+        if not bad:
+            return
+        sample = bad[0].detach().flatten()[:3].tolist()
+        torch._foreach_copy_(detached, backup)
         names, settings, reset = [], [], []
         for p in bad:
             entry = self._entries[id(p)]
@@ -379,6 +419,7 @@ class PyroOptim:
 
     def _detach(self, p: torch.Tensor) -> None:
         self._backup.pop(id(p), None)
+        self._snap_key, self._snap_bufs = (), []
         entry = self._entries.pop(id(p), None)
         if entry is None:
             return
