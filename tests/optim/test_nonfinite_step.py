@@ -109,3 +109,17 @@ def test_svi_skip_warns_and_returns_nan():
     assert math.isnan(loss)
     assert ember.param("loc").item() == 0.0
     assert dict(ember.get_param_store().named_parameters())["loc"].grad is None
+
+
+def test_parameters_of_several_dtypes_are_all_checked():
+    ember.param("f32", torch.tensor([1.0]))
+    ember.param("f64", torch.tensor([1.0], dtype=torch.float64))
+    before = _values()
+    opt = optim.SGD(lambda module, name: {"lr": math.inf if name == "f64" else 0.1})
+    with pytest.raises(optim.NonFiniteParameterError, match=r"parameters \['f64'\]"):
+        _grad_step(opt, lambda: ember.param("f32").sum() + ember.param("f64").sum())
+    after = _values()
+    assert torch.equal(after["f32"], before["f32"]) and torch.equal(after["f64"], before["f64"])
+    assert after["f64"].dtype == torch.float64
+    _grad_step(optim.SGD({"lr": 0.5}), lambda: ember.param("f32").sum() + ember.param("f64").sum())  # finite: both step
+    assert _values()["f32"].item() == 0.5 and _values()["f64"].item() == 0.5
