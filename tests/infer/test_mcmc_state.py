@@ -78,6 +78,17 @@ def test_interleaved_chains_give_the_draws_of_chains_run_one_after_another(kerne
     assert a0.iteration == 0 and a0.adapt.dual_averaging.t == 0  # the states passed in were not touched
 
 
+def test_random_streams_are_philox_keyed_by_chain_and_counted_by_iteration():
+    from ember.infer.mcmc.hmc import _Streams
+
+    streams = _Streams()
+    for key, it, stream in [(5, 0, 0), (2**62 - 3, 17, 1), (2**100 + 7, 3, 2)]:
+        streams.get(99, 1, 0).random(7)  # whatever the shared generator did before
+        got = streams.get(key, it, stream).standard_normal(5)
+        fresh = np.random.Generator(np.random.Philox(key=key, counter=[0, 0, it, stream])).standard_normal(5)
+        np.testing.assert_array_equal(got, fresh)
+
+
 def test_a_transition_is_a_function_of_its_state():
     kernel = NUTS(eight_schools)
     s0 = kernel.init(kernel.make_potential((SIGMA8, Y8), {}), 10, rng_key=5)
@@ -156,10 +167,11 @@ def test_divergences_are_post_warmup_iterations_thinning_included():
 def test_pyro_setup_sample_surface():
     kernel = NUTS(scale)
     kernel.setup(20, 8.5)
-    params = kernel.initial_params
+    params = start = kernel.initial_params
     assert set(params) == {"weight"} and params["weight"].shape == ()
     for _ in range(60):
         params = kernel.sample(params)
+    assert kernel.initial_params["weight"] == start["weight"] != params["weight"]
     assert set(params) == {"weight"} and math.isfinite(params["weight"].item())
     d = kernel.diagnostics()
     assert set(d) == {"divergences", "acceptance rate"} and 0 < d["acceptance rate"] <= 1

@@ -93,8 +93,8 @@ def _mass_sqrt(minv: np.ndarray) -> np.ndarray:
 class _Streams:
     """Counter-based random streams: ``get(key, iteration, stream)`` is the generator
     ``Philox(key, counter=[0, 0, iteration, stream])``, a pure function of its arguments. One
-    generator object is re-keyed in place (setting its state costs a third of building one); what
-    it returns is only used until the next ``get``."""
+    generator object is re-keyed in place (cheaper than building one per transition); what it
+    returns is only used until the next ``get`` (so a kernel is not for use from several threads at once)."""
 
     __slots__ = ("bitgen", "gen")
 
@@ -133,7 +133,7 @@ class _Integrator:
         self._next = 0
 
     def uniform(self) -> float:
-        """A uniform draw on [0, 1) (drawn 32 at a time: one NumPy call costs as much as 32 Python floats)."""
+        """A uniform draw on [0, 1) (drawn 32 at a time: a NumPy call per draw would cost more than the tree's arithmetic)."""
         if self._next == len(self._uniforms):
             self._uniforms = self.rng.random(32).tolist()
             self._next = 0
@@ -429,8 +429,8 @@ class HMC:
     def initial_params(self) -> dict | None:
         """Unconstrained starting values by site: those given (Pyro's ``kernel.initial_params = ...``)
         or, after :meth:`setup`, those the chain started from."""
-        if self._state is not None and self.potential is not None and self._initial_params is None:
-            return self.unconstrained_params(self._state)
+        if self._initial_params is None and self._state is not None:
+            return self._start_params
         return self._initial_params
 
     @initial_params.setter
@@ -452,6 +452,7 @@ class HMC:
         :meth:`sample` to advance (``MCMC`` uses :meth:`init`/:meth:`transition` instead)."""
         potential = self.make_potential(args, kwargs, self._initial_params)
         self._state = self.init(potential, warmup_steps, self._initial_params)
+        self._start_params = self.unconstrained_params(self._state)
         self._warmup_steps = warmup_steps
         self._divergences: list[int] = []
         self._accept_cnt = 0
