@@ -163,6 +163,16 @@ def test_divergences_are_post_warmup_iterations_thinning_included():
     assert {i // 3 for i in div if i % 3 == 0} == set(np.nonzero(kept)[0].tolist())
 
 
+def test_hook_fn_gets_pyros_arguments():
+    calls = []
+    MCMC(NUTS(eight_schools), num_samples=4, warmup_steps=3, num_chains=2, disable_progbar=True,
+         hook_fn=lambda kernel, params, stage, i: calls.append((stage, i, sorted(params), params["tau"].shape))).run(SIGMA8, Y8)
+    assert [c[:2] for c in calls[:7]] == [("Warmup [0]", 0), ("Warmup [0]", 1), ("Warmup [0]", 2), ("Sample [0]", 0),
+                                          ("Sample [0]", 1), ("Sample [0]", 2), ("Sample [0]", 3)]
+    assert calls[7][:2] == ("Warmup [1]", 0) and len(calls) == 14
+    assert calls[0][2:] == (["mu", "tau", "theta_tilde"], ())
+
+
 # ---- Pyro's stateful kernel surface ----------------------------------------------------------------------
 def test_pyro_setup_sample_surface():
     kernel = NUTS(scale)

@@ -59,8 +59,10 @@ class MCMC:
             ``num_chains`` dim gives each chain its own. Sites not named use the kernel's
             ``init_strategy``.
         num_chains: number of chains (run one after another in this process).
-        hook_fn: called after every iteration as ``hook_fn(kernel, z, stage, i)`` with ``z`` the
-            flat unconstrained position, ``stage`` ``"Warmup"`` or ``"Sample"``.
+        hook_fn: called after every iteration as ``hook_fn(kernel, params, stage, i)`` (Pyro's
+            signature): ``params`` the unconstrained position by site, ``stage`` ``"Warmup"`` or
+            ``"Sample"`` (``"Warmup [c]"``, ``"Sample [c]"`` for chain ``c`` of several), ``i`` the
+            iteration's index within its stage.
         disable_progbar: no progress bar.
         disable_validation: switch Ember's and torch's argument checks off while sampling (the
             model is checked once, at initialisation, either way).
@@ -165,6 +167,7 @@ class MCMC:
                      for k in _STAT_FIELDS}
             bar.set_description(desc + "warmup", refresh=False)
             divergent: list[int] = []
+            tag = "" if self.num_chains == 1 else f" [{chain}]"
             n_accepted = 0
             acc_sum = 0.0
             warmup_grads = 0
@@ -188,7 +191,8 @@ class MCMC:
                             j += 1
                     acc_sum += info.accept_prob
                     if self.hook_fn is not None:
-                        self.hook_fn(kernel, torch.from_numpy(state.z), "Warmup" if it < warmup else "Sample", it)
+                        stage, i = ("Warmup", it) if it < warmup else ("Sample", it - warmup)
+                        self.hook_fn(kernel, kernel.unconstrained_params(state), stage + tag, i)
                     if not self.disable_progbar:
                         if it == warmup:
                             bar.set_description(desc + "sample")
