@@ -183,3 +183,32 @@ def test_trained_spline_flow_beats_a_gaussian_on_held_out_data(one_thread):
     with torch.no_grad():
         ll_flow, ll_gauss = flow_dist.log_prob(test).mean(), gauss.log_prob(test).mean()
     assert ll_flow > ll_gauss + 0.2, (ll_flow, ll_gauss)
+
+
+def test_flow_guide_under_svi_recovers_a_gaussian_posterior(one_thread):
+    """An AffineAutoregressive flow registered with ember.module as a guide: SVI finds the
+    conjugate posterior N(0.8, 0.2) of z ~ N(0, 1), x ~ N(z, 0.5), x = 1."""
+    import ember
+    from ember.infer import SVI, Trace_ELBO
+
+    torch.manual_seed(0)
+    ember.clear_param_store()
+
+    def model():
+        z = ember.sample("z", dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1))
+        ember.sample("x", dist.Normal(z, 0.5).to_event(1), obs=torch.tensor([1.0, -1.0]))
+
+    iaf = T.affine_autoregressive(2, hidden_dims=[8])
+
+    def guide():
+        ember.module("iaf", iaf)
+        loc = ember.param("loc", torch.zeros(2))
+        ember.sample("z", dist.TransformedDistribution(dist.Normal(loc, torch.ones(2)).to_event(1), [iaf]))
+
+    svi = SVI(model, guide, ember.optim.Adam({"lr": 0.03}), Trace_ELBO())
+    for _ in range(300):
+        svi.step()
+    assert any(k.startswith("iaf$$$") for k in ember.get_param_store().keys())
+    with torch.no_grad():
+        z = dist.TransformedDistribution(dist.Normal(ember.param("loc"), torch.ones(2)).to_event(1), [iaf]).sample((4000,))
+    torch.testing.assert_close(z.mean(0), torch.tensor([0.8, -0.8]), atol=0.1, rtol=0)
