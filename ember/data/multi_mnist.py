@@ -296,6 +296,12 @@ def _read_cache(path: Path, num_train: int, num_test: int, overlap: str = "allow
     if not path.is_file():
         return None
     try:
+        # what the members inflate to (zipfile stops there), against what the canvases need (~2.6 kB each):
+        # a damaged or crafted cache is not inflated beyond that
+        with zipfile.ZipFile(path) as z:
+            inflated = sum(i.file_size for i in z.infolist())
+        if inflated > (num_train + num_test) * 4096 + (1 << 20):
+            raise ValueError(f"it would inflate to {inflated} bytes, more than {num_train + num_test} canvases need")
         with np.load(path, allow_pickle=False) as f:
             if int(f["version"]) != FORMAT_VERSION:
                 raise ValueError(f"format version {int(f['version'])}")

@@ -124,3 +124,21 @@ def test_a_cache_that_would_inflate_too_far_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist_mod, "_MAX_NPZ_BYTES", 1000)
     with pytest.raises(MNISTFormatError, match=r"c\.npz: cache inflates to \d+ bytes, more than 1000"):
         mnist_mod._load_npz(path)
+
+
+def test_a_multi_mnist_cache_that_would_inflate_too_far_is_regenerated(tmp_path, caplog):
+    import zipfile
+
+    from ember.data import load_multi_mnist, multi_mnist_cache_path
+
+    rng = np.random.default_rng(0)
+    m = mnist_mod.MNIST(*(mnist_mod.torch.from_numpy(a) for a in (rng.random((50, 784), dtype=np.float32), rng.integers(0, 10, 50),
+                                                                  rng.random((20, 784), dtype=np.float32), rng.integers(0, 10, 20))),
+                        "fake")
+    path = multi_mnist_cache_path(20, 10, 0, tmp_path, m)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:  # 8 MB of zeros for 30 canvases (~80 kB)
+        z.writestr("train_images.npy", bytes(8 * MB))
+    d = load_multi_mnist(20, 10, 0, cache_dir=tmp_path, mnist=m)
+    assert d.source.startswith("generated") and len(d.train) == 20
+    assert "is unreadable (it would inflate to 8388608 bytes, more than 30 canvases need); regenerating it" in caplog.text
