@@ -147,3 +147,36 @@ def test_permute_and_lower_cholesky_affine():
     a = transforms.LowerCholeskyAffine(torch.ones(3, dtype=torch.double), L)
     torch.testing.assert_close(a.inv(a(x)), x)
     torch.testing.assert_close(a.log_abs_det_jacobian(x, a(x)), torch.linalg.slogdet(L)[1].expand(5))
+
+
+@pytest.mark.parametrize("t", [transforms.ELUTransform(), transforms.LeakyReLUTransform()], ids=["elu", "leaky_relu"])
+def test_elementwise_activation_transforms(t):
+    x = torch.linspace(-3, 3, 13, dtype=torch.double)
+    y = t(x)
+    torch.testing.assert_close(t.inv(y.clone()), x)
+    d = torch.autograd.functional.jacobian(t, x).diagonal()
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), d.log())
+
+
+def test_cholesky_transform_log_det_matches_autograd():
+    n = 3
+    A = torch.randn(n, n, dtype=torch.double)
+    S = A @ A.T + n * torch.eye(n, dtype=torch.double)
+    t = transforms.CholeskyTransform()
+    i, j = torch.tril_indices(n, n)
+
+    def f(free):
+        m = torch.zeros(n, n, dtype=free.dtype).index_put((i, j), free)
+        m = m + m.tril(-1).T
+        return t(m)[i, j]
+
+    J = jacobian(f, S[i, j])
+    torch.testing.assert_close(t.log_abs_det_jacobian(S, t(S)), torch.linalg.slogdet(J)[1])
+    torch.testing.assert_close(t.inv(t(S)), S)
+
+
+def test_iterated():
+    c = transforms.iterated(3, transforms.planar, 2)
+    assert len(c.parts) == 3 and len(list(c.parameters())) == 9
+    with pytest.raises(ValueError, match="repeats"):
+        transforms.iterated(0, transforms.planar, 2)

@@ -33,13 +33,16 @@ def _flows():
         "sylvester": T.sylvester(D, 2),
         "neural_autoregressive": T.neural_autoregressive(D, width=6),
         "batchnorm": T.batchnorm(D),
+        "block_autoregressive": T.block_autoregressive(D, hidden_factors=[3, 2]),
+        "block_autoregressive_normal": T.block_autoregressive(D, hidden_factors=[2], activation="ELU", residual="normal"),
+        "block_autoregressive_gated": T.block_autoregressive(D, hidden_factors=[2], activation="sigmoid", residual="gated"),
         "permute": T.permute(D),
         "lower_cholesky_affine": T.LowerCholeskyAffine(torch.randn(D), torch.randn(D, D).tril(-1) + torch.diag(torch.rand(D) + 0.5)),
     }
 
 
 FLOWS = _flows()
-NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive"}
+NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
 ELEMENTWISE = {"spline_linear", "spline_quadratic"}
 
 

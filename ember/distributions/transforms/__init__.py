@@ -23,6 +23,7 @@ from ember.distributions.transforms.affine_autoregressive import (
     conditional_affine_autoregressive,
     conditional_affine_coupling,
 )
+from ember.distributions.transforms.block_autoregressive import BlockAutoregressive, block_autoregressive
 from ember.distributions.transforms.basic import (
     CorrMatrixCholeskyTransform,
     LowerCholeskyAffine,
@@ -32,6 +33,7 @@ from ember.distributions.transforms.basic import (
     SoftplusLowerCholeskyTransform,
     UnitLowerCholeskyTransform,
 )
+from ember.distributions.transforms.elementwise import CholeskyTransform, CorrLCholeskyTransform, ELUTransform, LeakyReLUTransform, iterated
 from ember.distributions.transforms.simple_flows import (
     BatchNorm,
     ConditionalPlanar,
@@ -69,7 +71,7 @@ from ember.distributions.transforms.torch_transform import (
 )
 
 __all__ = list(_torch_all) + [
-    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "ComposeTransformModule", "ConditionalAffineAutoregressive",
+    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
     "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
     "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",
     "NeuralAutoregressive", "Normalize", "OrderedTransform", "Permute", "Planar", "Radial", "SoftplusLowerCholeskyTransform",
