@@ -85,16 +85,17 @@ class VonMises3D(TorchDistribution):
 
 class ProjectedNormal(TorchDistribution):
     """The direction ``x / |x|`` of ``x ~ Normal(concentration, I)`` (``concentration``:
-    ``[*batch, d]``). Reparameterized. ``log_prob`` is in closed form for ``d = 2`` and
-    ``d = 3`` (through the normal CDF); other dims raise ``NotImplementedError``."""
+    ``[*batch, d]``, ``d >= 2``). Reparameterized. ``log_prob`` is in closed form through the
+    normal CDF and a recurrence in ``d`` (it loses precision for ``mu · x`` far below 0, where the
+    density is tiny)."""
 
     arg_constraints = {"concentration": constraints.real_vector}
     support = _constraints.sphere
     has_rsample = True
 
     def __init__(self, concentration: torch.Tensor, validate_args: bool | None = None) -> None:
-        if concentration.dim() < 1:
-            raise ValueError(f"ProjectedNormal: concentration must be [*batch, d]; got shape {tuple(concentration.shape)}")
+        if concentration.dim() < 1 or concentration.size(-1) < 2:
+            raise ValueError(f"ProjectedNormal: concentration must be [*batch, d] with d >= 2; got shape {tuple(concentration.shape)}")
         self.concentration = concentration
         super().__init__(concentration.shape[:-1], concentration.shape[-1:], validate_args=validate_args)
 
@@ -110,14 +111,13 @@ class ProjectedNormal(TorchDistribution):
         d = self.event_shape[0]
         mu = self.concentration
         t = (mu * value).sum(-1)
-        # log(sqrt(2 pi) exp(t^2/2) Phi(t))
-        log_g = 0.5 * _LOG_2PI + 0.5 * t.pow(2) + torch.special.log_ndtr(t)
-        if d == 2:
-            log_int = torch.log1p(t * log_g.exp())
-        elif d == 3:
-            log_int = torch.log(t + (1 + t.pow(2)) * log_g.exp())
-        else:
-            raise NotImplementedError(f"ProjectedNormal.log_prob is implemented for dims 2 and 3; this one has dim {d}")
+        # I_1 = ∫ exp(-r^2/2 + r t) dr = sqrt(2 pi) exp(t^2/2) Phi(t); by parts
+        # I_{k+1} = t I_k + (k - 1) I_{k-1} with I_2 = 1 + t I_1. With J_k = I_k / I_1 (no overflow):
+        log_i1 = 0.5 * _LOG_2PI + 0.5 * t.pow(2) + torch.special.log_ndtr(t)
+        j_prev, j = torch.ones_like(t), torch.exp(-log_i1) + t
+        for k in range(2, d):
+            j_prev, j = j, t * j + (k - 1) * j_prev
+        log_int = log_i1 + torch.log(j)
         return -0.5 * d * _LOG_2PI - 0.5 * mu.pow(2).sum(-1) + log_int
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> ProjectedNormal:
