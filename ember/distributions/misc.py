@@ -122,26 +122,101 @@ class Rejector(TorchDistribution):
         return Rejector(self.propose.expand(batch_shape), self.log_prob_accept, ls, validate_args=self._validate_args)
 
 
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(256)
+
+
+def _log_quadrature(log_f: Callable[[torch.Tensor], torch.Tensor], lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``log ∫_lo^hi exp(log_f(theta)) dtheta`` elementwise (Gauss-Legendre); ``-inf`` for an empty interval."""
+    x = torch.as_tensor(_GL_X, dtype=lo.dtype, device=lo.device)
+    logw = torch.as_tensor(np.log(_GL_W), dtype=lo.dtype, device=lo.device)
+    half = ((hi - lo) / 2).clamp_min(0)
+    theta = lo.unsqueeze(-1) + half.unsqueeze(-1) * (x + 1)
+    return torch.logsumexp(log_f(theta) + logw, -1) + half.log()
+
+
+def _stable_s0_logpdf(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Standard S0 stable log-density for alpha != 1 (Nolan 1997, theorem 1), with
+    ``f(z; a, b) = f(-z; a, -b)`` below ``zeta = -b tan(pi a / 2)``."""
+    zeta = -b * torch.tan(math.pi * a / 2)
+    flip = z < zeta
+    x = torch.where(flip, -z, z)
+    bb = torch.where(flip, -b, b)
+    zt = torch.where(flip, -zeta, zeta)
+    th0 = torch.atan(bb * torch.tan(math.pi * a / 2)) / a
+    outside = th0 <= -math.pi / 2 + 1e-12  # alpha < 1, |beta| = 1: the half-line without mass
+    th0 = torch.where(outside, torch.zeros_like(th0), th0)
+    xz = (x - zt).clamp_min(torch.finfo(z.dtype).tiny)
+    A, T0, LXZ = a.unsqueeze(-1), th0.unsqueeze(-1), torch.log(xz).unsqueeze(-1)
+
+    def log_f(theta: torch.Tensor) -> torch.Tensor:
+        log_v = (torch.log(torch.cos(A * T0)) / (A - 1)
+                 + (A / (A - 1)) * (torch.log(torch.cos(theta)) - torch.log(torch.sin(A * (T0 + theta))))
+                 + torch.log(torch.cos(A * T0 + (A - 1) * theta)) - torch.log(torch.cos(theta)))
+        return log_v - torch.exp((A / (A - 1)) * LXZ + log_v)
+
+    lint = _log_quadrature(log_f, -th0, torch.full_like(th0, math.pi / 2))
+    lp = torch.log(a) + torch.log(xz) / (a - 1) - math.log(math.pi) - torch.log((a - 1).abs()) + lint
+    return torch.where(outside, torch.full_like(lp, -math.inf), lp)
+
+
+def _stable_a1_logpdf(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Standard stable log-density for alpha = 1, beta != 0 (Nolan 1997), with
+    ``f(z; 1, b) = f(-z; 1, -b)``."""
+    flip = b < 0
+    x = torch.where(flip, -z, z)
+    bb = torch.where(flip, -b, b)
+    B, X = bb.unsqueeze(-1), x.unsqueeze(-1)
+
+    def log_f(theta: torch.Tensor) -> torch.Tensor:
+        log_v = math.log(2 / math.pi) + torch.log((math.pi / 2 + B * theta) / torch.cos(theta)) + (math.pi / 2 + B * theta) * torch.tan(theta) / B
+        return log_v - torch.exp(-math.pi * X / (2 * B) + log_v)
+
+    lo = torch.full_like(bb, -math.pi / 2)
+    return -torch.log(2 * bb) - math.pi * x / (2 * bb) + _log_quadrature(log_f, lo, -lo)
+
+
 class Stable(TorchDistribution):
     """Lévy alpha-stable with ``stability`` (alpha in (0, 2]), ``skew`` (beta in [-1, 1]),
     ``scale`` and ``loc``, in Nolan's ``coords="S0"`` (continuous in alpha; default) or
-    ``"S1"``. Reparameterized sampling by Chambers-Mallows-Stuck. ``log_prob`` has no closed
-    form and is not implemented (Pyro reparameterizes Stable sites away, ``StableReparam``)."""
+    Pyro's ``"S"`` (SciPy's: ``loc + scale * X`` for a standard S1 ``X``; discontinuous at
+    alpha = 1; ``"S1"`` is accepted as the same). Reparameterized sampling by Chambers-Mallows-Stuck. ``log_prob`` integrates
+    Nolan's (1997) one-dimensional formula with 256-point Gauss-Legendre quadrature
+    (differentiable; accurate to about 1e-4 in the body, less far in the tails and for
+    alpha within 1e-3 of 1); the Cauchy case alpha = 1, beta = 0 is in closed form."""
 
     arg_constraints = {"stability": constraints.interval(0, 2), "skew": constraints.interval(-1, 1), "scale": constraints.positive, "loc": constraints.real}
     support = constraints.real
     has_rsample = True
 
     def __init__(self, stability: Any, skew: Any, scale: Any = 1.0, loc: Any = 0.0, coords: str = "S0", validate_args: bool | None = None) -> None:
-        if coords not in ("S0", "S1"):
-            raise ValueError(f"Stable: coords must be 'S0' or 'S1'; got coords={coords!r}")
+        if coords not in ("S0", "S", "S1"):
+            raise ValueError(f"Stable: coords must be 'S0' or 'S' (SciPy's); got coords={coords!r}")
         self.stability, self.skew, self.scale, self.loc = broadcast_all(stability, skew, scale, loc)
         self.coords = coords
         super().__init__(self.loc.shape, validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("Stable.log_prob has no closed form and is not implemented; reparameterize the site "
-                                  "(Pyro's StableReparam) or use it only for sampling")
+        if self._validate_args:
+            self._validate_sample(value)
+        a, b, g, d = self.stability, self.skew, self.scale, self.loc
+        near_one = (a - 1).abs() < 1e-6
+        # standard S0 coordinate z of the value
+        if self.coords == "S0":
+            z = (value - d) / g
+        else:
+            a_safe = torch.where(near_one, torch.full_like(a, 0.5), a)
+            z1 = (value - d) / g
+            z = torch.where(near_one, z1, z1 - b * torch.tan(math.pi * a_safe / 2))
+        shape = z.shape
+        a, b = a.expand(shape), b.expand(shape)
+        near_one = near_one.expand(shape)
+        a_ne1 = torch.where(near_one, torch.full_like(a, 0.5), a)
+        lp_general = _stable_s0_logpdf(torch.where(near_one, torch.zeros_like(z), z), a_ne1, torch.where(near_one, torch.zeros_like(b), b))
+        cauchy = b.abs() < 1e-6
+        lp_one = _stable_a1_logpdf(torch.where(near_one & ~cauchy, z, torch.zeros_like(z)), torch.where(cauchy, torch.ones_like(b), b))
+        lp_cauchy = -math.log(math.pi) - torch.log1p(z.pow(2))
+        lp = torch.where(near_one, torch.where(cauchy, lp_cauchy, lp_one), lp_general)
+        return lp - g.log()
 
     def _standard_s1(self, shape: torch.Size) -> torch.Tensor:
         """Chambers-Mallows-Stuck draw of a standard (scale 1, loc 0) S1 stable."""
@@ -167,12 +242,12 @@ class Stable(TorchDistribution):
         shift = torch.where(near_one, torch.zeros_like(a), b * torch.tan(math.pi * torch.where(near_one, torch.full_like(a, 0.5), a) / 2))
         if self.coords == "S0":
             return g * (x - shift) + d
-        return g * x + d + torch.where(near_one, (2 / math.pi) * b * g * g.log(), torch.zeros_like(g))
+        return g * x + d
 
     @property
     def mean(self) -> torch.Tensor:
         a = self.stability
-        m = self.loc if self.coords == "S1" else self.loc - self.skew * self.scale * torch.tan(math.pi * a / 2)
+        m = self.loc if self.coords != "S0" else self.loc - self.skew * self.scale * torch.tan(math.pi * a / 2)
         return torch.where(a > 1, m, torch.full_like(m, float("nan")))
 
     @property
