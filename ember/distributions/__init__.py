@@ -26,6 +26,7 @@ from ember.distributions.continuous import (
     SoftAsymmetricLaplace,
     TruncatedNormal,
 )
+from ember.distributions.directional import ProjectedNormal, SineBivariateVonMises, SineSkewed, VonMises3D
 from ember.distributions.discrete import (
     BetaBinomial,
     DirichletMultinomial,
@@ -36,7 +37,6 @@ from ember.distributions.discrete import (
     ZeroInflatedNegativeBinomial,
     ZeroInflatedPoisson,
 )
-from ember.distributions.directional import ProjectedNormal, SineBivariateVonMises, SineSkewed, VonMises3D
 from ember.distributions.empirical import Empirical
 from ember.distributions.hmm import DiscreteHMM, GaussianHMM
 from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
@@ -59,16 +59,14 @@ def is_validation_enabled() -> bool:
     return bool(_td.Distribution._validate_args)
 
 
-_PYRO_NAMES = [
+__all__ = [
     "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",
     "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "VonMises3D",
-]
-
-__all__ = _TORCH_NAMES + _PYRO_NAMES + [
     "Delta", "Distribution", "Empirical", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
     "biject_to", "constraints", "enable_validation", "is_validation_enabled", "kl_divergence", "register_kl",
     "transform_to", "transforms",
 ]
+__all__ += _TORCH_NAMES

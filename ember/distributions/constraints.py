@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch.distributions.constraints import *  # noqa: F401,F403
-from torch.distributions.constraints import __all__ as _torch_all
 from torch.distributions.constraints import Constraint, _GreaterThan, _LowerCholesky, positive_definite
+from torch.distributions.constraints import __all__ as _torch_all
 
 __all__ = list(_torch_all) + [
     "corr_matrix", "integer", "ordered_vector", "positive_ordered_vector", "softplus_lower_cholesky",

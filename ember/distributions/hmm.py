@@ -130,12 +130,12 @@ class GaussianHMM(TorchDistribution):
 
     def __init__(self, initial_dist: Any, transition_matrix: torch.Tensor, transition_dist: Any, observation_matrix: torch.Tensor,
                  observation_dist: Any, validate_args: bool | None = None, duration: int | None = None) -> None:
-        H, O = observation_matrix.shape[-2:]
+        H, Dx = observation_matrix.shape[-2:]
         if transition_matrix.shape[-2:] != (H, H) or initial_dist.event_shape != (H,) or transition_dist.event_shape != (H,) \
-                or observation_dist.event_shape != (O,):
+                or observation_dist.event_shape != (Dx,):
             raise ValueError(
-                f"GaussianHMM: with hidden dim H={H} and obs dim O={O} (from observation_matrix {tuple(observation_matrix.shape)}), "
-                f"transition_matrix must end in ({H}, {H}) and initial/transition/observation events be ({H},)/({H},)/({O},); got "
+                f"GaussianHMM: with hidden dim H={H} and obs dim Dx={Dx} (from observation_matrix {tuple(observation_matrix.shape)}), "
+                f"transition_matrix must end in ({H}, {H}) and initial/transition/observation events be ({H},)/({H},)/({Dx},); got "
                 f"{tuple(transition_matrix.shape)}, {tuple(initial_dist.event_shape)}, {tuple(transition_dist.event_shape)}, "
                 f"{tuple(observation_dist.event_shape)}"
             )
@@ -148,12 +148,12 @@ class GaussianHMM(TorchDistribution):
         times = [self.transition_matrix.size(-3), self.observation_matrix.size(-3)]
         times += [self.trans_loc.size(-2) if self.trans_loc.dim() > 1 else 1, self.obs_loc.size(-2) if self.obs_loc.dim() > 1 else 1]
         T = max(times) if duration is None else duration
-        self.hidden_dim, self.obs_dim, self.duration = H, O, T
+        self.hidden_dim, self.obs_dim, self.duration = H, Dx, T
         self.initial_dist, self.transition_dist, self.observation_dist = initial_dist, transition_dist, observation_dist
         shapes = [self.initial_loc.shape[:-1], self.transition_matrix.shape[:-3], self.observation_matrix.shape[:-3],
                   self.trans_loc.shape[:-2], self.obs_loc.shape[:-2]]
         batch_shape = torch.broadcast_shapes(*shapes)
-        super().__init__(batch_shape, torch.Size([T, O]), validate_args=validate_args)
+        super().__init__(batch_shape, torch.Size([T, Dx]), validate_args=validate_args)
 
     def _at(self, x: torch.Tensor, t: int, event_dims: int) -> torch.Tensor:
         """Entry ``t`` of a time-indexed input (time dim ``-1 - event_dims``; size 1 broadcasts)."""

@@ -57,8 +57,8 @@ class LogNormalNegativeBinomial(TorchDistribution):
 
     @property
     def variance(self) -> torch.Tensor:
-        r, l, s2 = self.total_count, self.logits, self.multiplicative_noise_scale.pow(2)
-        return r * torch.exp(l + s2 / 2) + r * torch.exp(2 * l + 2 * s2) + r.pow(2) * (torch.exp(2 * l + 2 * s2) - torch.exp(2 * l + s2))
+        r, lg, s2 = self.total_count, self.logits, self.multiplicative_noise_scale.pow(2)
+        return r * torch.exp(lg + s2 / 2) + r * torch.exp(2 * lg + 2 * s2) + r.pow(2) * (torch.exp(2 * lg + 2 * s2) - torch.exp(2 * lg + s2))
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> LogNormalNegativeBinomial:
         batch_shape = torch.Size(batch_shape)

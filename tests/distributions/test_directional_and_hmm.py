@@ -31,8 +31,8 @@ def test_von_mises_3d():
     torch.manual_seed(0)
     c = torch.tensor([[1.0, -2.0, 0.5], [0.1, 0.2, 0.3]], dtype=DT)
     d = dist.VonMises3D(c)
-    for i in range(2):
-        total = _integrate_sphere(lambda x: dist.VonMises3D(c[i]).log_prob(x))
+    for ci in c:
+        total = _integrate_sphere(dist.VonMises3D(ci).log_prob)
         torch.testing.assert_close(total, torch.tensor(1.0, dtype=DT), atol=1e-4, rtol=0)
     # scipy's von Mises-Fisher
     x = dist.VonMises3D(c).sample((5,))
@@ -225,40 +225,40 @@ def test_discrete_hmm_against_brute_force():
 
 def test_gaussian_hmm_against_the_joint_gaussian():
     torch.manual_seed(0)
-    H, O, T = 2, 3, 4
+    H, Dx, T = 2, 3, 4
     init = dist.MultivariateNormal(torch.randn(H, dtype=DT), torch.eye(H, dtype=DT) * 0.5)
     A = 0.5 * torch.randn(H, H, dtype=DT)
     Q = torch.eye(H, dtype=DT) * 0.3
     trans = dist.MultivariateNormal(torch.zeros(H, dtype=DT), Q)
-    C = torch.randn(H, O, dtype=DT)
-    R = torch.diag(torch.rand(O, dtype=DT) + 0.2)
-    obs = dist.Normal(torch.zeros(O, dtype=DT), R.diagonal().sqrt()).to_event(1)
+    C = torch.randn(H, Dx, dtype=DT)
+    R = torch.diag(torch.rand(Dx, dtype=DT) + 0.2)
+    obs = dist.Normal(torch.zeros(Dx, dtype=DT), R.diagonal().sqrt()).to_event(1)
     d = dist.GaussianHMM(init, A, trans, C, obs, duration=T)
-    assert d.event_shape == (T, O)
+    assert d.event_shape == (T, Dx)
     # the joint of x_0..x_{T-1}: z_t = z_{-1} A^(t+1) + sum_s w_s A^(t-s); x_t = z_t C + v_t
     mean_z = []
     m = init.loc
-    for t in range(T):
+    for _ in range(T):
         m = m @ A
         mean_z.append(m)
     # covariance of z_t with z_u for u <= t: (A^T)^(t-u) Var(z_u)
     var = []
     P = init.covariance_matrix
-    for t in range(T):
+    for _ in range(T):
         P = A.T @ P @ A + Q
         var.append(P)
-    big = torch.zeros(T * O, T * O, dtype=DT)
+    big = torch.zeros(T * Dx, T * Dx, dtype=DT)
     for t in range(T):
         for u in range(t + 1):
             cz = torch.linalg.matrix_power(A.T, t - u) @ var[u]  # Cov(z_t, z_u)
             block = C.T @ cz @ C + (R if t == u else 0)
-            big[t * O : (t + 1) * O, u * O : (u + 1) * O] = block
-            big[u * O : (u + 1) * O, t * O : (t + 1) * O] = block.T
+            big[t * Dx : (t + 1) * Dx, u * Dx : (u + 1) * Dx] = block
+            big[u * Dx : (u + 1) * Dx, t * Dx : (t + 1) * Dx] = block.T
     joint = torch.distributions.MultivariateNormal(torch.cat([mz @ C for mz in mean_z]), big)
     x = d.rsample((6,))
-    assert x.shape == (6, T, O)
-    torch.testing.assert_close(d.log_prob(x), joint.log_prob(x.reshape(6, T * O)))
-    s = d.rsample((20000,)).reshape(20000, T * O)
+    assert x.shape == (6, T, Dx)
+    torch.testing.assert_close(d.log_prob(x), joint.log_prob(x.reshape(6, T * Dx)))
+    s = d.rsample((20000,)).reshape(20000, T * Dx)
     torch.testing.assert_close(s.mean(0), joint.mean, atol=0.08, rtol=0)
 
 

@@ -10,7 +10,7 @@ from torch.autograd.functional import jacobian
 
 import ember.distributions as dist
 from ember.distributions import transforms as T
-from ember.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, DenseNN
+from ember.nn import AutoRegressiveNN, DenseNN
 
 D = 4
 

@@ -2,8 +2,9 @@
 normalisation), sample moments against the analytic mean/variance, shapes under expand and
 to_event, rsample gradients against finite differences, argument validation."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ def test_autoregressive_property(input_dim, hidden_dims, skip):
     rank[perm] = torch.arange(input_dim)
     allowed = (rank.unsqueeze(1) > rank.unsqueeze(0))  # allowed[j, i]: output j may depend on input i
     for k, out_shape in enumerate([(input_dim,), (2, input_dim)]):
-        J = jacobian(lambda v: net(v)[k], x)
+        J = jacobian(lambda v, k=k: net(v)[k], x)
         assert net(x)[k].shape == out_shape
         J = J.reshape(-1, input_dim, input_dim) if len(out_shape) == 2 else J.unsqueeze(0)
         for Jp in J:

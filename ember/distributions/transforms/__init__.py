@@ -23,7 +23,6 @@ from ember.distributions.transforms.affine_autoregressive import (
     conditional_affine_autoregressive,
     conditional_affine_coupling,
 )
-from ember.distributions.transforms.block_autoregressive import BlockAutoregressive, block_autoregressive
 from ember.distributions.transforms.basic import (
     CorrMatrixCholeskyTransform,
     LowerCholeskyAffine,
@@ -33,6 +32,7 @@ from ember.distributions.transforms.basic import (
     SoftplusLowerCholeskyTransform,
     UnitLowerCholeskyTransform,
 )
+from ember.distributions.transforms.block_autoregressive import BlockAutoregressive, block_autoregressive
 from ember.distributions.transforms.elementwise import CholeskyTransform, CorrLCholeskyTransform, ELUTransform, LeakyReLUTransform, iterated
 from ember.distributions.transforms.simple_flows import (
     BatchNorm,
