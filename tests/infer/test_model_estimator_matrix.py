@@ -1,21 +1,25 @@
 """The model × estimator matrix (issue 11, point 9).
 
-One list of estimators (``ESTIMATORS``) and one list of model/guide pairs (``CASES``); every
-valid cell checks, on the same random numbers (``ember.set_rng_seed`` before each call):
+One list of estimators (``ESTIMATORS``) and one list of model/guide pairs (``CASES``). Every valid
+cell (pair × estimator × {1, 3, 3 vectorized} particles) checks, on the same random numbers
+(``ember.set_rng_seed`` before each call):
 
 * ``loss`` ≈ ``differentiable_loss`` ≈ ``loss_and_grads`` (the value);
 * the gradients ``loss_and_grads`` leaves in ``.grad`` equal autograd's gradient of
   ``differentiable_loss``, and are finite, for every parameter in the store;
-* with ``num_particles > 1`` (not vectorized), the loss is the mean of the single-particle
-  losses drawn one after the other.
+* with ``num_particles > 1`` (not vectorized), the loss is the mean of single-particle losses;
+* for Monte-Carlo ELBOs, the loss equals ``-(log p - log q)`` of the same draws computed by hand
+  with ``torch.distributions`` (``BY_HAND``), and for reparameterized guides the gradients equal
+  autograd's gradients of that by-hand loss (an oracle independent of Ember's traces and surrogates).
 
-Across estimators, on the same random draw: every Monte-Carlo ELBO gives the same loss value,
-and, for fully reparameterized guides, the same gradients; ``TraceMeanField_ELBO`` agrees with
-``Trace_ELBO`` exactly where no analytic KL applies, and in expectation (closed forms on a
-conjugate model) where one does. Invalid pairs check the error or warning text.
+Beside the cells: agreement between estimators where the by-hand checks do not imply it; the
+analytic-KL estimator by hand; the auxiliary-site rule (issue 11 point 3) for every estimator;
+expectations against closed forms (a conjugate Normal model, discrete latents by enumeration);
+whether the compiled estimator compiles static models; invalid pairs and their error or warning.
+Known bugs are strict xfails whose reason states the bug.
 
 Adding an estimator later means adding one ``Estimator`` to ``ESTIMATORS`` (and saying, with its
-flags, which agreements the math promises for it).
+flags, what the math promises for it).
 """
 
 from __future__ import annotations
@@ -128,6 +132,19 @@ def nested_guide(x):
         _normal_guide_site("z_a", (3, 1))
         with pyro.plate("b", 2, dim=-1):
             _normal_guide_site("z_ab", (3, 2), loc=0.2)
+
+
+# ---- nested plates with automatic dims: the outer plate gets dim -1, the inner one dim -2 ------------
+def nested_auto_model(x):
+    with pyro.plate("a", 3):
+        z_a = pyro.sample("z_a", dist.Normal(0.0, 1.0))  # (3,)
+        with pyro.plate("b", 2):
+            pyro.sample("x", dist.Normal(z_a, 1.0), obs=x.T)  # (2, 3)
+
+
+def nested_auto_guide(x):
+    with pyro.plate("a", 3):
+        _normal_guide_site("z_a", (3,))
 
 
 # ---- crossed plates: a row effect and a column effect, both under the (row, col) likelihood ---------
@@ -409,7 +426,7 @@ class Case:
     :param static: the structure does not depend on sampled values (``JitTrace_ELBO`` compiles).
     :param vectorizable: runs under ``vectorize_particles`` (no Python control flow on samples).
     :param xfail: ``{(estimator name, particles key or "*", check): reason}`` for known bugs;
-        ``check`` is ``"cell"``, ``"agree"`` or ``"compile"``.
+        ``check`` is ``"cell"``, ``"agree"``, ``"compile"`` or ``"by_hand_kl"``.
     """
 
     name: str
@@ -440,6 +457,7 @@ JIT_DIRICHLET = (
 
 CASES = [
     Case("nested_plates", nested_model, nested_guide, (X32,)),
+    Case("nested_plates_auto", nested_auto_model, nested_auto_guide, (X32,)),
     Case("crossed_plates", crossed_model, crossed_guide, (X32,)),
     Case("subsample_size", subsample_model, subsample_guide, (X6,)),
     Case("subsample_indices", subsample_idx_model, subsample_idx_guide, (X6,), xfail={("JitTrace_ELBO", "*", "compile"): JIT_SUBSAMPLE}),
@@ -700,6 +718,10 @@ def _hand_nested(v: dict, x: torch.Tensor) -> torch.Tensor:
     return -(log_p - _qn("mu", v) - _qn("z_a", v) - _qn("z_ab", v))
 
 
+def _hand_nested_auto(v: dict, x: torch.Tensor) -> torch.Tensor:
+    return -(_lpn(v["z_a"], 0.0, 1.0) + _lpn(x.T, v["z_a"], 1.0) - _qn("z_a", v))
+
+
 def _hand_crossed(v: dict, x: torch.Tensor) -> torch.Tensor:
     log_p = _lpn(v["r"], 0.0, 1.0) + _lpn(v["c"], 0.0, 1.0) + _lpn(x, v["r"] + v["c"], 1.0)
     return -(log_p - _qn("r", v) - _qn("c", v))
@@ -826,6 +848,7 @@ def _hand_constrained(v: dict, x: torch.Tensor) -> torch.Tensor:
 
 BY_HAND: dict[str, Callable] = {
     "nested_plates": _hand_nested,
+    "nested_plates_auto": _hand_nested_auto,
     "crossed_plates": _hand_crossed,
     "subsample_size": lambda v, x: _hand_subsample(v, x, v["data"]),
     "subsample_indices": lambda v, x: _hand_subsample(v, x, IDX),
