@@ -215,3 +215,22 @@ def test_flow_guide_under_svi_recovers_a_gaussian_posterior(one_thread):
     with torch.no_grad():
         z = dist.TransformedDistribution(dist.Normal(ember.param("loc"), torch.ones(2)).to_event(1), [iaf]).sample((4000,))
     torch.testing.assert_close(z.mean(0), torch.tensor([0.8, -0.8]), atol=0.1, rtol=0)
+
+
+def test_generalized_channel_permute():
+    torch.manual_seed(0)
+    t = T.generalized_channel_permute(3).double()
+    with torch.no_grad():
+        t.LU.add_(0.3 * torch.randn(3, 3, dtype=torch.double))
+    x = torch.randn(2, 3, 4, 5, dtype=torch.double)
+    y = t(x)
+    torch.testing.assert_close(t.inv(y.clone()), x)
+    J = jacobian(lambda v: t(v.reshape(3, 4, 5)).reshape(-1), x[0].reshape(-1))
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), torch.linalg.slogdet(J)[1].expand(2))
+    with pytest.raises(ValueError, match="GeneralizedChannelPermute"):
+        t(torch.randn(2, 4, 4, 5, dtype=torch.double))
+    ct = T.conditional_generalized_channel_permute(2, channels=3).double()
+    tc = ct.condition(torch.randn(2, dtype=torch.double))
+    torch.testing.assert_close(tc.inv(tc(x).clone()), x)
+    Jc = jacobian(lambda v: tc(v.reshape(3, 4, 5)).reshape(-1), x[0].reshape(-1))
+    torch.testing.assert_close(tc.log_abs_det_jacobian(x, tc(x))[0], torch.linalg.slogdet(Jc)[1])

@@ -34,6 +34,12 @@ from ember.distributions.transforms.basic import (
 )
 from ember.distributions.transforms.block_autoregressive import BlockAutoregressive, block_autoregressive
 from ember.distributions.transforms.elementwise import CholeskyTransform, CorrLCholeskyTransform, ELUTransform, LeakyReLUTransform, iterated
+from ember.distributions.transforms.generalized_channel_permute import (
+    ConditionalGeneralizedChannelPermute,
+    GeneralizedChannelPermute,
+    conditional_generalized_channel_permute,
+    generalized_channel_permute,
+)
 from ember.distributions.transforms.simple_flows import (
     BatchNorm,
     ConditionalPlanar,
@@ -71,6 +77,8 @@ from ember.distributions.transforms.torch_transform import (
 )
 
 __all__ = list(_torch_all) + [
+    "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
+    "generalized_channel_permute",
     "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
     "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
     "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",

@@ -1,0 +1,123 @@
+"""``GeneralizedChannelPermute`` (Glow's invertible 1x1 convolution, Kingma & Dhariwal 2018):
+a learnable invertible mixing of the channels of ``[..., C, H, W]`` images, parameterised by
+an LU decomposition ``W = P L U`` (fixed permutation ``P``, unit lower ``L``, upper ``U``), so
+``log|det J| = H W sum log|diag U|`` and the inverse is two triangular solves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributions import constraints
+
+from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
+from ember.nn.dense_nn import DenseNN
+
+__all__ = ["ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
+           "generalized_channel_permute"]
+
+
+def _weight(P: torch.Tensor, L_raw: torch.Tensor, U_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W = P L U, L, U) from the raw parameters (the strict lower part of ``L_raw``, the upper part of ``U_raw``)."""
+    C = P.size(-1)
+    eye = torch.eye(C, dtype=L_raw.dtype, device=L_raw.device)
+    L = L_raw.tril(-1) + eye
+    U = U_raw.triu()
+    return P @ L @ U, L, U
+
+
+def _mix(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``y[..., i, h, w] = sum_j W[..., i, j] x[..., j, h, w]``."""
+    return torch.einsum("...ij,...jhw->...ihw", W, x)
+
+
+class GeneralizedChannelPermute(TransformModule):
+    """An invertible 1x1 convolution over ``channels`` of ``[..., C, H, W]`` inputs (event dim 3).
+    ``permutation`` (default random) fixes ``P``; ``L`` and ``U`` are learnable, ``U``'s diagonal
+    starting at 1 (the transform starts as the permutation)."""
+
+    domain = constraints.independent(constraints.real, 3)
+    codomain = constraints.independent(constraints.real, 3)
+    bijective = True
+
+    def __init__(self, channels: int = 3, permutation: torch.Tensor | None = None) -> None:
+        super().__init__(cache_size=1)
+        perm = torch.randperm(channels) if permutation is None else torch.as_tensor(permutation, dtype=torch.long)
+        if perm.shape != (channels,) or not torch.equal(perm.sort().values, torch.arange(channels)):
+            raise ValueError(f"GeneralizedChannelPermute: permutation must be a permutation of 0..{channels - 1}; got {perm.tolist()}")
+        self.register_buffer("permutation", torch.eye(channels)[perm])
+        self.channels = channels
+        self.LU = nn.Parameter(torch.eye(channels) + 0.01 * torch.randn(channels, channels).tril(-1))
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        P = self.permutation.to(self.LU.dtype)
+        return P, self.LU, self.LU
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 3 or x.size(-3) != self.channels:
+            raise ValueError(f"GeneralizedChannelPermute: input must be [..., {self.channels}, H, W]; got shape {tuple(x.shape)}")
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        W, _, _ = _weight(*self._params())
+        return _mix(x, W)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        self._check(y)
+        P, L_raw, U_raw = self._params()
+        _, L, U = _weight(P, L_raw, U_raw)
+        # x = U^-1 L^-1 P^T y, by two triangular solves on the flattened pixels
+        z = _mix(y, P.transpose(-1, -2))
+        flat = z.flatten(-2)  # [..., C, HW]
+        flat = torch.linalg.solve_triangular(L.expand(flat.shape[:-2] + L.shape[-2:]), flat, upper=False, unitriangular=True)
+        flat = torch.linalg.solve_triangular(U.expand(flat.shape[:-2] + U.shape[-2:]), flat, upper=True)
+        return flat.reshape(y.shape)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, _, U_raw = self._params()
+        hw = x.size(-1) * x.size(-2)
+        ld = hw * U_raw.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+        return ld.expand(x.shape[:-3]) if ld.dim() == 0 else ld
+
+
+class ConditionalGeneralizedChannelPermute(ConditionalTransformModule):
+    """:class:`GeneralizedChannelPermute` whose ``L`` and ``U`` come from ``nn(context)``
+    (``param_dims = [C * C, C * C]``)."""
+
+    domain = constraints.independent(constraints.real, 3)
+    codomain = constraints.independent(constraints.real, 3)
+    bijective = True
+    event_dim = 3
+
+    def __init__(self, nn: Any, channels: int = 3, permutation: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.nn, self.channels = nn, channels
+        perm = torch.randperm(channels) if permutation is None else torch.as_tensor(permutation, dtype=torch.long)
+        self.register_buffer("permutation", torch.eye(channels)[perm])
+
+    def condition(self, context: torch.Tensor) -> GeneralizedChannelPermute:
+        lower, upper = self.nn(context)
+        C = self.channels
+        eye = torch.eye(C, dtype=lower.dtype, device=lower.device)
+        L_raw = lower.reshape(lower.shape[:-1] + (C, C))
+        U_raw = upper.reshape(upper.shape[:-1] + (C, C)) + eye  # start near the identity
+        t = GeneralizedChannelPermute.__new__(GeneralizedChannelPermute)
+        TransformModule.__init__(t, cache_size=1)
+        t.channels = C
+        P = self.permutation.to(lower.dtype)
+        t._params = lambda: (P, L_raw, U_raw)  # type: ignore[method-assign]
+        return t
+
+
+def generalized_channel_permute(channels: int = 3, permutation: torch.Tensor | None = None) -> GeneralizedChannelPermute:
+    """A :class:`GeneralizedChannelPermute` on ``channels`` channels."""
+    return GeneralizedChannelPermute(channels, permutation)
+
+
+def conditional_generalized_channel_permute(context_dim: int, channels: int = 3, hidden_dims: list[int] | None = None) -> ConditionalGeneralizedChannelPermute:
+    """A :class:`ConditionalGeneralizedChannelPermute` with a ``DenseNN`` from the context (default hidden ``[10 * channels]``)."""
+    hidden = [channels * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalGeneralizedChannelPermute(DenseNN(context_dim, hidden, param_dims=[channels * channels, channels * channels]), channels)
+
+
