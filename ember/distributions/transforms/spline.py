@@ -66,8 +66,9 @@ def rational_spline(
     d = torch.cat([ones, d_int, ones], -1)  # derivative 1 at ±bound: matches the identity tails
     shape = torch.broadcast_shapes(xc.shape, w.shape[:-1])
     xc = xc.expand(shape)
-    knots = (ch if inverse else cw).expand(shape + ch.shape[-1:])
-    idx = (torch.searchsorted(knots.contiguous(), xc.unsqueeze(-1).contiguous()).squeeze(-1) - 1).clamp(0, w.size(-1) - 1)
+    # the bin: how many interior knots lie at or below the value (no copy of the expanded knots)
+    inner = (ch if inverse else cw)[..., 1:-1].detach()
+    idx = (xc.detach().unsqueeze(-1) >= inner).sum(-1)
     bw, bh = _gather(w.expand(shape + w.shape[-1:]), idx), _gather(h.expand(shape + h.shape[-1:]), idx)
     x0, y0 = _gather(cw.expand(shape + cw.shape[-1:]), idx), _gather(ch.expand(shape + ch.shape[-1:]), idx)
     dk = _gather(d.expand(shape + d.shape[-1:]), idx)
@@ -117,18 +118,18 @@ def _lr(x, x0, y0, w, h, s, dk, dk1, lam, inverse):
     yc = ((1 - lam) * wa * ya + lam * wb * yb) / ((1 - lam) * wa + lam * wb)
     if not inverse:
         theta = (x - x0) / w
-        left = theta <= lam
-        num = torch.where(left, wa * ya * (lam - theta) + wc * yc * theta, wc * yc * (1 - theta) + wb * yb * (theta - lam))
-        den = torch.where(left, wa * (lam - theta) + wc * theta, wc * (1 - theta) + wb * (theta - lam))
-        dnum = torch.where(left, wa * wc * lam * (yc - ya), wb * wc * (1 - lam) * (yb - yc))
+        m = (theta <= lam).to(x.dtype)  # 1 on the left piece; blending by arithmetic is cheaper than where in autograd
+        num = m * (wa * ya * (lam - theta) + wc * yc * theta) + (1 - m) * (wc * yc * (1 - theta) + wb * yb * (theta - lam))
+        den = m * (wa * (lam - theta) + wc * theta) + (1 - m) * (wc * (1 - theta) + wb * (theta - lam))
+        dnum = m * (wa * wc * lam * (yc - ya)) + (1 - m) * (wb * wc * (1 - lam) * (yb - yc))
         return num / den, torch.log(dnum) - 2 * torch.log(den.abs()) - torch.log(w)
-    left = x <= yc
-    num = torch.where(left, lam * wa * (ya - x), (wc - lam * wb) * x + lam * wb * yb - wc * yc)
-    den = torch.where(left, (wc - wa) * x + wa * ya - wc * yc, (wc - wb) * x + wb * yb - wc * yc)
+    m = (x <= yc).to(x.dtype)
+    num = m * (lam * wa * (ya - x)) + (1 - m) * ((wc - lam * wb) * x + lam * wb * yb - wc * yc)
+    den = m * ((wc - wa) * x + wa * ya - wc * yc) + (1 - m) * ((wc - wb) * x + wb * yb - wc * yc)
     theta = num / den
     # dx/dy = w / (dy/dtheta) with dy/dtheta at theta
-    dnum = torch.where(left, wa * wc * lam * (yc - ya), wb * wc * (1 - lam) * (yb - yc))
-    den_f = torch.where(left, wa * (lam - theta) + wc * theta, wc * (1 - theta) + wb * (theta - lam))
+    dnum = m * (wa * wc * lam * (yc - ya)) + (1 - m) * (wb * wc * (1 - lam) * (yb - yc))
+    den_f = m * (wa * (lam - theta) + wc * theta) + (1 - m) * (wc * (1 - theta) + wb * (theta - lam))
     return x0 + theta * w, -(torch.log(dnum) - 2 * torch.log(den_f.abs()) - torch.log(w))
 
 
