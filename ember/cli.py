@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description=air.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     air.add_arguments(p)
     p.set_defaults(run=air.main)
+    from ember.examples import flows
+
+    p = sub.add_parser("flows", help="issue 15: 2-D density estimation with a spline-coupling flow (SVI/MLE), density figure",
+                       description=flows.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flows.add_arguments(p)
+    p.set_defaults(run=flows.main)
     return parser
 
 

@@ -5,7 +5,7 @@ the data under the flow's distribution; the guide is empty, so the ELBO is the l
 Pyro's flow tutorial does the same with ``pyro.distributions.transforms.spline_coupling``.
 Writes ``summary.json`` (held-out mean log-likelihood of the flow and of a fitted Gaussian),
 ``metrics.jsonl`` and ``density.png`` (the data beside the learned density).
-Run ``python -m ember.examples.flows`` (``--help`` for options).
+Run ``ember flows`` or ``python -m ember.examples.flows`` (``--help`` for options).
 """
 
 from __future__ import annotations

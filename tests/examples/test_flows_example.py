@@ -24,3 +24,10 @@ def test_flows_example_runs(tmp_path):
 def test_moons_shape():
     x = flows.moons(50, generator=torch.Generator().manual_seed(0))
     assert x.shape == (50, 2) and torch.isfinite(x).all()
+
+
+def test_flows_is_an_ember_command():
+    from ember.cli import build_parser
+
+    args = build_parser().parse_args(["flows", "--steps", "3", "--no-plot"])
+    assert args.run is flows.main and args.steps == 3
