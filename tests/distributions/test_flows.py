@@ -37,6 +37,7 @@ def _flows():
         "block_autoregressive_normal": T.block_autoregressive(D, hidden_factors=[2], activation="ELU", residual="normal"),
         "block_autoregressive_gated": T.block_autoregressive(D, hidden_factors=[2], activation="sigmoid", residual="gated"),
         "permute": T.permute(D),
+        "matrix_exponential": T.matrix_exponential(D),
         "lower_cholesky_affine": T.LowerCholeskyAffine(torch.randn(D), torch.randn(D, D).tril(-1) + torch.diag(torch.rand(D) + 0.5)),
     }
 
@@ -106,7 +107,12 @@ def test_spline_identity_outside_bound_and_both_tails():
     lambda: T.conditional_spline(3, 2),
     lambda: T.conditional_spline_autoregressive(3, 2, order="quadratic"),
     lambda: T.conditional_planar(3, 2),
-], ids=["affine_autoregressive", "affine_coupling", "spline", "spline_autoregressive", "planar"])
+    lambda: T.conditional_radial(3, 2),
+    lambda: T.conditional_householder(3, 2, count_transforms=2),
+    lambda: T.conditional_matrix_exponential(3, 2),
+    lambda: T.conditional_neural_autoregressive(3, 2, width=4),
+], ids=["affine_autoregressive", "affine_coupling", "spline", "spline_autoregressive", "planar", "radial", "householder",
+        "matrix_exponential", "neural_autoregressive"])
 def test_conditional_flows(make):
     torch.manual_seed(0)
     ct = make().double()
@@ -114,7 +120,7 @@ def test_conditional_flows(make):
     t = ct.condition(ctx)
     x = torch.randn(5, 3, dtype=torch.double)
     y = t(x)
-    if not isinstance(t, T.Planar):
+    if not isinstance(t, (T.Planar, T.Radial, T.NeuralAutoregressive)):
         torch.testing.assert_close(t.inv(y.clone()), x, atol=1e-6, rtol=1e-6)
     J = jacobian(lambda v: t(v), x[0].clone())
     ld = t.log_abs_det_jacobian(x, y)

@@ -42,15 +42,25 @@ from ember.distributions.transforms.generalized_channel_permute import (
 )
 from ember.distributions.transforms.simple_flows import (
     BatchNorm,
+    ConditionalHouseholder,
+    ConditionalMatrixExponential,
+    ConditionalNeuralAutoregressive,
     ConditionalPlanar,
+    ConditionalRadial,
     Householder,
+    MatrixExponential,
     NeuralAutoregressive,
     Planar,
     Radial,
     Sylvester,
     batchnorm,
+    conditional_householder,
+    conditional_matrix_exponential,
+    conditional_neural_autoregressive,
     conditional_planar,
+    conditional_radial,
     householder,
+    matrix_exponential,
     neural_autoregressive,
     permute,
     planar,
@@ -77,6 +87,9 @@ from ember.distributions.transforms.torch_transform import (
 )
 
 __all__ = list(_torch_all) + [
+    "ConditionalHouseholder", "ConditionalMatrixExponential", "ConditionalNeuralAutoregressive", "ConditionalRadial",
+    "MatrixExponential", "conditional_householder", "conditional_matrix_exponential", "conditional_neural_autoregressive",
+    "conditional_radial", "matrix_exponential",
     "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
     "generalized_channel_permute",
     "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",

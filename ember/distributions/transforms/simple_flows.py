@@ -5,6 +5,7 @@ NeuralAutoregressive (Huang et al. 2018, deep sigmoidal flow)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,10 +15,12 @@ from torch.distributions import constraints
 
 from ember.distributions.transforms.basic import Permute
 from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
-from ember.nn.auto_reg_nn import AutoRegressiveNN
+from ember.nn.auto_reg_nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from ember.nn.dense_nn import DenseNN
 
 __all__ = [
+    "ConditionalHouseholder", "ConditionalMatrixExponential", "ConditionalNeuralAutoregressive", "ConditionalRadial", "MatrixExponential",
+    "conditional_householder", "conditional_matrix_exponential", "conditional_neural_autoregressive", "conditional_radial", "matrix_exponential",
     "BatchNorm", "ConditionalPlanar", "Householder", "NeuralAutoregressive", "Planar", "Radial", "Sylvester",
     "batchnorm", "conditional_planar", "householder", "neural_autoregressive", "permute", "planar", "radial", "sylvester",
 ]
@@ -111,16 +114,20 @@ class Radial(TransformModule):
         self.input_dim = input_dim
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x0, self.alpha_prime, self.beta_prime
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = F.softplus(self.alpha_prime)
-        beta = -alpha + F.softplus(self.beta_prime)
-        diff = x - self.x0
+        x0, alpha_prime, beta_prime = self._params()
+        alpha = F.softplus(alpha_prime)
+        beta = -alpha + F.softplus(beta_prime)
+        diff = x - x0
         r = diff.norm(dim=-1, keepdim=True)
         h = 1 / (alpha + r)
         bh = beta * h
         y = x + bh * diff
         h_prime = -h.pow(2)
-        ld = (self.input_dim - 1) * torch.log1p(bh) + torch.log1p(bh + beta * h_prime * r)
+        ld = (x.size(-1) - 1) * torch.log1p(bh) + torch.log1p(bh + beta * h_prime * r)
         return y, ld.squeeze(-1)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,13 +160,19 @@ class Householder(TransformModule):
         self.u_unnormed = nn.Parameter(torch.empty(count_transforms, input_dim).uniform_(-bound, bound))
         self.input_dim, self.count_transforms = input_dim, count_transforms
 
+    def _u_unnormed(self) -> torch.Tensor:
+        return self.u_unnormed
+
     def u(self) -> torch.Tensor:
-        return self.u_unnormed / self.u_unnormed.norm(dim=-1, keepdim=True)
+        """The unit reflection vectors, ``[count_transforms, input_dim]`` (or ``[..., count, dim]`` when conditioned)."""
+        uu = self._u_unnormed()
+        return uu / uu.norm(dim=-1, keepdim=True)
 
     def _reflect(self, x: torch.Tensor, order: range) -> torch.Tensor:
         u = self.u()
         for i in order:
-            x = x - 2 * (x * u[i]).sum(-1, keepdim=True) * u[i]
+            ui = u[..., i, :]
+            x = x - 2 * (x * ui).sum(-1, keepdim=True) * ui
         return x
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,6 +322,115 @@ class NeuralAutoregressive(TransformModule):
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
+class ConditionalRadial(ConditionalTransformModule):
+    """:class:`Radial` whose ``(x0, alpha', beta')`` are ``nn(context)`` (``param_dims = [D, 1, 1]``)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    event_dim = 1
+
+    def __init__(self, nn: Any) -> None:
+        super().__init__()
+        self.nn = nn
+
+    def condition(self, context: torch.Tensor) -> Radial:
+        x0, a, b = self.nn(context)
+        t = Radial.__new__(Radial)
+        TransformModule.__init__(t, cache_size=1)
+        t._cache_logdet = None
+        t._params = lambda: (x0, a, b)  # type: ignore[method-assign]
+        return t
+
+
+class ConditionalHouseholder(ConditionalTransformModule):
+    """:class:`Householder` whose reflection vectors are ``nn(context)`` (``param_dims = [count * D]``)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    event_dim = 1
+    volume_preserving = True
+
+    def __init__(self, input_dim: int, nn: Any, count_transforms: int = 1) -> None:
+        super().__init__()
+        self.input_dim, self.nn, self.count_transforms = input_dim, nn, count_transforms
+
+    def condition(self, context: torch.Tensor) -> Householder:
+        raw = self.nn(context)
+        raw = raw.reshape(raw.shape[:-1] + (self.count_transforms, self.input_dim))
+        t = Householder.__new__(Householder)
+        TransformModule.__init__(t, cache_size=1)
+        t.input_dim, t.count_transforms = self.input_dim, self.count_transforms
+        t._u_unnormed = lambda: raw  # type: ignore[method-assign]
+        return t
+
+
+class MatrixExponential(TransformModule):
+    """``y = expm(M) x`` for a learnable square ``M`` (Hoogeboom et al. 2020): always invertible,
+    ``x = expm(-M) y``, ``log|det J| = trace(M)``."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__(cache_size=1)
+        self.input_dim = input_dim
+        self.weights = nn.Parameter(torch.empty(input_dim, input_dim).uniform_(-0.1, 0.1))
+
+    def _M(self) -> torch.Tensor:
+        return self.weights
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.linalg.matrix_exp(self._M()) @ x.unsqueeze(-1)).squeeze(-1)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return (torch.linalg.matrix_exp(-self._M()) @ y.unsqueeze(-1)).squeeze(-1)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tr = self._M().diagonal(dim1=-2, dim2=-1).sum(-1)
+        return tr.expand(x.shape[:-1])
+
+
+class ConditionalMatrixExponential(ConditionalTransformModule):
+    """:class:`MatrixExponential` whose ``M`` is ``nn(context)`` reshaped to ``[D, D]`` (``param_dims = [D * D]``)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    event_dim = 1
+
+    def __init__(self, input_dim: int, nn: Any) -> None:
+        super().__init__()
+        self.input_dim, self.nn = input_dim, nn
+
+    def condition(self, context: torch.Tensor) -> MatrixExponential:
+        raw = self.nn(context)
+        M = raw.reshape(raw.shape[:-1] + (self.input_dim, self.input_dim))
+        t = MatrixExponential.__new__(MatrixExponential)
+        TransformModule.__init__(t, cache_size=1)
+        t.input_dim = self.input_dim
+        t._M = lambda: M  # type: ignore[method-assign]
+        return t
+
+
+class ConditionalNeuralAutoregressive(ConditionalTransformModule):
+    """:class:`NeuralAutoregressive` whose network also reads a context."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    event_dim = 1
+
+    def __init__(self, autoregressive_nn: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.nn, self.kwargs = autoregressive_nn, kwargs
+
+    def condition(self, context: torch.Tensor) -> NeuralAutoregressive:
+        return NeuralAutoregressive(partial(self.nn, context=context), **self.kwargs)
+
+
 def planar(input_dim: int) -> Planar:
     """A :class:`Planar` flow on ``input_dim`` dims."""
     return Planar(input_dim)
@@ -345,6 +467,37 @@ def neural_autoregressive(input_dim: int, hidden_dims: list[int] | None = None, 
     hidden = [3 * input_dim + 1] if hidden_dims is None else list(hidden_dims)
     arn = AutoRegressiveNN(input_dim, hidden, param_dims=[width] * 3)
     return NeuralAutoregressive(arn, hidden_units=width, activation=activation)
+
+
+def conditional_radial(input_dim: int, context_dim: int, hidden_dims: list[int] | None = None) -> ConditionalRadial:
+    """A :class:`ConditionalRadial` with a ``DenseNN`` from the context (default hidden ``[10 * input_dim]``)."""
+    hidden = [input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalRadial(DenseNN(context_dim, hidden, param_dims=[input_dim, 1, 1]))
+
+
+def conditional_householder(input_dim: int, context_dim: int, hidden_dims: list[int] | None = None, count_transforms: int = 1) -> ConditionalHouseholder:
+    """A :class:`ConditionalHouseholder` with a ``DenseNN`` from the context (default hidden ``[10 * input_dim]``)."""
+    hidden = [input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalHouseholder(input_dim, DenseNN(context_dim, hidden, param_dims=[input_dim * count_transforms]), count_transforms)
+
+
+def matrix_exponential(input_dim: int) -> MatrixExponential:
+    """A :class:`MatrixExponential` flow on ``input_dim`` dims."""
+    return MatrixExponential(input_dim)
+
+
+def conditional_matrix_exponential(input_dim: int, context_dim: int, hidden_dims: list[int] | None = None) -> ConditionalMatrixExponential:
+    """A :class:`ConditionalMatrixExponential` with a ``DenseNN`` from the context (default hidden ``[10 * input_dim]``)."""
+    hidden = [input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalMatrixExponential(input_dim, DenseNN(context_dim, hidden, param_dims=[input_dim * input_dim]))
+
+
+def conditional_neural_autoregressive(input_dim: int, context_dim: int, hidden_dims: list[int] | None = None, activation: str = "sigmoid",
+                                      width: int = 16) -> ConditionalNeuralAutoregressive:
+    """A :class:`ConditionalNeuralAutoregressive` with a conditional MADE network (default hidden ``[3 * input_dim + 1]``)."""
+    hidden = [3 * input_dim + 1] if hidden_dims is None else list(hidden_dims)
+    arn = ConditionalAutoRegressiveNN(input_dim, context_dim, hidden, param_dims=[width] * 3)
+    return ConditionalNeuralAutoregressive(arn, hidden_units=width, activation=activation)
 
 
 def permute(input_dim: int, permutation: torch.Tensor | None = None, *, dim: int = -1) -> Permute:
