@@ -39,6 +39,7 @@ from ember.distributions.discrete import (
 )
 from ember.distributions.empirical import Empirical
 from ember.distributions.hmm import DiscreteHMM, GaussianHMM
+from ember.distributions.lkj import LKJ
 from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
 from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals
 from ember.distributions.special import Delta, Unit
@@ -60,7 +61,7 @@ def is_validation_enabled() -> bool:
 
 
 __all__ = [
-    "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
+    "LKJ", "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",

@@ -1,4 +1,4 @@
-"""MaskedMixture and MixtureOfDiagNormals: log_prob by brute force, moments, shapes."""
+"""MaskedMixture, MixtureOfDiagNormals and LKJ: log_prob by brute force or closed form, moments, shapes."""
 
 import math
 
@@ -63,3 +63,25 @@ def test_mixture_of_diag_normals_rsample_gradients_are_unbiased():
     want = torch.autograd.grad(exact, (locs, scales, logits))
     for g, w in zip(mc, want):
         torch.testing.assert_close(g, w, atol=0.08, rtol=0.05)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0, 3.0])
+def test_lkj_two_dims_is_a_scaled_beta(eta):
+    """For dim 2, C = [[1, r], [r, 1]] with (r + 1)/2 ~ Beta(eta, eta)."""
+    r = torch.linspace(-0.95, 0.95, 9, dtype=torch.double)
+    C = torch.stack([torch.stack([torch.ones_like(r), r], -1), torch.stack([r, torch.ones_like(r)], -1)], -2)
+    d = dist.LKJ(2, torch.tensor(eta, dtype=torch.double))
+    want = torch.distributions.Beta(torch.tensor(eta, dtype=torch.double), torch.tensor(eta, dtype=torch.double)).log_prob((r + 1) / 2) - math.log(2)
+    torch.testing.assert_close(d.log_prob(C), want)
+
+
+def test_lkj_samples_and_shapes():
+    torch.manual_seed(0)
+    d = dist.LKJ(3, 2.0)
+    s = d.sample((500,))
+    assert s.shape == (500, 3, 3) and bool(dist.constraints.corr_matrix.check(s).all())
+    torch.testing.assert_close(s.mean(0), d.mean, atol=0.05, rtol=0)
+    e = d.expand((4,))
+    assert e.sample().shape == (4, 3, 3) and e.log_prob(e.sample()).shape == (4,)
+    with pytest.raises(ValueError, match="dim"):
+        dist.LKJ(1)
