@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
-import random
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch.distributions import constraints
 
 from ember.distributions.torch_dist import TorchDistributionMixin as _Mixin
-from ember.params.param_store import ParamStoreDict
+from ember.params import _PARAM_STORE, clear_param_store, get_param_store
 from ember.poutine.plate_messenger import PlateMessenger, plate
+from ember.poutine.seed_messenger import set_rng_seed
+from ember.poutine.util import _obs_to_tensor
 from ember.runtime import _STACK, _VALIDATION, Message, apply_stack
 
 __all__ = [
@@ -32,39 +31,7 @@ __all__ = [
     "validation_enabled",
 ]
 
-_PARAM_STORE = ParamStoreDict()
 _Distribution = torch.distributions.Distribution
-
-
-def get_param_store() -> ParamStoreDict:
-    """The global parameter store."""
-    return _PARAM_STORE
-
-
-def clear_param_store() -> None:
-    """Remove every parameter from the global store."""
-    _PARAM_STORE.clear()
-
-
-def _dist_device_dtype(fn: Any) -> tuple:
-    seen = 0
-    while fn is not None and seen < 8:
-        seen += 1
-        for v in vars(fn).values():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                return v.device, v.dtype
-        fn = getattr(fn, "base_dist", None)
-    return None, torch.get_default_dtype()
-
-
-def _obs_to_tensor(obs: Any, fn: Any) -> torch.Tensor:
-    """Accept Python numbers, lists and numpy arrays as observations."""
-    device, dtype = _dist_device_dtype(fn)
-    if isinstance(obs, np.ndarray) and not np.issubdtype(obs.dtype, np.floating):
-        return torch.as_tensor(obs, device=device)
-    if isinstance(obs, (bool, numbers.Number)):
-        return torch.as_tensor(float(obs), dtype=dtype, device=device)
-    return torch.as_tensor(obs, dtype=dtype, device=device)
 
 
 _EMBER_CLASSES: dict = {}
@@ -166,14 +133,10 @@ def module(name: str, nn_module: torch.nn.Module, update_module_params: bool = F
         raise TypeError(f"module '{name}': expected a torch.nn.Module, got {type(nn_module).__name__}")
     plist = _PARAM_STORE._register_module(name, nn_module, update_module_params)
     if _STACK:
+        # each parameter is a param site: inference steps what its traces see
         for full, _ in plist:
             msg = Message("param", full, _get_param, (full, None, constraints.real, None), None)
             apply_stack(msg)
-    else:
-        touched = _PARAM_STORE._touched
-        if touched is not None:
-            for full, p in plist:
-                touched[full] = p
     return nn_module
 
 
@@ -234,13 +197,6 @@ def iarange(name: str, size: int | None = None, subsample_size: int | None = Non
 
 
 irange = iarange  # old name of the sequential ``for i in plate(...)``: the same object serves both
-
-
-def set_rng_seed(rng_seed: int) -> None:
-    """Seed torch, numpy and Python's random."""
-    torch.manual_seed(rng_seed)
-    random.seed(rng_seed)
-    np.random.seed(rng_seed % (2**32))
 
 
 def enable_validation(is_validate: bool = True) -> None:

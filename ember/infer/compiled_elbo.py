@@ -32,14 +32,26 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.distributions import constraints as _constraints
+from torch.distributions import transform_to
 
 from ember.infer.compile import agrees, compile_graph
-from ember.primitives import get_param_store, validation_enabled
+from ember.infer.util import trace_params
+from ember.params import get_param_store
+from ember.poutine.misc_messengers import SubstituteMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.primitives import validation_enabled
+from ember.runtime import _STACK, Message, apply_stack
 
 __all__ = ["CompiledLossAndGrads"]
 
 _MAX_SIGNATURES = 8
 _PLAIN = (int, float, bool, str, type(None))
+
+
+def _transform(constraint: Any) -> Any:
+    """The map from unconstrained to constrained values (None for an unconstrained parameter)."""
+    return None if constraint is _constraints.real else transform_to(constraint)
 
 
 def _signature(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, list, Callable] | None:
@@ -125,15 +137,11 @@ class CompiledLossAndGrads:
     # ---- the first call: eager, then record ------------------------------------------------------
     def _first_call(self, key: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict, tensors: list,
                     rebuild: Callable) -> float:
-        store = get_param_store()
-        own = store._touched is None
-        touched = store._begin_capture() if own else store._touched
-        try:
+        with TraceMessenger(param_only=True) as capture:
             loss = super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[misc]
-        finally:
-            if own:
-                store._end_capture()
-        names = list(touched)
+        # the parameters the step's traces saw: the graph's inputs (a parameter hidden with
+        # poutine.block is read as a constant of the graph, at its value now)
+        names = list(trace_params(capture.trace))
         try:
             entry = self._compile(model, guide, tensors, rebuild, names)
         except Exception as e:  # noqa: BLE001 - compiling is an optimisation: never fail the step for it
@@ -149,10 +157,10 @@ class CompiledLossAndGrads:
         from torch.func import grad_and_value
 
         store = get_param_store()
-        modules = [n for n in names if store._is_module_param(n)]
+        modules = [n for n in names if store.is_module_param(n)]
         if modules:
             return f"it reads nn.Module parameters (ember.module: {modules[:3]}), which the compiled ELBO does not support yet"
-        params = [store._params[n] for n in names]
+        params = [store.unconstrained(n) for n in names]
         if any(t.device.type != "cpu" for t in params + tensors):
             return "compiling is done for CPU parameters and data only"
         if any(t.requires_grad for t in tensors):
@@ -162,17 +170,14 @@ class CompiledLossAndGrads:
             return "no parameter received a gradient"
         k = len(params)
 
+        transforms = [_transform(store.get_param_constraint(n)) for n in names]
+
         def surrogate_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            saved = {n: store._params[n] for n in names}
-            touched, store._touched = store._touched, None
-            try:
-                for n, p in zip(names, flat[:k]):
-                    store._params[n] = p
-                a, kw = rebuild(list(flat[k:]))
+            # the parameters' unconstrained values come in as graph inputs, through a handler
+            values = {n: (u if t is None else t(u)) for n, u, t in zip(names, flat[:k], transforms)}
+            a, kw = rebuild(list(flat[k:]))
+            with SubstituteMessenger(data=values):
                 loss, surrogate = self._loss_and_surrogate(model, guide, a, kw)
-            finally:
-                store._params.update(saved)
-                store._touched = touched
             return surrogate, loss.detach()
 
         value_and_grad = grad_and_value(surrogate_fn, argnums=tuple(grad_idx), has_aux=True)
@@ -211,15 +216,14 @@ class CompiledLossAndGrads:
                                      source="the sampled values or inputs", allow_random=True)
         if run is None:
             return how
-        return _Compiled(run, how, names, grad_idx, params, [store._constraints.get(n) for n in names])
+        return _Compiled(run, how, names, grad_idx, params, [store.get_param_constraint(n) for n in names])
 
     # ---- later calls --------------------------------------------------------------------------------
     def _run(self, entry: _Compiled, key: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict,
              tensors: list) -> float:
         store = get_param_store()
-        params = [store._params.get(n) for n in entry.names]
-        constraints = store._constraints
-        if any(p is None or (p.shape, p.dtype) != sd or constraints.get(n) is not c
+        params = [store.unconstrained(n) for n in entry.names]
+        if any(p is None or (p.shape, p.dtype) != sd or store.get_param_constraint(n) is not c
                for n, p, sd, c in zip(entry.names, params, entry.shapes, entry.constraints)):
             # a parameter was deleted, or re-created with another shape, dtype or constraint (whose
             # transform the graph holds): record again
@@ -242,8 +246,10 @@ class CompiledLossAndGrads:
             seen.add(id(g))
             p = params[i]
             p.grad = g if p.grad is None else p.grad + g
-        touched = store._touched
-        if touched is not None:
-            for n, p in zip(entry.names, params):
-                touched[n] = p
+        if _STACK:
+            # the step read these parameters: say so through the protocol, so a capture around
+            # it (SVI.step's) steps them as it would after an eager step
+            with torch.no_grad():
+                for n in entry.names:
+                    apply_stack(Message("param", n, None, (n,), None, store[n]))
         return loss

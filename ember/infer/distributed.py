@@ -74,8 +74,10 @@ import torch.distributed as dist
 
 from ember.infer.elbo import NonFiniteLossError, get_importance_trace
 from ember.infer.svi import SVI
+from ember.infer.util import trace_params
 from ember.optim.optim import NonFiniteParameterError
 from ember.poutine.messenger import Messenger
+from ember.poutine.trace_messenger import TraceMessenger
 from ember.primitives import get_param_store, set_rng_seed
 from ember.runtime import Message, is_validation_enabled
 
@@ -611,25 +613,25 @@ class DataParallelSVI:
         ``(nan, [])``."""
         if self._synced is None:
             self.setup(*args, **kwargs)
-        store = get_param_store()
-        touched = store._begin_capture()
         error: BaseException | None = None
         status, loss = _OK, 0.0
         self._global_sizes = {}
+        capture = TraceMessenger(param_only=True)
         try:
-            loss = float(self._svi.loss_and_grads(self._svi.model, self._svi.guide, *args, **kwargs))
+            with capture:  # the parameters the step's traces see (SVI's rule)
+                loss = float(self._svi.loss_and_grads(self._svi.model, self._svi.guide, *args, **kwargs))
             if not math.isfinite(loss):  # a custom loss_and_grads may return nan without raising
                 raise NonFiniteLossError(f"The loss is {loss}. No gradient step was taken; the parameters are unchanged.")
         except NonFiniteLossError as e:
             error, status = e, _NONFINITE
         except DistributedError:
-            self._clear(list(touched.items()))
+            self._clear(list(trace_params(capture.trace).items()))
             raise  # raised by an exchange the peers took part in: they know
         except Exception as e:  # noqa: BLE001 - reported to the peers, then re-raised
             error, status = e, _FAILED
         finally:
-            store._end_capture()
             self._global_sizes = {}
+        touched = trace_params(capture.trace)
         named = sorted(touched.items())
         unsynced = [n for n, _ in named if n not in self._synced]  # type: ignore[operator]
         try:

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite, get_importance_trace
+from ember.infer.util import trace_params
 from ember.optim.optim import NonFiniteParameterError
-from ember.primitives import get_param_store
+from ember.poutine.trace_messenger import TraceMessenger
 from ember.runtime import is_validation_enabled
 
 __all__ = ["SVI"]
@@ -99,24 +100,24 @@ class SVI:
             return f"(could not trace model and guide to find the site: {e})"
 
     def step(self, *args: Any, **kwargs: Any) -> float:
-        """One gradient step; returns the loss estimate (a float, -ELBO for ELBO losses)."""
-        store = get_param_store()
-        touched = store._begin_capture()
-        try:
-            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        except NonFiniteLossError as e:
-            params = list(store._end_capture().values())
-            for p in params:
-                p.grad = None
-            if self.on_nonfinite == "skip":
-                warnings.warn(f"SVI.step skipped: {e}", RuntimeWarning, stacklevel=2)
-                return math.nan
-            raise
-        except BaseException:
-            for p in store._end_capture().values():
-                p.grad = None
-            raise
-        store._end_capture()
+        """One gradient step on the parameters whose ``param`` sites appear in the traces of
+        model and guide (Pyro's rule: a parameter hidden with ``poutine.block`` stays put);
+        returns the loss estimate (a float, -ELBO for ELBO losses)."""
+        with TraceMessenger(param_only=True) as capture:
+            try:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            except NonFiniteLossError as e:
+                for p in trace_params(capture.trace).values():
+                    p.grad = None
+                if self.on_nonfinite == "skip":
+                    warnings.warn(f"SVI.step skipped: {e}", RuntimeWarning, stacklevel=2)
+                    return math.nan
+                raise
+            except BaseException:
+                for p in trace_params(capture.trace).values():
+                    p.grad = None
+                raise
+        touched = trace_params(capture.trace)
         params = list(touched.values())
         if is_validation_enabled():
             self._check_grads(touched)

@@ -9,10 +9,25 @@ from typing import Any
 
 import torch
 
+from ember.params import get_param_store
 from ember.poutine.plate_messenger import PlateMessenger
 from ember.poutine.trace_struct import Trace
 
-__all__ = ["guess_max_plate_nesting", "in_plate"]
+__all__ = ["guess_max_plate_nesting", "in_plate", "trace_params"]
+
+
+def trace_params(trace: Trace) -> dict:
+    """``{name: unconstrained tensor}`` of the store parameters whose param sites ``trace``
+    recorded (``poutine.trace(param_only=True)`` around a step): what the step may update.
+    Sites whose name is not in the store (substituted values) are left out."""
+    store = get_param_store()
+    out = {}
+    for name, site in trace.nodes.items():
+        if site.type == "param":
+            u = store.unconstrained(name)
+            if u is not None:
+                out[name] = u
+    return out
 
 
 def guess_max_plate_nesting(*traces: Trace) -> int:

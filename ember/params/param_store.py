@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import weakref
@@ -56,8 +57,6 @@ class ParamStoreDict:
         self._param_to_name: dict[int, str] = {}  # id(unconstrained) -> name
         # module name -> (weakref to module, [(full name, parameter), ...])
         self._modules: dict[str, tuple] = {}
-        # names read during the current capture (SVI step): name -> unconstrained tensor
-        self._touched: dict[str, torch.Tensor] | None = None
         # names set by set_state/load whose constraint no ember.param call has declared yet
         self._unchecked: set[str] = set()
 
@@ -120,6 +119,39 @@ class ParamStoreDict:
     def get_all_param_names(self) -> list:
         return list(self._params)
 
+    def unconstrained(self, name: str) -> torch.Tensor | None:
+        """The unconstrained leaf tensor of ``name`` (what an optimizer updates), or None."""
+        return self._params.get(name)
+
+    def is_module_param(self, name: str) -> bool:
+        """Whether ``name`` is a parameter of a module registered with ``ember.module``."""
+        return self._is_module_param(name)
+
+    def setdefault(self, name: str, init_constrained_value: Any, constraint: constraints.Constraint = constraints.real) -> torch.Tensor:
+        """The constrained value of ``name``, created from ``init_constrained_value`` (a tensor,
+        a number or a zero-argument callable, called only when needed) if absent."""
+        return self.get_param(name, init_constrained_value, constraint)
+
+    @contextlib.contextmanager
+    def scope(self, state: dict | None = None) -> Iterator[dict]:
+        """Run a block with its own parameters: ``with store.scope() as s: ...`` starts from an
+        empty store (or from ``state``, a :meth:`get_state` dict), and on exit restores the
+        parameters held before; ``s`` then holds the block's final state, to enter again later
+        with ``store.scope(s)``."""
+        saved = self.get_state()
+        saved_modules = dict(self._modules)
+        self.clear()
+        if state is not None:
+            self.set_state(state)
+        inner: dict = {}
+        try:
+            yield inner
+        finally:
+            inner.update(self.get_state())
+            self.clear()
+            self.set_state(saved)
+            self._modules.update(saved_modules)
+
     def replace_param(self, param_name: str, new_param: torch.Tensor, old_param: torch.Tensor) -> None:
         if self._params.get(param_name) is not old_param and self[param_name] is not old_param:
             raise ValueError(f"replace_param: '{param_name}' does not hold the given old tensor")
@@ -142,9 +174,6 @@ class ParamStoreDict:
             u = self._params[name]
         elif self._unchecked and name in self._unchecked:
             u = self._check_loaded(name, constraint)
-        touched = self._touched
-        if touched is not None:
-            touched[name] = u
         t = self._transforms.get(name)
         if t is None:
             return u
@@ -219,14 +248,6 @@ class ParamStoreDict:
             )
         self._set(name, value, constraint)
         return self._params[name]
-
-    def _begin_capture(self) -> dict:
-        self._touched = {}
-        return self._touched
-
-    def _end_capture(self) -> dict:
-        t, self._touched = self._touched, None
-        return t or {}
 
     # ---- modules -------------------------------------------------------------------------------
     def _register_module(self, name: str, nn_module: torch.nn.Module, update_module_params: bool) -> list:

@@ -26,7 +26,7 @@ def _as_data(data: Any, who: str) -> dict:
 def _to_tensor_like(value: Any, msg: Message) -> Any:
     if isinstance(value, torch.Tensor) or value is None:
         return value
-    from ember.primitives import _obs_to_tensor
+    from ember.poutine.util import _obs_to_tensor
 
     return _obs_to_tensor(value, msg.fn)
 

@@ -116,7 +116,7 @@ def get_plates() -> tuple[CondIndepStackFrame, ...]:
 
 def get_param_store() -> Any:
     """The global parameter store (``ember.get_param_store()``)."""
-    from ember.primitives import get_param_store as _get  # TODO(lead): the global store should live below poutine
+    from ember.params import get_param_store as _get
 
     return _get()
 

@@ -15,6 +15,13 @@ def get_rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
 
 
+def set_rng_seed(rng_seed: int) -> None:
+    """Seed torch, numpy and Python's random."""
+    torch.manual_seed(rng_seed)
+    random.seed(rng_seed)
+    np.random.seed(rng_seed % (2**32))
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["random"])
@@ -33,8 +40,6 @@ class SeedMessenger(Messenger):
 
     def __enter__(self) -> SeedMessenger:
         self._old_state = get_rng_state()
-        from ember.primitives import set_rng_seed
-
         set_rng_seed(self.rng_seed)
         return super().__enter__()
 

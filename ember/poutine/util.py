@@ -10,6 +10,12 @@
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
 from ember.poutine.trace_struct import Trace, site_is_subsample
 from ember.runtime import _VALIDATION, Message, is_validation_enabled
 
@@ -114,3 +120,24 @@ def mc_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> lis
         new.nodes[msg.name] = site
         extended.append(new)
     return extended
+
+
+def _dist_device_dtype(fn: Any) -> tuple:
+    seen = 0
+    while fn is not None and seen < 8:
+        seen += 1
+        for v in vars(fn).values():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                return v.device, v.dtype
+        fn = getattr(fn, "base_dist", None)
+    return None, torch.get_default_dtype()
+
+
+def _obs_to_tensor(obs: Any, fn: Any) -> torch.Tensor:
+    """Accept Python numbers, lists and numpy arrays as observations."""
+    device, dtype = _dist_device_dtype(fn)
+    if isinstance(obs, np.ndarray) and not np.issubdtype(obs.dtype, np.floating):
+        return torch.as_tensor(obs, device=device)
+    if isinstance(obs, (bool, numbers.Number)):
+        return torch.as_tensor(float(obs), dtype=dtype, device=device)
+    return torch.as_tensor(obs, dtype=dtype, device=device)
