@@ -1,6 +1,7 @@
 """Module layout of ember.distributions, Pyro's extra constraints and their biject_to transforms."""
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -180,3 +181,17 @@ def test_iterated():
     assert len(c.parts) == 3 and len(list(c.parameters())) == 9
     with pytest.raises(ValueError, match="repeats"):
         transforms.iterated(0, transforms.planar, 2)
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.0, -0.5])
+def test_discrete_cosine_transform(smooth):
+    t = transforms.DiscreteCosineTransform(dim=-2, smooth=smooth)
+    x = torch.randn(3, 6, 2, dtype=torch.double)
+    y = t(x)
+    torch.testing.assert_close(t.inv(y), x)
+    J = jacobian(lambda v: t(v.reshape(6, 2)).reshape(-1), x[0].reshape(-1))
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), torch.linalg.slogdet(J)[1].expand(3))
+    if smooth == 0.0:
+        # orthonormal: norms kept; the DC coefficient is the scaled mean
+        torch.testing.assert_close(y.norm(dim=-2), x.norm(dim=-2))
+        torch.testing.assert_close(y[:, 0], x.sum(-2) / math.sqrt(6))

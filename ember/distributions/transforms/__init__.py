@@ -33,7 +33,14 @@ from ember.distributions.transforms.basic import (
     UnitLowerCholeskyTransform,
 )
 from ember.distributions.transforms.block_autoregressive import BlockAutoregressive, block_autoregressive
-from ember.distributions.transforms.elementwise import CholeskyTransform, CorrLCholeskyTransform, ELUTransform, LeakyReLUTransform, iterated
+from ember.distributions.transforms.elementwise import (
+    CholeskyTransform,
+    CorrLCholeskyTransform,
+    DiscreteCosineTransform,
+    ELUTransform,
+    LeakyReLUTransform,
+    iterated,
+)
 from ember.distributions.transforms.generalized_channel_permute import (
     ConditionalGeneralizedChannelPermute,
     GeneralizedChannelPermute,
@@ -92,7 +99,7 @@ __all__ = list(_torch_all) + [
     "conditional_radial", "matrix_exponential",
     "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
     "generalized_channel_permute",
-    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
+    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
     "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
     "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",
     "NeuralAutoregressive", "Normalize", "OrderedTransform", "Permute", "Planar", "Radial", "SoftplusLowerCholeskyTransform",

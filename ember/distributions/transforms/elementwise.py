@@ -1,6 +1,6 @@
 """Small fixed transforms Pyro adds: ``ELUTransform``, ``LeakyReLUTransform``,
 ``CholeskyTransform`` (positive-definite matrix to its Cholesky factor), the
-``CorrLCholeskyTransform`` name, and the ``iterated`` helper."""
+``CorrLCholeskyTransform`` name, ``DiscreteCosineTransform`` and the ``iterated`` helper."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.distributions.transforms import CorrCholeskyTransform, Transform
 
 from ember.distributions.transforms.torch_transform import ComposeTransformModule
 
-__all__ = ["CholeskyTransform", "CorrLCholeskyTransform", "ELUTransform", "LeakyReLUTransform", "iterated"]
+__all__ = ["CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "LeakyReLUTransform", "iterated"]
 
 CorrLCholeskyTransform = CorrCholeskyTransform  # Pyro's name for the same map
 
@@ -92,3 +92,74 @@ def iterated(repeats: int, base_fn: Callable[..., Any], *args: Any, **kwargs: An
     if repeats < 1:
         raise ValueError(f"iterated: repeats must be >= 1; got {repeats}")
     return ComposeTransformModule([base_fn(*args, **kwargs) for _ in range(repeats)])
+
+
+class DiscreteCosineTransform(Transform):
+    """The orthonormal DCT-II along dimension ``dim`` (negative), its ``k``-th output scaled by
+    ``(k + 1) ** smooth``: with ``smooth = 0`` white noise stays white; with ``smooth = 1``
+    Brownian noise becomes white. ``log|det J| = smooth * sum_k log(k + 1)`` per transformed vector."""
+
+    bijective = True
+
+    def __init__(self, dim: int = -1, smooth: float = 0.0, cache_size: int = 0) -> None:
+        if dim >= 0:
+            raise ValueError(f"DiscreteCosineTransform: dim must be negative; got dim={dim}")
+        self.dim, self.smooth = dim, float(smooth)
+        self._mats: dict = {}
+        super().__init__(cache_size=cache_size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DiscreteCosineTransform) and other.dim == self.dim and other.smooth == self.smooth
+
+    @property
+    def event_dim(self) -> int:  # type: ignore[override]
+        return -self.dim
+
+    @constraints.dependent_property(is_discrete=False)
+    def domain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+    @constraints.dependent_property(is_discrete=False)
+    def codomain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+    def _matrix(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """``M[k, j] = sqrt(2/n) c_k cos(pi (j + 1/2) k / n)`` times the smoothing weight of ``k``."""
+        key = (n, like.dtype, like.device)
+        m = self._mats.get(key)
+        if m is None:
+            k = torch.arange(n, dtype=like.dtype, device=like.device).unsqueeze(-1)
+            j = torch.arange(n, dtype=like.dtype, device=like.device)
+            m = torch.cos(math.pi * (j + 0.5) * k / n) * math.sqrt(2.0 / n)
+            m[0] = m[0] / math.sqrt(2.0)
+            m = m * (k + 1).pow(self.smooth)
+            self._mats[key] = m
+        return m
+
+    def _apply(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        x = x.movedim(self.dim, -1)
+        n = x.size(-1)
+        m = self._matrix(n, x)
+        if inverse:
+            w = (torch.arange(n, dtype=x.dtype, device=x.device) + 1).pow(self.smooth)
+            y = (x / w) @ (m / w.unsqueeze(-1))  # the orthonormal DCT's inverse is its transpose
+        else:
+            y = x @ m.T
+        return y.movedim(-1, self.dim)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, False)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self._apply(y, True)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = x.size(self.dim)
+        columns = math.prod(x.shape[x.dim() + self.dim + 1 :])  # one DCT per entry of the dims right of ``dim``
+        ld = self.smooth * math.lgamma(n + 1.0) * columns  # sum_k log(k + 1) = log n!
+        return x.new_full(x.shape[: x.dim() + self.dim], ld)
+
+    def with_cache(self, cache_size: int = 1) -> DiscreteCosineTransform:
+        if self._cache_size == cache_size:
+            return self
+        return DiscreteCosineTransform(self.dim, self.smooth, cache_size=cache_size)
