@@ -95,9 +95,10 @@ def iterated(repeats: int, base_fn: Callable[..., Any], *args: Any, **kwargs: An
 
 
 class DiscreteCosineTransform(Transform):
-    """The orthonormal DCT-II along dimension ``dim`` (negative), its ``k``-th output scaled by
-    ``(k + 1) ** smooth``: with ``smooth = 0`` white noise stays white; with ``smooth = 1``
-    Brownian noise becomes white. ``log|det J| = smooth * sum_k log(k + 1)`` per transformed vector."""
+    """The orthonormal DCT-II along dimension ``dim`` (negative), its ``k``-th output weighted by
+    the frequency ``(k + 1/2) ** smooth`` divided by the weights' geometric mean (as Pyro does),
+    so ``log|det J| = 0``: with ``smooth = 0`` white noise stays white; with ``smooth = 1``
+    Brownian noise becomes white."""
 
     bijective = True
 
@@ -123,6 +124,11 @@ class DiscreteCosineTransform(Transform):
     def codomain(self):
         return constraints.independent(constraints.real, -self.dim)
 
+    def _weights(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """``(k + 1/2) ** smooth`` over ``k < n``, normalised to geometric mean 1."""
+        w = (torch.arange(n, dtype=like.dtype, device=like.device) + 0.5).pow(self.smooth)
+        return w / w.log().mean().exp()
+
     def _matrix(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """``M[k, j] = sqrt(2/n) c_k cos(pi (j + 1/2) k / n)`` times the smoothing weight of ``k``."""
         key = (n, like.dtype, like.device)
@@ -132,7 +138,7 @@ class DiscreteCosineTransform(Transform):
             j = torch.arange(n, dtype=like.dtype, device=like.device)
             m = torch.cos(math.pi * (j + 0.5) * k / n) * math.sqrt(2.0 / n)
             m[0] = m[0] / math.sqrt(2.0)
-            m = m * (k + 1).pow(self.smooth)
+            m = m * self._weights(n, like).unsqueeze(-1)
             self._mats[key] = m
         return m
 
@@ -141,7 +147,7 @@ class DiscreteCosineTransform(Transform):
         n = x.size(-1)
         m = self._matrix(n, x)
         if inverse:
-            w = (torch.arange(n, dtype=x.dtype, device=x.device) + 1).pow(self.smooth)
+            w = self._weights(n, x)
             y = (x / w) @ (m / w.unsqueeze(-1))  # the orthonormal DCT's inverse is its transpose
         else:
             y = x @ m.T
@@ -154,10 +160,7 @@ class DiscreteCosineTransform(Transform):
         return self._apply(y, True)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.size(self.dim)
-        columns = math.prod(x.shape[x.dim() + self.dim + 1 :])  # one DCT per entry of the dims right of ``dim``
-        ld = self.smooth * math.lgamma(n + 1.0) * columns  # sum_k log(k + 1) = log n!
-        return x.new_full(x.shape[: x.dim() + self.dim], ld)
+        return x.new_zeros(x.shape[: x.dim() + self.dim])
 
     def with_cache(self, cache_size: int = 1) -> DiscreteCosineTransform:
         if self._cache_size == cache_size:
