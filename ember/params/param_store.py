@@ -132,6 +132,18 @@ class ParamStoreDict:
         a number or a zero-argument callable, called only when needed) if absent."""
         return self.get_param(name, init_constrained_value, constraint)
 
+    def bind(self, name: str, unconstrained: torch.Tensor, constraint: constraints.Constraint = constraints.real) -> None:
+        """Hold the leaf tensor ``unconstrained`` itself (a ``PyroModule``'s ``nn.Parameter``) as the
+        unconstrained value of ``name``, so the module and the store share one tensor."""
+        old = self._params.get(name)
+        if old is not None:
+            self._param_to_name.pop(id(old), None)
+        self._params[name] = unconstrained
+        self._constraints[name] = constraint
+        self._transforms[name] = None if constraint is constraints.real else transform_to(constraint)
+        self._param_to_name[id(unconstrained)] = name
+        self._unchecked.discard(name)
+
     @contextlib.contextmanager
     def scope(self, state: dict | None = None) -> Iterator[dict]:
         """Run a block with its own parameters: ``with store.scope() as s: ...`` starts from an
