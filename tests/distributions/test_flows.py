@@ -44,7 +44,7 @@ def _flows():
 
 FLOWS = _flows()
 NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
-ELEMENTWISE = {"spline_linear", "spline_quadratic"}
+ELEMENTWISE = {"spline_linear", "spline_quadratic", "batchnorm"}
 
 
 def _prepare(t):
@@ -240,3 +240,15 @@ def test_generalized_channel_permute():
     torch.testing.assert_close(tc.inv(tc(x).clone()), x)
     Jc = jacobian(lambda v: tc(v.reshape(3, 4, 5)).reshape(-1), x[0].reshape(-1))
     torch.testing.assert_close(tc.log_abs_det_jacobian(x, tc(x))[0], torch.linalg.slogdet(Jc)[1])
+
+
+def test_batchnorm_normalises_data_in_training_mode():
+    t = T.batchnorm(2, momentum=0.5)
+    y = torch.randn(500, 2) * torch.tensor([3.0, 0.5]) + torch.tensor([1.0, -2.0])
+    x = t.inv(y)  # the density-estimation direction, as in Pyro
+    torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.std(0), torch.ones(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(t.moving_mean, 0.5 * y.mean(0))
+    ld = t.log_abs_det_jacobian(x, y)
+    assert ld.shape == y.shape
+    torch.testing.assert_close(ld[0], 0.5 * torch.log(y.var(0) + t.epsilon) - t.constrained_gamma.log())

@@ -200,12 +200,12 @@ class Sylvester(Householder):
         self.R_diag = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.S_diag = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.b = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
-        self.register_buffer("mask", torch.triu(torch.ones(input_dim, input_dim), diagonal=1))
+        self.register_buffer("triangular_mask", torch.triu(torch.ones(input_dim, input_dim), diagonal=1))
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _R(self) -> tuple[torch.Tensor, torch.Tensor]:
-        R = self.R_dense * self.mask + torch.diag(torch.tanh(self.R_diag))
-        S = self.S_dense * self.mask + torch.diag(torch.tanh(self.S_diag))
+        R = self.R_dense * self.triangular_mask + torch.diag(torch.tanh(self.R_diag))
+        S = self.S_dense * self.triangular_mask + torch.diag(torch.tanh(self.S_diag))
         return R, S
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,13 +231,15 @@ class Sylvester(Householder):
 
 
 class BatchNorm(TransformModule):
-    """Batch normalisation as a flow: ``y = (x - m) / sqrt(v + eps) * gamma + beta`` with
-    ``gamma = softplus``-positive. In training mode ``m, v`` are the batch's statistics
-    (over all dims but the last) and update the moving averages; in eval mode the moving
-    averages are used. ``log|det J| = sum log(gamma / sqrt(v + eps))`` (shape ``x.shape[:-1]``)."""
+    """Batch normalisation as an elementwise flow (Dinh et al. 2017), oriented as in Pyro: the
+    inverse (the density-estimation direction, data ``y`` to base ``x``) normalises,
+    ``x = (y - m) / sqrt(v + eps) * gamma + beta``, with the batch's mean and (unbiased) variance
+    over dim 0 in training mode (updating the moving averages) and the moving averages in eval
+    mode; the forward map undoes it with the moving averages. ``gamma = relu(gamma_raw) + 1e-6``.
+    ``log|dy/dx| = -log gamma + log(v + eps)/2`` elementwise."""
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
+    domain = constraints.real
+    codomain = constraints.real
     bijective = True
 
     def __init__(self, input_dim: int, momentum: float = 0.1, epsilon: float = 1e-5) -> None:
@@ -252,35 +254,27 @@ class BatchNorm(TransformModule):
     def constrained_gamma(self) -> torch.Tensor:
         return F.relu(self.gamma) + 1e-6
 
-    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.beta) / self.constrained_gamma * torch.sqrt(self.moving_variance + self.epsilon) + self.moving_mean
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self.training:
-            flat = x.reshape(-1, x.size(-1))
-            mean, var = flat.mean(0), flat.var(0, unbiased=False)
+            mean, var = y.mean(0), y.var(0)
             with torch.no_grad():
                 self.moving_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
                 self.moving_variance.mul_(1 - self.momentum).add_(self.momentum * var.detach())
-            return mean, var
-        return self.moving_mean, self.moving_variance
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        mean, var = self._stats(x)
-        self._last_var = var
-        return (x - mean) / torch.sqrt(var + self.epsilon) * self.constrained_gamma + self.beta
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        mean, var = (self.moving_mean, self.moving_variance)
-        self._last_var = var
-        return (y - self.beta) / self.constrained_gamma * torch.sqrt(var + self.epsilon) + mean
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        return (y - mean) * self.constrained_gamma / torch.sqrt(var + self.epsilon) + self.beta
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        var = getattr(self, "_last_var", self.moving_variance)
-        ld = (self.constrained_gamma.log() - 0.5 * torch.log(var + self.epsilon)).sum(-1)
-        return ld.expand(x.shape[:-1])
+        var = torch.var(y, dim=0, keepdim=True) if self.training else self.moving_variance
+        return (-self.constrained_gamma.log() + 0.5 * torch.log(var + self.epsilon)).expand(x.shape)
 
 
 class NeuralAutoregressive(TransformModule):
     """Deep sigmoidal flow: ``y_j = logit(sum_k w_jk sigmoid(a_jk x_j + b_jk))`` with
-    ``a > 0`` (softplus), ``w`` on the simplex (softmax), ``(a, b, w) = autoregressive_nn(x)``
+    ``a > 0`` (softplus), ``w`` on the simplex (softmax), ``(a, w, b) = autoregressive_nn(x)``
     (``param_dims = [hidden_units] * 3``). Monotone in ``x_j``; forward only (cached inverse)."""
 
     domain = constraints.real_vector
@@ -297,7 +291,7 @@ class NeuralAutoregressive(TransformModule):
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a_, b, w_ = self.arn(x)  # each [..., H, D]
+        a_, w_, b = self.arn(x)  # each [..., H, D], in Pyro's order (A, W, b)
         a = F.softplus(a_)
         log_w = torch.log_softmax(w_, dim=-2)
         pre = a * x.unsqueeze(-2) + b

@@ -5,7 +5,7 @@
 ``order="quadratic"``: rational-quadratic splines (Durkan et al. 2019). ``order="linear"``
 (Pyro's default): linear-rational splines (Dolatabadi et al. 2020), each bin split at a
 learned ``lambda`` into two linear-rational pieces. Both are monotone with the learned
-derivatives at the knots and derivative 1 at ``±bound``.
+derivatives at the interior knots and ``1 - 1e-3`` at ``±bound`` (Pyro's value).
 
 Parameter layout (per transformed dim, ``K = count_bins``): widths ``[K]``, heights ``[K]``,
 derivatives ``[K - 1]`` (interior knots), lambdas ``[K]`` (linear order only)."""
@@ -62,8 +62,10 @@ def rational_spline(
     w, cw = _knots(widths, bound, MIN_BIN_WIDTH)
     h, ch = _knots(heights, bound, MIN_BIN_HEIGHT)
     d_int = MIN_DERIVATIVE + F.softplus(derivatives)
-    ones = d_int.new_ones(d_int.shape[:-1] + (1,))
-    d = torch.cat([ones, d_int, ones], -1)  # derivative 1 at ±bound: matches the identity tails
+    # the derivative at ±bound: 1 - MIN_DERIVATIVE, as in Pyro (and the reference implementation it
+    # follows), so that trained parameters give the same function; the identity tails have slope 1
+    ones = d_int.new_full(d_int.shape[:-1] + (1,), 1.0 - MIN_DERIVATIVE)
+    d = torch.cat([ones, d_int, ones], -1)
     shape = torch.broadcast_shapes(xc.shape, w.shape[:-1])
     xc = xc.expand(shape)
     # the bin: how many interior knots lie at or below the value (no copy of the expanded knots)
@@ -235,13 +237,16 @@ class SplineCoupling(TransformModule):
         if not 0 < split_dim < input_dim:
             raise ValueError(f"SplineCoupling: split_dim must be in 1..input_dim-1 = {input_dim - 1}; got {split_dim}")
         _SplineParams.count(count_bins, order)
-        self.input_dim, self.split_dim, self.nn = input_dim, split_dim, hypernet
+        self.input_dim, self.split_dim = input_dim, split_dim
         self.count_bins, self.bound, self.order = count_bins, bound, order
         self.lower_spline = None if identity else Spline(split_dim, count_bins, bound, order)
+        # the hypernetwork lives at upper_spline.nn (Pyro's state_dict layout)
+        self.upper_spline = ConditionalSpline(hypernet, input_dim - split_dim, count_bins, bound, order)
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _upper_params(self, x1: torch.Tensor, context: torch.Tensor | None = None) -> tuple:
-        params = self.nn(x1) if context is None else self.nn(x1, context=context)
+        net = self.upper_spline.nn
+        params = net(x1) if context is None else net(x1, context=context)
         D, K = self.input_dim - self.split_dim, self.count_bins
         sizes = _SplineParams.count(K, self.order)
         pieces = [p.reshape(p.shape[:-1] + (D, k)) for p, k in zip(params, sizes)]
@@ -292,6 +297,8 @@ class SplineAutoregressive(TransformModule):
         _SplineParams.count(count_bins, order)
         self.input_dim, self.arn = input_dim, autoregressive_nn
         self.count_bins, self.bound, self.order = count_bins, bound, order
+        if isinstance(autoregressive_nn, nn.Module):  # the same network also at spline.nn (Pyro's state_dict layout)
+            self.spline = ConditionalSpline(autoregressive_nn, input_dim, count_bins, bound, order)
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _spline_at(self, cond: torch.Tensor, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
