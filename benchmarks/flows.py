@@ -10,6 +10,11 @@ at dims 2 and 64, ember vs the same math written by hand in torch, and pyro-ppl 
 
 Every variant: batch 256, Adam(lr=1e-3), the same initial parameters and the same noise; the
 loss is read back as a float each step. Prints one JSON line per (flow, dim).
+
+``--check`` (needs pyro-ppl) instead compares ember with pyro-ppl value by value: every flow
+loaded with the same ``state_dict`` (outputs, log-determinants, inverses) and the distributions
+issue 15 adds (``log_prob`` at the same points); one JSON line per item with the largest
+absolute difference.
 """
 
 from __future__ import annotations
@@ -112,6 +117,79 @@ def _hand_step(kind: str, dim: int, state: dict):
     return step
 
 
+def _check_against_pyro() -> None:
+    """Largest |ember - pyro| of each flow (same state_dict) and each added distribution's log_prob."""
+    import pyro.distributions as P
+    import pyro.distributions.transforms as PT
+
+    import ember.distributions as E
+    import ember.distributions.transforms as ET
+
+    def emit(name: str, **diffs: float) -> None:
+        print(json.dumps({"check": name, **{k: float(f"{v:.3g}") for k, v in diffs.items()}}))
+
+    D = 4
+    flows = {
+        "affine_autoregressive": (lambda T: T.affine_autoregressive(D), True), "affine_coupling": (lambda T: T.affine_coupling(D), True),
+        "spline_linear": (lambda T: T.Spline(D, order="linear"), True), "spline_quadratic": (lambda T: T.Spline(D, order="quadratic"), True),
+        "spline_coupling": (lambda T: T.spline_coupling(D), True), "spline_autoregressive": (lambda T: T.spline_autoregressive(D), True),
+        "planar": (lambda T: T.planar(D), False), "radial": (lambda T: T.radial(D), False), "householder": (lambda T: T.householder(D, 2), True),
+        "sylvester": (lambda T: T.sylvester(D, 2), False), "neural_autoregressive": (lambda T: T.neural_autoregressive(D), False),
+        "block_autoregressive": (lambda T: T.block_autoregressive(D), False), "batchnorm": (lambda T: T.batchnorm(D).eval(), True),
+        "matrix_exponential": (lambda T: T.matrix_exponential(D), True),
+    }
+    for name, (make, invertible) in flows.items():
+        torch.manual_seed(0)
+        p = make(PT)
+        with torch.no_grad():
+            for q in p.parameters():
+                q.add_(0.2 * torch.randn_like(q))
+        e = make(ET)
+        e.load_state_dict(p.state_dict())
+        x = torch.randn(5, D)
+        yp, ye = p(x), e(x)
+        diffs = {"y": (yp - ye).abs().max().item(),
+                 "log_det": (p.log_abs_det_jacobian(x, yp) - e.log_abs_det_jacobian(x, ye)).abs().max().item()}
+        if invertible:
+            diffs["inverse"] = (p.inv(yp.clone()) - e.inv(ye.clone())).abs().max().item()
+        emit(name, **diffs)
+    dt = torch.double
+    t = lambda *v: torch.tensor(v, dtype=dt)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dt)  # noqa: E731
+    L = torch.tensor([[1.0, 0, 0], [0.5, 2.0, 0], [-0.3, 0.2, 0.7]], dtype=dt)
+    ml, ms, pc, hl, ht, hi = r(3, 2), r(3, 2).abs() + 0.5, r(3), r(4, 3), r(4, 3, 3), r(3)
+    lk = torch.distributions.LKJCholesky(3, torch.tensor(2.0, dtype=dt)).sample((4,))
+    sphere = torch.nn.functional.normalize(r(5, 3), dim=-1)
+    dists = {
+        "GammaPoisson": (lambda d: d.GammaPoisson(t(2.0, 0.7), t(0.5, 1.3)), t(0.0, 3.0)),
+        "BetaBinomial": (lambda d: d.BetaBinomial(t(2.0, 0.5), t(3.0, 0.8), 10), t(0.0, 7.0)),
+        "DirichletMultinomial": (lambda d: d.DirichletMultinomial(t(0.5, 2.0, 1.5), 7), t(2.0, 4.0, 1.0)),
+        "ZeroInflatedPoisson": (lambda d: d.ZeroInflatedPoisson(t(3.0, 0.5), gate=t(0.3, 0.6)), t(0.0, 2.0)),
+        "ZeroInflatedNegativeBinomial": (lambda d: d.ZeroInflatedNegativeBinomial(t(4.0, 1.5), logits=t(0.3, -0.2), gate=t(0.2, 0.5)), t(0.0, 5.0)),
+        "ExtendedBinomial": (lambda d: d.ExtendedBinomial(t(5.0, 8.0), probs=t(0.3, 0.6)), t(2.0, 6.0)),
+        "ExtendedBetaBinomial": (lambda d: d.ExtendedBetaBinomial(t(2.0, 0.5), t(3.0, 0.8), t(6.0, 9.0)), t(1.0, 6.0)),
+        "LogNormalNegativeBinomial": (lambda d: d.LogNormalNegativeBinomial(t(3.0, 1.0), t(0.2, -0.5), t(0.5, 0.8)), t(0.0, 4.0)),
+        "AsymmetricLaplace": (lambda d: d.AsymmetricLaplace(t(0.5, -1.0), t(1.0, 2.0), t(2.0, 0.5)), t(-0.3, 1.7)),
+        "SoftAsymmetricLaplace": (lambda d: d.SoftAsymmetricLaplace(t(0.5, -1.0), t(1.0, 2.0), t(2.0, 0.5), t(0.5, 1.0)), t(-0.3, 1.7)),
+        "Logistic": (lambda d: d.Logistic(t(0.5, -1.0), t(1.0, 2.0)), t(-0.3, 1.7)),
+        "SkewLogistic": (lambda d: d.SkewLogistic(t(0.5, -1.0), t(1.0, 2.0), t(3.0, 0.4)), t(-0.3, 1.7)),
+        "FoldedDistribution": (lambda d: d.FoldedDistribution(d.Normal(t(0.7, -2.0), t(1.0, 1.5))), t(0.3, 1.7)),
+        "MultivariateStudentT": (lambda d: d.MultivariateStudentT(torch.tensor(6.0, dtype=dt), t(1.0, -1.0, 0.5), L), r(4, 3)),
+        "OrderedLogistic": (lambda d: d.OrderedLogistic(t(0.3, -0.2), t(-1.0, 0.5, 2.0)), t(0.0, 3.0)),
+        "MixtureOfDiagNormals": (lambda d: d.MixtureOfDiagNormals(ml, ms, t(0.2, -0.5, 1.0)), r(5, 2)),
+        "VonMises3D": (lambda d: d.VonMises3D(t(1.0, -2.0, 0.5)), sphere),
+        "ProjectedNormal": (lambda d: d.ProjectedNormal(pc), sphere),
+        "SineBivariateVonMises": (lambda d: d.SineBivariateVonMises(t(0.5), t(-1.0), t(2.0), t(3.0), correlation=t(1.5)), r(5, 1, 2).clamp(-3, 3)),
+        "SineSkewed": (lambda d: d.SineSkewed(d.VonMises(t(0.3, -1.0), t(2.0, 1.0)).to_event(1), t(0.4, -0.3)), r(5, 2).clamp(-3, 3)),
+        "Stable": (lambda d: d.Stable(t(1.5), t(0.3), t(1.3), t(0.2)), t(-2.0, -0.5, 0.3, 1.0, 3.0)),
+        "LKJ": (lambda d: d.LKJ(3, torch.tensor(2.0, dtype=dt)), lk @ lk.transpose(-1, -2)),
+        "DiscreteHMM": (lambda d: d.DiscreteHMM(hi, ht, d.Normal(hl, 1.0)), r(5, 4)),
+    }
+    for name, (make, x) in dists.items():
+        emit(name, log_prob=(make(P).log_prob(x) - make(E).log_prob(x)).abs().max().item())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -120,8 +198,12 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[2, 64])
     p.add_argument("--flows", nargs="+", default=["affine_autoregressive", "spline"])
     p.add_argument("--no-pyro", action="store_true")
+    p.add_argument("--check", action="store_true", help="compare values with pyro-ppl instead of timing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.check:
+        _check_against_pyro()
+        return
     import ember
 
     libs = {"ember": ember}
