@@ -14,6 +14,7 @@ from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
+from ember.util import check_kwargs
 
 __all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor"]
 
@@ -186,6 +187,19 @@ class MultiFrameTensor:
         return total
 
 
+_ELBO_KWARGS = (
+    "num_particles",
+    "max_plate_nesting",
+    "max_iarange_nesting",
+    "vectorize_particles",
+    "strict_enumeration_warning",
+    "ignore_jit_warnings",
+    "jit_options",
+    "retain_graph",
+    "tail_adaptive_beta",
+)
+
+
 class ELBO:
     """Base of the ELBO estimators.
 
@@ -194,8 +208,10 @@ class ELBO:
         ``vectorize_particles``; guessed by a trial run when left infinite).
     :param vectorize_particles: draw all particles at once along an extra plate on the
         left, instead of a Python loop.
-    Other keyword arguments of Pyro's ELBOs (``ignore_jit_warnings``,
-    ``strict_enumeration_warning``, ``retain_graph``, ``jit_options``) are accepted.
+    :param retain_graph: passed to ``backward``.
+    Pyro's ``ignore_jit_warnings`` and ``jit_options`` are accepted and warn once if set (Ember
+    compiles with make_fx, not ``torch.jit``); an unknown keyword is a ``TypeError`` naming the
+    closest valid one.
     """
 
     def __init__(
@@ -209,7 +225,13 @@ class ELBO:
         jit_options: dict | None = None,
         retain_graph: bool | None = None,
         tail_adaptive_beta: float = -1.0,
+        **kwargs: Any,
     ) -> None:
+        owner = type(self).__name__
+        check_kwargs(owner, kwargs, valid=_ELBO_KWARGS)
+        if ignore_jit_warnings or jit_options:
+            given = {"ignore_jit_warnings": ignore_jit_warnings} if ignore_jit_warnings else {"jit_options": jit_options}
+            check_kwargs(owner, given, ignored={k: "Ember records graphs with make_fx, not torch.jit" for k in given})
         if max_iarange_nesting is not None:
             max_plate_nesting = max_iarange_nesting
         if not isinstance(num_particles, int) or num_particles < 1:
@@ -218,7 +240,8 @@ class ELBO:
         self.max_plate_nesting = max_plate_nesting
         self.vectorize_particles = vectorize_particles
         self.retain_graph = retain_graph
-        self.ignore_jit_warnings = ignore_jit_warnings
+        self.strict_enumeration_warning = strict_enumeration_warning
+        self.tail_adaptive_beta = tail_adaptive_beta
 
     # ---- particles -------------------------------------------------------------------------
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:

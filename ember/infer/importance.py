@@ -28,6 +28,7 @@ from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
+from ember.util import check_kwargs
 
 __all__ = ["Importance", "Empirical", "EmpiricalMarginal"]
 
@@ -160,7 +161,9 @@ class Importance:
         *,
         vectorize: bool | None = None,
         max_plate_nesting: int | None = None,
+        **kwargs: Any,
     ) -> None:
+        check_kwargs("Importance", kwargs, valid=("model", "guide", "num_samples", "vectorize", "max_plate_nesting"))
         if num_samples is None:
             num_samples = 10
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:

@@ -14,6 +14,7 @@ from ember.infer.util import trace_params
 from ember.optim.optim import NonFiniteParameterError
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.runtime import is_validation_enabled
+from ember.util import check_kwargs
 
 __all__ = ["SVI"]
 
@@ -42,11 +43,15 @@ class SVI:
         optim: Any,
         loss: Any,
         loss_and_grads: Callable | None = None,
-        num_samples: int = 0,
-        num_steps: int = 0,
         on_nonfinite: str = "raise",
         **kwargs: Any,
     ) -> None:
+        check_kwargs(
+            "SVI",
+            kwargs,
+            valid=("loss_and_grads", "on_nonfinite"),
+            ignored={k: "Pyro's deprecated SVI-as-TracePosterior options; call svi.step in a loop" for k in ("num_samples", "num_steps")},
+        )
         if not callable(optim):
             raise TypeError(f"SVI: optim must be an ember.optim optimizer (e.g. ember.optim.Adam({{'lr': 1e-3}})); got {optim!r}")
         if isinstance(optim, torch.optim.Optimizer):
@@ -57,8 +62,6 @@ class SVI:
         self.guide = guide
         self.optim = optim
         self.on_nonfinite = on_nonfinite
-        self.num_steps = num_steps
-        self.num_samples = num_samples
         if isinstance(loss, ELBO):
             self.loss = loss.loss
             self.loss_and_grads = loss.loss_and_grads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from ember.infer.compiled_elbo import CompiledLossAndGrads
 from ember.infer.elbo import ELBO, MultiFrameTensor
 from ember.poutine.trace_struct import Trace, scale_and_mask
-from ember.runtime import is_guide_latent, is_latent
+from ember.runtime import is_guide_latent, is_latent, is_validation_enabled
 
 __all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
 
@@ -97,6 +98,22 @@ class JitTrace_ELBO(CompiledLossAndGrads, Trace_ELBO):
     warns once and runs eagerly. ``compile_status`` says which happened and why."""
 
 
+def _check_mean_field(model_trace: Trace, guide_trace: Trace) -> None:
+    """Warn when model and guide draw their shared latents in different orders: then a guide
+    site may depend on latents the model draws after it, which the analytic KL ignores."""
+    model_order = [n for n, s in model_trace.nodes.items() if is_latent(s) and n in guide_trace.nodes]
+    guide_order = [n for n, s in guide_trace.nodes.items() if is_latent(s) and n in model_trace.nodes]
+    if model_order != guide_order:
+        warnings.warn(
+            f"TraceMeanField_ELBO: cannot verify the mean-field restriction on the guide: the model draws its latents "
+            f"in the order {model_order}, the guide in the order {guide_order}. The analytic KL terms are right only "
+            f"when no guide site depends on latents the model draws later; draw the sites in the model's order, or use "
+            f"Trace_ELBO.",
+            UserWarning,
+            stacklevel=5,
+        )
+
+
 class TraceMeanField_ELBO(Trace_ELBO):
     """Trace_ELBO that uses the analytic KL divergence ``KL(q(z) || p(z))`` for each
     latent site where torch registers one and the guide site is reparameterized, and
@@ -104,6 +121,8 @@ class TraceMeanField_ELBO(Trace_ELBO):
     not depend on other latents in a way the model's conditional ignores)."""
 
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
+        if is_validation_enabled():
+            _check_mean_field(model_trace, guide_trace)
         elbo: Any = 0.0
         nonreparam = []
         analytic = set()

@@ -213,7 +213,10 @@ class PlateMessenger(Messenger):
         if self.size < 0:
             raise ValueError(f"plate '{self.name}': a sequential plate (for i in plate(...)) needs a size")
         sub = self._draw_subsample()
-        idx_list = sub.tolist() if isinstance(sub, torch.Tensor) else list(sub)
+        if self._subsample_given is None and self.subsample_size == self.size:
+            idx_list = range(self.size)  # no subsampling: no tensor read (static structure for the compiled ELBO)
+        else:
+            idx_list = sub.tolist() if isinstance(sub, torch.Tensor) else list(sub)
         for counter, i in enumerate(idx_list):
             self.dim = None
             self._frame = CondIndepStackFrame(self.name, None, 1, counter, self.size)
@@ -267,8 +270,6 @@ class PlateMessenger(Messenger):
                 msg.fn = fn.expand(torch.Size(new))
 
     def _pyro_post_sample(self, msg: Message) -> None:
-        if not msg.is_observed:
-            return
         frame = self._frame
         dim = frame.dim if frame is not None else None
         if dim is None or frame.size < 0:
@@ -281,6 +282,13 @@ class PlateMessenger(Messenger):
         batch_dims = v.dim() - len(event_shape)
         if -dim <= batch_dims:
             cur = v.shape[dim - len(event_shape)]
+            if cur != 1 and cur != self.subsample_size and not msg.is_observed:
+                raise ValueError(
+                    f"Plate size clash at site '{msg.name}': plate '{self.name}' has size {self.subsample_size} in the model "
+                    f"but {cur} in the guide (the value given to the site, e.g. replayed from the guide, has shape "
+                    f"{_shape(v.shape)}, so size {cur} at plate dim {dim}). Model and guide must use the same plate sizes "
+                    f"and subsample sizes."
+                )
             if cur != 1 and cur != self.subsample_size:
                 raise ValueError(
                     f"Shape mismatch inside plate('{self.name}') at observed site '{msg.name}': the observed value has "
@@ -289,7 +297,7 @@ class PlateMessenger(Messenger):
                     f"(The distribution {type(fn).__name__} has batch_shape {_shape(fn.batch_shape)}.)"
                     + (" If you subsample, index the data with the plate's indices: `with plate(...) as idx: obs=data[idx]`." if self.subsample_size != self.size else "")
                 )
-            if cur == 1 and self.subsample_size > 1 and is_validation_enabled() and not msg.infer.get("_deterministic", False):
+            if cur == 1 and self.subsample_size > 1 and msg.is_observed and is_validation_enabled() and not msg.infer.get("_deterministic", False):
                 warnings.warn(
                     f"Observed site '{msg.name}' has size 1 along dim {dim} of plate('{self.name}') of size "
                     f"{self.subsample_size} (value shape {_shape(v.shape)}): the one datum is counted "
@@ -308,7 +316,8 @@ def _check_indices(name: str, size: int, subsample: Any, device: Any) -> torch.T
         raise ValueError(f"plate '{name}': subsample must be a 1-d tensor of indices; got shape {_shape(subsample.shape)}")
     if subsample.is_floating_point() or subsample.dtype == torch.bool:
         raise ValueError(f"plate '{name}': subsample indices must be integers; got dtype {subsample.dtype}")
-    if subsample.numel() and size and bool(((subsample < 0) | (subsample >= size)).any()):
+    # (a value check, under validation: a recorded graph reads no tensor values)
+    if is_validation_enabled() and subsample.numel() and size and bool(((subsample < 0) | (subsample >= size)).any()):
         bad = subsample[(subsample < 0) | (subsample >= size)][:5].tolist()
         raise ValueError(f"plate '{name}' of size {size}: subsample indices must lie in [0, {size - 1}]; got {bad}")
     return subsample

@@ -441,15 +441,6 @@ class Case:
 
 
 # Known bugs, each pinned by a strict xfail (the test must start passing when the bug is fixed).
-JIT_SUBSAMPLE = (
-    "JitTrace_ELBO does not compile plate(..., subsample=<a fixed index tensor>): the plate's range check "
-    "(bool(((subsample < 0) | (subsample >= size)).any()) in plate_messenger._check_indices) turns a recorded tensor "
-    "into a Python value, so recording is refused and the step runs eagerly"
-)
-JIT_SEQUENTIAL = (
-    "JitTrace_ELBO does not compile a sequential plate without subsampling (for i in plate('data', 4)): the plate's "
-    "__iter__ calls .tolist() on its index tensor while recording, so recording is refused although the structure is static"
-)
 JIT_DIRICHLET = (
     "JitTrace_ELBO does not compile a guide with a Beta or Dirichlet site: their rsample goes through torch's "
     "_Dirichlet autograd.Function, which lacks setup_context, and torch.func (grad_and_value) refuses it; the step runs eagerly"
@@ -460,7 +451,7 @@ CASES = [
     Case("nested_plates_auto", nested_auto_model, nested_auto_guide, (X32,)),
     Case("crossed_plates", crossed_model, crossed_guide, (X32,)),
     Case("subsample_size", subsample_model, subsample_guide, (X6,)),
-    Case("subsample_indices", subsample_idx_model, subsample_idx_guide, (X6,), xfail={("JitTrace_ELBO", "*", "compile"): JIT_SUBSAMPLE}),
+    Case("subsample_indices", subsample_idx_model, subsample_idx_guide, (X6,)),
     Case("auxiliary", aux_model, aux_guide, (X4,)),
     Case("discrete", discrete_model, discrete_guide, (X4,), reparam=False, xfail={("JitTrace_ELBO", "*", "compile"): JIT_DIRICHLET}),
     Case("deterministic", deterministic_model, deterministic_guide, (X4,), analytic_kl=False),
@@ -471,7 +462,7 @@ CASES = [
     Case("recursion", recursion_model, recursion_guide, (X4,), reparam=False, analytic_kl=False, static=False, vectorizable=False),
     Case("dynamic", dynamic_model, dynamic_guide, (X4,), reparam=False, static=False, vectorizable=False),
     Case("to_event", event_model, event_guide, (X43,)),
-    Case("sequential_plates", sequential_model, sequential_guide, (X4,), xfail={("JitTrace_ELBO", "*", "compile"): JIT_SEQUENTIAL}),
+    Case("sequential_plates", sequential_model, sequential_guide, (X4,)),
     Case("sequential_subsample", sequential_subsample_model, sequential_subsample_guide, (X6,), static=False),
     Case("module", module_model, module_guide, (X4,), static=False),  # JitTrace refuses nn.Module params (documented)
     Case("constrained_params", constrained_model, constrained_guide, (X42,), xfail={("JitTrace_ELBO", "*", "compile"): JIT_DIRICHLET}),
@@ -1340,16 +1331,7 @@ INVALID = [
 ]
 # Pairs invalid for some estimators only: {id: which estimators}.
 INVALID_ONLY: dict[str, Callable[[Estimator], bool]] = {"guide_order_not_mean_field": lambda e: e.analytic_kl}
-INVALID_XFAIL = {
-    "plate_size_clash_used_downstream": "a guide plate of another size than the model's is reported at the first "
-    "downstream model site whose shape breaks ('x'), as a batch-shape mismatch that never mentions the guide; the "
-    "model's plate does not check a replayed (guide) value's shape at site 'z' itself, so check_model_guide_match's "
-    "'Plate size clash' message is never reached",
-    "guide_order_not_mean_field": "TraceMeanField_ELBO does not check the mean-field requirement: a guide that samples "
-    "'b' before 'a' (the model: a, then b | a) and conditions a on b gets analytic KLs against the model's conditionals "
-    "with no warning (Pyro warns 'Failed to verify mean field restriction on the guide' when model and guide sites occur "
-    "in different orders)",
-}
+INVALID_XFAIL: dict = {}
 
 
 def _invalid_params() -> list:

@@ -91,3 +91,24 @@ def test_store_mapping_contract():
         assert pyro.param("t").item() == 5.0
     del store["s"]
     assert "s" not in store and len(store) == 0
+
+
+def test_strict_keyword_arguments():
+    import ember.util
+    from ember.infer import Importance, TraceGraph_ELBO
+
+    ember.util._WARNED_IGNORED.clear()  # each accepted-but-ignored option warns once per process
+
+    with pytest.raises(TypeError, match="on_nonfinte=.*did you mean on_nonfinite="):
+        SVI(_model, lambda data: None, Adam({"lr": 0.1}), Trace_ELBO(), on_nonfinte="skip")
+    with pytest.raises(TypeError, match="num_particle=.*did you mean num_particles="):
+        Trace_ELBO(num_particle=3)
+    with pytest.raises(TypeError, match="vectorise_particles=.*did you mean vectorize_particles="):
+        TraceGraph_ELBO(vectorise_particles=True)
+    with pytest.raises(TypeError, match="num_sample=.*did you mean num_samples="):
+        Importance(_model, num_sample=10)
+    with pytest.warns(UserWarning, match="num_steps= is accepted but has no effect"):
+        svi = SVI(_model, lambda data: None, Adam({"lr": 0.1}), Trace_ELBO(), num_steps=100)
+    assert not hasattr(svi, "num_steps") and not hasattr(svi, "num_samples")
+    with pytest.warns(UserWarning, match="jit_options= is accepted but has no effect"):
+        JitTrace_ELBO(jit_options={"check_trace": False})
