@@ -81,3 +81,8 @@ __all__ += [
     "unwrap",
     "util",
 ]
+
+# issue 14: reparameterization
+from ember.poutine.reparam_messenger import ReparamMessenger, reparam  # noqa: E402
+
+__all__ += ["ReparamMessenger", "reparam"]

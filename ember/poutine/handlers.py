@@ -114,3 +114,8 @@ def unwrap(fn: Callable) -> Callable:
             fn = fn._ember_unwrap
         else:
             return fn
+
+# issue 14: reparameterization
+from ember.poutine.reparam_messenger import reparam  # noqa: E402
+
+__all__ += ["reparam"]

@@ -1,0 +1,22 @@
+"""Reparameterizers for ``ember.poutine.reparam`` (Pyro's ``pyro.infer.reparam``): rewrite a site
+in terms of auxiliary sites that inference handles better (non-centring for NUTS, ...)."""
+
+from ember.infer.reparam.loc_scale import LocScaleReparam
+from ember.infer.reparam.projected_normal import ProjectedNormalReparam
+from ember.infer.reparam.reparam import Reparam
+from ember.infer.reparam.softmax import SoftmaxReparam
+from ember.infer.reparam.strategies import AutoReparam, MinimalReparam, Strategy
+from ember.infer.reparam.studentt import StudentTReparam
+from ember.infer.reparam.transform import TransformReparam
+
+__all__ = [
+    "AutoReparam",
+    "LocScaleReparam",
+    "MinimalReparam",
+    "ProjectedNormalReparam",
+    "Reparam",
+    "SoftmaxReparam",
+    "Strategy",
+    "StudentTReparam",
+    "TransformReparam",
+]
