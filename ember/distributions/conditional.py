@@ -34,3 +34,12 @@ class ConditionalTransformedDistribution(ConditionalDistribution):
         base = self.base_dist.condition(context) if isinstance(self.base_dist, ConditionalDistribution) else self.base_dist
         ts = [t.condition(context) if isinstance(t, ConditionalTransform) else t for t in self.transforms]
         return TransformedDistribution(base, ts)
+
+    def clear_cache(self) -> None:
+        """Forget the cached values of the unconditional transforms (the conditioned ones are
+        built afresh by each ``condition``), as ``TransformedDistribution.clear_cache`` does."""
+        from ember.distributions.transforms.torch_transform import clear_cache
+
+        for t in self.transforms:
+            if not isinstance(t, ConditionalTransform):
+                clear_cache(t)
