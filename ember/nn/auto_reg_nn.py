@@ -55,9 +55,9 @@ class MaskedLinear(nn.Linear):
 
 class ConditionalAutoRegressiveNN(nn.Module):
     """A MADE network ``f(inputs, context)``. ``inputs``: ``[..., input_dim]``; ``context``:
-    ``[..., context_dim]`` (broadcast against the inputs' batch dims). Each parameter in
-    ``param_dims`` comes out as ``[..., input_dim]`` (size 1) or ``[..., param_dim, input_dim]``;
-    one parameter comes back as a tensor, several as a tuple. ``permutation`` (default: a random one)
+    ``[..., context_dim]`` (broadcast against the inputs' batch dims). When every entry of
+    ``param_dims`` is 1 each parameter comes out as ``[..., input_dim]``; otherwise each is
+    ``[..., param_dim, input_dim]``. One parameter comes back as a tensor, several as a tuple. ``permutation`` (default: a random one)
     sets the autoregressive order."""
 
     def __init__(
@@ -122,9 +122,8 @@ class ConditionalAutoRegressiveNN(nn.Module):
         if self.all_ones:
             return tuple(h.unbind(-2))
         out, start = [], 0
-        for p in self.param_dims:
-            piece = h[..., start : start + p, :]
-            out.append(piece.squeeze(-2) if p == 1 else piece)
+        for p in self.param_dims:  # mixed sizes: each [..., p, input_dim], a size-1 one too (as in Pyro)
+            out.append(h[..., start : start + p, :])
             start += p
         return tuple(out)
 

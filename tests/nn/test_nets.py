@@ -16,10 +16,10 @@ def test_autoregressive_property(input_dim, hidden_dims, skip):
     rank = torch.empty(input_dim, dtype=torch.long)
     rank[perm] = torch.arange(input_dim)
     allowed = (rank.unsqueeze(1) > rank.unsqueeze(0))  # allowed[j, i]: output j may depend on input i
-    for k, out_shape in enumerate([(input_dim,), (2, input_dim)]):
+    for k, out_shape in enumerate([(1, input_dim), (2, input_dim)]):
         J = jacobian(lambda v, k=k: net(v)[k], x)
         assert net(x)[k].shape == out_shape
-        J = J.reshape(-1, input_dim, input_dim) if len(out_shape) == 2 else J.unsqueeze(0)
+        J = J.reshape(-1, input_dim, input_dim)
         for Jp in J:
             assert bool((Jp[~allowed] == 0).all())
             if input_dim > 1 and max(hidden_dims) >= input_dim:
