@@ -416,5 +416,7 @@ def test_more_bad_inputs_name_what_is_wrong():
     mcmc = MCMC(NUTS(model), num_samples=5, warmup_steps=5, disable_progbar=True).run()
     with pytest.raises(ValueError, match=r"num_samples must be in \[1, 5\], got 9"):
         mcmc.get_samples(num_samples=9)
-    with pytest.warns(UserWarning, match="runs chains one after another"):
-        MCMC(NUTS(model), num_samples=5, num_chains=2, chain_method="parallel")
+    with pytest.raises(ValueError, match="hook_fn would run in the worker processes"):
+        MCMC(NUTS(model), num_samples=5, num_chains=2, chain_method="parallel", hook_fn=print).run()
+    with pytest.raises(ValueError, match="num_threads must be an integer >= 1, got 0"):
+        MCMC(NUTS(model), num_samples=5, num_threads=0)

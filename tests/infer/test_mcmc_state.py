@@ -100,7 +100,8 @@ def test_a_transition_is_a_function_of_its_state():
 
 def test_mcmc_run_is_init_transition_adapt_record():
     pyro.set_rng_seed(4)
-    mcmc = MCMC(NUTS(eight_schools), num_samples=30, warmup_steps=25, num_chains=2, disable_progbar=True)
+    mcmc = MCMC(NUTS(eight_schools), num_samples=30, warmup_steps=25, num_chains=2, disable_progbar=True,
+                chain_method="sequential")
     grouped = mcmc.run(SIGMA8, Y8).get_samples(group_by_chain=True)
     # the same keys by hand: MCMC draws each chain's key from Ember's stream just before its init
     pyro.set_rng_seed(4)
@@ -165,7 +166,7 @@ def test_divergences_are_post_warmup_iterations_thinning_included():
 
 def test_hook_fn_gets_pyros_arguments():
     calls = []
-    MCMC(NUTS(eight_schools), num_samples=4, warmup_steps=3, num_chains=2, disable_progbar=True,
+    MCMC(NUTS(eight_schools), num_samples=4, warmup_steps=3, num_chains=2, disable_progbar=True, chain_method="sequential",
          hook_fn=lambda kernel, params, stage, i: calls.append((stage, i, sorted(params), params["tau"].shape))).run(SIGMA8, Y8)
     assert [c[:2] for c in calls[:7]] == [("Warmup [0]", 0), ("Warmup [0]", 1), ("Warmup [0]", 2), ("Sample [0]", 0),
                                           ("Sample [0]", 1), ("Sample [0]", 2), ("Sample [0]", 3)]

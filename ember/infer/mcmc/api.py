@@ -5,10 +5,13 @@
 and record. Chains are values (see :mod:`ember.infer.mcmc.hmc`), so they do not share anything
 but the kernel's configuration and the model's potential (built, and compiled, once per run).
 
-Chains run one after another in this process (``chain_method="sequential"``): no worker
-processes, so nothing hangs in notebooks or on Windows, and every chain's random key comes from
-Ember's random stream (``ember.set_rng_seed``). Each chain gets its own starting point from the
-kernel's ``init_strategy`` (or ``initial_params``) and its own adaptation.
+By default several chains advance together (``chain_method="vectorized"``, see
+:mod:`ember.infer.mcmc.vectorized`): no worker processes, so nothing hangs in notebooks or on
+Windows, and one batched evaluation of the model serves every chain. Every chain's random key
+comes from Ember's random stream (``ember.set_rng_seed``), drawn in the same order in every
+``chain_method``, so a chain's draws do not depend on how the chains were run (up to rounding in
+the batched evaluation). Each chain gets its own starting point from the kernel's
+``init_strategy`` (or ``initial_params``) and its own adaptation.
 
 ``summary`` and ``diagnostics`` mean what Pyro's mean: the interval under the percentile labels
 is the highest posterior density interval, and ``"acceptance rate"`` is, per chain, the fraction
@@ -20,13 +23,13 @@ trajectory). The mean acceptance *statistic* (what step-size adaptation targets)
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from ember.infer.mcmc.hmc import HMC
+from ember.infer.mcmc.threads import ThreadChoice
 from ember.infer.mcmc.util import diagnostics as _site_diagnostics
 from ember.infer.mcmc.util import format_summary, summary
 from ember.primitives import validation_enabled
@@ -38,14 +41,89 @@ _STAT_FIELDS = ("accept_prob", "accepted", "diverging", "num_steps", "tree_depth
 _BOOL_FIELDS = ("accepted", "diverging")
 _INT_FIELDS = ("num_steps", "tree_depth")
 _VALID = ("kernel", "num_samples", "warmup_steps", "initial_params", "num_chains", "hook_fn", "mp_context", "disable_progbar",
-          "disable_validation", "transforms", "save_params", "chain_method", "thinning")
-_IGNORED = {"mp_context": "Ember runs chains in this process (no worker processes), so there is no multiprocessing context"}
+          "disable_validation", "transforms", "save_params", "chain_method", "thinning", "num_threads")
+_IGNORED = {"mp_context": "Ember's worker processes (chain_method='parallel') are always started with 'spawn'"}
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"MCMC: {name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+class _Recorder:
+    """One chain's record of its run: the kept draws and statistics, divergences, acceptance."""
+
+    def __init__(self, mcmc: MCMC, chain: int, dim: int, bar: Any, t0: float) -> None:
+        self.mcmc = mcmc
+        self.chain = chain
+        self.warmup = mcmc.warmup_steps
+        self.thinning = mcmc.thinning
+        n_keep = len(range(self.warmup, self.warmup + mcmc.num_samples, self.thinning))
+        self.draws = np.empty((n_keep, dim))
+        self.stats = {k: np.empty(n_keep, dtype=bool if k in _BOOL_FIELDS else np.int64 if k in _INT_FIELDS else np.float64)
+                      for k in _STAT_FIELDS}
+        self.bar = bar
+        self.show = not mcmc.disable_progbar
+        self.t0 = t0
+        self.tag = "" if mcmc.num_chains == 1 else f" [{chain}]"
+        self.divergent: list[int] = []
+        self.n_accepted = 0
+        self.acc_sum = 0.0
+        self.warmup_grads = 0
+        self.j = 0
+        self.state: Any = None
+
+    def record(self, it: int, state: Any, info: Any) -> None:
+        """After iteration ``it`` (0-based, warm-up included) produced ``state`` with ``info``."""
+        warmup = self.warmup
+        if it < warmup:
+            self.warmup_grads += info.num_steps
+        else:
+            self.n_accepted += info.accepted
+            if info.diverging:
+                self.divergent.append(it - warmup)
+            if (it - warmup) % self.thinning == 0:
+                j = self.j
+                self.draws[j] = state.z
+                for k, v in zip(_STAT_FIELDS, (info.accept_prob, info.accepted, info.diverging, info.num_steps,
+                                               info.tree_depth, info.step_size, state.potential_energy, info.energy)):
+                    self.stats[k][j] = v
+                self.j = j + 1
+        self.acc_sum += info.accept_prob
+        mcmc = self.mcmc
+        if mcmc.hook_fn is not None:
+            stage, i = ("Warmup", it) if it < warmup else ("Sample", it - warmup)
+            mcmc.hook_fn(mcmc.kernel, mcmc.kernel.unconstrained_params(state), stage + self.tag, i)
+        if self.show and self.chain == 0:
+            bar = self.bar
+            if it == warmup:
+                bar.set_description(bar.desc.replace("warmup", "sample").rstrip(": "))
+                self.acc_sum = info.accept_prob
+            if it % 20 == 0 or it == warmup + mcmc.num_samples - 1:
+                n_acc = it + 1 if it < warmup else it - warmup + 1
+                bar.set_postfix_str(f"step size {info.step_size:.2e}, acc. prob {self.acc_sum / n_acc:.3f}, "
+                                    f"divergences {len(self.divergent)}", refresh=False)
+        if self.show:
+            self.bar.update()
+
+    def finish(self, state: Any) -> None:
+        self.state = state
+        self.wall_time = time.perf_counter() - self.t0
+
+    def store(self) -> None:
+        """Append this chain's results to the MCMC object's (chains in order)."""
+        m = self.mcmc
+        state = self.state
+        m._z.append(torch.from_numpy(self.draws).to(m._potential.dtype))
+        m._stats.append(self.stats)
+        m.states.append(state)
+        m.step_sizes.append(state.step_size)
+        m.inverse_mass_matrices.append(torch.from_numpy(state.inverse_mass_matrix.copy()).to(m._potential.dtype))
+        m.wall_times.append(self.wall_time)
+        m._warmup_grad_evals.append(self.warmup_grads)
+        m._divergences.append(self.divergent)
+        m._acceptance.append(self.n_accepted / m.num_samples)
 
 
 class MCMC:
@@ -58,7 +136,7 @@ class MCMC:
         initial_params: unconstrained starting values by site name (as in Pyro); a leading
             ``num_chains`` dim gives each chain its own. Sites not named use the kernel's
             ``init_strategy``.
-        num_chains: number of chains (run one after another in this process).
+        num_chains: number of chains (see ``chain_method``).
         hook_fn: called after every iteration as ``hook_fn(kernel, params, stage, i)`` (Pyro's
             signature): ``params`` the unconstrained position by site, ``stage`` ``"Warmup"`` or
             ``"Sample"`` (``"Warmup [c]"``, ``"Sample [c]"`` for chain ``c`` of several), ``i`` the
@@ -69,8 +147,21 @@ class MCMC:
         transforms: ``{site: Transform}`` from constrained to unconstrained values (Pyro's
             direction), given to the kernel.
         save_params: the site names to keep (default: every latent site).
-        chain_method: ``"sequential"``; ``"parallel"`` and ``"vectorized"`` are accepted and run
-            sequentially too (with a warning).
+        chain_method: ``"vectorized"`` (default): all chains advance together in this process, one
+            batched potential-and-gradient evaluation per leapfrog step for every chain (the chain
+            dim is a plate left of the model's plates), each chain with its own step size, mass
+            matrix, adaptation and NUTS tree; a chain whose trajectory is done starts its next
+            iteration at once, so no chain waits for another's longer tree. A model that cannot be
+            vectorized (it mixes values across the chain dim, or fails with one; checked against
+            the single-chain potential at the starting points) runs its chains sequentially, and
+            ``compile_status`` says why. ``"sequential"``: one chain after another.
+            ``"parallel"``: one spawned worker process per chain (see
+            :mod:`ember.infer.mcmc.parallel` for what it needs of the model).
+        num_threads: torch's intra-op threads while sampling. ``None`` (default): Ember chooses,
+            by timing the potential with one thread and with the current setting during set-up
+            (small models run fastest on one, and far faster when other processes keep the cores
+            busy); ``thread_status`` says what it chose and why. An integer is used as given.
+            The thread setting is restored when ``run`` returns.
         thinning: keep every ``thinning``-th draw.
         mp_context: Pyro's option, accepted without effect (a warning says so).
 
@@ -80,7 +171,7 @@ class MCMC:
     def __init__(self, kernel: HMC, num_samples: int, warmup_steps: int | None = None, initial_params: dict | None = None,
                  num_chains: int = 1, hook_fn: Any = None, mp_context: Any = None, disable_progbar: bool = False,
                  disable_validation: bool = True, transforms: dict | None = None, save_params: Any = None,
-                 chain_method: str = "sequential", thinning: int = 1, **kwargs: Any) -> None:
+                 chain_method: str = "vectorized", thinning: int = 1, num_threads: int | None = None, **kwargs: Any) -> None:
         check_kwargs("MCMC", {**kwargs, **({"mp_context": mp_context} if mp_context is not None else {})},
                      valid=_VALID, ignored=_IGNORED)
         if not isinstance(kernel, HMC):
@@ -91,11 +182,14 @@ class MCMC:
         self.num_chains = _check_int("num_chains", num_chains, 1)
         self.thinning = _check_int("thinning", thinning, 1)
         if chain_method not in ("sequential", "parallel", "vectorized"):
-            raise ValueError(f"MCMC: unknown chain_method {chain_method!r}; use 'sequential'")
-        if chain_method != "sequential" and self.num_chains > 1:
-            warnings.warn(f"MCMC: chain_method={chain_method!r}: Ember runs chains one after another in this process",
-                          stacklevel=2)
-        self.chain_method = "sequential"
+            raise ValueError(f"MCMC: unknown chain_method {chain_method!r}; use 'vectorized' (the default), 'sequential' "
+                             f"or 'parallel'")
+        self.chain_method = chain_method
+        if num_threads is not None:
+            num_threads = _check_int("num_threads", num_threads, 1)
+        self.num_threads = num_threads
+        self.thread_status = "not run"
+        self._threads: Any = None
         if transforms is not None:
             kernel.transforms = transforms
         if save_params is not None:
@@ -117,7 +211,7 @@ class MCMC:
         self._warmup_grad_evals: list[int] = []
         self._divergences: list[list[int]] = []  # per chain: post-warm-up iteration indices (Pyro's)
         self._acceptance: list[float] = []  # per chain: Pyro's acceptance rate
-        self.compile_status: list[str] = []  # per chain: "compiled (<runner>)" or "eager: <why>"
+        self.compile_status: list[str] = []  # per chain: "compiled (<runner>)" or "eager: <why>", then how chains ran
 
     # ---- running -----------------------------------------------------------------------------------
     def _chain_initial_params(self, chain: int) -> dict | None:
@@ -135,14 +229,35 @@ class MCMC:
 
     def run(self, *args: Any, **kwargs: Any) -> MCMC:
         """Run every chain on ``model(*args, **kwargs)``; returns ``self``."""
-        from tqdm import tqdm
-
-        kernel = self.kernel
         self._z, self._stats, self.states, self.step_sizes, self.inverse_mass_matrices = [], [], [], [], []
         self.wall_times, self._warmup_grad_evals, self._divergences, self._acceptance = [], [], [], []
         self.compile_status = []
+        with ThreadChoice(self.num_threads) as threads:
+            self._threads = threads
+            fallback = None
+            if self.chain_method == "vectorized" and self.num_chains > 1:
+                fallback = self._run_vectorized(args, kwargs)
+                if fallback is None:
+                    self.thread_status = threads.status
+                    return self
+            if self.chain_method == "parallel" and self.num_chains > 1:
+                from ember.infer.mcmc.parallel import run_parallel
+
+                run_parallel(self, args, kwargs)
+                self.thread_status = threads.status
+                return self
+            self._run_sequential(args, kwargs, fallback)
+            self.thread_status = threads.status
+        return self
+
+    def _recorder(self, chain: int, n_state: int, bar: Any, t0: float) -> _Recorder:
+        return _Recorder(self, chain, n_state, bar, t0)
+
+    def _run_sequential(self, args: tuple, kwargs: dict, fallback: str | None) -> None:
+        from tqdm import tqdm
+
+        kernel = self.kernel
         warmup, total = self.warmup_steps, self.warmup_steps + self.num_samples
-        n_keep = len(range(warmup, total, self.thinning))
         validate = not self.disable_validation
         potential = None
         for chain in range(self.num_chains):
@@ -160,59 +275,61 @@ class MCMC:
             except BaseException:
                 bar.close()
                 raise
-            self.compile_status.append(kernel.compile_status)
+            if chain == 0:
+                self._threads.choose(lambda z=state.z: kernel._pot(z), potential.dim)
+            status = kernel.compile_status
+            if fallback is not None:
+                status += f"; sequential chains: {fallback}"
+            self.compile_status.append(status)
             self._potential = potential
-            draws = np.empty((n_keep, state.z.size))
-            stats = {k: np.empty(n_keep, dtype=bool if k in _BOOL_FIELDS else np.int64 if k in _INT_FIELDS else np.float64)
-                     for k in _STAT_FIELDS}
             bar.set_description(desc + "warmup", refresh=False)
-            divergent: list[int] = []
-            tag = "" if self.num_chains == 1 else f" [{chain}]"
-            n_accepted = 0
-            acc_sum = 0.0
-            warmup_grads = 0
-            j = 0
+            rec = self._recorder(chain, state.z.size, bar, t0)
             with validation_enabled(validate):
                 for it in range(total):
                     state, info = kernel.transition(state)
                     if it < warmup:
                         state = kernel.adapt(state, info)
-                        warmup_grads += info.num_steps
-                    else:
-                        n_accepted += info.accepted
-                        if info.diverging:
-                            divergent.append(it - warmup)
-                        if (it - warmup) % self.thinning == 0:
-                            draws[j] = state.z
-                            for k, v in zip(_STAT_FIELDS, (info.accept_prob, info.accepted, info.diverging, info.num_steps,
-                                                           info.tree_depth, info.step_size, state.potential_energy,
-                                                           info.energy)):
-                                stats[k][j] = v
-                            j += 1
-                    acc_sum += info.accept_prob
-                    if self.hook_fn is not None:
-                        stage, i = ("Warmup", it) if it < warmup else ("Sample", it - warmup)
-                        self.hook_fn(kernel, kernel.unconstrained_params(state), stage + tag, i)
-                    if not self.disable_progbar:
-                        if it == warmup:
-                            bar.set_description(desc + "sample")
-                            acc_sum = info.accept_prob
-                        bar.update()
-                        if it % 20 == 0 or it == total - 1:
-                            n_acc = it + 1 if it < warmup else it - warmup + 1
-                            bar.set_postfix_str(f"step size {info.step_size:.2e}, acc. prob {acc_sum / n_acc:.3f}, "
-                                                f"divergences {len(divergent)}", refresh=False)
+                    rec.record(it, state, info)
             bar.close()
-            self._z.append(torch.from_numpy(draws).to(potential.dtype))
-            self._stats.append(stats)
-            self.states.append(state)
-            self.step_sizes.append(state.step_size)
-            self.inverse_mass_matrices.append(torch.from_numpy(state.inverse_mass_matrix.copy()).to(potential.dtype))
-            self.wall_times.append(time.perf_counter() - t0)
-            self._warmup_grad_evals.append(warmup_grads)
-            self._divergences.append(divergent)
-            self._acceptance.append(n_accepted / self.num_samples)
-        return self
+            rec.finish(state)
+            rec.store()
+
+    def _run_vectorized(self, args: tuple, kwargs: dict) -> str | None:
+        """All chains advance together (see :mod:`ember.infer.mcmc.vectorized`). Returns None when
+        done, or why the model cannot be vectorized (nothing has been recorded then)."""
+        from tqdm import tqdm
+
+        from ember.infer.mcmc.vectorized import prepare_vectorized, run_chains
+
+        kernel = self.kernel
+        C = self.num_chains
+        warmup, total = self.warmup_steps, self.warmup_steps + self.num_samples
+        validate = not self.disable_validation
+        t0 = time.perf_counter()
+        bar = tqdm(total=total * C, desc=f"{C} chains setup", disable=self.disable_progbar, dynamic_ncols=True,
+                   mininterval=0.3, unit="it")
+        try:
+            prepared = prepare_vectorized(kernel, args, kwargs, [self._chain_initial_params(c) for c in range(C)],
+                                          warmup, validate)
+        except BaseException:
+            bar.close()
+            raise
+        if isinstance(prepared, str):
+            bar.close()
+            return prepared
+        batched, states, status = prepared
+        self._threads.choose(lambda z=np.stack([s.z for s in states]): batched.potential_and_grad_numpy(z), batched.dim * C)
+        self._potential = batched.single
+        bar.set_description(f"{C} chains warmup", refresh=False)
+        recs = [self._recorder(c, states[c].z.size, bar, t0) for c in range(C)]
+        with validation_enabled(validate):
+            finals = run_chains(kernel, batched, states, warmup, total, recs)
+        bar.close()
+        for c in range(C):
+            recs[c].finish(finals[c])
+            recs[c].store()
+            self.compile_status.append(status)
+        return None
 
     def _require_run(self) -> None:
         if not self._z:

@@ -32,7 +32,7 @@ import torch
 
 from ember.infer.compile import agrees, compile_graph
 
-__all__ = ["compile_value_and_grad"]
+__all__ = ["compile_batched_value_and_grad", "compile_value_and_grad"]
 
 
 def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
@@ -90,6 +90,61 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
             if not (math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) and agrees(out[:-1].to(g_ref.dtype), g_ref)):
                 return f"the compiled graph ({how}) gives U={value:.6g} where the model gives {u_ref:.6g}, or a different gradient"
         # the samplers keep earlier results: a runner must not write a later result into them
+        with torch.no_grad():
+            run(z_io * 0.5 + 0.25)
+        if not all(torch.equal(out, kept) for out, kept in outputs):
+            return f"the compiled graph ({how}) reuses its output buffer"
+        return None
+
+    return compile_graph(packed, (z_io,), problem_of, who="the model", what="the latent values")
+
+
+def compile_batched_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
+                                   check: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                                   io_dtype: torch.dtype = torch.float64
+                                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """Compile ``z -> [dfn/dz (C*D), fn(z) (C)]`` for ``fn`` mapping ``[C, D]`` to ``[C]`` (independent
+    rows: the gradient is that of ``fn(z).sum()``), as :func:`compile_value_and_grad` does for one
+    chain: refused on the same grounds, checked against ``check(z) -> (U [C], grad [C, D])`` at
+    ``z0`` and a nearby point. Returns ``(compiled, how)`` or ``(None, reason)``."""
+    from torch.func import grad_and_value
+
+    z0 = z0.detach()
+    dtype = z0.dtype
+
+    def summed(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = fn(z)
+        return u.sum(), u
+
+    value_and_grad = grad_and_value(summed, has_aux=True)
+
+    def packed(z: torch.Tensor) -> torch.Tensor:
+        g, (_, u) = value_and_grad(z.to(dtype))
+        return torch.cat([g.reshape(-1), u.reshape(-1)]).to(io_dtype)
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    z1 = z0 + 0.1 * torch.randn(z0.shape, generator=gen, dtype=z0.dtype)
+    points = []
+    for z in (z0, z1):
+        try:
+            u, g = check(z)
+        except Exception:  # noqa: BLE001 - the eager model fails here: no reference at this point
+            continue
+        if bool(torch.isfinite(u).all()) and bool(torch.isfinite(g).all()):
+            points.append((z.to(io_dtype), u, g))
+    if not points:
+        return None, "the potential or its gradient is not finite at the points to check the compiled graph at"
+    z_io = z0.to(io_dtype)
+    n = z0.numel()
+
+    def problem_of(how: str, run: Callable) -> str | None:
+        outputs = []
+        for z, u_ref, g_ref in points:
+            with torch.no_grad():
+                out = run(z)
+            outputs.append((out, out.clone()))
+            if not (agrees(out[n:].to(u_ref.dtype), u_ref) and agrees(out[:n].reshape(g_ref.shape).to(g_ref.dtype), g_ref)):
+                return f"the compiled batched graph ({how}) gives different potentials or gradients from the model"
         with torch.no_grad():
             run(z_io * 0.5 + 0.25)
         if not all(torch.equal(out, kept) for out, kept in outputs):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -112,15 +112,27 @@ class _Streams:
         return self.gen
 
 
-class _Integrator:
-    """One transition's working context: the potential, the metric and the transition's random
-    stream, plus the tallies a NUTS trajectory keeps."""
+def _drive(gen: Generator, pot: Callable) -> Any:
+    """Run a sampler generator to its end, answering each position ``z`` it yields with
+    ``pot(z) = (U, dU/dz)``; return what it returns (a single chain: see :mod:`ember.infer.mcmc.vectorized`
+    for many chains answered by one batched evaluation)."""
+    try:
+        z = next(gen)
+        while True:
+            z = gen.send(pot(z))
+    except StopIteration as stop:
+        return stop.value
 
-    __slots__ = ("pot", "minv", "full", "mass_sqrt", "rng", "max_energy_error", "n_leapfrog", "sum_accept", "diverging",
+
+class _Integrator:
+    """One transition's working context: the metric and the transition's random stream, plus the
+    tallies a NUTS trajectory keeps. The potential is not called here: :meth:`leapfrog` is a
+    generator that yields the new position and receives ``(U, dU/dz)`` there."""
+
+    __slots__ = ("minv", "full", "mass_sqrt", "rng", "max_energy_error", "n_leapfrog", "sum_accept", "diverging",
                  "_uniforms", "_next")
 
-    def __init__(self, pot: Callable, state: HMCState, rng: np.random.Generator, max_energy_error: float) -> None:
-        self.pot = pot
+    def __init__(self, state: HMCState, rng: np.random.Generator, max_energy_error: float) -> None:
         self.minv = state.inverse_mass_matrix
         self.full = self.minv.ndim == 2
         self.mass_sqrt = state.mass_sqrt
@@ -147,10 +159,11 @@ class _Integrator:
     def p_sharp(self, p: np.ndarray) -> np.ndarray:
         return self.minv @ p if self.full else self.minv * p
 
-    def leapfrog(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float) -> tuple:
+    def leapfrog(self, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float) -> Generator:
+        """One leapfrog step (a generator: yields the new ``z``, is sent ``(U, dU/dz)``, returns ``(z, p, g, U)``)."""
         p = p - (0.5 * eps) * g
         z = z + eps * self.p_sharp(p)
-        u, g = self.pot(z)
+        u, g = yield z
         p = p - (0.5 * eps) * g
         return z, p, g, u
 
@@ -292,6 +305,12 @@ class HMC:
         self._pot = potential.potential_and_grad_numpy  # float64 NumPy in, (float, float64 NumPy) out
         if rng_key is None:
             rng_key = int(torch.randint(0, 2**62, ()).item())
+        state = self._new_state(zt, u, gt, warmup_steps, rng_key)
+        with validation_enabled(validate_while_sampling):  # far-off points: checked as while sampling
+            return _drive(self._init_step_size_gen(state, self._streams), self._pot)
+
+    def _new_state(self, zt: torch.Tensor, u: float, gt: torch.Tensor, warmup_steps: int, rng_key: int) -> HMCState:
+        """A chain's state at ``zt`` (``[D]``) before the initial step-size search."""
         z = zt.detach().to(torch.float64).numpy().copy()
         g = gt.detach().to(torch.float64).numpy().copy()
         dim = z.size
@@ -299,12 +318,14 @@ class HMC:
         msqrt = _mass_sqrt(minv)
         eps = self.step_size
         adapt = AdaptState.start(warmup_steps, eps, dim, self.full_mass, self.adapt_mass_matrix)
-        state = HMCState(0, z, u, g, eps, minv, msqrt, adapt, int(rng_key))
-        if self.adapt_step_size:
-            with validation_enabled(validate_while_sampling):  # far-off points: checked as while sampling
-                eps = self._find_reasonable_step_size(state, self._streams.get(state.rng_key, 0, _STREAM_INIT))
-            state = state._replace(step_size=eps, adapt=adapt._replace(dual_averaging=dual_averaging_init(eps)))
-        return state
+        return HMCState(0, z, u, g, eps, minv, msqrt, adapt, int(rng_key))
+
+    def _init_step_size_gen(self, state: HMCState, streams: _Streams) -> Generator:
+        """The initial step-size search of :meth:`init` (a generator, see :func:`_drive`)."""
+        if not self.adapt_step_size:
+            return state
+        eps = yield from self._find_reasonable_step_size(state, streams.get(state.rng_key, 0, _STREAM_INIT))
+        return state._replace(step_size=eps, adapt=state.adapt._replace(dual_averaging=dual_averaging_init(eps)))
 
     def _compile_potential(self, potential: Any, z: torch.Tensor, u: float, g: torch.Tensor, validating: bool) -> None:
         if self.jit_compile is False:
@@ -331,9 +352,12 @@ class HMC:
     # ---- one transition, adaptation --------------------------------------------------------------------
     def transition(self, state: HMCState) -> tuple[HMCState, TransitionInfo]:
         """The next state of the chain and what the transition did; ``state`` is not modified."""
-        ig = _Integrator(self._check_ready(), state, self._streams.get(state.rng_key, state.iteration, _STREAM_TRANSITION),
-                         self.max_energy_error)
-        z, u, g, info = self._transition(ig, state.z, state.potential_energy, state.grad, state.step_size)
+        return _drive(self._transition_gen(state, self._streams), self._check_ready())
+
+    def _transition_gen(self, state: HMCState, streams: _Streams) -> Generator:
+        """:meth:`transition` as a generator (see :func:`_drive`), drawing from ``streams``."""
+        ig = _Integrator(state, streams.get(state.rng_key, state.iteration, _STREAM_TRANSITION), self.max_energy_error)
+        z, u, g, info = yield from self._transition(ig, state.z, state.potential_energy, state.grad, state.step_size)
         return state._replace(iteration=state.iteration + 1, z=z, potential_energy=u, grad=g), info
 
     def adapt(self, state: HMCState, info: TransitionInfo) -> HMCState:
@@ -342,6 +366,11 @@ class HMC:
         window the inverse mass matrix becomes the window's regularised covariance, and the step
         size is searched again; after the last warm-up iteration the step size is frozen at its
         averaged value."""
+        return _drive(self._adapt_gen(state, info, self._streams), self._check_ready())
+
+    def _adapt_gen(self, state: HMCState, info: TransitionInfo, streams: _Streams) -> Generator:
+        """:meth:`adapt` as a generator (it evaluates the potential in the step-size search at the
+        end of a slow window; see :func:`_drive`)."""
         a = state.adapt
         it = state.iteration - 1
         if it >= a.num_warmup:
@@ -363,7 +392,7 @@ class HMC:
                 msqrt = _mass_sqrt(minv)
                 if self.adapt_step_size:
                     probe = state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt)
-                    eps = self._find_reasonable_step_size(probe, self._streams.get(state.rng_key, it, _STREAM_STEP_SIZE_SEARCH))
+                    eps = yield from self._find_reasonable_step_size(probe, streams.get(state.rng_key, it, _STREAM_STEP_SIZE_SEARCH))
                     da = dual_averaging_init(eps)
         if it == a.num_warmup - 1 and self.adapt_step_size:
             eps = self._clamp(dual_averaging_final(da))
@@ -373,15 +402,16 @@ class HMC:
     def _clamp(self, eps: float) -> float:
         return min(max(eps, self.min_step_size), self.max_step_size)
 
-    def _find_reasonable_step_size(self, state: HMCState, rng: np.random.Generator) -> float:
-        """Double or halve the step size until one leapfrog step's acceptance crosses 0.8 (Stan's rule)."""
-        ig = _Integrator(self._check_ready(), state, rng, self.max_energy_error)
+    def _find_reasonable_step_size(self, state: HMCState, rng: np.random.Generator) -> Generator:
+        """Double or halve the step size until one leapfrog step's acceptance crosses 0.8 (Stan's
+        rule); a generator returning the step size (see :func:`_drive`)."""
+        ig = _Integrator(state, rng, self.max_energy_error)
         z, u, g, eps = state.z, state.potential_energy, state.grad, state.step_size
         direction = 0
         for _ in range(100):
             p = ig.momentum()
             h0 = u + 0.5 * float(p @ ig.p_sharp(p))
-            _, p1, _, u1 = ig.leapfrog(z, p, g, eps)
+            _, p1, _, u1 = yield from ig.leapfrog(z, p, g, eps)
             h1 = u1 + 0.5 * float(p1 @ ig.p_sharp(p1))
             delta = h0 - h1
             if delta != delta:
@@ -402,13 +432,13 @@ class HMC:
             return self.num_steps
         return max(1, min(int(round(self.trajectory_length / eps)), 100000))
 
-    def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
+    def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> Generator:
         p = ig.momentum()
         h0 = u + 0.5 * float(p @ ig.p_sharp(p))
         n = self._num_leapfrog(eps)
         z1, p1, g1, u1 = z, p, g, u
         for _ in range(n):
-            z1, p1, g1, u1 = ig.leapfrog(z1, p1, g1, eps)
+            z1, p1, g1, u1 = yield from ig.leapfrog(z1, p1, g1, eps)
             if not math.isfinite(u1):
                 break
         h1 = u1 + 0.5 * float(p1 @ ig.p_sharp(p1)) if math.isfinite(u1) else math.inf
@@ -491,3 +521,14 @@ class HMC:
 
     def cleanup(self) -> None:
         self._state = None
+
+    def __getstate__(self) -> dict:
+        """The kernel's configuration (what a worker process needs), without the potential bound
+        by :meth:`init` in this process (a compiled graph does not pickle)."""
+        state = dict(self.__dict__)
+        state.update(potential=None, _pot=None, _compiled_for=None, _state=None, _streams=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._streams = _Streams()

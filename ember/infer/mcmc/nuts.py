@@ -15,7 +15,7 @@ when the draw moved: some subtree's proposal replaced the starting point.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,8 @@ class NUTS(HMC):
 
     # ---- the tree --------------------------------------------------------------------------------
     @staticmethod
-    def _leaf(ig: _Integrator, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> _Tree:
-        z, p, g, u = ig.leapfrog(z, p, g, eps)
+    def _leaf(ig: _Integrator, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> Generator:
+        z, p, g, u = yield from ig.leapfrog(z, p, g, eps)
         ps = ig.p_sharp(p)
         h = u + 0.5 * float(p @ ps)
         if not math.isfinite(h):  # a non-finite potential or momentum: an infinite energy error
@@ -114,13 +114,13 @@ class NUTS(HMC):
         return t
 
     def _build(self, ig: _Integrator, depth: int, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float,
-               h0: float) -> _Tree:
+               h0: float) -> Generator:
         if depth == 0:
-            return self._leaf(ig, z, p, g, eps, h0)
-        init = self._build(ig, depth - 1, z, p, g, eps, h0)
+            return (yield from self._leaf(ig, z, p, g, eps, h0))
+        init = yield from self._build(ig, depth - 1, z, p, g, eps, h0)
         if not init.valid:
             return init
-        final = self._build(ig, depth - 1, init.z_end, init.p_end, init.g_end, eps, h0)
+        final = yield from self._build(ig, depth - 1, init.z_end, init.p_end, init.g_end, eps, h0)
         if not final.valid:
             return final
         log_w = _logaddexp(init.log_w, final.log_w)
@@ -138,7 +138,7 @@ class NUTS(HMC):
         t.p_beg, t.ps_beg, t.rho = init.p_beg, init.ps_beg, rho
         return t
 
-    def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> tuple:
+    def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> Generator:
         p = ig.momentum()
         ps = ig.p_sharp(p)
         h0 = u + 0.5 * float(p @ ps)
@@ -157,7 +157,7 @@ class NUTS(HMC):
             if uniform() > 0.5:
                 rho_bck = rho
                 p_bck_fwd, ps_bck_fwd = p_fwd_fwd, ps_fwd_fwd
-                t = self._build(ig, depth, fwd[0], fwd[1], fwd[2], eps, h0)
+                t = yield from self._build(ig, depth, fwd[0], fwd[1], fwd[2], eps, h0)
                 fwd = (t.z_end, t.p_end, t.g_end)
                 rho_fwd = t.rho
                 p_fwd_bck, ps_fwd_bck = t.p_beg, t.ps_beg
@@ -165,7 +165,7 @@ class NUTS(HMC):
             else:
                 rho_fwd = rho
                 p_fwd_bck, ps_fwd_bck = p_bck_bck, ps_bck_bck
-                t = self._build(ig, depth, bck[0], bck[1], bck[2], -eps, h0)
+                t = yield from self._build(ig, depth, bck[0], bck[1], bck[2], -eps, h0)
                 bck = (t.z_end, t.p_end, t.g_end)
                 rho_bck = t.rho
                 p_bck_fwd, ps_bck_fwd = t.p_beg, t.ps_beg

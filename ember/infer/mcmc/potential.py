@@ -34,7 +34,7 @@ from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import site_log_prob
 from ember.runtime import Message, is_validation_enabled
 
-__all__ = ["LatentSite", "ModelPotential", "MCMCInitError"]
+__all__ = ["BatchedPotential", "LatentSite", "ModelPotential", "MCMCInitError"]
 
 
 def _public_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -495,3 +495,162 @@ class FunctionPotential:
             raise MCMCInitError(f"MCMC could not start: potential_fn at initial_params is {u}"
                                 + (f" and its gradient is not finite for {bad}" if bad else ""))
         return z, u, g
+
+
+# ---- many chains at once ----------------------------------------------------------------------------
+CHAIN_PLATE = "_ember_mcmc_chains"
+
+
+class _BatchedSubstitute(Messenger):
+    """Substitute the latents of ``C`` chains (values shaped with the chain dim at ``chain_dim``)
+    and add up each site's log-density per chain into ``log_joint`` (``[C]``)."""
+
+    def __init__(self, values: dict, num_chains: int, chain_dim: int) -> None:
+        super().__init__()
+        self.values = values
+        self.num_chains = num_chains
+        self.chain_dim = chain_dim
+        self.log_joint: Any = None
+
+    _pyro_sample = _Substitute._pyro_sample
+
+    def _pyro_post_sample(self, msg: Message) -> None:
+        lp = site_log_prob(msg)
+        c = self.num_chains
+        if not isinstance(lp, torch.Tensor) or lp.dim() < -self.chain_dim or lp.shape[self.chain_dim] == 1:
+            per_chain = lp.sum() if isinstance(lp, torch.Tensor) else torch.as_tensor(lp)  # the same for every chain
+        else:
+            left = lp.dim() + self.chain_dim
+            if left > 0 or lp.shape[self.chain_dim] != c:
+                raise ValueError(f"site '{msg.name}': its log-density has shape {tuple(lp.shape)}, which has no chain dim "
+                                 f"of size {c} at dim {self.chain_dim} (and nothing left of it)")
+            per_chain = lp.reshape(c, -1).sum(-1)
+        total = self.log_joint
+        self.log_joint = per_chain if total is None else total + per_chain
+
+
+class BatchedPotential:
+    """The potential energies of ``C`` chains of a :class:`ModelPotential` in one evaluation.
+
+    The model runs once inside a plate of size ``C`` at ``chain_dim = -(max_plate_nesting + 1)``
+    (left of every batch dim the model uses, as vectorized ELBO particles do), with each latent
+    substituted by the ``C`` chains' values (the chain dim in front, size-1 dims padding it out to
+    the plate's dim). Each site's log-density is summed per chain, so ``U(z)`` is ``[C]`` for
+    ``z [C, D]``, and one backward pass of ``U.sum()`` gives every chain's gradient (the chains do
+    not interact). :meth:`check` compares it with the single-chain potential before it is used.
+    """
+
+    def __init__(self, single: ModelPotential, num_chains: int, max_plate_nesting: int) -> None:
+        self.single = single
+        self.num_chains = num_chains
+        self.chain_dim = -(max_plate_nesting + 1)
+        self.dim = single.dim
+        self.dtype = single.dtype
+        self._compiled: Callable | None = None
+        self.compiled: str | None = None
+        self.compile_problem: str | None = None
+        self._pad: dict[str, int] = {}
+
+    def set_event_dims(self, trace: Any) -> None:
+        """Learn each latent's event dims from a trace of the model (its batch dims get padded)."""
+        n = -self.chain_dim - 1
+        for s in self.single.sites:
+            site = trace.nodes[s.name]
+            event_dim = len(getattr(site.fn, "event_shape", ()))
+            batch_dim = len(s.shape) - event_dim
+            self._pad[s.name] = n - batch_dim
+            if batch_dim > n:
+                raise ValueError(f"site '{s.name}' has {batch_dim} batch dims, more than the model's {n} plate dims")
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """``U(z)`` for ``z [C, D]``: a ``[C]`` tensor, differentiable in ``z``."""
+        c = self.num_chains
+        values = {}
+        logdet: Any = 0.0
+        single = self.single
+        pieces = z.split(single._sizes, dim=-1) if len(single.sites) > 1 else (z,)
+        for s, u in zip(single.sites, pieces):
+            u = u.reshape((c,) + tuple(s.unconstrained_shape))
+            t = s.transform
+            if t is None:
+                v = u
+            else:
+                v = t(u)
+                lad = t.log_abs_det_jacobian(u, v)
+                logdet = logdet + lad.reshape(c, -1).sum(-1)
+            v = v.reshape((c,) + (1,) * self._pad[s.name] + tuple(s.shape))
+            values[s.name] = v if v.dtype == s.dtype else v.to(s.dtype)
+        h = _BatchedSubstitute(values, c, self.chain_dim)
+        from ember.poutine.plate_messenger import PlateMessenger
+
+        with PlateMessenger(CHAIN_PLATE, c, dim=self.chain_dim), h:
+            single.model(*single.args, **single.kwargs)
+        log_joint = h.log_joint
+        if log_joint is None:
+            log_joint = torch.zeros(c, dtype=z.dtype)
+        return -(log_joint + logdet)
+
+    def eager_potential_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U [C], dU/dz [C, D])`` run eagerly (non-finite values of ``U`` become ``inf``)."""
+        z = z.detach().requires_grad_(True)
+        u = self.potential(z)
+        if not u.requires_grad:
+            g = torch.zeros_like(z)
+        else:
+            g = torch.autograd.grad(u.sum(), z)[0]
+        u = u.detach()
+        return torch.where(torch.isnan(u), torch.full_like(u, math.inf), u), g
+
+    def potential_and_grad_numpy(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """On float64 NumPy ``z [C, D]``: ``(U [C], grad [C, D])``, float64, NaN energies as ``inf``."""
+        if self._compiled is not None:
+            out = self._compiled(torch.from_numpy(z)).numpy()
+            c, d = z.shape
+            u = out[c * d:]
+            g = out[:c * d].reshape(c, d)
+        else:
+            ut, gt = self.eager_potential_and_grad(torch.from_numpy(z).to(self.dtype))
+            u, g = ut.to(torch.float64).numpy(), gt.to(torch.float64).numpy()
+        if np.isnan(u).any():
+            u = np.where(np.isnan(u), math.inf, u)
+        return u, g
+
+    def check(self, z: torch.Tensor) -> str | None:
+        """Compare the batched potential and gradient at ``z [C, D]`` (and a nearby point) with the
+        single-chain model's, chain by chain; return what differs (None when they agree)."""
+        from ember.infer.compile import agrees
+
+        gen = torch.Generator().manual_seed(1)
+        for point in (z, z + 0.1 * torch.randn(z.shape, generator=gen, dtype=z.dtype)):
+            try:
+                u, g = self.eager_potential_and_grad(point)
+            except Exception as e:  # noqa: BLE001 - whatever the model does with a chain dim
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                return f"the model fails with a chain dim at {self.chain_dim}: {type(e).__name__}: {msg}"
+            if u.shape != (self.num_chains,) or g.shape != point.shape:
+                return f"the batched potential has shape {tuple(u.shape)}, not ({self.num_chains},)"
+            for c in range(self.num_chains):
+                u1, g1 = self.single._eager_potential_and_grad(point[c])
+                if not math.isfinite(u1):
+                    continue
+                if not (math.isclose(float(u[c]), u1, rel_tol=1e-4, abs_tol=1e-4) and agrees(g[c], g1)):
+                    return (f"the batched potential of chain {c} is {float(u[c]):.6g} where the model alone gives "
+                            f"{u1:.6g} (or a different gradient): the model mixes values across the chain dim "
+                            f"{self.chain_dim}")
+        return None
+
+    def compile(self, z: torch.Tensor) -> bool:
+        """Record ``z [C, D] -> [dU/dz (C*D), U (C)]`` as one graph, checked against the eager
+        batched potential (see :mod:`ember.infer.mcmc.compile`); False with :attr:`compile_problem` set
+        when it cannot be."""
+        from ember.infer.mcmc.compile import compile_batched_value_and_grad
+        from ember.primitives import validation_enabled
+
+        self._compiled = None
+        with validation_enabled(False):
+            compiled, how = compile_batched_value_and_grad(self.potential, z.detach(), self.eager_potential_and_grad)
+        if compiled is None:
+            self.compiled, self.compile_problem = None, how
+            return False
+        self._compiled, self.compiled, self.compile_problem = compiled, how, None
+        return True

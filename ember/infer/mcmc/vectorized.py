@@ -1,0 +1,131 @@
+"""Vectorized chains: every chain advances with one batched evaluation of the model per leapfrog step.
+
+A chain's sampler is written as a generator (:mod:`ember.infer.mcmc.hmc`): it yields each position
+``z [D]`` whose potential energy and gradient it needs and is sent ``(U, dU/dz)`` back. Here the
+whole run of a chain (initial step-size search, then per iteration ``transition``, warm-up
+``adapt`` and recording) is one such generator, and :func:`run_chains` drives ``C`` of them
+together: it stacks the positions they wait on into ``z [C, D]``, evaluates the
+:class:`~ember.infer.mcmc.potential.BatchedPotential` once (compiled where the model allows it),
+and sends each chain its row. Each chain keeps everything of its own: its random stream (the same
+Philox key as it would have run with sequentially), step size, mass matrix, adaptation windows
+and NUTS tree, which stops when *that* chain turns or diverges. A chain whose iteration is over
+does not wait for the others: it starts its next iteration in the same batched step, so a run
+costs about as many batched evaluations as its busiest chain needs leapfrog steps in total (not
+the sum over iterations of the longest tree, as in lock-step vectorized NUTS). Chains that have
+finished their run are padded with their last position until every chain is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ember.infer.initialization import init_to_value
+from ember.infer.mcmc.hmc import HMC, HMCState, _Streams
+from ember.infer.mcmc.potential import BatchedPotential, ModelPotential
+from ember.infer.util import guess_max_plate_nesting
+from ember.primitives import validation_enabled
+
+__all__ = ["prepare_vectorized", "run_chains"]
+
+
+def prepare_vectorized(kernel: HMC, args: tuple, kwargs: dict, initial: list[dict | None], warmup: int,
+                       validate: bool) -> tuple[BatchedPotential, list[HMCState], str] | str:
+    """Starting points for ``len(initial)`` chains (each chain's random key, then its starting
+    point, drawn from Ember's stream in the order a sequential run draws them) and the batched
+    potential, checked against the single-chain one there and compiled when allowed.
+
+    Returns ``(batched, states, compile_status)``, or the reason the model cannot be vectorized
+    (then nothing has been drawn from Ember's random stream, and the caller runs the chains
+    sequentially)."""
+    C = len(initial)
+    if kernel.model is None:
+        return "a potential_fn kernel has no model to put a chain plate around"
+    potential = kernel.make_potential(args, kwargs, initial[0])
+    rng_state = torch.get_rng_state()
+    keys, states = [], []
+    for c in range(C):
+        keys.append(int(torch.randint(0, 2**62, ()).item()))
+        zt, u, gt = potential.initial_point(kernel.init_strategy, initial[c])
+        if zt.numel() == 0:
+            raise ValueError(f"{type(kernel).__name__}: the model has no latent sample sites, so there is nothing to "
+                             f"sample (observed sites: {sorted(potential.observed)})")
+        states.append(kernel._new_state(zt, u, gt, warmup, keys[c]))
+    z0 = torch.stack([torch.from_numpy(s.z) for s in states]).to(potential.dtype)
+    problem = _batched_problem(potential, C, z0)
+    if isinstance(problem, str):
+        torch.set_rng_state(rng_state)  # the sequential run draws the same keys and starting points
+        return problem
+    batched = problem
+    if kernel.jit_compile is False:
+        status = "eager (jit_compile=False)"
+    elif validate:
+        status = "eager: validation is on while sampling (MCMC(disable_validation=False)), and its checks are Python control flow"
+    elif batched.compile(z0):
+        status = f"compiled ({batched.compiled})"
+    else:
+        status = f"eager: {batched.compile_problem}"
+    kernel.compile_status = status
+    # what the kernel samples from now on, chain by chain (mcmc.states can be continued with kernel.transition)
+    kernel.potential = potential
+    kernel._pot = potential.potential_and_grad_numpy
+    kernel._compiled_for = None
+    return batched, states, f"{status}; vectorized: {C} chains, one batched evaluation per step"
+
+
+def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor) -> BatchedPotential | str:
+    try:
+        trace = potential.trace_at(init_to_value(values=potential.constrain(z0[0]), fallback=None))
+        batched = BatchedPotential(potential, C, guess_max_plate_nesting(trace))
+        batched.set_event_dims(trace)
+    except Exception as e:  # noqa: BLE001 - a model Ember cannot batch: run it chain by chain
+        return f"the model's plates could not be read for a chain dim ({type(e).__name__}: {e})"
+    with validation_enabled(False):
+        problem = batched.check(z0)
+    return batched if problem is None else problem
+
+
+def _chain(kernel: HMC, state: HMCState, warmup: int, total: int, rec: Any) -> Generator:
+    """One chain's whole run as a generator (see the module docstring); returns its final state."""
+    streams = _Streams()
+    state = yield from kernel._init_step_size_gen(state, streams)
+    transition, adapt, record = kernel._transition_gen, kernel._adapt_gen, rec.record
+    for it in range(total):
+        state, info = yield from transition(state, streams)
+        if it < warmup:
+            state = yield from adapt(state, info, streams)
+        record(it, state, info)
+    return state
+
+
+def run_chains(kernel: HMC, batched: BatchedPotential, states: list[HMCState], warmup: int, total: int,
+               recorders: list[Any]) -> list[HMCState]:
+    """Run ``len(states)`` chains to the end together; ``recorders[c].record(it, state, info)``
+    after each iteration of chain ``c``. Returns the final states."""
+    C = len(states)
+    gens = [_chain(kernel, s, warmup, total, r) for s, r in zip(states, recorders)]
+    finals: list[Any] = [None] * C
+    zs = np.stack([s.z for s in states])
+    active = []
+    for c, g in enumerate(gens):
+        try:
+            zs[c] = next(g)
+            active.append(c)
+        except StopIteration as stop:
+            finals[c] = stop.value
+    evaluate = batched.potential_and_grad_numpy
+    while active:
+        u, grad = evaluate(zs)
+        u = u.tolist()
+        still = []
+        for c in active:
+            try:
+                zs[c] = gens[c].send((u[c], grad[c]))
+                still.append(c)
+            except StopIteration as stop:
+                finals[c] = stop.value
+        active = still
+    return finals
