@@ -195,3 +195,17 @@ def test_discrete_cosine_transform(smooth):
         # orthonormal: norms kept; the DC coefficient is the scaled mean
         torch.testing.assert_close(y.norm(dim=-2), x.norm(dim=-2))
         torch.testing.assert_close(y[:, 0], x.sum(-2) / math.sqrt(6))
+
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 11])
+@pytest.mark.parametrize("flip", [False, True])
+def test_haar_transform(n, flip):
+    t = transforms.HaarTransform(dim=-2, flip=flip)
+    x = torch.randn(3, n, 2, dtype=torch.double)
+    y = t(x)
+    torch.testing.assert_close(t.inv(y), x)
+    torch.testing.assert_close(y.norm(dim=-2), x.norm(dim=-2))  # orthonormal
+    assert torch.equal(t.log_abs_det_jacobian(x, y), torch.zeros(3, dtype=torch.double))
+    if n == 2 and not flip:
+        torch.testing.assert_close(y[:, :, 0], torch.stack([x[:, 0, 0] + x[:, 1, 0], x[:, 0, 0] - x[:, 1, 0]], -1) / math.sqrt(2))

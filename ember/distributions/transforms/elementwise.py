@@ -1,6 +1,6 @@
 """Small fixed transforms Pyro adds: ``ELUTransform``, ``LeakyReLUTransform``,
 ``CholeskyTransform`` (positive-definite matrix to its Cholesky factor), the
-``CorrLCholeskyTransform`` name, ``DiscreteCosineTransform`` and the ``iterated`` helper."""
+``CorrLCholeskyTransform`` name, ``DiscreteCosineTransform``, ``HaarTransform`` and the ``iterated`` helper."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from torch.distributions.transforms import CorrCholeskyTransform, Transform
 
 from ember.distributions.transforms.torch_transform import ComposeTransformModule
 
-__all__ = ["CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "LeakyReLUTransform", "iterated"]
+__all__ = [
+    "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "HaarTransform", "LeakyReLUTransform",
+    "haar_transform", "inverse_haar_transform", "iterated",
+]
 
 CorrLCholeskyTransform = CorrCholeskyTransform  # Pyro's name for the same map
 
@@ -166,3 +169,77 @@ class DiscreteCosineTransform(Transform):
         if self._cache_size == cache_size:
             return self
         return DiscreteCosineTransform(self.dim, self.smooth, cache_size=cache_size)
+
+
+_ROOT_HALF = math.sqrt(0.5)
+
+
+def haar_transform(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal discrete Haar transform along the last dim (any length): neighbours
+    ``(x[2i], x[2i+1])`` become ``lo = (a + b)/√2`` and ``hi = (a - b)/√2``; the ``lo`` half is
+    transformed again; an odd last element is kept. Output ``[lo..., hi, leftover]``."""
+    n = x.size(-1) // 2
+    a, b, rest = x[..., 0 : 2 * n : 2], x[..., 1 : 2 * n : 2], x[..., 2 * n :]
+    lo, hi = _ROOT_HALF * (a + b), _ROOT_HALF * (a - b)
+    if n >= 2:
+        lo = haar_transform(lo)
+    return torch.cat([lo, hi, rest], dim=-1)
+
+
+def inverse_haar_transform(y: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`haar_transform` (its transpose: the transform is orthonormal)."""
+    n = y.size(-1) // 2
+    lo, hi, rest = y[..., :n], y[..., n : 2 * n], y[..., 2 * n :]
+    if n >= 2:
+        lo = inverse_haar_transform(lo)
+    a, b = _ROOT_HALF * (lo + hi), _ROOT_HALF * (lo - hi)
+    pairs = torch.stack([a, b], dim=-1).flatten(-2)
+    return torch.cat([pairs, rest], dim=-1)
+
+
+class HaarTransform(Transform):
+    """The orthonormal Haar wavelet transform along dimension ``dim`` (negative), after reversing
+    that dimension when ``flip``; volume preserving (``log|det J| = 0``)."""
+
+    bijective = True
+
+    def __init__(self, dim: int = -1, flip: bool = False, cache_size: int = 0) -> None:
+        if dim >= 0:
+            raise ValueError(f"HaarTransform: dim must be negative; got dim={dim}")
+        self.dim, self.flip = dim, bool(flip)
+        super().__init__(cache_size=cache_size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HaarTransform) and other.dim == self.dim and other.flip == self.flip
+
+    @property
+    def event_dim(self) -> int:  # type: ignore[override]
+        return -self.dim
+
+    @constraints.dependent_property(is_discrete=False)
+    def domain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+    @constraints.dependent_property(is_discrete=False)
+    def codomain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(self.dim, -1)
+        if self.flip:
+            x = x.flip(-1)
+        return haar_transform(x).movedim(-1, self.dim)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x = inverse_haar_transform(y.movedim(self.dim, -1))
+        if self.flip:
+            x = x.flip(-1)
+        return x.movedim(-1, self.dim)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[: x.dim() + self.dim])
+
+    def with_cache(self, cache_size: int = 1) -> HaarTransform:
+        if self._cache_size == cache_size:
+            return self
+        return HaarTransform(self.dim, self.flip, cache_size=cache_size)
