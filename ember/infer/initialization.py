@@ -10,7 +10,12 @@ latents sees their initial values. Each factory can be called with its options f
 - :func:`init_to_uniform`: uniform on ``(-radius, radius)`` in unconstrained space (Stan's rule);
 - :func:`init_to_sample`: one draw from the prior;
 - :func:`init_to_mean`: the prior mean (falls back to the median where the mean is undefined);
-- :func:`init_to_value`: the given ``values`` (constrained), ``fallback`` elsewhere.
+- :func:`init_to_value`: the given ``values`` (constrained), ``fallback`` elsewhere;
+- :func:`init_to_feasible`: the image of zero in unconstrained space (a fixed, feasible point);
+- :func:`init_to_generated`: a strategy made afresh by ``generate()`` for each run of the model.
+
+:class:`InitMessenger` runs a model with every latent given its strategy's value: what the
+autoguides use to build their prototype trace.
 """
 
 from __future__ import annotations
@@ -22,9 +27,21 @@ from typing import Any
 import torch
 from torch.distributions import biject_to
 
-from ember.runtime import Message
+from ember.poutine.messenger import Messenger
+from ember.runtime import Message, is_deterministic
 
-__all__ = ["init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value", "resolve_init_strategy"]
+__all__ = [
+    "InitMessenger",
+    "init_to_feasible",
+    "init_to_generated",
+    "init_to_mean",
+    "init_to_median",
+    "init_to_sample",
+    "init_to_uniform",
+    "init_to_value",
+    "init_values_of",
+    "resolve_init_strategy",
+]
 
 
 def _base_shape(site: Message) -> torch.Size:
@@ -104,7 +121,74 @@ def init_to_value(site: Message | None = None, values: dict | None = None, fallb
     return fallback(site)
 
 
+def init_to_feasible(site: Message | None = None) -> Any:
+    """``biject_to(support)(0)``: the point of the support that unconstrained zero maps to
+    (0 for reals, 1 for positive values, the centre of an interval or a simplex)."""
+    if site is None:
+        return init_to_feasible
+    fn = site.fn
+    with torch.no_grad():
+        value = fn.sample()
+        t = biject_to(fn.support)
+        return t(torch.zeros_like(t.inv(value)))
+
+
+class _InitToGenerated:
+    """The strategy ``generate()`` returns, made afresh whenever a site name comes round again
+    (a new run of the model)."""
+
+    def __init__(self, generate: Callable[[], Callable]) -> None:
+        self.generate = generate
+        self._init: Callable | None = None
+        self._seen: set[str] = set()
+
+    def __call__(self, site: Message) -> Any:
+        if self._init is None or site.name in self._seen:
+            self._init = self.generate()
+            self._seen = set()
+        self._seen.add(site.name)
+        return self._init(site)
+
+
+def init_to_generated(site: Message | None = None, generate: Callable[[], Callable] = lambda: init_to_uniform) -> Any:
+    """The strategy ``generate()`` returns (for example ``init_to_value(values=...)`` built from
+    fresh random values), called once per run of the model."""
+    if site is None:
+        return _InitToGenerated(generate)
+    return _InitToGenerated(generate)(site)
+
+
+def init_values_of(strategy: Any) -> dict | None:
+    """The ``values`` an :func:`init_to_value` strategy holds (None for other strategies)."""
+    if isinstance(strategy, functools.partial) and strategy.func is init_to_value:
+        return dict(strategy.keywords.get("values") or {})
+    return None
+
+
+class InitMessenger(Messenger):
+    """Give every latent sample site the value ``init_fn(site)`` (observed, deterministic and
+    already-valued sites are left alone); the value must have the site's shape."""
+
+    def __init__(self, init_fn: Callable, fn: Callable | None = None) -> None:
+        super().__init__(fn)
+        self.init_fn = init_fn
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if msg.is_observed or msg.done or msg.value is not None or is_deterministic(msg):
+            return
+        value = self.init_fn(msg)
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value)
+        shape = msg.fn.batch_shape + msg.fn.event_shape
+        if value.shape != shape:
+            raise ValueError(f"init strategy {getattr(self.init_fn, '__name__', self.init_fn)!r} gave site '{msg.name}' a value "
+                             f"of shape {tuple(value.shape)}; the site ({type(msg.fn).__name__}) has shape {tuple(shape)}")
+        msg.value = value.detach()
+        msg.done = True
+
+
 _BY_NAME: dict[str, Callable] = {
+    "feasible": init_to_feasible,
     "median": init_to_median,
     "uniform": init_to_uniform,
     "sample": init_to_sample,
@@ -115,7 +199,7 @@ _BY_NAME: dict[str, Callable] = {
 
 def resolve_init_strategy(strategy: Any, values: dict | None = None) -> Callable:
     """A strategy from a name (``"median"``, ``"uniform"``, ``"sample"``, ``"mean"``,
-    ``"value"``) or a callable. ``values`` (constrained, by site name) goes with ``"value"``."""
+    ``"feasible"``, ``"value"``) or a callable. ``values`` (constrained, by site name) goes with ``"value"``."""
     if callable(strategy):
         return strategy
     if isinstance(strategy, str):

@@ -1,0 +1,50 @@
+"""Automatic guides built from one prototype trace of the model (Pyro's ``pyro.infer.autoguide``);
+see :mod:`ember.infer.autoguide.guides`."""
+
+from ember.infer.autoguide.guides import (
+    AutoCallable,
+    AutoContinuous,
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuide,
+    AutoGuideList,
+    AutoIAFNormal,
+    AutoLaplaceApproximation,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalMessenger,
+)
+from ember.infer.autoguide.initialization import (
+    InitMessenger,
+    init_to_feasible,
+    init_to_generated,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+    init_to_uniform,
+    init_to_value,
+)
+
+__all__ = [
+    "AutoCallable",
+    "AutoContinuous",
+    "AutoDelta",
+    "AutoDiagonalNormal",
+    "AutoGuide",
+    "AutoGuideList",
+    "AutoIAFNormal",
+    "AutoLaplaceApproximation",
+    "AutoLowRankMultivariateNormal",
+    "AutoMultivariateNormal",
+    "AutoNormal",
+    "AutoNormalMessenger",
+    "InitMessenger",
+    "init_to_feasible",
+    "init_to_generated",
+    "init_to_mean",
+    "init_to_median",
+    "init_to_sample",
+    "init_to_uniform",
+    "init_to_value",
+]

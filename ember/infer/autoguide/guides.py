@@ -1,0 +1,951 @@
+"""Automatic guides: ordinary guides built from one prototype trace of the model.
+
+The first call of an autoguide (or :meth:`AutoGuide.setup`) runs the model once, hidden from
+every handler outside, with each latent given its initial value by ``init_loc_fn``. That trace
+gives the guide its :class:`Structure`: every latent site's name, shape, support, event dims and
+plates, as plain data. The guide's parameters are made from it at once (as ``PyroParam``
+attributes, so they live in the parameter store under names such as ``"AutoNormal.locs.z"``),
+and :meth:`AutoGuide.save` writes the structure beside the parameters: :meth:`AutoGuide.load`
+rebuilds the guide in a new process without calling the model, so ``median()``, ``quantiles()``
+and ``Predictive`` answer before any data is seen. The first call on data after a load checks
+that the model still has the sites the file describes.
+
+Continuous latents live in unconstrained space: a site with support ``S`` is ``T(u)`` with
+``T = biject_to(S)`` and ``u`` real; its guide density includes ``log |det dT/du|``.
+
+- :class:`AutoDelta`: a point (MAP) estimate per site, in constrained space;
+- :class:`AutoNormal`: an independent normal per site in unconstrained space (local latents in
+  subsampled plates keep full-size parameters and are indexed by the plate's indices);
+- :class:`AutoDiagonalNormal`, :class:`AutoMultivariateNormal`,
+  :class:`AutoLowRankMultivariateNormal`, :class:`AutoIAFNormal`,
+  :class:`AutoLaplaceApproximation`: one joint distribution over all latents laid end to end in
+  one vector of length ``D`` (one draw per step), unpacked into the sites;
+- :class:`AutoGuideList`, :class:`AutoCallable`: compositions and user guides;
+- :class:`AutoNormalMessenger`: a normal posterior per site, made while the model runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.distributions import biject_to, constraints
+
+import ember.distributions as dist
+from ember.distributions.util import sum_rightmost
+from ember.infer.initialization import (
+    InitMessenger,
+    init_to_feasible,
+    init_to_median,
+    init_values_of,
+    resolve_init_strategy,
+)
+from ember.nn.module import PyroModule, PyroParam
+from ember.params import get_param_store
+from ember.params.serialize import CheckpointError, constraint_from_spec, constraint_to_spec, load_digested, save_digested
+from ember.poutine.block_messenger import BlockMessenger
+from ember.poutine.messenger import Messenger
+from ember.poutine.plate_messenger import PlateMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import Trace
+from ember.primitives import sample
+from ember.runtime import Message, is_deterministic, is_latent
+
+__all__ = [
+    "AutoCallable",
+    "AutoContinuous",
+    "AutoDelta",
+    "AutoDiagonalNormal",
+    "AutoGuide",
+    "AutoGuideList",
+    "AutoIAFNormal",
+    "AutoLaplaceApproximation",
+    "AutoLowRankMultivariateNormal",
+    "AutoMultivariateNormal",
+    "AutoNormal",
+    "AutoNormalMessenger",
+    "PlateInfo",
+    "SiteInfo",
+    "Structure",
+]
+
+_FILE_KIND = "ember.autoguide"
+
+
+# ---- the structure: plain data about the model's latent sites ---------------------------------------
+
+
+@dataclass(frozen=True)
+class PlateInfo:
+    """A vectorized plate of the model: ``size`` (full), ``subsample_size``, ``dim`` (negative)."""
+
+    name: str
+    size: int
+    subsample_size: int
+    dim: int
+
+
+@dataclass
+class SiteInfo:
+    """A latent site: ``shape`` is its value's full shape (plate dims at their full size),
+    ``event_dim`` its distribution's event dims, ``plates`` the names of its vectorized plates."""
+
+    name: str
+    shape: tuple
+    event_dim: int
+    support: Any
+    plates: tuple
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        self.transform = biject_to(self.support)
+        self.identity = self.support is constraints.real or (
+            isinstance(self.support, constraints.independent) and self.support.base_constraint is constraints.real)
+        self.ushape = tuple(self.transform.inverse_shape(torch.Size(self.shape)))
+        self.u_event_dim = self.event_dim + len(self.ushape) - len(self.shape)
+        self.numel = math.prod(self.ushape)
+
+    def batch_pos(self, dim: int, unconstrained: bool = True) -> int:
+        """The index (from the left) of plate dim ``dim`` in the (un)constrained value."""
+        shape, event = (self.ushape, self.u_event_dim) if unconstrained else (self.shape, self.event_dim)
+        return len(shape) - event + dim
+
+    def to_plain(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "event_dim": self.event_dim,
+                "support": constraint_to_spec(self.support, self.name), "plates": list(self.plates), "dtype": str(self.dtype)}
+
+    @staticmethod
+    def from_plain(d: dict) -> SiteInfo:
+        dtype = getattr(torch, str(d["dtype"]).replace("torch.", ""), None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"autoguide file: site '{d.get('name')}' has an unknown dtype {d['dtype']!r}")
+        return SiteInfo(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["event_dim"]),
+                        constraint_from_spec(d["support"]), tuple(str(p) for p in d["plates"]), dtype)
+
+    def describe(self) -> str:
+        return (f"shape {self.shape}, event_dim {self.event_dim}, support {type(self.support).__name__.lstrip('_')}, "
+                f"plates {list(self.plates)}")
+
+    def same_as(self, other: SiteInfo) -> bool:
+        return (self.shape == other.shape and self.event_dim == other.event_dim and self.plates == other.plates
+                and constraint_to_spec(self.support, self.name) == constraint_to_spec(other.support, other.name))
+
+
+class Structure:
+    """The latent sites (in the model's order) and vectorized plates of a model."""
+
+    def __init__(self, sites: list[SiteInfo], plates: dict[str, PlateInfo]) -> None:
+        self.sites = sites
+        self.plates = plates
+        self.by_name = {s.name: s for s in sites}
+
+    @staticmethod
+    def from_trace(trace: Trace, owner: str, continuous: bool = True) -> Structure:
+        sites: list[SiteInfo] = []
+        plates: dict[str, PlateInfo] = {}
+        for name, site in trace.nodes.items():
+            if not is_latent(site) or is_deterministic(site):
+                continue
+            fn = site.fn
+            support = fn.support
+            if continuous and support.is_discrete:
+                raise ValueError(
+                    f"{owner}: latent site '{name}' is discrete ({type(fn).__name__}, support "
+                    f"{type(support).__name__.lstrip('_')}); this autoguide covers continuous latents only. Give the site "
+                    f"its own guide (AutoGuideList with an AutoCallable part) or hide it: {owner}(poutine.block(model, "
+                    f"hide=['{name}'])), and enumerate or marginalise it in the model")
+            shape = list(site.value.shape)
+            event_dim = len(fn.event_shape)
+            names = []
+            for f in site.cond_indep_stack:
+                if f.dim is None:
+                    continue
+                full = f.full_size if f.full_size is not None else f.size
+                known = plates.get(f.name)
+                info = PlateInfo(f.name, int(full), int(f.size), int(f.dim))
+                if known is not None and known != info:
+                    raise ValueError(f"{owner}: plate '{f.name}' appears with different sizes or dims: {known} and {info}")
+                plates[f.name] = info
+                pos = len(shape) - event_dim + f.dim
+                if pos < 0 or shape[pos] != f.size:
+                    raise ValueError(f"{owner}: site '{name}' has shape {tuple(site.value.shape)}, which does not have plate "
+                                     f"'{f.name}' of size {f.size} at dim {f.dim}")
+                shape[pos] = int(full)
+                names.append(f.name)
+            sites.append(SiteInfo(name, tuple(shape), event_dim, support, tuple(sorted(names)), site.value.dtype))
+        return Structure(sites, plates)
+
+    def to_plain(self) -> dict:
+        return {"sites": [s.to_plain() for s in self.sites],
+                "plates": [[p.name, p.size, p.subsample_size, p.dim] for p in self.plates.values()]}
+
+    @staticmethod
+    def from_plain(d: Any, where: str) -> Structure:
+        try:
+            sites = [SiteInfo.from_plain(s) for s in d["sites"]]
+            plates = {str(p[0]): PlateInfo(str(p[0]), int(p[1]), int(p[2]), int(p[3])) for p in d["plates"]}
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{where}: malformed autoguide structure ({type(e).__name__}: {e})") from None
+        return Structure(sites, plates)
+
+    def check_same(self, other: Structure, owner: str) -> None:
+        """ValueError naming the first site that differs between ``self`` (the guide's) and ``other`` (the model's now)."""
+        mine, theirs = self.by_name, other.by_name
+        for name, s in mine.items():
+            t = theirs.get(name)
+            if t is None:
+                raise ValueError(f"{owner}: the model no longer has latent site '{name}' that this guide was built for "
+                                 f"(its latent sites now: {list(theirs)}); build a new guide for the changed model")
+            if not s.same_as(t):
+                raise ValueError(f"{owner}: latent site '{name}' has changed since this guide was built: the guide has "
+                                 f"{s.describe()}, the model now {t.describe()}; build a new guide for the changed model")
+        extra = [n for n in theirs if n not in mine]
+        if extra:
+            raise ValueError(f"{owner}: the model has latent sites {extra} that this guide was not built for; build a new "
+                             f"guide for the changed model")
+
+
+def _periodic_repeat(x: torch.Tensor, size: int, pos: int) -> torch.Tensor:
+    """``x`` repeated along dim ``pos`` up to ``size`` entries (a subsampled init to full size)."""
+    n = x.shape[pos]
+    if n == size:
+        return x
+    idx = torch.arange(size, device=x.device) % n
+    return x.index_select(pos, idx)
+
+
+def _deep_setattr(obj: PyroModule, name: str, value: Any) -> None:
+    *parents, leaf = name.split(".")
+    for p in parents:
+        child = obj._modules.get(p)
+        if child is None:
+            child = PyroModule()
+            setattr(obj, p, child)
+        obj = child
+    setattr(obj, leaf, value)
+
+
+def _deep_getattr(obj: Any, name: str) -> Any:
+    for p in name.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def _check_init_values(owner: str, init_fn: Any, structure: Structure) -> None:
+    values = init_values_of(init_fn)
+    if values:
+        unknown = sorted(set(values) - set(structure.by_name))
+        if unknown:
+            raise ValueError(f"{owner}: init_to_value names {unknown}, which are not latent sites of the model; its latent "
+                             f"sites are {list(structure.by_name)}")
+
+
+# ---- the base class ---------------------------------------------------------------------------------
+
+
+class AutoGuide(PyroModule):
+    """The base of the autoguides built from a prototype trace.
+
+    :param model: the model (observations conditioned).
+    :param init_loc_fn: where the guide starts: an init strategy (``init_to_median``, ...,
+        ``init_to_value(values=...)``) or its name.
+    :param create_plates: optional ``create_plates(*args, **kwargs) -> plate or list of plates``
+        returning the guide's plates (to pass minibatch indices); by default the guide makes
+        plates like the model's prototype (same sizes, subsample sizes and dims).
+
+    ``guide(*args, **kwargs)`` (the model's arguments) samples every latent site and returns
+    ``{site: value}``.
+    """
+
+    _continuous = True
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_feasible, create_plates: Callable | None = None) -> None:
+        super().__init__(name=type(self).__name__)
+        if not callable(model):
+            raise TypeError(f"{type(self).__name__}: model must be callable; got {type(model).__name__}")
+        object.__setattr__(self, "model", model)  # not a submodule: a PyroModule model keeps its own names
+        self.init_loc_fn = resolve_init_strategy(init_loc_fn)
+        self.create_plates = create_plates
+        self._structure: Structure | None = None
+        self._verified = False
+
+    # ---- prototype -------------------------------------------------------------------------------
+    def _prototype_trace(self, args: tuple, kwargs: dict) -> Trace:
+        model = InitMessenger(self.init_loc_fn, self.model)
+        with torch.no_grad(), BlockMessenger():
+            return TraceMessenger(model).get_trace(*args, **kwargs)
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        """Run the model once (hidden from outer handlers) and make the guide's parameters."""
+        trace = self._prototype_trace(args, kwargs)
+        owner = type(self).__name__
+        structure = Structure.from_trace(trace, owner, self._continuous)
+        self._validate(structure)
+        _check_init_values(owner, self.init_loc_fn, structure)
+        init = {}
+        for s in structure.sites:
+            v = trace.nodes[s.name].value.detach()
+            for p in s.plates:
+                info = structure.plates[p]
+                v = _periodic_repeat(v, info.size, s.batch_pos(info.dim, unconstrained=False))
+            init[s.name] = v
+        self._structure = structure
+        self._verified = True
+        self._build(init)
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:  # Pyro's name
+        self.setup(*args, **kwargs)
+
+    def _validate(self, structure: Structure) -> None:
+        """Refuse a structure this guide cannot cover (ValueError naming the site)."""
+
+    def _build(self, init: dict[str, torch.Tensor] | None) -> None:
+        """Make the parameters from the structure (``init``: constrained full-size values by
+        site; None when a saved state will overwrite them)."""
+        raise NotImplementedError  # each guide below defines it
+
+    def _init_value(self, site: SiteInfo, init: dict | None) -> torch.Tensor:
+        if init is not None:
+            return init[site.name]
+        t = site.transform
+        return t(torch.zeros(site.ushape, dtype=site.dtype)).detach()
+
+    def _ensure(self, args: tuple, kwargs: dict) -> Structure:
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        elif not self._verified:
+            trace = self._prototype_trace(args, kwargs)
+            self._structure.check_same(Structure.from_trace(trace, type(self).__name__, self._continuous), type(self).__name__)
+            self._verified = True
+        return self._structure
+
+    def _plates(self, args: tuple, kwargs: dict) -> dict[str, PlateMessenger]:
+        structure = self._structure
+        if self.create_plates is not None:
+            made = self.create_plates(*args, **kwargs)
+            if isinstance(made, PlateMessenger):
+                made = [made]
+            out = {p.name: p for p in made}
+            missing = [n for n in structure.plates if n not in out]
+            if missing:
+                raise ValueError(f"{type(self).__name__}: create_plates returned no plate named {missing}; it returned {list(out)}")
+            return out
+        return {p.name: PlateMessenger(p.name, p.size, subsample_size=p.subsample_size, dim=p.dim) for p in structure.plates.values()}
+
+    @property
+    def prototype_structure(self) -> Structure:
+        if self._structure is None:
+            raise RuntimeError(f"{type(self).__name__} has not been set up: call it once with the model's arguments "
+                               f"(or guide.setup(*args)), or load a saved guide with guide.load(path)")
+        return self._structure
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: posterior median}`` (full-size plate dims); args only needed before setup."""
+        raise NotImplementedError(f"{type(self).__name__} has no median")
+
+    # ---- save and load ----------------------------------------------------------------------------
+    def _options(self) -> dict:
+        return {}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the guide's structure and parameters (plain data, checksummed, no pickle)."""
+        structure = self.prototype_structure
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name,
+                       "options": self._options(), "structure": structure.to_plain(), "state": state}, path, _FILE_KIND)
+
+    def load(self, path: str | os.PathLike) -> AutoGuide:
+        """Rebuild the guide from a file :meth:`save` wrote (no model call, no data) and put its
+        parameters in the store. The first call on data afterwards checks the model's sites."""
+        where = os.fspath(path)
+        obj = load_digested(path, _FILE_KIND, what="autoguide")
+        if not isinstance(obj, dict) or obj.get("format") != _FILE_KIND:
+            raise CheckpointError(f"{where}: not an Ember autoguide file")
+        if obj.get("class") != type(self).__name__:
+            raise CheckpointError(f"{where}: holds a {obj.get('class')}, not a {type(self).__name__}; load it with that class")
+        options = obj.get("options")
+        if options != self._options():
+            raise CheckpointError(f"{where}: saved with options {options}, but this guide has {self._options()}")
+        self._structure = Structure.from_plain(obj.get("structure"), where)
+        self._verified = False
+        self._build(None)
+        state = obj.get("state")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where}: malformed autoguide state")
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{where}: the saved parameters do not fit the saved structure: {str(e).splitlines()[0]}") from None
+        self._bind_to_store()
+        return self
+
+    def _bind_to_store(self) -> None:
+        """Put this guide's parameters into the store (they win over values held there)."""
+        store = get_param_store()
+        for mod in self.modules():
+            if not isinstance(mod, PyroModule):
+                continue
+            for name, (constraint, _) in mod._pyro_params.items():
+                store.bind(mod._pyro_get_fullname(name), mod._parameters[name + "_unconstrained"], constraint)
+            for name, p in mod._parameters.items():
+                if p is not None and not name.endswith("_unconstrained"):
+                    store.bind(mod._pyro_get_fullname(name), p, constraints.real)
+
+
+def _plated(plates: dict, site: SiteInfo) -> ExitStack:
+    stack = ExitStack()
+    for p in site.plates:
+        stack.enter_context(plates[p])
+    return stack
+
+
+def _subsample(x: torch.Tensor, site: SiteInfo, plates: dict, unconstrained: bool = True) -> torch.Tensor:
+    """Full-size ``x`` indexed along each subsampled plate dim by the plate's indices."""
+    for p in site.plates:
+        plate = plates[p]
+        if plate.subsample_size < plate.size:
+            x = x.index_select(site.batch_pos(plate.dim, unconstrained), plate.subsample)
+    return x
+
+
+# ---- AutoDelta and AutoNormal: one distribution per site --------------------------------------------
+
+
+class AutoDelta(AutoGuide):
+    """A point estimate per latent site (MAP in the constrained space): the site's value is a
+    parameter with the site's support as its constraint."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, create_plates: Callable | None = None) -> None:
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+
+    def _build(self, init: dict | None) -> None:
+        for s in self.prototype_structure.sites:
+            _deep_setattr(self, s.name, PyroParam(self._init_value(s, init), s.support, s.event_dim))
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        structure = self._ensure(args, kwargs)
+        plates = self._plates(args, kwargs)
+        out = {}
+        for s in structure.sites:
+            with _plated(plates, s):
+                value = _subsample(_deep_getattr(self, s.name), s, plates, unconstrained=False)
+                out[s.name] = sample(s.name, dist.Delta(value, event_dim=s.event_dim))
+        return out
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The point estimates ``{site: value}`` (full-size plate dims)."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        return {s.name: _deep_getattr(self, s.name).detach() for s in self._structure.sites}
+
+
+class AutoNormal(AutoGuide):
+    """An independent normal per latent site in unconstrained space (mean-field), pushed through
+    ``biject_to(support)``. Parameters ``AutoNormal.locs.<site>`` and ``AutoNormal.scales.<site>``
+    (positive) have the site's full unconstrained shape; inside a subsampled plate only the
+    entries of the plate's indices are used, so local latents of a minibatch model work."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_feasible, init_scale: float = 0.1,
+                 create_plates: Callable | None = None) -> None:
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"AutoNormal: init_scale must be a positive number; got {init_scale!r}")
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+        self._init_scale = float(init_scale)
+
+    def _options(self) -> dict:
+        return {}
+
+    def _build(self, init: dict | None) -> None:
+        self.locs = PyroModule()
+        self.scales = PyroModule()
+        for s in self.prototype_structure.sites:
+            u = s.transform.inv(self._init_value(s, init)).detach()
+            _deep_setattr(self.locs, s.name, PyroParam(u, constraints.real, s.u_event_dim))
+            _deep_setattr(self.scales, s.name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, s.u_event_dim))
+
+    def _site_dist(self, s: SiteInfo, loc: torch.Tensor, scale: torch.Tensor) -> Any:
+        fn = dist.Normal(loc, scale).to_event(s.u_event_dim)
+        if s.identity:
+            return fn
+        return dist.TransformedDistribution(fn, [s.transform.with_cache()])
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        structure = self._ensure(args, kwargs)
+        plates = self._plates(args, kwargs)
+        out = {}
+        for s in structure.sites:
+            with _plated(plates, s):
+                loc = _subsample(_deep_getattr(self.locs, s.name), s, plates)
+                scale = _subsample(_deep_getattr(self.scales, s.name), s, plates)
+                out[s.name] = sample(s.name, self._site_dist(s, loc, scale))
+        return out
+
+    def _loc_scale(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return _deep_getattr(self.locs, name).detach(), _deep_getattr(self.scales, name).detach()
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: biject_to(support)(loc)}`` (full-size plate dims)."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        return {s.name: s.transform(self._loc_scale(s.name)[0]) for s in self._structure.sites}
+
+    def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: tensor [len(quantiles), *site_shape]}``: the marginal quantiles of each
+        unconstrained coordinate mapped through ``biject_to(support)`` (exact for elementwise
+        transforms)."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        q = torch.as_tensor(quantiles, dtype=torch.get_default_dtype())
+        out = {}
+        for s in self._structure.sites:
+            loc, scale = self._loc_scale(s.name)
+            qs = q.reshape((-1,) + (1,) * loc.dim()).to(loc.dtype)
+            out[s.name] = s.transform(torch.distributions.Normal(loc, scale).icdf(qs))
+        return out
+
+
+# ---- AutoContinuous: one joint distribution over all latents ---------------------------------------
+
+
+class AutoContinuous(AutoGuide):
+    """A joint distribution (:meth:`get_posterior`) over the vector ``z`` of length ``D`` holding
+    every latent's unconstrained value end to end, sampled as one auxiliary site
+    ``_<Class>_latent`` and unpacked into the model's sites (each a ``Delta`` with the
+    log-Jacobian of ``biject_to(support)`` as its density). Sites in subsampled plates are not
+    supported (their entries would all be drawn each step): use :class:`AutoNormal`."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, create_plates: Callable | None = None) -> None:
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(s.numel for s in self.prototype_structure.sites)
+
+    def _validate(self, structure: Structure) -> None:
+        for s in structure.sites:
+            for p in s.plates:
+                info = structure.plates[p]
+                if info.subsample_size < info.size:
+                    raise ValueError(f"{type(self).__name__}: latent site '{s.name}' is in plate '{p}', which subsamples "
+                                     f"{info.subsample_size} of {info.size}; a joint guide needs every entry each step. Use "
+                                     f"AutoNormal (full-size parameters indexed by the plate) or drop subsample_size")
+
+    def _init_latent(self, init: dict | None) -> torch.Tensor:
+        parts = [s.transform.inv(self._init_value(s, init)).detach().reshape(-1) for s in self.prototype_structure.sites]
+        if not parts:
+            return torch.zeros(0)
+        dtype = parts[0].dtype
+        for p in parts[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        return torch.cat([p.to(dtype) for p in parts])
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        """The distribution over the latent vector ``z`` (event shape ``[D]``)."""
+        raise NotImplementedError  # each guide below defines it
+
+    def _unpack(self, z: torch.Tensor) -> Iterable[tuple[SiteInfo, torch.Tensor]]:
+        """``(site, unconstrained value)`` from ``z`` ``[..., D]`` (leading dims from outer plates:
+        vectorized particles, Predictive's samples)."""
+        lead = z.shape[:-1]
+        offset = 0
+        for s in self.prototype_structure.sites:
+            u = z[..., offset:offset + s.numel]
+            offset += s.numel
+            k = len(s.ushape) - s.u_event_dim  # the site's own batch (plate) dims
+            keep = lead[:max(len(lead) - k, 0)]
+            if any(d != 1 for d in lead[len(keep):]):
+                raise ValueError(f"{type(self).__name__}: cannot place the latent batch {tuple(lead)} left of site "
+                                 f"'{s.name}''s {k} plate dims; put outer plates left of the model's")
+            yield s, u.reshape(keep + s.ushape)
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        self._ensure(args, kwargs)
+        z = sample(f"_{self._pyro_name}_latent", self.get_posterior(*args, **kwargs), infer={"is_auxiliary": True})
+        plates = self._plates(args, kwargs)
+        out = {}
+        for s, u in self._unpack(z):
+            with _plated(plates, s):
+                if s.identity:
+                    value, log_density = u, 0.0
+                else:
+                    value = s.transform(u)
+                    lad = s.transform.log_abs_det_jacobian(u, value)
+                    log_density = -sum_rightmost(lad, lad.dim() - (value.dim() - s.event_dim))
+                out[s.name] = sample(s.name, dist.Delta(value, log_density=log_density, event_dim=s.event_dim))
+        return out
+
+    def sample_latent(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One draw of the latent vector ``z`` ``[D]`` from :meth:`get_posterior`."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        with self._pyro_context:
+            return self.get_posterior(*args, **kwargs).rsample()
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and marginal standard deviations of ``z`` (each ``[D]``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form marginals")
+
+    def _constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {s.name: s.transform(u) for s, u in self._unpack(z)}
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: biject_to(support)(posterior median of its coordinates)}``."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        with torch.no_grad():
+            return self._constrain(self._loc_scale()[0])
+
+    def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: tensor [len(quantiles), *site_shape]}`` from the normal marginals of ``z``."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        with torch.no_grad():
+            loc, scale = self._loc_scale()
+            q = torch.as_tensor(quantiles, dtype=loc.dtype).unsqueeze(-1)
+            return self._constrain(torch.distributions.Normal(loc, scale).icdf(q))
+
+
+class AutoDiagonalNormal(AutoContinuous):
+    """``z ~ Normal(loc, scale)`` (independent coordinates); parameters
+    ``AutoDiagonalNormal.loc`` ``[D]`` and ``.scale`` ``[D]`` (positive)."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
+                 create_plates: Callable | None = None) -> None:
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+        self._init_scale = float(init_scale)
+
+    def _build(self, init: dict | None) -> None:
+        loc = self._init_latent(init)
+        self.loc = PyroParam(loc, constraints.real, 1)
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc.detach(), self.scale.detach()
+
+
+class AutoMultivariateNormal(AutoContinuous):
+    """``z ~ MultivariateNormal(loc, scale_tril)``; parameters ``AutoMultivariateNormal.loc``
+    ``[D]`` and ``.scale_tril`` ``[D, D]`` (lower Cholesky)."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
+                 create_plates: Callable | None = None) -> None:
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+        self._init_scale = float(init_scale)
+
+    def _build(self, init: dict | None) -> None:
+        loc = self._init_latent(init)
+        self.loc = PyroParam(loc, constraints.real, 1)
+        self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype) * self._init_scale, constraints.lower_cholesky, 2)
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        return dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tril = self.scale_tril.detach()
+        return self.loc.detach(), tril.pow(2).sum(-1).sqrt()
+
+
+class AutoLowRankMultivariateNormal(AutoContinuous):
+    """``z ~ LowRankMultivariateNormal(loc, cov_factor * scale, scale**2)`` with ``rank`` columns
+    (default ``ceil(sqrt(D))``); parameters ``.loc`` ``[D]``, ``.cov_factor`` ``[D, rank]``,
+    ``.scale`` ``[D]``."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
+                 rank: int | None = None, create_plates: Callable | None = None) -> None:
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"{type(self).__name__}: rank must be a positive integer; got {rank!r}")
+        super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
+        self._init_scale = float(init_scale)
+        self.rank = rank
+
+    def _options(self) -> dict:
+        return {"rank": self.rank}
+
+    def _build(self, init: dict | None) -> None:
+        loc = self._init_latent(init)
+        d = loc.numel()
+        rank = self.rank if self.rank is not None else max(1, int(math.ceil(math.sqrt(d))))
+        self.loc = PyroParam(loc, constraints.real, 1)
+        self.cov_factor = torch.nn.Parameter(torch.randn(d, rank, dtype=loc.dtype) * (0.5 / math.sqrt(rank)) if init is not None
+                                             else torch.zeros(d, rank, dtype=loc.dtype))
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        scale = self.scale
+        return dist.LowRankMultivariateNormal(self.loc, self.cov_factor * scale.unsqueeze(-1), scale * scale)
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scale.detach()
+        f = self.cov_factor.detach() * scale.unsqueeze(-1)
+        return self.loc.detach(), (f.pow(2).sum(-1) + scale * scale).sqrt()
+
+
+class AutoLaplaceApproximation(AutoContinuous):
+    """A point ``loc`` ``[D]`` in unconstrained space, fitted by SVI (MAP of the density of ``z``,
+    Jacobians included); :meth:`laplace_approximation` then returns an
+    :class:`AutoMultivariateNormal` with that mean and the inverse Hessian of ``-log p`` at it as
+    covariance."""
+
+    def _build(self, init: dict | None) -> None:
+        self.loc = PyroParam(self._init_latent(init), constraints.real, 1)
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        return dist.Delta(self.loc, event_dim=1)
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.loc.detach()
+        return loc, torch.zeros_like(loc)
+
+    def negative_log_density(self, z: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``-log p(T(z), data) - log |det dT/dz|`` for a latent vector ``z`` ``[D]`` (a scalar)."""
+        from ember.poutine.misc_messengers import SubstituteMessenger
+
+        values, logdet = {}, 0.0
+        for s, u in self._unpack(z):
+            v = s.transform(u)
+            values[s.name] = v
+            if not s.identity:
+                logdet = logdet + s.transform.log_abs_det_jacobian(u, v).sum()
+        with BlockMessenger():
+            tr = TraceMessenger(SubstituteMessenger(self.model, data=values)).get_trace(*args, **kwargs)
+        tr.compute_log_prob()
+        lp = sum(site.log_prob_sum for site in tr.nodes.values() if site.type == "sample" and site.log_prob_sum is not None)
+        return -(lp + logdet)
+
+    def laplace_approximation(self, *args: Any, **kwargs: Any) -> AutoMultivariateNormal:
+        """An :class:`AutoMultivariateNormal` at ``loc`` with covariance ``H^-1`` (``H`` the
+        Hessian of :meth:`negative_log_density` there, computed by autograd)."""
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        loc = self.loc.detach()
+        hessian = torch.autograd.functional.hessian(lambda z: self.negative_log_density(z, *args, **kwargs), loc)
+        hessian = 0.5 * (hessian + hessian.transpose(-1, -2))
+        try:
+            cov = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+            scale_tril = torch.linalg.cholesky(cov)
+        except torch.linalg.LinAlgError:
+            raise ValueError("AutoLaplaceApproximation: the Hessian of -log p at loc is not positive definite (loc is not a "
+                             "local maximum: train longer, or check the model)") from None
+        guide = AutoMultivariateNormal(self.model, init_loc_fn=self.init_loc_fn, create_plates=self.create_plates)
+        guide._structure = self._structure
+        guide._verified = True
+        guide._build(None)
+        with torch.no_grad():
+            guide.loc = loc
+            guide.scale_tril = scale_tril
+        guide._bind_to_store()
+        return guide
+
+
+class AutoIAFNormal(AutoContinuous):
+    """``z = f(e)``, ``e ~ Normal(0, I_D)``, with ``f`` ``num_transforms`` affine autoregressive
+    flows (``ember.distributions.transforms.affine_autoregressive`` over MADE networks of
+    ``hidden_dim`` units, default ``[3D + 1]``). ``quantiles`` are estimated from 1000 draws."""
+
+    def __init__(self, model: Callable, hidden_dim: int | list[int] | None = None, init_loc_fn: Any = None,
+                 num_transforms: int = 1, **init_transform_kwargs: Any) -> None:
+        if isinstance(num_transforms, bool) or not isinstance(num_transforms, int) or num_transforms < 1:
+            raise ValueError(f"AutoIAFNormal: num_transforms must be a positive integer; got {num_transforms!r}")
+        if init_transform_kwargs:
+            from ember.util import check_kwargs
+
+            check_kwargs("AutoIAFNormal", init_transform_kwargs,
+                         valid={"log_scale_min_clip", "log_scale_max_clip", "sigmoid_bias", "stable"})
+        super().__init__(model, init_loc_fn=init_to_feasible if init_loc_fn is None else init_loc_fn)
+        self.hidden_dim = [hidden_dim] if isinstance(hidden_dim, int) else (list(hidden_dim) if hidden_dim is not None else None)
+        self.num_transforms = num_transforms
+        self.transform_kwargs = dict(init_transform_kwargs)
+
+    def _options(self) -> dict:
+        return {"hidden_dim": self.hidden_dim, "num_transforms": self.num_transforms, **self.transform_kwargs}
+
+    def _build(self, init: dict | None) -> None:
+        from ember.distributions.transforms import affine_autoregressive
+        from ember.nn.module import to_pyro_module_
+
+        d = self.latent_dim
+        if d < 2:
+            raise ValueError(f"AutoIAFNormal needs at least 2 latent dimensions (the model has {d}); use AutoNormal")
+        self.transforms = torch.nn.ModuleList()
+        for i in range(self.num_transforms):
+            t = affine_autoregressive(d, self.hidden_dim, **self.transform_kwargs)
+            to_pyro_module_(t.arn)
+            t.arn._pyro_set_supermodule(f"{self._pyro_name}.transforms.{i}.arn", self._pyro_context)
+            self.transforms.append(t)
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        d = self.latent_dim
+        base = dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1)
+        return dist.TransformedDistribution(base, list(self.transforms))
+
+    def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._pyro_context, torch.no_grad():
+            z = self.get_posterior().sample(torch.Size([1000]))
+        return z.median(0).values, z.std(0)
+
+    def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if self._structure is None:
+            self.setup(*args, **kwargs)
+        with self._pyro_context, torch.no_grad():
+            z = self.get_posterior().sample(torch.Size([1000]))
+            q = torch.as_tensor(quantiles, dtype=z.dtype)
+            return self._constrain(torch.quantile(z, q, dim=0))
+
+
+# ---- compositions ---------------------------------------------------------------------------------
+
+
+class AutoGuideList(PyroModule):
+    """Several guides for disjoint sets of the model's sites (each part built for the model with
+    the other parts' sites hidden, e.g. ``AutoDelta(poutine.block(model, hide=["z"]))``); calling
+    it calls every part and merges their ``{site: value}``."""
+
+    def __init__(self, model: Callable, *, create_plates: Callable | None = None) -> None:
+        super().__init__(name=type(self).__name__)
+        object.__setattr__(self, "model", model)
+        self.create_plates = create_plates
+        self._parts = torch.nn.ModuleList()
+
+    def append(self, part: Callable) -> None:
+        """Add a guide (an autoguide, or any callable, wrapped in :class:`AutoCallable`)."""
+        if not isinstance(part, torch.nn.Module):
+            part = AutoCallable(self.model, part)
+        if isinstance(part, PyroModule):
+            part._pyro_set_supermodule(f"{self._pyro_name}.{len(self._parts)}", self._pyro_context)
+        self._parts.append(part)
+
+    add = append
+
+    def __getitem__(self, i: int) -> Any:
+        return self._parts[i]
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out: dict = {}
+        for part in self._parts:
+            result = part(*args, **kwargs)
+            if isinstance(result, dict):
+                out.update(result)
+        return out
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out: dict = {}
+        for part in self._parts:
+            out.update(part.median(*args, **kwargs))
+        return out
+
+    def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out: dict = {}
+        for part in self._parts:
+            out.update(part.quantiles(quantiles, *args, **kwargs))
+        return out
+
+
+class AutoCallable(PyroModule):
+    """A user's guide function as a part of :class:`AutoGuideList`; ``median`` (optional) is a
+    function of the model's arguments returning ``{site: value}``."""
+
+    def __init__(self, model: Callable, guide: Callable, median: Callable | None = None) -> None:
+        super().__init__(name=type(self).__name__)
+        if not callable(guide):
+            raise TypeError(f"AutoCallable: guide must be callable; got {type(guide).__name__}")
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "_guide", guide)
+        object.__setattr__(self, "_median", median)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._guide(*args, **kwargs)
+        return result if isinstance(result, dict) else {}
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if self._median is None:
+            raise NotImplementedError("AutoCallable: no median function was given (AutoCallable(model, guide, median=...))")
+        return self._median(*args, **kwargs)
+
+
+# ---- AutoNormalMessenger --------------------------------------------------------------------------------
+
+
+class _PosteriorMessenger(Messenger):
+    """Replace each latent site's distribution by the guide's posterior; hide observed sites."""
+
+    def __init__(self, guide: AutoNormalMessenger) -> None:
+        super().__init__()
+        self.guide = guide
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if msg.is_observed or is_deterministic(msg) or msg.infer.get("is_auxiliary"):
+            msg.stop = True  # observations and deterministic values are the model's, not the guide's
+            return
+        if msg.fn.support.is_discrete:
+            raise ValueError(f"AutoNormalMessenger: latent site '{msg.name}' is discrete ({type(msg.fn).__name__}); it "
+                             f"covers continuous latents only")
+        msg.infer = {**msg.infer, "prior": msg.fn}
+        msg.fn = self.guide.get_posterior(msg.name, msg.fn, msg)
+
+
+class AutoNormalMessenger(PyroModule):
+    """A normal posterior per latent site in unconstrained space, made while the model runs
+    (the model runs as the guide, with each latent drawn from its posterior); parameters
+    ``AutoNormalMessenger.locs.<site>`` / ``.scales.<site>`` are created at a site's first
+    visit from ``init_loc_fn``. Subclass it and override :meth:`get_posterior` for other
+    families. Returns ``{site: value}`` of the latents."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1) -> None:
+        super().__init__(name=type(self).__name__)
+        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
+            raise ValueError(f"AutoNormalMessenger: init_scale must be a positive number; got {init_scale!r}")
+        object.__setattr__(self, "model", model)
+        self.init_loc_fn = resolve_init_strategy(init_loc_fn)
+        self._init_scale = float(init_scale)
+        self.locs = PyroModule()
+        self.scales = PyroModule()
+        self._sites: dict[str, SiteInfo] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        with TraceMessenger() as tm, _PosteriorMessenger(self):
+            self.model(*args, **kwargs)
+        return {n: s.value for n, s in tm.trace.nodes.items() if is_latent(s)}
+
+    def get_posterior(self, name: str, prior: Any, msg: Message | None = None) -> Any:
+        """The posterior of site ``name`` given its ``prior`` (a distribution): a normal in
+        unconstrained space pushed through ``biject_to(prior.support)``."""
+        site = self._sites.get(name)
+        if site is None:
+            with torch.no_grad():
+                init = self.init_loc_fn(msg) if msg is not None else prior.sample()
+            site = SiteInfo(name, tuple(init.shape), len(prior.event_shape), prior.support, (), init.dtype)
+            u = site.transform.inv(init).detach()
+            _deep_setattr(self.locs, name, PyroParam(u, constraints.real, site.u_event_dim))
+            _deep_setattr(self.scales, name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, site.u_event_dim))
+            self._sites[name] = site
+        loc, scale = _deep_getattr(self.locs, name), _deep_getattr(self.scales, name)
+        fn = dist.Normal(loc, scale).to_event(site.u_event_dim)
+        if site.identity:
+            return fn
+        return dist.TransformedDistribution(fn, [site.transform.with_cache()])
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: biject_to(support)(loc)}`` for the sites seen so far (runs the model once if none)."""
+        if not self._sites:
+            with torch.no_grad():
+                self(*args, **kwargs)
+        return {n: s.transform(_deep_getattr(self.locs, n).detach()) for n, s in self._sites.items()}
