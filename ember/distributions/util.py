@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,7 +13,29 @@ import torch
 __all__ = [
     "broadcast_shape", "sum_rightmost", "sum_leftmost", "scale_and_mask", "is_identically_zero",
     "is_identically_one", "eye_like", "logsumexp", "clamp_probs", "detach", "deep_to", "copy_docs_from",
+    "enable_validation", "is_validation_enabled", "validation_enabled",
 ]
+
+
+def enable_validation(is_validate: bool = True) -> None:
+    """Switch the distributions' argument and support validation on or off (torch's default)."""
+    torch.distributions.Distribution.set_default_validate_args(bool(is_validate))
+
+
+def is_validation_enabled() -> bool:
+    """Whether distributions validate their arguments and values by default."""
+    return bool(torch.distributions.Distribution._validate_args)
+
+
+@contextmanager
+def validation_enabled(is_validate: bool = True) -> Iterator[None]:
+    """``with validation_enabled(False): ...`` switches distribution validation for the block."""
+    old = is_validation_enabled()
+    enable_validation(is_validate)
+    try:
+        yield
+    finally:
+        enable_validation(old)
 
 
 def broadcast_shape(*shapes: Any, strict: bool = False) -> tuple[int, ...]:

@@ -31,6 +31,16 @@ def test_module_paths():
     assert dist.constraints.positive is torch.distributions.constraints.positive
 
 
+def test_util_validation_switches():
+    from ember.distributions.util import is_validation_enabled, validation_enabled
+
+    before = is_validation_enabled()
+    with validation_enabled(False):
+        assert not is_validation_enabled()
+        dist.Normal(0.0, -1.0)  # no error while validation is off
+    assert is_validation_enabled() == before
+
+
 def test_util_helpers():
     assert broadcast_shape((2, 1), (3,)) == (2, 3)
     with pytest.raises(ValueError, match="cannot be broadcast"):
