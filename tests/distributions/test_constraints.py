@@ -219,3 +219,27 @@ def test_haar_transform(n, flip):
     assert torch.equal(t.log_abs_det_jacobian(x, y), torch.zeros(3, dtype=torch.double))
     if n == 2 and not flip:
         torch.testing.assert_close(y[:, :, 0], torch.stack([x[:, 0, 0] + x[:, 1, 0], x[:, 0, 0] - x[:, 1, 0]], -1) / math.sqrt(2))
+
+
+
+@pytest.mark.parametrize("anchor", [0.0, 1.5])
+def test_simplex_to_ordered(anchor):
+    t = transforms.SimplexToOrderedTransform(anchor)
+    x = torch.distributions.Dirichlet(torch.ones(4, dtype=torch.double)).sample((3,))
+    y = t(x)
+    assert y.shape == (3, 3) and bool(constraints.ordered_vector.check(y).all())
+    torch.testing.assert_close(t.inv(y), x)
+    # log-det on the free coordinates x[:-1] (x[-1] = 1 - sum)
+    J = jacobian(lambda v: t(torch.cat([v, 1 - v.sum(-1, keepdim=True)], -1)), x[0, :-1])
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y)[0], torch.linalg.slogdet(J)[1])
+    assert t.forward_shape((5, 4)) == (5, 3) and t.inverse_shape((5, 3)) == (5, 4)
+
+
+def test_positive_power_transform():
+    t = transforms.PositivePowerTransform(2.5)
+    x = torch.rand(6, dtype=torch.double) + 0.1
+    y = t(x)
+    torch.testing.assert_close(t.inv(y), x)
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), jacobian(t, x).diagonal().log())
+    with pytest.raises(ValueError, match="exponent"):
+        transforms.PositivePowerTransform(-1.0)

@@ -40,6 +40,8 @@ from ember.distributions.transforms.elementwise import (
     ELUTransform,
     HaarTransform,
     LeakyReLUTransform,
+    PositivePowerTransform,
+    SimplexToOrderedTransform,
     iterated,
 )
 from ember.distributions.transforms.generalized_channel_permute import (
@@ -100,7 +102,7 @@ __all__ = list(_torch_all) + [
     "conditional_radial", "matrix_exponential",
     "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
     "generalized_channel_permute",
-    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "HaarTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
+    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "HaarTransform", "PositivePowerTransform", "SimplexToOrderedTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
     "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
     "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",
     "NeuralAutoregressive", "Normalize", "OrderedTransform", "Permute", "Planar", "Radial", "SoftplusLowerCholeskyTransform",

@@ -17,7 +17,7 @@ from ember.distributions.transforms.torch_transform import ComposeTransformModul
 
 __all__ = [
     "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "HaarTransform", "LeakyReLUTransform",
-    "haar_transform", "inverse_haar_transform", "iterated",
+    "PositivePowerTransform", "SimplexToOrderedTransform", "haar_transform", "inverse_haar_transform", "iterated",
 ]
 
 CorrLCholeskyTransform = CorrCholeskyTransform  # Pyro's name for the same map
@@ -243,3 +243,75 @@ class HaarTransform(Transform):
         if self._cache_size == cache_size:
             return self
         return HaarTransform(self.dim, self.flip, cache_size=cache_size)
+
+
+class SimplexToOrderedTransform(Transform):
+    """A probability vector ``x`` (``[..., K]``) to ``K - 1`` increasing cutpoints
+    ``y_i = logit(x_0 + ... + x_i) + anchor_point`` (Betancourt's ordinal-regression prior on
+    cutpoints, with :class:`~ember.distributions.OrderedLogistic`). On the ``K - 1`` free
+    coordinates ``log|det J| = sum_i [softplus(z_i) + softplus(-z_i)]``, ``z = y - anchor_point``."""
+
+    domain = constraints.simplex
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, anchor_point: torch.Tensor | float | None = None) -> None:
+        self.anchor_point = torch.as_tensor(0.0 if anchor_point is None else anchor_point)
+        super().__init__()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SimplexToOrderedTransform) and torch.equal(self.anchor_point, other.anchor_point)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.cumsum(x[..., :-1], dim=-1)
+        return torch.logit(s) + self.anchor_point.to(x).unsqueeze(-1)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(y - self.anchor_point.to(y).unsqueeze(-1))
+        s = torch.cat([torch.zeros_like(s[..., :1]), s, torch.ones_like(s[..., :1])], dim=-1)
+        return s[..., 1:] - s[..., :-1]
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = y - self.anchor_point.to(y).unsqueeze(-1)
+        return (F.softplus(z) + F.softplus(-z)).sum(-1)
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        return torch.Size(shape[:-1] + (shape[-1] - 1,))
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        return torch.Size(shape[:-1] + (shape[-1] + 1,))
+
+
+class PositivePowerTransform(Transform):
+    """``y = x ** exponent`` on the positive reals (``exponent > 0``);
+    ``log|dy/dx| = log(exponent) + (exponent - 1) log x``."""
+
+    domain = constraints.positive
+    codomain = constraints.positive
+    bijective = True
+    sign = +1
+
+    def __init__(self, exponent: torch.Tensor | float, cache_size: int = 0) -> None:
+        exponent = torch.as_tensor(exponent)
+        if not bool((exponent > 0).all()):
+            raise ValueError(f"PositivePowerTransform: exponent must be positive; got {exponent.tolist()}")
+        self.exponent = exponent
+        super().__init__(cache_size=cache_size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PositivePowerTransform) and torch.equal(self.exponent, other.exponent)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pow(self.exponent.to(x))
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y.pow(1 / self.exponent.to(y))
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        e = self.exponent.to(x)
+        return torch.log(e) + (e - 1) * torch.log(x)
+
+    def with_cache(self, cache_size: int = 1) -> PositivePowerTransform:
+        if self._cache_size == cache_size:
+            return self
+        return PositivePowerTransform(self.exponent, cache_size=cache_size)
