@@ -76,7 +76,16 @@ def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None =
     for inference algorithms (e.g. ``{"baseline": {...}}`` for ``TraceGraph_ELBO``).
     """
     if obs is not None and not isinstance(obs, torch.Tensor):
-        obs = _obs_to_tensor(obs, fn)
+        try:
+            obs = _obs_to_tensor(obs, fn)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(
+                f"sample site '{name}': the observation must be numeric (a tensor, a number, a list or a numpy array of "
+                f"numbers); got {type(obs).__name__} {obs!r:.80}"
+            ) from e
+    err = getattr(fn, "_ember_arg_error", None)
+    if err is not None:
+        raise ValueError(f"sample site '{name}': the distribution {type(fn).__name__} got an invalid argument. {err}") from err
     if not isinstance(fn, _Distribution):
         if isinstance(fn, type) or not (hasattr(fn, "log_prob") and callable(fn)):
             raise _not_a_distribution(name, fn)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributions as _td
 
-from ember.distributions.torch_dist import TorchDistributionMixin
+from ember.distributions.torch_dist import TorchDistributionMixin, distribution_init
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _LOG_2_OVER_PI = math.log(2 / math.pi)
@@ -51,20 +51,22 @@ class Normal(TorchDistributionMixin, _td.Normal):
             dtype = torch.get_default_dtype()
             self.loc, self.scale = _constant(loc, dtype), _constant(scale, dtype)
             self._const = (float(loc), float(scale))
-            _td.Distribution.__init__(self, _SCALAR_SHAPE, validate_args=validate_args)
+            distribution_init(self, _SCALAR_SHAPE, validate_args=validate_args)
         elif (ts is float or ts is int) and isinstance(loc, _Tensor) and loc.dtype.is_floating_point:
             # a tensor location with a number for the scale (``Normal(mu, 1.)``)
             self.loc = loc
             self.scale = _constant(scale, loc.dtype).expand(loc.shape)
             self._const = (None, float(scale))  # type: ignore[assignment]
-            _td.Distribution.__init__(self, loc.shape, validate_args=validate_args)
+            distribution_init(self, loc.shape, validate_args=validate_args)
         elif isinstance(loc, _Tensor) and isinstance(scale, _Tensor) and loc.shape == scale.shape and loc.dtype == scale.dtype:
             self.loc, self.scale = loc, scale
-            _td.Distribution.__init__(self, loc.shape, validate_args=validate_args)
+            distribution_init(self, loc.shape, validate_args=validate_args)
         else:
             super().__init__(loc, scale, validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._ember_arg_error is not None:
+            self._refuse_if_invalid()
         if self._validate_args:
             self._validate_sample(value)
         const = self._const
@@ -113,7 +115,7 @@ class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
             _td.Distribution.__init__(base, _SCALAR_SHAPE, validate_args=validate_args)
             self.base_dist = base
             self.transforms = [_ABS]
-            _td.Distribution.__init__(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
+            distribution_init(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
         else:
             self._const_scale = None
             super().__init__(scale, validate_args=validate_args)

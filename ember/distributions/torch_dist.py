@@ -30,6 +30,29 @@ def as_bool_mask(mask: Any, who: str) -> Any:
     return m != 0
 
 
+def _deferring_init(dist: Any, init: Any, args: tuple, kwargs: dict) -> None:
+    """Run a distribution's ``__init__``; inside a model (a handler is active) an invalid
+    argument does not raise here but is kept in ``dist._ember_arg_error``, so that the sample
+    site it is built for reports it with the site's name (``ember.sample`` raises it; log_prob,
+    sample and rsample refuse to run). Outside inference the error is raised at once."""
+    try:
+        init(*args, **kwargs)
+    except ValueError as e:
+        from ember.runtime import _STACK
+
+        if not _STACK or "Expected parameter" not in str(e) or kwargs.get("validate_args"):
+            raise
+        kwargs = dict(kwargs, validate_args=False)
+        init(*args, **kwargs)
+        dist._ember_arg_error = e
+
+
+def distribution_init(dist: Any, *args: Any, **kwargs: Any) -> None:
+    """``torch.distributions.Distribution.__init__`` with the deferred argument error (see
+    :func:`_deferring_init`), for Ember classes that set their parameters themselves."""
+    _deferring_init(dist, lambda *a, **k: _td.Distribution.__init__(dist, *a, **k), args, kwargs)
+
+
 class TorchDistributionMixin:
     """What Ember adds to a ``torch.distributions.Distribution``.
 
@@ -42,7 +65,29 @@ class TorchDistributionMixin:
       sample, ``sample_shape + batch_shape + event_shape``.
     """
 
+    # The argument error of a distribution built while inference runs (a handler is active),
+    # kept so that ``ember.sample`` can name the site it was built for; None when valid.
+    _ember_arg_error: ValueError | None = None
+
+    def _refuse_if_invalid(self) -> None:
+        err = self._ember_arg_error
+        if err is not None:
+            raise ValueError(f"{type(self).__name__} was built with an invalid argument: {err}") from err
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        self._refuse_if_invalid()
+        return super().log_prob(value)  # type: ignore[misc]
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        self._refuse_if_invalid()
+        return super().sample(sample_shape)  # type: ignore[misc]
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        self._refuse_if_invalid()
+        return super().rsample(sample_shape)  # type: ignore[misc]
+
     def __call__(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        self._refuse_if_invalid()
         if self.has_rsample:
             return self.rsample(sample_shape)
         return self.sample(sample_shape)

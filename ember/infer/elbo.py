@@ -209,9 +209,9 @@ class ELBO:
     :param vectorize_particles: draw all particles at once along an extra plate on the
         left, instead of a Python loop.
     :param retain_graph: passed to ``backward``.
-    Pyro's ``ignore_jit_warnings`` and ``jit_options`` are accepted and warn once if set (Ember
-    compiles with make_fx, not ``torch.jit``); an unknown keyword is a ``TypeError`` naming the
-    closest valid one.
+    Pyro's ``ignore_jit_warnings`` is accepted (Ember's recording raises no jit warnings) and
+    ``jit_options`` warns once if set (Ember compiles with make_fx, not ``torch.jit``); an unknown
+    keyword is a ``TypeError`` naming the closest valid one.
     """
 
     def __init__(
@@ -229,9 +229,8 @@ class ELBO:
     ) -> None:
         owner = type(self).__name__
         check_kwargs(owner, kwargs, valid=_ELBO_KWARGS)
-        if ignore_jit_warnings or jit_options:
-            given = {"ignore_jit_warnings": ignore_jit_warnings} if ignore_jit_warnings else {"jit_options": jit_options}
-            check_kwargs(owner, given, ignored={k: "Ember records graphs with make_fx, not torch.jit" for k in given})
+        if jit_options:  # (ignore_jit_warnings is met as it is: Ember's recording raises no jit warnings)
+            check_kwargs(owner, {"jit_options": jit_options}, ignored={"jit_options": "Ember records graphs with make_fx, not torch.jit"})
         if max_iarange_nesting is not None:
             max_plate_nesting = max_iarange_nesting
         if not isinstance(num_particles, int) or num_particles < 1:
@@ -253,9 +252,21 @@ class ELBO:
         if self.vectorize_particles and self.num_particles > 1:
             if self.max_plate_nesting == math.inf:
                 self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
+                self._guessed_nesting = True
             dim = -int(self.max_plate_nesting) - 1
             name, num = "num_particles_vectorized", self.num_particles
-            yield get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
+            try:
+                traces = get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
+            except (ValueError, RuntimeError) as e:
+                if not getattr(self, "_guessed_nesting", False):
+                    raise
+                raise type(e)(
+                    f"{e}\n(vectorize_particles: the particles run in a plate at dim {dim}, left of the "
+                    f"max_plate_nesting={int(self.max_plate_nesting)} batch dims guessed from the first step's traces. If "
+                    f"the model's plates or batch dims have grown since (other data, dynamic structure), that guess no "
+                    f"longer fits: pass max_plate_nesting= to {type(self).__name__}.)"
+                ) from e
+            yield traces
         else:
             for _ in range(self.num_particles):
                 yield get_importance_trace(model, guide, args, kwargs, max_plate_nesting=self.max_plate_nesting)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ember.poutine.messenger import Messenger
+from ember.poutine.messenger import Messenger, _WarnsUnusedNames
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, apply_stack
 
@@ -31,13 +31,21 @@ def _to_tensor_like(value: Any, msg: Message) -> Any:
     return _obs_to_tensor(value, msg.fn)
 
 
-class ConditionMessenger(Messenger):
-    """Mark the sample sites named in ``data`` as observed, with the given values."""
+class ConditionMessenger(_WarnsUnusedNames, Messenger):
+    """Mark the sample sites named in ``data`` as observed, with the given values. Made by
+    :func:`condition`, it warns after its first run about names in ``data`` no site used."""
 
-    def __init__(self, fn: Callable | None = None, data: Any = None) -> None:
+    def __init__(self, fn: Callable | None = None, data: Any = None, warn_unused: bool = False) -> None:
         super().__init__(fn)
         self._from_trace = isinstance(data, Trace)
         self.data = _as_data(data, "condition")
+        if warn_unused and not self._from_trace:
+            self._watch_names(self.data, "condition")
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._unused is not None and exc[0] is None:
+            self._report_unused()
 
     def _pyro_sample(self, msg: Message) -> None:
         data = self.data
@@ -48,6 +56,8 @@ class ConditionMessenger(Messenger):
                 return
             msg.value = _to_tensor_like(value, msg)
             msg.is_observed = True
+            if self._unused is not None:
+                self._used(name)
 
     def _pyro_subsample(self, msg: Message) -> None:
         """Conditioned on a trace, a plate takes that trace's indices."""
@@ -59,7 +69,7 @@ class ConditionMessenger(Messenger):
 
 def condition(fn: Callable | None = None, data: Any = None) -> ConditionMessenger:
     """Condition ``fn`` on ``data`` (site name -> observed value)."""
-    return ConditionMessenger(fn, data=data)
+    return ConditionMessenger(fn, data=data, warn_unused=True)
 
 
 class DoMessenger(Messenger):

@@ -36,6 +36,35 @@ def _build_dispatch(cls: type, prefix: str, override: str) -> Any:
     return table
 
 
+class _WarnsUnusedNames:
+    """For handlers given data by site name (``condition``, ``substitute``): after the first
+    run through the handler, warn once about names in the data that no site used."""
+
+    _unused: set | None = None
+    _who: str = ""
+
+    def _watch_names(self, names: Any, who: str) -> None:
+        self._unused = set(names) or None
+        self._who = who
+
+    def _used(self, name: str) -> None:
+        unused = self._unused
+        if unused is not None:
+            unused.discard(name)
+
+    def _report_unused(self) -> None:
+        unused, self._unused = self._unused, None
+        if unused:
+            import warnings
+
+            warnings.warn(
+                f"{self._who}: the data names {sorted(unused)[:10]}, but no site of that name was reached in the run "
+                f"(a typo, or a site the model skips or hides with block?); those values had no effect",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 class Messenger:
     """An effect handler: a context manager, a decorator and a higher-order function.
 

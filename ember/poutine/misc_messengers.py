@@ -5,26 +5,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ember.poutine.messenger import Messenger
+from ember.poutine.messenger import Messenger, _WarnsUnusedNames
 from ember.runtime import Message, NonlocalExit
 
 
-class SubstituteMessenger(Messenger):
+class SubstituteMessenger(_WarnsUnusedNames, Messenger):
     """Give param sites (and unobserved sample sites) the values in ``data`` (or those
     ``substitute_fn(msg)`` returns, when not None). Substituted param values are used
     as they are: no constraint is applied."""
 
-    def __init__(self, fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> None:
+    def __init__(self, fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None, warn_unused: bool = False) -> None:
         super().__init__(fn)
         if data is not None and substitute_fn is not None:
             raise ValueError("substitute: give data= or substitute_fn=, not both")
         self.data = data if data is not None else {}
         self.substitute_fn = substitute_fn
+        if warn_unused and substitute_fn is None:
+            self._watch_names(self.data, "substitute")
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._unused is not None and exc[0] is None:
+            self._report_unused()
 
     def _value_for(self, msg: Message) -> Any:
         if self.substitute_fn is not None:
             return self.substitute_fn(msg)
-        return self.data.get(msg.name)
+        value = self.data.get(msg.name)
+        if value is not None and self._unused is not None:
+            self._used(msg.name)
+        return value
 
     def _pyro_param(self, msg: Message) -> None:
         value = self._value_for(msg)
@@ -42,7 +52,7 @@ class SubstituteMessenger(Messenger):
 
 
 def substitute(fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> SubstituteMessenger:
-    return SubstituteMessenger(fn, data=data, substitute_fn=substitute_fn)
+    return SubstituteMessenger(fn, data=data, substitute_fn=substitute_fn, warn_unused=True)
 
 
 class LiftMessenger(Messenger):

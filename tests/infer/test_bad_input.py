@@ -172,3 +172,71 @@ def test_nonfinite_gradient_raises_and_leaves_params_unchanged():
 
 def _empty_guide_noargs():
     pass
+
+
+# ---- issue 17 point 6: model checks that name the site ---------------------------------------
+
+
+def test_non_numeric_observation_names_the_site():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs="3.5")
+
+    with pytest.raises(TypeError, match=r"sample site 'x': the observation must be numeric.*str '3.5'"):
+        pyro.poutine.trace(model).get_trace()
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan")])
+def test_invalid_distribution_argument_names_the_site(scale):
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, scale), obs=torch.tensor(0.5))
+
+    def guide():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"sample site 'x': the distribution Normal got an invalid argument.*scale"):
+        Trace_ELBO().loss(model, guide)
+    with pytest.raises(ValueError, match="scale"):  # outside inference: torch's error, at once
+        dist.Normal(0.0, scale)
+
+
+@pytest.mark.parametrize("idx", [[0, 12], [-1, 2], [0.5, 1.0]])
+def test_subsample_indices_out_of_range_or_not_integers(idx):
+    with pytest.raises(ValueError, match=r"plate 'data'.*(\[0, 9\]|integers)"):
+        pyro.plate("data", 10, subsample=torch.tensor(idx))
+
+
+def test_condition_and_substitute_with_names_no_site_uses_warn_once():
+    def model():
+        return pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    conditioned = pyro.condition(model, data={"x": torch.tensor(1.0), "y_typo": torch.tensor(2.0)})
+    with pytest.warns(UserWarning, match=r"condition: the data names \['y_typo'\].*no site"):
+        conditioned()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conditioned()  # once only
+    with pytest.warns(UserWarning, match=r"substitute: the data names \['w'\]"):
+        pyro.poutine.substitute(model, data={"w": torch.tensor(0.0)})()
+
+
+def test_vectorized_particles_guess_that_no_longer_fits_says_so():
+    calls = []
+
+    def model():
+        calls.append(1)
+        with pyro.plate("rows", 3, dim=-1):
+            if len(calls) == 1:  # the guessing run sees one plate ...
+                pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(3))
+            else:  # ... later runs a second one, at a dim the particles now hold
+                with pyro.plate("cols", 2, dim=-2):
+                    pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(2, 3))
+
+    def guide():
+        pass
+
+    elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
+    with pytest.raises(ValueError, match=r"(?s)asks for dim -2.*max_plate_nesting=1 batch dims guessed from the first step"):
+        elbo.loss(model, guide)
