@@ -4,6 +4,9 @@ For each model, in one process: ember's NUTS, pyro-ppl's NUTS and numpyro's NUTS
 importable; run this file with the peers' python, ``.peers-venv/bin/python benchmarks/nuts.py``,
 after ``pip install -e . --no-deps`` there), every one with 1 chain, ``--warmup`` adaptation
 steps and ``--samples`` draws, target acceptance 0.8, diagonal mass matrix, max tree depth 10.
+Then ``--chains`` (4) chains: ember vectorized (one batched evaluation per step, the default) and
+sequential, and numpyro's vectorized chains (first and second run in the process); and ember with
+torch's default thread count and Ember choosing the threads (``num_threads=None``), 1 and 4 chains.
 Reported per library: wall time of the whole run (numpyro's includes its JIT compilation: it
 is its first run in the process), gradient evaluations (warm-up and sampling), the minimum
 effective sample size over every latent element (computed by ember's estimator on every
@@ -49,11 +52,12 @@ def logreg_data(seed: int, n: int = 1000, d: int = 10) -> tuple[np.ndarray, np.n
     return x.numpy(), y.numpy()
 
 
-def min_ess(samples: dict[str, np.ndarray]) -> float:
+def min_ess(samples: dict[str, np.ndarray], grouped: bool = False) -> float:
+    """The minimum ESS over every latent element; ``grouped``: values are ``[chains, draws, ...]``."""
     vals = []
     for v in samples.values():
         v = np.asarray(v, dtype=np.float64)
-        vals.append(np.min(effective_sample_size(v[None])))
+        vals.append(np.min(effective_sample_size(v if grouped else v[None])))
     return float(min(vals))
 
 
@@ -85,21 +89,29 @@ def ember_models() -> dict[str, Any]:
     return pyro_style_models(ember, dist)
 
 
-def run_ember(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool | None = None) -> dict[str, Any]:
+def run_ember(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool | None = None, chains: int = 1,
+              method: str = "vectorized", num_threads: int | None = None) -> dict[str, Any]:
     import ember
     from ember.infer import MCMC, NUTS
 
     model = ember_models()[name]
     ember.set_rng_seed(args.seed)
     mcmc = MCMC(NUTS(model, jit_compile=jit_compile), num_samples=args.samples, warmup_steps=args.warmup,
-                disable_progbar=True)
+                disable_progbar=True, num_chains=chains, chain_method=method, num_threads=num_threads)
     t = time.perf_counter()
     mcmc.run(*data)
     wall = time.perf_counter() - t
-    samples = {k: v.numpy() for k, v in mcmc.get_samples().items()}
+    samples = {k: v.numpy() for k, v in mcmc.get_samples(group_by_chain=True).items()}
     out = _report(wall, mcmc.num_grad_evals_warmup + mcmc.num_grad_evals, samples, mcmc.num_divergences,
-                  float(mcmc.step_sizes[0]))
+                  float(mcmc.step_sizes[0]), grouped=True)
     out["potential"] = mcmc.compile_status[0]
+    out["threads"] = mcmc.thread_status
+    if chains > 1:
+        from ember.infer.mcmc.util import diagnostics
+
+        out["max_r_hat"] = round(max(float(d["r_hat"].max()) for d in diagnostics(mcmc.get_samples(group_by_chain=True)).values()), 4)
+        per_chain = [int(s["num_steps"].sum()) + w for s, w in zip(mcmc._stats, mcmc._warmup_grad_evals)]
+        out["grad_evals_per_chain"] = per_chain
     return out
 
 
@@ -213,7 +225,7 @@ def pyro_potential_us(name: str, data: tuple, reps: int) -> float:
 
 
 # ---- numpyro ---------------------------------------------------------------------------------------
-def run_numpyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
+def run_numpyro(name: str, data: tuple, args: argparse.Namespace, chains: int = 1) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -223,15 +235,16 @@ def run_numpyro(name: str, data: tuple, args: argparse.Namespace) -> dict[str, A
     model = pyro_style_models(numpyro, dist, zeros=jnp.zeros)[name]
 
     jdata = tuple(jnp.asarray(d.numpy() if isinstance(d, torch.Tensor) else d) for d in data)
-    mcmc = MCMC(NUTS(model), num_warmup=args.warmup, num_samples=args.samples, progress_bar=False)
+    mcmc = MCMC(NUTS(model), num_warmup=args.warmup, num_samples=args.samples, progress_bar=False, num_chains=chains,
+                chain_method="vectorized")
     t = time.perf_counter()
     mcmc.run(jax.random.PRNGKey(args.seed), *jdata, extra_fields=("num_steps", "diverging"))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     wall = time.perf_counter() - t
     extra = mcmc.get_extra_fields()
     grads = int(np.sum(extra["num_steps"]))  # sampling only: numpyro does not report warm-up steps here
-    return _report(wall, grads, samples, int(np.sum(extra["diverging"])), float(mcmc.last_state.adapt_state.step_size),
-                   grads_cover="sampling only")
+    return _report(wall, grads, samples, int(np.sum(extra["diverging"])),
+                   float(np.ravel(mcmc.last_state.adapt_state.step_size)[0]), grads_cover="sampling only", grouped=True)
 
 
 # ---- shared -------------------------------------------------------------------------------------------
@@ -248,11 +261,12 @@ def _time_us(fn: Any, reps: int) -> float:
 
 
 def _report(wall: float, grads: int, samples: dict[str, np.ndarray], divergences: int, step_size: float,
-            grads_cover: str = "warmup + sampling") -> dict[str, Any]:
-    ess = min_ess(samples)
+            grads_cover: str = "warmup + sampling", grouped: bool = False) -> dict[str, Any]:
+    ess = min_ess(samples, grouped)
     means = {}
     for k, v in samples.items():
-        m = np.asarray(v).mean(0)
+        v = np.asarray(v)
+        m = v.reshape((-1,) + v.shape[2:]).mean(0) if grouped else v.mean(0)
         means[k] = round(float(m), 3) if np.ndim(m) == 0 else [round(float(a), 3) for a in np.ravel(m)[:3]]
     return {"wall_s": round(wall, 2), "grad_evals": grads, "grad_evals_cover": grads_cover, "min_ess": round(ess, 1),
             "min_ess_per_s": round(ess / wall, 1), "divergences": divergences, "step_size": round(step_size, 4),
@@ -270,7 +284,10 @@ def main() -> None:
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-numpyro", action="store_true")
     p.add_argument("--no-pyro-jit", action="store_true", help="skip pyro-ppl's NUTS(jit_compile=True) run")
+    p.add_argument("--chains", type=int, default=4, help="the multi-chain runs' number of chains (default 4)")
+    p.add_argument("--no-eager", action="store_true", help="skip ember's jit_compile=False run")
     args = p.parse_args()
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     # before jax is imported (the version check below imports it)
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}")
@@ -299,14 +316,25 @@ def main() -> None:
         "logreg": (torch.from_numpy(x), torch.from_numpy(yb)),
     }
     out: dict[str, Any] = {"benchmark": "nuts", "warmup": args.warmup, "samples": args.samples, "threads": args.threads,
-                           "versions": versions, "machine": platform.machine(), "models": {}}
+                           "versions": versions, "machine": platform.machine(), "load_before": os.getloadavg(),
+                           "models": {}}
     for name in args.models.split(","):
         data = datasets[name]
         res: dict[str, Any] = {}
         # ember's default run first: its wall time includes the process's first compilation
         # (make_fx imports torch._dynamo once, ~1.2 s here), as a user's first run would
         res["ember"] = run_ember(name, data, args)
-        res["ember_eager"] = run_ember(name, data, args, jit_compile=False)
+        res["ember_second_run"] = run_ember(name, data, args)  # no one-time import: what 4 chains compare with
+        C = args.chains
+        res[f"ember_{C}_chains_vectorized"] = run_ember(name, data, args, chains=C, method="vectorized")
+        res[f"ember_{C}_chains_sequential"] = run_ember(name, data, args, chains=C, method="sequential")
+        # torch's default thread count, Ember choosing (num_threads=None): what a user gets without set_num_threads
+        torch.set_num_threads(default_threads)
+        res["ember_threads_chosen"] = run_ember(name, data, args)
+        res[f"ember_{C}_chains_threads_chosen"] = run_ember(name, data, args, chains=C)
+        torch.set_num_threads(args.threads)
+        if not args.no_eager:
+            res["ember_eager"] = run_ember(name, data, args, jit_compile=False)
         res["ember_compile_s"] = ember_compile_s(name, data)
         res["potential_us"] = {"ember": ember_potential_us(name, data, args.potential_reps, compiled=True),
                                "ember_eager": ember_potential_us(name, data, args.potential_reps, compiled=False),
@@ -318,9 +346,16 @@ def main() -> None:
                 res["pyro_jit"] = run_pyro(name, data, args, jit_compile=True)
         if have["numpyro"]:
             res["numpyro_first_run"] = run_numpyro(name, data, args)
+            res[f"numpyro_{C}_chains_first_run"] = run_numpyro(name, data, args, chains=C)
+            res[f"numpyro_{C}_chains_second_run"] = run_numpyro(name, data, args, chains=C)
         pot = res["potential_us"]
+        vec, seq = res[f"ember_{C}_chains_vectorized"], res[f"ember_{C}_chains_sequential"]
         ratios = {"ember_potential_vs_hand": round(pot["ember"] / pot["torch_by_hand"], 2),
-                  "ember_eager_potential_vs_hand": round(pot["ember_eager"] / pot["torch_by_hand"], 2)}
+                  "ember_eager_potential_vs_hand": round(pot["ember_eager"] / pot["torch_by_hand"], 2),
+                  f"ember_{C}_vectorized_wall_over_1_chain": round(vec["wall_s"] / res["ember_second_run"]["wall_s"], 2),
+                  f"ember_{C}_sequential_wall_over_1_chain": round(seq["wall_s"] / res["ember_second_run"]["wall_s"], 2),
+                  f"ember_{C}_sequential_wall_over_vectorized": round(seq["wall_s"] / vec["wall_s"], 2),
+                  "ember_threads_chosen_wall_over_1_thread": round(res["ember_threads_chosen"]["wall_s"] / res["ember_second_run"]["wall_s"], 2)}
         if have["pyro"]:
             ratios["pyro_wall_over_ember_wall"] = round(res["pyro"]["wall_s"] / res["ember"]["wall_s"], 2)
             ratios["ember_ess_per_s_over_pyro"] = round(res["ember"]["min_ess_per_s"] / max(res["pyro"]["min_ess_per_s"], 1e-9), 2)
@@ -330,9 +365,12 @@ def main() -> None:
                 ratios["pyro_jit_wall_over_ember_wall"] = round(res["pyro_jit"]["wall_s"] / res["ember"]["wall_s"], 2)
         if have["numpyro"]:
             ratios["numpyro_first_wall_over_ember_wall"] = round(res["numpyro_first_run"]["wall_s"] / res["ember"]["wall_s"], 2)
+            ratios[f"numpyro_{C}_chains_second_run_wall_over_ember_vectorized"] = round(
+                res[f"numpyro_{C}_chains_second_run"]["wall_s"] / vec["wall_s"], 2)
         res["ratios"] = ratios
         out["models"][name] = res
         print(f"# {name}: {json.dumps(ratios)}", file=sys.stderr, flush=True)
+    out["load_after"] = os.getloadavg()
     print(json.dumps(out))
 
 
