@@ -153,18 +153,13 @@ class PlateMessenger(Messenger):
 
     def _new_subsample(self) -> torch.Tensor:
         fn = _Subsample(self.size, self.subsample_size, self.device)
-        if self._subsample_given is not None:
-            sub = self._subsample_given
-        elif not _STACK:
-            return fn.sample()
-        else:
-            sub = None
+        given = self._subsample_given
         if not _STACK:
-            return sub
+            return given if given is not None else fn.sample()
         # A message of its own, so that replay() makes the model use the guide's indices, also
         # where the model's plate itself does not subsample (AIR's model); its size and scale
         # then follow the indices.
-        msg = Message("subsample", self.name, fn, value=sub)
+        msg = Message("subsample", self.name, fn, value=given)
         apply_stack(msg)
         sub = msg.value
         n = len(sub)
