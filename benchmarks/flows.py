@@ -136,7 +136,7 @@ def _check_against_pyro() -> None:
         "planar": (lambda T: T.planar(D), False), "radial": (lambda T: T.radial(D), False), "householder": (lambda T: T.householder(D, 2), True),
         "sylvester": (lambda T: T.sylvester(D, 2), False), "neural_autoregressive": (lambda T: T.neural_autoregressive(D), False),
         "block_autoregressive": (lambda T: T.block_autoregressive(D), False), "batchnorm": (lambda T: T.batchnorm(D).eval(), True),
-        "matrix_exponential": (lambda T: T.matrix_exponential(D), True),
+        "matrix_exponential": (lambda T: T.matrix_exponential(D), True), "polynomial": (lambda T: T.polynomial(D), False),
     }
     for name, (make, invertible) in flows.items():
         torch.manual_seed(0)

@@ -38,12 +38,13 @@ def _flows():
         "block_autoregressive_gated": T.block_autoregressive(D, hidden_factors=[2], activation="sigmoid", residual="gated"),
         "permute": T.permute(D),
         "matrix_exponential": T.matrix_exponential(D),
+        "polynomial": T.polynomial(D),
         "lower_cholesky_affine": T.LowerCholeskyAffine(torch.randn(D), torch.randn(D, D).tril(-1) + torch.diag(torch.rand(D) + 0.5)),
     }
 
 
 FLOWS = _flows()
-NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
+NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "polynomial", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
 ELEMENTWISE = {"spline_linear", "spline_quadratic", "batchnorm"}
 
 

@@ -61,6 +61,7 @@ from ember.distributions.transforms.simple_flows import (
     MatrixExponential,
     NeuralAutoregressive,
     Planar,
+    Polynomial,
     Radial,
     Sylvester,
     batchnorm,
@@ -74,6 +75,7 @@ from ember.distributions.transforms.simple_flows import (
     neural_autoregressive,
     permute,
     planar,
+    polynomial,
     radial,
     sylvester,
 )
@@ -98,7 +100,7 @@ from ember.distributions.transforms.torch_transform import (
 
 __all__ = list(_torch_all) + [
     "ConditionalHouseholder", "ConditionalMatrixExponential", "ConditionalNeuralAutoregressive", "ConditionalRadial",
-    "MatrixExponential", "conditional_householder", "conditional_matrix_exponential", "conditional_neural_autoregressive",
+    "MatrixExponential", "Polynomial", "polynomial", "conditional_householder", "conditional_matrix_exponential", "conditional_neural_autoregressive",
     "conditional_radial", "matrix_exponential",
     "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
     "generalized_channel_permute",

@@ -20,6 +20,7 @@ from ember.nn.dense_nn import DenseNN
 
 __all__ = [
     "ConditionalHouseholder", "ConditionalMatrixExponential", "ConditionalNeuralAutoregressive", "ConditionalRadial", "MatrixExponential",
+    "Polynomial", "polynomial",
     "conditional_householder", "conditional_matrix_exponential", "conditional_neural_autoregressive", "conditional_radial", "matrix_exponential",
     "BatchNorm", "ConditionalPlanar", "Householder", "NeuralAutoregressive", "Planar", "Radial", "Sylvester",
     "batchnorm", "conditional_planar", "householder", "neural_autoregressive", "permute", "planar", "radial", "sylvester",
@@ -423,6 +424,60 @@ class ConditionalNeuralAutoregressive(ConditionalTransformModule):
 
     def condition(self, context: torch.Tensor) -> NeuralAutoregressive:
         return NeuralAutoregressive(partial(self.nn, context=context), **self.kwargs)
+
+
+class Polynomial(TransformModule):
+    """Sum-of-squares polynomial flow (Jaini et al. 2019): for each coordinate ``j``,
+    ``y_j = c_j + ∫_0^{x_j} sum_k (sum_r a_kr u^r)^2 du`` with the ``count_sum`` polynomials of
+    degree ``count_degree`` given by ``autoregressive_nn(x)`` (``param_dims = [(count_degree + 1) *
+    count_sum]``, so ``a`` depends only on earlier coordinates). Monotone, autoregressive;
+    ``log|det J| = sum_j log sum_k P_k(x_j)^2``. Forward only (cached inverse)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    autoregressive = True
+
+    def __init__(self, autoregressive_nn: Any, input_dim: int, count_degree: int, count_sum: int) -> None:
+        super().__init__(cache_size=1)
+        self.arn, self.input_dim, self.count_degree, self.count_sum = autoregressive_nn, input_dim, count_degree, count_sum
+        bound = 1 / math.sqrt(input_dim)
+        self.c = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
+        powers = torch.arange(1, count_degree + 2, dtype=torch.get_default_dtype())
+        power_mask = powers + torch.arange(count_degree + 1, dtype=powers.dtype).unsqueeze(-1)  # r + s + 1
+        self.register_buffer("powers", powers)
+        self.register_buffer("power_mask", power_mask)
+        self.register_buffer("mask", power_mask.reciprocal())
+        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        R1, K = self.count_degree + 1, self.count_sum
+        a = self.arn(x).reshape(x.shape[:-1] + (K, R1, self.input_dim))  # [..., K, R+1, D]
+        coefs = (a.unsqueeze(-2) * a.unsqueeze(-3)).sum(-4)  # sum_k a_kr a_ks: [..., R+1, R+1, D]
+        xu = x.unsqueeze(-2).unsqueeze(-2)  # [..., 1, 1, D]
+        pm = self.power_mask.to(x).unsqueeze(-1)  # [R+1, R+1, 1]
+        y = self.c + (coefs * xu.pow(pm) * self.mask.to(x).unsqueeze(-1)).sum((-3, -2))
+        deriv = (coefs * xu.pow(pm - 1)).sum((-3, -2))  # sum_k P_k(x)^2
+        return y, deriv.clamp_min(torch.finfo(x.dtype).tiny).log().sum(-1)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._forward(x)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise _not_invertible("Polynomial")
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
+
+
+def polynomial(input_dim: int, hidden_dims: list[int] | None = None) -> Polynomial:
+    """A :class:`Polynomial` flow (degree 4, sums of 3 squares) with a MADE network (default hidden ``[10 * input_dim]``)."""
+    hidden = [input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    arn = AutoRegressiveNN(input_dim, hidden, param_dims=[(4 + 1) * 3])
+    return Polynomial(arn, input_dim=input_dim, count_degree=4, count_sum=3)
 
 
 def planar(input_dim: int) -> Planar:
