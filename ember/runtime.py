@@ -36,7 +36,7 @@ Fields (who sets, who reads)
 ``scale``               a float or tensor: ``plate`` subsampling and ``poutine.scale`` multiply it.
 ``mask``                None, a bool or a bool tensor: ``poutine.mask`` and ``Distribution.mask``
                         (through the distribution) combine with ``&``.
-``cond_indep_stack``    the plates (``CondIndepStackFrame``) around the site, innermost first; set
+``cond_indep_stack``    the plates (``CondIndepStackFrame``) around the site, outermost first; set
                         by ``plate`` (sample and param messages).
 ``done``                the value is final: the default action does not draw.
 ``stop``                handlers outside the current one do not see the message (``block``).
