@@ -25,3 +25,8 @@ def __getattr__(name: str):
 from ember.infer.abstract_infer import TracePosterior  # noqa: E402  (Pyro exports it from pyro.infer)
 
 __all__ += ["TracePosterior"]
+
+# issue 14: Rényi / IWAE bound
+from ember.infer.renyi_elbo import RenyiELBO  # noqa: E402
+
+__all__ += ["RenyiELBO"]

@@ -1,0 +1,137 @@
+"""``RenyiELBO``: the variational Rényi bound (``alpha = 0``: the importance-weighted bound, IWAE)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
+from ember.poutine.trace_struct import Trace, scale_and_mask
+from ember.runtime import is_guide_latent
+
+__all__ = ["RenyiELBO"]
+
+
+def per_particle(lp: Any, particle_dim: int | None, n: int) -> torch.Tensor:
+    """A site's log-density (any shape) summed to one value per particle: ``[n]``. With
+    ``particle_dim`` None (one particle per trace) the whole sum, as ``[1]``."""
+    if not isinstance(lp, torch.Tensor):
+        lp = torch.as_tensor(float(lp))
+    if particle_dim is None:
+        return lp.sum().reshape(1)
+    if lp.dim() < -particle_dim:
+        return lp.sum().expand(n)
+    lp = lp.movedim(particle_dim, 0)
+    out = lp.reshape(lp.shape[0], -1).sum(-1)
+    return out.expand(n) if out.shape[0] == 1 else out
+
+
+def log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log w, score)``, each ``[n]`` (score None where every guide site is reparameterized): ``log w = log p(x, z) - log q(z)`` of each particle (scaled
+    and masked), and the sum of the unscaled (masked) ``log q`` of its non-reparameterized guide
+    sites, whose gradient is the score function."""
+    log_w: Any = 0.0
+    score: Any = None
+    for site in model_trace.nodes.values():
+        if site.type == "sample" and site.log_prob is not None:
+            log_w = log_w + per_particle(site.log_prob, particle_dim, n)
+    for site in guide_trace.nodes.values():
+        if is_guide_latent(site) and site.log_prob is not None:
+            log_w = log_w - per_particle(site.log_prob, particle_dim, n)
+            if not site.fn.has_rsample:
+                term = per_particle(scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), particle_dim, n)
+                score = term if score is None else score + term
+    if not isinstance(log_w, torch.Tensor):
+        log_w = torch.zeros(n)
+    return log_w.expand(n) if log_w.shape[0] == 1 and n > 1 else log_w, score
+
+
+class RenyiELBO(ELBO):
+    """The variational Rényi bound of Li and Turner (2016), from ``K = num_particles`` draws:
+
+        L_alpha = 1 / (1 - alpha) * log (1/K sum_k w_k ** (1 - alpha)),  w_k = p(x, z_k) / q(z_k).
+
+    ``alpha = 0`` is the importance-weighted bound (IWAE), ``log mean_k w_k``: it increases with
+    ``K`` towards ``log p(x)``. ``alpha -> 1`` gives the ELBO (``mean_k log w_k``; ``alpha=1`` is
+    that limit, so it equals ``Trace_ELBO`` in expectation). For ``alpha < 1`` the bound lies
+    between the ELBO and ``log p(x)``. The loss is ``-L_alpha`` (not an average of per-particle
+    losses). Reparameterized guide sites get pathwise gradients; every other guide site a
+    score-function term whose cost is the whole bound (the bound does not split over plates).
+
+    :param alpha: the order, a float ``>= 0`` (Pyro's default 0).
+    :param num_particles: ``K`` (default 2); ``vectorize_particles`` draws them in one batch.
+    """
+
+    def __init__(self, alpha: float = 0.0, num_particles: int = 2, max_plate_nesting: float = math.inf,
+                 max_iarange_nesting: float | None = None, vectorize_particles: bool = False,
+                 strict_enumeration_warning: bool = True) -> None:
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"RenyiELBO: alpha must be a finite number >= 0 (0: IWAE, 1: the ELBO); got {alpha!r}")
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                         max_iarange_nesting=max_iarange_nesting, vectorize_particles=vectorize_particles,
+                         strict_enumeration_warning=strict_enumeration_warning)
+        self.alpha = float(alpha)
+
+    def _all_log_weights(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, list]:
+        ws, scores, traces = [], [], []
+        vectorized = self.vectorize_particles and self.num_particles > 1
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            pdim = -int(self.max_plate_nesting) - 1 if vectorized else None
+            w, s = log_weights(model_trace, guide_trace, pdim, self.num_particles if vectorized else 1)
+            ws.append(w)
+            scores.append(s)
+            traces.append((model_trace, guide_trace))
+        log_w = torch.cat(ws)
+        if not any(isinstance(s, torch.Tensor) for s in scores):
+            return log_w, None, traces
+        score = torch.cat([s.expand(w.shape) if isinstance(s, torch.Tensor) else torch.zeros_like(w) for s, w in zip(scores, ws)])
+        return log_w, score, traces
+
+    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        k = log_w.shape[0]
+        if self.alpha == 1.0:
+            return log_w.mean()
+        one_minus = 1.0 - self.alpha
+        return (torch.logsumexp(one_minus * log_w, 0) - math.log(k)) / one_minus
+
+    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+        """(loss, surrogate) as tensors (the contract of ``ELBO`` and the compiled ELBO)."""
+        return self._terms(model, guide, args, kwargs)[:2]
+
+    def _terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any, list]:
+        log_w, score, traces = self._all_log_weights(model, guide, args, kwargs)
+        bound = self._bound(log_w)
+        loss = -bound
+        if score is None:
+            return loss, loss, traces
+        # score function: d/dphi E[L(z_1..z_K)] = E[L * sum_k d log q(z_k) + dL/dphi]; at alpha = 1 the
+        # bound is a mean over particles and each particle's score takes its own cost only
+        if self.alpha == 1.0:
+            extra = (log_w.detach() * score).mean()
+        else:
+            extra = bound.detach() * score.sum()
+        surrogate = -(bound + extra - extra.detach())
+        return loss, surrogate, traces
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """An estimate of ``-L_alpha`` (a float); no gradients."""
+        with torch.no_grad():
+            return self._terms(model, guide, args, kwargs)[0].item()
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """A surrogate of ``-L_alpha`` whose value is the loss and whose gradient estimates its gradient."""
+        return self._terms(model, guide, args, kwargs)[1]
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Estimate ``-L_alpha`` (returned as a float) and backpropagate its gradient."""
+        loss, surrogate, traces = self._terms(model, guide, args, kwargs)
+        value = loss.item()
+        if not math.isfinite(value):
+            labelled = [(label, tr) for pair in traces for label, tr in zip(("model", "guide"), pair)]
+            raise NonFiniteLossError(f"The loss is {value}: {describe_nonfinite(labelled)}. No gradient step was taken.")
+        if surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        return value
