@@ -56,3 +56,8 @@ from ember import settings  # noqa: E402
 from ember.primitives import plate_stack, subsample  # noqa: E402
 
 __all__ += ["plate_stack", "settings", "subsample"]
+
+# Enumeration (issue 13): ember.markov, as pyro.markov
+from ember.poutine.markov_messenger import markov  # noqa: E402
+
+__all__ += ["markov"]

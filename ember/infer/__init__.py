@@ -26,6 +26,12 @@ from ember.infer.abstract_infer import TracePosterior  # noqa: E402  (Pyro expor
 
 __all__ += ["TracePosterior"]
 
+# Enumeration (issue 13)
+from ember.infer.enum import config_enumerate  # noqa: E402
+from ember.infer.traceenum_elbo import JitTraceEnum_ELBO, TraceEnum_ELBO  # noqa: E402
+
+__all__ += ["JitTraceEnum_ELBO", "TraceEnum_ELBO", "config_enumerate"]
+
 # issue 14: Rényi / IWAE bound
 from ember.infer.renyi_elbo import RenyiELBO  # noqa: E402
 

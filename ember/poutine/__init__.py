@@ -86,3 +86,9 @@ __all__ += [
 from ember.poutine.reparam_messenger import ReparamMessenger, reparam  # noqa: E402
 
 __all__ += ["ReparamMessenger", "reparam"]
+
+# Enumeration (issue 13): parallel enumeration of discrete sites, and markov chains that recycle dims
+from ember.poutine.enum_messenger import EnumMessenger, enum  # noqa: E402
+from ember.poutine.markov_messenger import MarkovMessenger, markov  # noqa: E402
+
+__all__ += ["EnumMessenger", "MarkovMessenger", "enum", "markov"]

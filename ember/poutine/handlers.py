@@ -119,3 +119,10 @@ def unwrap(fn: Callable) -> Callable:
 from ember.poutine.reparam_messenger import reparam  # noqa: E402
 
 __all__ += ["reparam"]
+
+
+# Enumeration (issue 13)
+from ember.poutine.enum_messenger import enum  # noqa: E402
+from ember.poutine.markov_messenger import markov  # noqa: E402
+
+__all__ += ["enum", "markov"]

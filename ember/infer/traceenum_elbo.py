@@ -1,0 +1,294 @@
+"""``TraceEnum_ELBO``: the ELBO with discrete latent sites summed out exactly by parallel enumeration.
+
+Model sites marked ``infer={"enumerate": "parallel"}`` (``config_enumerate``) that the guide does
+not sample are *marginalised*: the model's log-density becomes ``log Σ_z p(x, z, w)``, computed by
+the plated sum-product of :mod:`ember.ops.contract` over the enumerated dims (cost linear in the
+length of a ``markov`` chain). Guide sites marked for parallel enumeration are *integrated*: every
+cost is averaged over their values under the guide's probabilities (exactly, by a contraction
+weighted by ``q``). Other guide sites are sampled as in ``Trace_ELBO``: pathwise gradients where
+reparameterised, else a score-function term whose cost is the whole particle's ELBO.
+
+The ELBO of one particle, with ``z_m`` the model's enumerated sites, ``z_g`` the guide's and ``w``
+the sampled ones:
+
+    E_{q(z_g | w)} [ log Σ_{z_m} p(x, z_m, z_g, w) - log q(z_g, w) ]
+
+``max_plate_nesting`` (given, or guessed by one run without enumeration) says how many dims on the
+right the plates own; enumeration uses the dims to their left. A model site that is more global
+than a guide-enumerated site it shares a factor with (a product over a plate of a sum over the
+model's site) is refused with an error naming both: its exact sum is exponential in the plate size.
+
+Plate subsampling scales each plate's product (``size / subsample_size``) after the sum over the
+enumerated values inside it; any other scale (``poutine.scale``) must be the same on every factor
+of the enumerated part (else ``ValueError`` naming the sites).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from ember.infer.compiled_elbo import CompiledLossAndGrads
+from ember.infer.elbo import ELBO, check_model_guide_match
+from ember.infer.trace_elbo import _loss_and_surrogate
+from ember.infer.util import in_plate
+from ember.ops.contract import contract_plated, sum_plates
+from ember.ops.einsum import contract
+from ember.poutine.enum_messenger import EnumMessenger
+from ember.poutine.replay_messenger import ReplayMessenger
+from ember.poutine.trace_messenger import TraceMessenger
+from ember.poutine.trace_struct import Trace, scale_and_mask
+from ember.runtime import Message, is_guide_latent, is_validation_enabled
+
+__all__ = ["TraceEnum_ELBO", "JitTraceEnum_ELBO", "enum_sites", "plate_symbol", "marginal_log_joint"]
+
+
+def plate_symbol(name: str) -> tuple:
+    """The contraction symbol of the plate named ``name`` (site names are the variables' symbols)."""
+    return ("plate", name)
+
+
+class _Factors:
+    """The log-density factors of one trace in named-dim form, and what they refer to."""
+
+    def __init__(self) -> None:
+        self.var_ordinals: dict[str, frozenset] = {}
+        self.var_sites: dict[str, Message] = {}
+        self.plates: dict[tuple, tuple[int, float]] = {}
+
+
+def _ordinal(site: Message, info: _Factors) -> frozenset:
+    ordinal = []
+    for f in site.cond_indep_stack:
+        if f.dim is not None and f.size >= 0:
+            sym = plate_symbol(f.name)
+            full = f.full_size if f.full_size else f.size
+            info.plates[sym] = (f.size, (full / f.size) if f.size else 1.0)
+            ordinal.append(sym)
+    return frozenset(ordinal)
+
+
+def _plate_scale(ordinal: frozenset, info: _Factors) -> float:
+    s = 1.0
+    for p in ordinal:
+        s *= info.plates[p][1]
+    return s
+
+
+def _named(site: Message, tensor: torch.Tensor, current: dict, mpn: int, ordinal: frozenset) -> tuple[torch.Tensor, tuple]:
+    """``tensor`` (a site's log-density, batch-shaped) with its size-1 dims dropped and every other dim
+    named: a plate's symbol, or the enumerated site that owns the dim. Dims right of the deepest plate
+    that no plate declares are summed (as every ELBO does)."""
+    n = tensor.dim()
+    frames = {f.dim: f for f in site.cond_indep_stack if f.dim is not None}
+    dims: list = []
+    keep: list = []
+    free: list = []
+    for i, size in enumerate(tensor.shape):
+        if size == 1:
+            continue
+        d = i - n
+        if -d <= mpn:
+            f = frames.get(d)
+            if f is None:
+                free.append(i)
+                continue
+            dims.append(plate_symbol(f.name))
+        else:
+            owner = current.get(d)
+            if owner is None:
+                raise ValueError(
+                    f"Site '{site.name}' has a log-density of shape {tuple(tensor.shape)}: size {size} at dim {d}, left of the "
+                    f"max_plate_nesting={mpn} plate dims, but no enumerated site uses dim {d}. Is max_plate_nesting too "
+                    f"small (count the nested plates), or does a batch dim lack its plate?"
+                )
+            dims.append(owner)
+        keep.append(i)
+    if free:
+        tensor = tensor.sum(free, keepdim=True)
+    return tensor.reshape([tensor.shape[i] for i in keep]), tuple(dims)
+
+
+def enum_sites(trace: Trace, info: _Factors) -> Iterator[tuple[Message, frozenset, dict]]:
+    """``(site, ordinal, owners)`` for each sample site of ``trace`` with a log-density, in order:
+    ``owners`` maps each enumerated dim to the site that owns it at that point of the run (a
+    ``markov`` chain hands a dim from site to site). Records every enumerated site in ``info``."""
+    current: dict[int, str] = {}
+    for name, site in trace.nodes.items():
+        if site.type != "sample" or site.log_prob is None:
+            continue
+        ordinal = _ordinal(site, info)
+        dim = site.infer.get("_enumerate_dim")
+        if dim is not None:
+            current = {**current, dim: name}
+            info.var_ordinals[name] = ordinal
+            info.var_sites[name] = site
+        yield site, ordinal, current
+
+
+def _residual_scale(site: Message, ordinal: frozenset, info: _Factors) -> float:
+    scale = site.scale
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(
+                f"Site '{site.name}' depends on an enumerated site and has a tensor scale of shape {tuple(scale.shape)}; "
+                f"TraceEnum_ELBO needs one scale for all factors it sums over (poutine.scale with a number)")
+        scale = float(scale)
+    return float(scale) / _plate_scale(ordinal, info)
+
+
+def marginal_log_joint(model_trace: Trace, mpn: int, sum_vars: set | None = None, ring: str = "log",
+                       tape: list | None = None) -> tuple[list, _Factors]:
+    """The model's log-density with its enumerated sites summed out (``ring="max"``: maximised).
+
+    Returns ``(costs, info)``: ``costs`` is a list of ``(ordinal, tensor, dims, scaled)`` whose sum
+    over plates (:func:`ember.ops.contract.sum_plates` where ``scaled`` is False; a plain sum where it
+    is True) is the log joint; ``dims`` may still name enumerated sites not in ``sum_vars`` (the
+    guide's). ``sum_vars`` defaults to every enumerated site of the trace.
+    """
+    info = _Factors()
+    raw = list(enum_sites(model_trace, info))
+    if sum_vars is None:
+        sum_vars = set(info.var_ordinals)
+    costs: list = []
+    enum_terms = []
+    residual: float | None = None
+    residual_site = None
+    for site, ordinal, owners in raw:
+        tensor, dims = _named(site, scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), owners, mpn, ordinal)
+        if any(d in sum_vars for d in dims):
+            r = _residual_scale(site, ordinal, info)
+            if residual is None:
+                residual, residual_site = r, site.name
+            elif not math.isclose(r, residual, rel_tol=1e-6):
+                raise ValueError(
+                    f"Sites '{residual_site}' and '{site.name}' both depend on enumerated sites but carry different scales "
+                    f"({residual} and {r}, besides plate subsampling); TraceEnum_ELBO needs one scale for the factors it sums over")
+            enum_terms.append((ordinal, tensor, dims))
+        elif dims:
+            costs.append((ordinal, *_named(site, site.log_prob, owners, mpn, ordinal), True))
+        else:
+            costs.append((ordinal, site.log_prob_sum, (), True))
+    if enum_terms:
+        for ordinal, t, dims in contract_plated(enum_terms, info.var_ordinals, sum_vars, info.plates, ring=ring, tape=tape):
+            if residual is not None and residual != 1.0:
+                t = t * residual
+            costs.append((ordinal, t, dims, False))
+    return costs, info
+
+
+def _expectation(ordinal: frozenset, tensor: torch.Tensor, dims: tuple, scaled: bool, weights: list, info: _Factors) -> torch.Tensor:
+    """The sum over plates of ``E_q[cost]`` over the guide-enumerated sites ``cost`` names."""
+    gvars = [d for d in dims if d in info.var_ordinals]
+    if gvars:
+        terms = [(torch.exp(w), wd) for w_ord, w, wd in weights if w_ord <= ordinal]
+        terms.append((tensor, dims))
+        out = tuple(dict.fromkeys(d for _, td in terms for d in td if d in info.plates))
+        tensor = contract(terms, out, ring="prob")
+        dims = out
+    if scaled:
+        return tensor.sum()
+    tensor, _ = sum_plates(tensor, dims, ordinal, info.plates)
+    return tensor
+
+
+class TraceEnum_ELBO(ELBO):
+    """The ELBO with parallel enumeration of discrete sites in model and guide (module docstring).
+
+    Accepts ``ELBO``'s arguments; ``max_plate_nesting`` should be given when the model's plates
+    are known (it is otherwise guessed by one run of model and guide without enumeration).
+    """
+
+    def _guess_mpn(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+        if self.max_plate_nesting == math.inf:
+            self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
+        mpn = self.max_plate_nesting
+        if isinstance(mpn, float):
+            if mpn != int(mpn) or mpn < 0:
+                raise ValueError(f"TraceEnum_ELBO: max_plate_nesting must be a non-negative integer; got {mpn!r}")
+            mpn = int(mpn)
+        return mpn
+
+    def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[Trace, Trace]]:
+        mpn = self._guess_mpn(model, guide, args, kwargs)
+        if self.vectorize_particles and self.num_particles > 1:
+            dim = -mpn - 1
+            name, num = "num_particles_vectorized", self.num_particles
+            yield self._get_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, mpn + 1)
+        else:
+            for _ in range(self.num_particles):
+                yield self._get_trace(model, guide, args, kwargs, mpn)
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, mpn: int) -> tuple[Trace, Trace]:
+        guide_enum = EnumMessenger(guide, first_available_dim=-mpn - 1, max_plate_nesting=mpn)
+        guide_tm = TraceMessenger(guide_enum)
+        guide_tm(*args, **kwargs)
+        guide_trace = guide_tm.trace
+        model_enum = EnumMessenger(ReplayMessenger(model, trace=guide_trace), first_available_dim=guide_enum.next_available_dim,
+                                   max_plate_nesting=mpn)
+        model_tm = TraceMessenger(model_enum)
+        model_tm(*args, **kwargs)
+        model_trace = model_tm.trace
+        if is_validation_enabled():
+            # the model's enumerated sites are summed out, not expected in the guide
+            view = Trace()
+            view.nodes = OrderedDict((n, st) for n, st in model_trace.nodes.items()
+                                     if not ("_enumerate_dim" in st.infer and n not in guide_trace.nodes))
+            check_model_guide_match(view, guide_trace)
+            for name, site in guide_trace.nodes.items():
+                if site.type == "sample" and site.infer.get("enumerate") == "sequential":
+                    raise NotImplementedError(f"TraceEnum_ELBO: guide site '{name}' asks for sequential enumeration; mark it 'parallel'")
+        model_trace.max_plate_nesting = guide_trace.max_plate_nesting = mpn
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        model_trace._enum_mpn = guide_trace._enum_mpn = mpn  # type: ignore[attr-defined]
+        return model_trace, guide_trace
+
+    def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
+        mpn = model_trace._enum_mpn  # type: ignore[attr-defined]
+        # the guide: its enumerated sites (weights), every latent's -log q (costs)
+        ginfo = _Factors()
+        weights = []
+        costs = []
+        nonreparam = []
+        for site, ordinal, owners in enum_sites(guide_trace, ginfo):
+            if not is_guide_latent(site):
+                continue
+            tensor, dims = _named(site, site.log_prob, owners, mpn, ordinal)
+            costs.append((ordinal, -tensor, dims, True))
+            if "_enumerate_dim" in site.infer:
+                weights.append((ordinal, *_named(site, site.unscaled_log_prob, owners, mpn, ordinal)))
+            elif not site.fn.has_rsample:
+                nonreparam.append(site)
+        guide_vars = set(ginfo.var_ordinals)
+        model_vars = {n for n, s in model_trace.nodes.items() if s.type == "sample" and "_enumerate_dim" in s.infer and n not in guide_vars}
+        mcosts, minfo = marginal_log_joint(model_trace, mpn, sum_vars=model_vars)
+        info = minfo
+        info.plates.update(ginfo.plates)
+        for n in guide_vars:
+            info.var_ordinals[n] = ginfo.var_ordinals[n]
+        gvar_only = _Factors()
+        gvar_only.plates = info.plates
+        gvar_only.var_ordinals = {n: info.var_ordinals[n] for n in guide_vars}
+        elbo: Any = 0.0
+        for ordinal, tensor, dims, scaled in mcosts + costs:
+            elbo = elbo + _expectation(ordinal, tensor, dims, scaled, weights, gvar_only)
+        if not isinstance(elbo, torch.Tensor):
+            elbo = torch.tensor(float(elbo))
+        if not nonreparam:
+            return _loss_and_surrogate(elbo)
+        score: Any = 0.0
+        for site in nonreparam:
+            score = score + scale_and_mask(site.unscaled_log_prob, 1.0, site.mask).sum()
+        return _loss_and_surrogate(elbo, score * elbo.detach())
+
+
+class JitTraceEnum_ELBO(CompiledLossAndGrads, TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` compiled (see :mod:`ember.infer.compiled_elbo`): one recorded graph of the
+    guide, the enumerated model and the contraction per argument signature; where the model or guide
+    is not static it warns once and runs eagerly (``compile_status`` says why)."""
+
