@@ -284,7 +284,7 @@ def test_stable_log_prob_against_scipy(alpha, beta, coords):
 def test_stable_log_prob_normalised_and_differentiable():
     a = torch.tensor(1.3, dtype=DT, requires_grad=True)
     d = dist.Stable(a, torch.tensor(0.4, dtype=DT))
-    x = torch.linspace(-60, 60, 24001, dtype=DT)
+    x = torch.linspace(-60, 60, 4001, dtype=DT)
     mass = torch.trapezoid(d.log_prob(x).exp(), x)
     assert abs(mass.detach().item() - 1) < 0.02  # heavy tails beyond ±60 hold about 1%
     (g,) = torch.autograd.grad(d.log_prob(torch.tensor(0.5, dtype=DT)), a)
