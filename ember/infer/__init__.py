@@ -36,3 +36,6 @@ __all__ += ["JitTraceEnum_ELBO", "TraceEnum_ELBO", "config_enumerate"]
 from ember.infer.renyi_elbo import RenyiELBO  # noqa: E402
 
 __all__ += ["RenyiELBO"]
+from ember.infer.discrete import infer_discrete  # noqa: E402
+
+__all__ += ["infer_discrete"]
