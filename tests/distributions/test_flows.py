@@ -32,6 +32,9 @@ def _flows():
         "householder": T.householder(D, 3),
         "sylvester": T.sylvester(D, 2),
         "neural_autoregressive": T.neural_autoregressive(D, width=6),
+        "neural_autoregressive_tanh": T.neural_autoregressive(D, width=5, activation="tanh"),
+        "neural_autoregressive_elu": T.neural_autoregressive(D, width=5, activation="ELU"),
+        "neural_autoregressive_leaky": T.neural_autoregressive(D, width=5, activation="LeakyReLU"),
         "batchnorm": T.batchnorm(D),
         "block_autoregressive": T.block_autoregressive(D, hidden_factors=[3, 2]),
         "block_autoregressive_normal": T.block_autoregressive(D, hidden_factors=[2], activation="ELU", residual="normal"),
@@ -44,7 +47,8 @@ def _flows():
 
 
 FLOWS = _flows()
-NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "polynomial", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
+NOT_INVERTIBLE = {"planar", "radial", "sylvester", "neural_autoregressive", "polynomial", "neural_autoregressive_tanh",
+                  "neural_autoregressive_elu", "neural_autoregressive_leaky", "block_autoregressive", "block_autoregressive_normal", "block_autoregressive_gated"}
 ELEMENTWISE = {"spline_linear", "spline_quadratic", "batchnorm"}
 
 

@@ -274,9 +274,11 @@ class BatchNorm(TransformModule):
 
 
 class NeuralAutoregressive(TransformModule):
-    """Deep sigmoidal flow: ``y_j = logit(sum_k w_jk sigmoid(a_jk x_j + b_jk))`` with
-    ``a > 0`` (softplus), ``w`` on the simplex (softmax), ``(a, w, b) = autoregressive_nn(x)``
-    (``param_dims = [hidden_units] * 3``). Monotone in ``x_j``; forward only (cached inverse)."""
+    """Neural autoregressive flow (Huang et al. 2018): ``y_j = T^-1(sum_k w_jk T(a_jk x_j + b_jk))``
+    with ``a > 0`` (softplus), ``w`` on the simplex (softmax over ``k``), ``(a, w, b) =
+    autoregressive_nn(x)`` (``param_dims = [hidden_units] * 3``) and the monotone activation ``T``
+    in ``sigmoid`` (the deep sigmoidal flow; computed in log space), ``tanh``, ``ELU`` or
+    ``LeakyReLU``. Forward only (cached inverse)."""
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
@@ -286,9 +288,13 @@ class NeuralAutoregressive(TransformModule):
 
     def __init__(self, autoregressive_nn: Any, hidden_units: int = 16, activation: str = "sigmoid") -> None:
         super().__init__(cache_size=1)
-        if activation != "sigmoid":
-            raise NotImplementedError(f"NeuralAutoregressive: only activation='sigmoid' is implemented; got {activation!r}")
-        self.arn, self.hidden_units = autoregressive_nn, hidden_units
+        from ember.distributions.transforms.elementwise import ELUTransform, LeakyReLUTransform
+
+        activations = {"sigmoid": None, "tanh": torch.distributions.transforms.TanhTransform, "ELU": ELUTransform, "LeakyReLU": LeakyReLUTransform}
+        if activation not in activations:
+            raise ValueError(f"NeuralAutoregressive: activation must be one of {sorted(activations)}; got {activation!r}")
+        self.arn, self.hidden_units, self.activation = autoregressive_nn, hidden_units, activation
+        self.T = activations[activation]() if activations[activation] is not None else None
         self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,13 +302,20 @@ class NeuralAutoregressive(TransformModule):
         a = F.softplus(a_)
         log_w = torch.log_softmax(w_, dim=-2)
         pre = a * x.unsqueeze(-2) + b
-        log_sig, log_1m_sig = F.logsigmoid(pre), F.logsigmoid(-pre)
-        log_s = torch.logsumexp(log_w + log_sig, -2)  # log of sum_k w sigma  (in (0, 1))
-        log_1m_s = torch.logsumexp(log_w + log_1m_sig, -2)
-        y = log_s - log_1m_s
-        # dy/dx = (sum_k w a sigma (1 - sigma)) / (s (1 - s))
-        log_ds = torch.logsumexp(log_w + a.log() + log_sig + log_1m_sig, -2)
-        return y, (log_ds - log_s - log_1m_s).sum(-1)
+        if self.T is None:  # sigmoid, in log space
+            log_sig, log_1m_sig = F.logsigmoid(pre), F.logsigmoid(-pre)
+            log_s = torch.logsumexp(log_w + log_sig, -2)  # log of sum_k w sigma  (in (0, 1))
+            log_1m_s = torch.logsumexp(log_w + log_1m_sig, -2)
+            y = log_s - log_1m_s
+            # dy/dx = (sum_k w a sigma (1 - sigma)) / (s (1 - s))
+            log_ds = torch.logsumexp(log_w + a.log() + log_sig + log_1m_sig, -2)
+            return y, (log_ds - log_s - log_1m_s).sum(-1)
+        T = self.T
+        t_pre = T(pre)
+        mix = (log_w.exp() * t_pre).sum(-2)
+        y = T.inv(mix)
+        log_dmix = torch.logsumexp(log_w + a.log() + T.log_abs_det_jacobian(pre, t_pre), -2)
+        return y, (log_dmix - T.log_abs_det_jacobian(y, mix)).sum(-1)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         y, ld = self._forward(x)
