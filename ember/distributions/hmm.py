@@ -162,9 +162,10 @@ class GaussianHMM(TorchDistribution):
         tdim = x.dim() - 1 - event_dims
         return x.select(tdim, t if x.size(tdim) > 1 else 0)
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+    def _kalman(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Kalman filter over the ``T`` steps: (log p(value), mean and covariance of the last hidden state given value)."""
         if value.shape[-2:] != (self.duration, self.obs_dim):
-            raise ValueError(f"GaussianHMM.log_prob: value must end in ({self.duration}, {self.obs_dim}); got shape {tuple(value.shape)}")
+            raise ValueError(f"GaussianHMM: value must end in ({self.duration}, {self.obs_dim}); got shape {tuple(value.shape)}")
         m, P = self.initial_loc, self.initial_cov  # state before step 0, row-vector convention
         total = value.new_zeros(())
         for t in range(self.duration):
@@ -178,11 +179,20 @@ class GaussianHMM(TorchDistribution):
             total = total + MultivariateNormal(pred, Sx, validate_args=False).log_prob(x_t)
             # update: K = P C S^-1
             PC = P @ C
-            K = torch.linalg.solve(Sx, PC.transpose(-1, -2)).transpose(-1, -2)  # [*, H, O]
+            K = torch.linalg.solve(Sx, PC.transpose(-1, -2)).transpose(-1, -2)  # [*, H, Dx]
             m = m + (K @ (x_t - pred).unsqueeze(-1)).squeeze(-1)
             P = P - K @ PC.transpose(-1, -2)
             P = 0.5 * (P + P.transpose(-1, -2))
-        return total
+        return total, m, P
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log p(value)`` (``value``: ``[..., T, Dx]``) with the hidden states marginalised by the Kalman filter."""
+        return self._kalman(value)[0]
+
+    def filter(self, value: torch.Tensor) -> MultivariateNormal:
+        """The posterior of the last hidden state ``z_{T-1}`` given ``value``: a ``MultivariateNormal``."""
+        _, m, P = self._kalman(value)
+        return MultivariateNormal(m, P)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         sample_shape = torch.Size(sample_shape)

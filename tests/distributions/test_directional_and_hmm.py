@@ -260,6 +260,15 @@ def test_gaussian_hmm_against_the_joint_gaussian():
     torch.testing.assert_close(d.log_prob(x), joint.log_prob(x.reshape(6, T * Dx)))
     s = d.rsample((20000,)).reshape(20000, T * Dx)
     torch.testing.assert_close(s.mean(0), joint.mean, atol=0.08, rtol=0)
+    # filter: z_{T-1} | x by conditioning the joint Gaussian of (z_{T-1}, x)
+    cross = torch.cat([torch.linalg.matrix_power(A.T, T - 1 - u) @ var[u] @ C for u in range(T)], -1)  # Cov(z_{T-1}, x)
+    gain = torch.linalg.solve(big, cross.T).T
+    xf = x.reshape(6, T * Dx)
+    want_mean = mean_z[-1] + (xf - joint.mean) @ gain.T
+    want_cov = var[-1] - gain @ cross.T
+    post = d.filter(x)
+    torch.testing.assert_close(post.loc, want_mean)
+    torch.testing.assert_close(post.covariance_matrix, want_cov.expand(6, H, H))
 
 
 @pytest.mark.parametrize("alpha, beta", [(1.5, 0.0), (1.5, 0.5), (0.7, 0.3), (1.9, -0.8), (0.5, 1.0), (1.0, 0.5), (1.0, 0.0), (1.2, -1.0)])
