@@ -166,8 +166,9 @@ def init_values_of(strategy: Any) -> dict | None:
 
 
 class InitMessenger(Messenger):
-    """Give every latent sample site the value ``init_fn(site)`` (observed, deterministic and
-    already-valued sites are left alone); the value must have the site's shape."""
+    """Give every continuous latent sample site the value ``init_fn(site)`` (observed,
+    deterministic, discrete and already-valued sites are left alone); the value must have the
+    site's shape."""
 
     def __init__(self, init_fn: Callable, fn: Callable | None = None) -> None:
         super().__init__(fn)
@@ -176,6 +177,8 @@ class InitMessenger(Messenger):
     def _pyro_sample(self, msg: Message) -> None:
         if msg.is_observed or msg.done or msg.value is not None or is_deterministic(msg):
             return
+        if getattr(msg.fn.support, "is_discrete", False):
+            return  # drawn from the prior: the strategies work in unconstrained space
         value = self.init_fn(msg)
         if not isinstance(value, torch.Tensor):
             value = torch.as_tensor(value)

@@ -196,7 +196,8 @@ class Structure:
         return Structure(sites, plates)
 
     def check_same(self, other: Structure, owner: str) -> None:
-        """ValueError naming the first site that differs between ``self`` (the guide's) and ``other`` (the model's now)."""
+        """ValueError naming the first of the guide's sites (``self``) that the model (``other``, now)
+        lacks or has with another shape, event dims, support or plates."""
         mine, theirs = self.by_name, other.by_name
         for name, s in mine.items():
             t = theirs.get(name)
@@ -206,10 +207,8 @@ class Structure:
             if not s.same_as(t):
                 raise ValueError(f"{owner}: latent site '{name}' has changed since this guide was built: the guide has "
                                  f"{s.describe()}, the model now {t.describe()}; build a new guide for the changed model")
-        extra = [n for n in theirs if n not in mine]
-        if extra:
-            raise ValueError(f"{owner}: the model has latent sites {extra} that this guide was not built for; build a new "
-                             f"guide for the changed model")
+        # latents the model has beyond the guide's are allowed: an observation left out (y=None under
+        # Predictive) is one; the ELBO's model/guide check reports the others
 
 
 def _periodic_repeat(x: torch.Tensor, size: int, pos: int) -> torch.Tensor:
@@ -321,7 +320,8 @@ class AutoGuide(PyroModule):
         if self._structure is None:
             self.setup(*args, **kwargs)
         elif not self._verified:
-            trace = self._prototype_trace(args, kwargs)
+            with torch.random.fork_rng(devices=[]):  # checking draws nothing from the caller's random stream
+                trace = self._prototype_trace(args, kwargs)
             self._structure.check_same(Structure.from_trace(trace, type(self).__name__, self._continuous), type(self).__name__)
             self._verified = True
         return self._structure
