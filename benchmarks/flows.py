@@ -178,6 +178,7 @@ def _check_against_pyro() -> None:
         "MultivariateStudentT": (lambda d: d.MultivariateStudentT(torch.tensor(6.0, dtype=dt), t(1.0, -1.0, 0.5), L), r(4, 3)),
         "OrderedLogistic": (lambda d: d.OrderedLogistic(t(0.3, -0.2), t(-1.0, 0.5, 2.0)), t(0.0, 3.0)),
         "MixtureOfDiagNormals": (lambda d: d.MixtureOfDiagNormals(ml, ms, t(0.2, -0.5, 1.0)), r(5, 2)),
+        "MixtureOfDiagNormalsSharedCovariance": (lambda d: d.MixtureOfDiagNormalsSharedCovariance(ml, ms[0], t(0.2, -0.5, 1.0)), r(5, 2)),
         "VonMises3D": (lambda d: d.VonMises3D(t(1.0, -2.0, 0.5)), sphere),
         "ProjectedNormal": (lambda d: d.ProjectedNormal(pc), sphere),
         "SineBivariateVonMises": (lambda d: d.SineBivariateVonMises(t(0.5), t(-1.0), t(2.0), t(3.0), correlation=t(1.5)), r(5, 1, 2).clamp(-3, 3)),

@@ -41,7 +41,7 @@ from ember.distributions.empirical import Empirical
 from ember.distributions.hmm import DiscreteHMM, GaussianHMM
 from ember.distributions.lkj import LKJ
 from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
-from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals
+from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, MixtureOfDiagNormalsSharedCovariance
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
@@ -62,7 +62,7 @@ def is_validation_enabled() -> bool:
 
 __all__ = [
     "LKJ", "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
-    "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals",
+    "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals", "MixtureOfDiagNormalsSharedCovariance",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",
     "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "VonMises3D",

@@ -11,7 +11,7 @@ from torch.distributions import constraints
 
 from ember.distributions.torch_dist import TorchDistribution
 
-__all__ = ["MaskedMixture", "MixtureOfDiagNormals"]
+__all__ = ["MaskedMixture", "MixtureOfDiagNormals", "MixtureOfDiagNormalsSharedCovariance"]
 
 
 class MaskedMixture(TorchDistribution):
@@ -141,3 +141,23 @@ class MixtureOfDiagNormals(TorchDistribution):
         w = torch.softmax(self.component_logits, -1).unsqueeze(-1)
         second = (w * (self.coord_scale.pow(2) + self.locs.pow(2))).sum(-2)
         return second - self.mean.pow(2)
+
+
+class MixtureOfDiagNormalsSharedCovariance(MixtureOfDiagNormals):
+    """:class:`MixtureOfDiagNormals` whose components share one diagonal scale:
+    ``locs`` ``[*batch, K, D]``, ``coord_scale`` ``[*batch, D]``, ``component_logits`` ``[*batch, K]``."""
+
+    def __init__(self, locs: torch.Tensor, coord_scale: torch.Tensor, component_logits: torch.Tensor, validate_args: bool | None = None) -> None:
+        if coord_scale.dim() < 1 or locs.dim() < 2 or coord_scale.shape[-1] != locs.shape[-1]:
+            raise ValueError(
+                f"MixtureOfDiagNormalsSharedCovariance: coord_scale must be [*batch, D] for locs [*batch, K, D]; got "
+                f"{tuple(coord_scale.shape)} and {tuple(locs.shape)}"
+            )
+        self.shared_coord_scale = coord_scale
+        super().__init__(locs, coord_scale.unsqueeze(-2).expand(coord_scale.shape[:-1] + locs.shape[-2:]), component_logits, validate_args=validate_args)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> MixtureOfDiagNormalsSharedCovariance:
+        batch_shape = torch.Size(batch_shape)
+        K, D = self.locs.shape[-2:]
+        return MixtureOfDiagNormalsSharedCovariance(self.locs.expand(batch_shape + (K, D)), self.shared_coord_scale.expand(batch_shape + (D,)),
+                                                    self.component_logits.expand(batch_shape + (K,)), validate_args=self._validate_args)

@@ -85,3 +85,17 @@ def test_lkj_samples_and_shapes():
     assert e.sample().shape == (4, 3, 3) and e.log_prob(e.sample()).shape == (4,)
     with pytest.raises(ValueError, match="dim"):
         dist.LKJ(1)
+
+
+def test_mixture_of_diag_normals_shared_covariance():
+    torch.manual_seed(0)
+    locs = torch.randn(3, 2, dtype=torch.double)
+    scale = torch.tensor([0.5, 2.0], dtype=torch.double)
+    logits = torch.randn(3, dtype=torch.double)
+    d = dist.MixtureOfDiagNormalsSharedCovariance(locs, scale, logits)
+    ref = dist.MixtureOfDiagNormals(locs, scale.expand(3, 2), logits)
+    x = torch.randn(5, 2, dtype=torch.double)
+    torch.testing.assert_close(d.log_prob(x), ref.log_prob(x))
+    assert d.expand((4,)).rsample((2,)).shape == (2, 4, 2)
+    with pytest.raises(ValueError, match="coord_scale"):
+        dist.MixtureOfDiagNormalsSharedCovariance(locs, torch.ones(3), logits)
