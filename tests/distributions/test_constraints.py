@@ -25,6 +25,9 @@ def test_module_paths():
         mod = importlib.import_module(path)
         for name in names:
             assert hasattr(mod, name), f"{path}.{name}"
+    for mod in (dist, transforms, constraints, importlib.import_module("ember.distributions.util"), importlib.import_module("ember.nn")):
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not missing, f"{mod.__name__} exports names it does not define: {missing}"
     from ember.infer import Empirical
 
     assert Empirical is dist.Empirical
