@@ -62,3 +62,92 @@ def in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+# ---- model criticism (issue 14): the pointwise log-likelihood -------------------------------------
+__all__ += ["log_likelihood", "observed_sites"]
+
+from ember.poutine.messenger import Messenger  # noqa: E402
+from ember.poutine.trace_messenger import TraceMessenger  # noqa: E402
+
+
+def _draws(posterior_samples: dict, who: str) -> tuple[dict, int]:
+    """``({name: tensor [N, ...]}, N)`` with every leading dim checked to agree."""
+    if not isinstance(posterior_samples, dict) or not posterior_samples:
+        raise ValueError(f"{who}: posterior_samples must be a non-empty dict {{site name: tensor [num_draws, ...]}}")
+    out = {k: torch.as_tensor(v) for k, v in posterior_samples.items()}
+    sizes = {k: (v.shape[0] if v.dim() else None) for k, v in out.items()}
+    n = next(iter(sizes.values()))
+    if n is None or any(s != n for s in sizes.values()):
+        raise ValueError(f"{who}: every posterior sample needs the same leading (draw) dim; got {sizes}")
+    return out, n
+
+
+class _SetLatents(Messenger):
+    """Set each latent sample site to ``values[name]`` (a missing one is an error naming it)."""
+
+    def __init__(self, fn: Callable, values: dict, who: str) -> None:
+        super().__init__(fn)
+        self.values = values
+        self.who = who
+
+    def _pyro_sample(self, msg: Any) -> None:
+        if msg.is_observed:
+            return
+        try:
+            msg.value = self.values[msg.name]
+        except KeyError:
+            raise ValueError(
+                f"{self.who}: the model's latent site '{msg.name}' has no posterior draws (given: {sorted(self.values)}); "
+                f"pass a draw for every latent site (e.g. mcmc.get_samples(), or Predictive(model, guide=guide, "
+                f"num_samples=N, return_sites=[...every latent...])())"
+            ) from None
+        msg.done = True
+
+
+def _run_at(model: Callable, values: dict, args: tuple, kwargs: dict, who: str) -> Trace:
+    """A trace of ``model`` with its latent sites set to ``values``."""
+    tm = TraceMessenger(_SetLatents(model, values, who))
+    tm(*args, **kwargs)
+    return tm.trace
+
+
+def observed_sites(trace: Trace) -> list[str]:
+    """The observed data sites of a trace: observed sample sites that are neither deterministic
+    (``ember.deterministic``, reparameterized latents) nor ``factor`` terms."""
+    from ember.runtime import is_deterministic, is_factor, is_observed
+
+    return [n for n, s in trace.nodes.items() if is_observed(s) and not is_deterministic(s) and not is_factor(s)]
+
+
+def log_likelihood(model: Callable, posterior_samples: dict, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """The pointwise log-likelihood of each observed site under each posterior draw.
+
+    :param model: the model, its data observed (``obs=`` or ``condition``).
+    :param posterior_samples: ``{site: tensor [N, *site shape]}`` for every latent site of the model
+        (``MCMC.get_samples()``, or draws of a guide through ``Predictive``); other entries
+        (deterministic sites, observations) are ignored.
+    :param args, kwargs: the model's arguments.
+    :returns: ``{observed site: tensor [N, *batch shape]}``: ``log p(y_i | theta_n)`` per draw ``n``
+        and datum ``i`` (the event dims summed; masks applied; plate subsampling scales not applied).
+        This is the matrix LOO and WAIC need (``ember.ops.stats.waic``, ``arviz.loo``).
+    :raises ValueError: when the model has no observed site, or a latent site has no draws.
+    """
+    from ember.poutine.trace_struct import scale_and_mask
+
+    samples, n = _draws(posterior_samples, "log_likelihood")
+    out: dict[str, list] = {}
+    with torch.no_grad():
+        for i in range(n):
+            tr = _run_at(model, {k: v[i] for k, v in samples.items()}, args, kwargs, "log_likelihood")
+            names = observed_sites(tr)
+            if not names:
+                sites = [k for k, s in tr.nodes.items() if s.type == "sample"]
+                raise ValueError(
+                    f"log_likelihood: the model observes no site (its sample sites are {sites}); give the data with "
+                    f"obs= or poutine.condition so that there is a likelihood to evaluate"
+                )
+            for name in names:
+                site = tr.nodes[name]
+                out.setdefault(name, []).append(scale_and_mask(site.fn.log_prob(site.value), 1.0, site.mask))
+    return {k: torch.stack(v) for k, v in out.items()}

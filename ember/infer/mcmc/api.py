@@ -407,11 +407,12 @@ class MCMC:
         stats = summary(self.get_samples(group_by_chain=True), prob=prob)
         print(format_summary(stats, num_divergences=self.num_divergences))
 
-    def to_arviz(self) -> Any:
-        """An ``arviz.InferenceData`` (needs the optional ``arviz`` package)."""
+    def to_arviz(self, **kwargs: Any) -> Any:
+        """An ``arviz.InferenceData`` (needs the optional ``arviz`` package); keywords as in
+        :func:`ember.infer.mcmc.arviz.to_inference_data`."""
         from ember.infer.mcmc.arviz import to_inference_data
 
-        return to_inference_data(self)
+        return to_inference_data(self, **kwargs)
 
     @property
     def observed(self) -> dict[str, torch.Tensor]:

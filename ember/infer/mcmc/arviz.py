@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 __all__ = ["to_inference_data"]
 
 
-def to_inference_data(mcmc: Any) -> Any:
-    """An ``arviz.InferenceData`` with groups ``posterior`` (every latent site, dims
-    ``(chain, draw, ...)``), ``sample_stats`` (``diverging``, ``step_size``, ``tree_depth``,
-    ``n_steps``, ``acceptance_rate``, ``energy``, ``lp`` = minus the potential energy) and
-    ``observed_data`` (the model's observed sites)."""
-    try:
-        import arviz as az
-    except ImportError:
-        raise ImportError("to_inference_data needs ArviZ: pip install arviz (or pip install 'ember-ppl[arviz]')") from None
-    samples = mcmc.get_samples(group_by_chain=True)
-    posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
+def to_inference_data(mcmc: Any, *, log_likelihood: bool = True, posterior_predictive: bool = True,
+                      num_prior_samples: int = 0, coords: dict | None = None, dims: dict | None = None) -> Any:
+    """An ``arviz.InferenceData`` of a finished run, with groups
+
+    * ``posterior``: every saved latent site, dims ``(chain, draw, ...)``;
+    * ``sample_stats``: ``diverging``, ``step_size``, ``tree_depth``, ``n_steps``,
+      ``acceptance_rate``, ``energy``, ``lp`` (= minus the potential energy);
+    * ``observed_data``: the model's observed sites;
+    * ``log_likelihood`` (``log_likelihood=True``): ``log p(y_i | theta)`` per draw and datum for each
+      observed site, so that ``arviz.loo``, ``arviz.waic`` and ``arviz.compare`` work;
+    * ``posterior_predictive`` (``posterior_predictive=True``): each observed site drawn afresh
+      under each posterior draw;
+    * ``prior`` and ``prior_predictive`` (with ``num_prior_samples > 0``).
+
+    The model runs once per draw for each of the two optional groups (see
+    :func:`ember.infer.criticism.inference_data`)."""
+    from ember.infer.criticism import inference_data
+
+    samples = mcmc.get_samples()
     extra = mcmc.get_extra_fields(group_by_chain=True)
     sample_stats = {
         "diverging": extra["diverging"].astype(bool),
@@ -30,5 +36,7 @@ def to_inference_data(mcmc: Any) -> Any:
         "energy": extra["energy"],
         "lp": -extra["potential_energy"],
     }
-    observed = {k: np.asarray(v.detach().cpu().numpy()) for k, v in mcmc.observed.items()}
-    return az.from_dict(posterior=posterior, sample_stats=sample_stats, observed_data=observed or None)
+    pot = mcmc._potential
+    return inference_data(pot.model, samples, pot.args, pot.kwargs, num_chains=mcmc.num_chains, sample_stats=sample_stats,
+                          log_likelihood_group=log_likelihood, posterior_predictive=posterior_predictive,
+                          num_prior_samples=num_prior_samples, coords=coords, dims=dims)
