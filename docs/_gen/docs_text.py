@@ -1,0 +1,199 @@
+"""Text helpers for the generated pages: API pages, the docstring check, markers, docstring conversion."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import re
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+#: the modules that get an API page, in the nav's order
+REFERENCE_MODULES = [
+    "ember", "ember.poutine", "ember.distributions", "ember.distributions.constraints",
+    "ember.distributions.transforms", "ember.infer", "ember.infer.autoguide", "ember.infer.reparam",
+    "ember.infer.mcmc", "ember.infer.distributed", "ember.optim", "ember.params", "ember.nn", "ember.ops",
+    "ember.ops.stats", "ember.util", "ember.data", "ember.compat", "ember.contrib.examples",
+]
+
+
+def first_line(module: str) -> str:
+    """The first sentence of a module's docstring, as one table cell."""
+    doc = inspect.getdoc(importlib.import_module(module)) or ""
+    line = doc.strip().split("\n\n")[0].replace("\n", " ")
+    return _inline(line).replace("|", "\\|")
+
+
+def public_names(module: str) -> list[str]:
+    """A module's public names: its ``__all__``, or its non-underscore, non-module attributes."""
+    mod = importlib.import_module(module)
+    names = getattr(mod, "__all__", None)
+    if names is None:
+        names = [n for n, v in vars(mod).items() if not n.startswith("_") and not inspect.ismodule(v)
+                 and getattr(v, "__module__", "").startswith(module)]
+    return list(names)
+
+
+def undocumented_public_names(modules: list[str]) -> list[str]:
+    """``module.name`` for every public class or function (and the modules) without a docstring of
+    its own (an inherited class docstring does not count)."""
+    missing = []
+    for module in modules:
+        mod = importlib.import_module(module)
+        if not (mod.__doc__ or "").strip():
+            missing.append(module)
+        for name in public_names(module):
+            obj = getattr(mod, name, None)
+            if obj is None or inspect.ismodule(obj):
+                continue
+            if not (inspect.isclass(obj) or inspect.isroutine(obj) or callable(obj)):
+                continue
+            if not (obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None) or "").strip():
+                missing.append(f"{module}.{name}")
+    return missing
+
+
+_GRIFFE: dict = {}
+
+
+def _static_ok(dotted: str) -> bool:
+    """Whether mkdocstrings (griffe's static analysis) can find ``dotted`` inside Ember's sources."""
+    if "pkg" not in _GRIFFE:
+        import griffe
+
+        _GRIFFE["pkg"] = griffe.load("ember", search_paths=[str(_ROOT)], resolve_aliases=False)
+    try:
+        obj = _GRIFFE["pkg"][dotted.split(".", 1)[1]] if "." in dotted else _GRIFFE["pkg"]
+        if obj.is_alias:
+            obj = obj.final_target
+        return obj.path.startswith("ember")
+    except Exception:
+        return False
+
+
+def _runtime_entry(module: str, name: str, obj: object) -> str:
+    """A reference entry from the live object, for names griffe cannot see statically (classes
+    Ember builds at import time, names re-exported from torch)."""
+    origin = getattr(obj, "__module__", None) or module
+    kind = "class" if inspect.isclass(obj) else "function" if inspect.isroutine(obj) else "object"
+    try:
+        sig = str(inspect.signature(obj)) if callable(obj) else ""
+    except (TypeError, ValueError):
+        sig = "(...)"
+    doc = inspect.getdoc(obj) or ""
+    if not origin.startswith("ember"):
+        doc = doc.split("\n\n")[0] + f"\n\n(Re-exported from `{origin}`; see PyTorch's documentation.)"
+    body = rst_like_to_markdown(doc, top_level=4) if doc else "*(no docstring)*\n"
+    return (f"## `{module}.{name}` {{ #{module}.{name} }}\n\n<small>{kind}, defined in `{origin}`</small>\n\n"
+            f"```python\n{name}{sig}\n```\n\n{body}")
+
+
+def reference_page(module: str) -> str:
+    """One API page: the module's docstring, then each public name (``__all__``) in its order;
+    mkdocstrings renders what griffe finds in Ember's sources, the live object the rest."""
+    names = public_names(module)
+    mod = importlib.import_module(module)
+    members = [n for n in names if not inspect.ismodule(getattr(mod, n, None))]
+    submodules = [n for n in names if inspect.ismodule(getattr(mod, n, None))]
+    out = [f"# `{module}`\n", f"::: {module}\n    options:\n      members: false\n      show_root_heading: false\n"]
+    if submodules:
+        out.append("Submodules: " + ", ".join(f"`{module}.{s}`" for s in submodules) + "\n")
+    for name in members:
+        if _static_ok(f"{module}.{name}"):
+            out.append(f"::: {module}.{name}\n")
+        else:
+            out.append(_runtime_entry(module, name, getattr(mod, name)))
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """reST-style inline markup to Markdown: ``x`` -> `x`, :class:`X` -> `X`."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+_UNDERLINES = {"=": 0, "-": 1, "~": 2}
+
+
+def rst_like_to_markdown(doc: str, top_level: int = 2) -> str:
+    """Ember's module docstrings are plain text with reST-style underlined headings and column
+    tables; turn headings into Markdown headings and keep column blocks as preformatted text."""
+    lines = inspect.cleandoc(doc).splitlines()
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        columnar = any(re.search(r"\S {2,}\S", ln) for ln in block) or any(ln.startswith(" ") for ln in block)
+        if columnar:
+            out.extend(["```text", *block, "```", ""])
+        else:
+            out.extend([_inline(" ".join(ln.strip() for ln in block)), ""])
+        block.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and nxt and set(nxt.strip()) <= set(_UNDERLINES) and len(set(nxt.strip())) == 1 and len(nxt.strip()) >= 3:
+            flush()
+            level = top_level + _UNDERLINES[nxt.strip()[0]]
+            out.extend(["#" * level + " " + _inline(line.strip()), ""])
+            i += 2
+            continue
+        if not line.strip():
+            flush()
+        elif line.lstrip().startswith(("- ", "* ")) and not block:
+            out.append(_inline(line))
+            if not nxt.strip():
+                out.append("")
+        else:
+            block.append(line)
+        i += 1
+    flush()
+    return "\n".join(out).rstrip() + "\n"
+
+
+def cli_help(args: list[str]) -> str:
+    """The text ``ember ARGS --help`` prints (argparse's own, at 100 columns)."""
+    import os
+
+    from ember.cli import build_parser
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            build_parser().parse_args([*args, "--help"])
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return buf.getvalue()
+
+
+def object_doc(dotted: str) -> str:
+    """The docstring of ``module.attr[.attr...]`` (a private method is fine), as Markdown."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return rst_like_to_markdown(inspect.getdoc(obj) or "", top_level=3)
+    raise ImportError(dotted)
+
+
+def expand_markers(text: str) -> str:
+    """``{{ember-help vae}}`` -> the help text in a code block; ``{{docstring a.b.c}}`` -> that
+    object's docstring."""
+    text = re.sub(r"\{\{ember-help ([^}]*)\}\}", lambda m: "```text\n" + cli_help(m.group(1).split()).rstrip() + "\n```", text)
+    return re.sub(r"\{\{docstring ([^}]*)\}\}", lambda m: object_doc(m.group(1).strip()), text)
