@@ -32,6 +32,7 @@ Term = tuple  # (torch.Tensor, tuple of dim symbols)
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _PATHS: dict = {}
+_SMALL = 1 << 16  # pairwise log-steps up to this many elements add and log-sum-exp directly
 _MAX_PATHS = 256
 
 
@@ -119,6 +120,19 @@ def _step(terms: Sequence[Term], out_dims: tuple, ring: str) -> torch.Tensor:
         for t, dims in terms:
             total = total + align(t, dims, out_dims)
         return total
+    numel = 1
+    for d in union:
+        for t, dims in terms:
+            if d in dims:
+                numel *= t.shape[dims.index(d)]
+                break
+    if numel <= _SMALL:
+        # small: add the broadcast terms and log-sum-exp (three operations, not an einsum's dozen)
+        total = 0
+        for t, dims in terms:
+            total = total + align(t, dims, union)
+        total = total.logsumexp([union.index(d) for d in sum_dims])
+        return align(total, tuple(d for d in union if d in out_set), out_dims)
     sum_set = set(sum_dims)
     shifted, shifts = [], []
     for t, dims in terms:
@@ -135,6 +149,33 @@ def _step(terms: Sequence[Term], out_dims: tuple, ring: str) -> torch.Tensor:
     for m, mdims in shifts:
         out = out + align(m, mdims, out_dims)
     return out
+
+
+def _merge_subsets(terms: list) -> list:
+    """Add each log-term into a term whose dims contain all of its own (a product of factors over the
+    same variables is one factor): fewer, larger operands, and one step per variable of a chain."""
+    order = sorted(range(len(terms)), key=lambda i: -len(terms[i][1]))
+    merged: list = []
+    where: dict = {}  # dim -> indices into merged of terms holding it
+    for i in order:
+        t, dims = terms[i]
+        target = None
+        if dims:
+            for j in where.get(dims[0], ()):
+                jd = merged[j][1]
+                if all(d in jd for d in dims):
+                    target = j
+                    break
+        elif merged:
+            target = 0
+        if target is None:
+            for d in dims:
+                where.setdefault(d, []).append(len(merged))
+            merged.append((t, dims))
+        else:
+            jt, jd = merged[target]
+            merged[target] = (jt + align(t, dims, jd), jd)
+    return merged
 
 
 def contract(terms: Sequence[Term], output: Sequence[Hashable], ring: str = "log", tape: list | None = None) -> torch.Tensor:
@@ -158,20 +199,29 @@ def contract(terms: Sequence[Term], output: Sequence[Hashable], ring: str = "log
         raise ValueError(f"contract: output dims {missing} occur in no term")
     if not terms:
         raise ValueError("contract: no terms")
+    if ring != "prob" and len(terms) > 2:
+        terms = _merge_subsets(terms)
     path = contraction_path([dims for _, dims in terms], output, sizes)
     ops = list(terms)
+    count: dict = {}  # in how many live operands each dim occurs
+    for _, dims in ops:
+        for d in dims:
+            count[d] = count.get(d, 0) + 1
+    out_set = set(output)
     for step in path:
         picked = [ops[i] for i in step]
         for i in sorted(step, reverse=True):
             del ops[i]
-        needed = set(output)
-        for _, dims in ops:
-            needed.update(dims)
+        for _, dims in picked:
+            for d in dims:
+                count[d] -= 1
         union = _union(picked)
-        out_dims = tuple(d for d in union if d in needed)
+        out_dims = tuple(d for d in union if count[d] > 0 or d in out_set)
         result = _step(picked, out_dims, ring)
         if tape is not None:
-            tape.append((picked, out_dims, tuple(d for d in union if d not in needed)))
+            tape.append((picked, out_dims, tuple(d for d in union if d not in out_dims)))
+        for d in out_dims:
+            count[d] += 1
         ops.append((result, out_dims))
     (result, dims), = ops
     if dims != output:
