@@ -61,3 +61,8 @@ __all__ += ["plate_stack", "settings", "subsample"]
 from ember.poutine.markov_messenger import markov  # noqa: E402
 
 __all__ += ["markov"]
+
+# issue 14: the picture of a model
+from ember.infer.inspect import render_model  # noqa: E402
+
+__all__ += ["render_model"]

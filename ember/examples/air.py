@@ -641,6 +641,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --resume: continue although the training canvases or the data source differ from the checkpoint's")
     g.add_argument("--no-plots", action="store_true", help="skip the reconstruction figure at the end")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--render-model", nargs="?", const="air_model.png", default=None, metavar="FILE",
+                   help="draw the model's graph (ember.render_model) to FILE (default air_model.png) and exit; needs graphviz")
     g.add_argument("--no-validation", action="store_true", help="turn off Ember's own checks and distribution argument checks")
 
     m = p.add_argument_group("model (fixed by the checkpoint on --resume)")
@@ -720,6 +722,13 @@ def main(args: argparse.Namespace) -> int:
     """``ember air`` (train or resume) and ``ember air reconstruct``. Returns the exit status."""
     if getattr(args, "air_command", None) == "reconstruct":
         return reconstruct_main(args)
+    if getattr(args, "render_model", None) is not None:
+        from ember.infer.inspect import render_model
+
+        air = AIR(model_steps=DEFAULTS["model_steps"])
+        render_model(air.model, (torch.zeros(air.batch_size, X_SIZE * X_SIZE),), filename=args.render_model, render_distributions=True)
+        print(args.render_model)
+        return 0
     _check_args(args)
     device = resolve_device(args.device)
     run_dir, ckpt_path, ckpt = resolve_run(args.out, args.resume, "air", CHECKPOINT_KIND,

@@ -444,6 +444,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~15%% faster steps "
                         "(benchmarks/vae_epoch.py: 1.17x vs 1.02x the time of a hand-written torch step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--render-model", nargs="?", const="vae_model.png", default=None, metavar="FILE",
+                   help="draw the model's graph (ember.render_model) to FILE (default vae_model.png) and exit; needs graphviz")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training on the processes torchrun starts (`torchrun --nproc_per_node=N -m ember vae "
                         "--distributed`; gloo on CPU, NCCL with --device cuda): --batch-size is the global batch, split "
@@ -513,6 +515,14 @@ def _should_test(epoch: int, freq: int, last: int) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate, checkpoint and plot; the ``ember vae`` command. Returns the exit status."""
+    if getattr(args, "render_model", None) is not None:
+        from ember.infer.inspect import render_model
+
+        d = _TRAINING_DEFAULTS
+        vae = VAE(z_dim=args.z_dim or d["z_dim"], hidden_dim=args.hidden_dim or d["hidden_dim"])
+        render_model(vae.model, (torch.zeros(args.batch_size or d["batch_size"], NUM_PIXELS),), filename=args.render_model, render_distributions=True)
+        print(args.render_model)
+        return 0
     if getattr(args, "distributed", False):
         return _main_distributed(args)
     _check_positive(args)

@@ -76,8 +76,14 @@ class LocScaleReparam(Reparam):
             c = param(f"{name}_centered", lambda: torch.full(fn.event_shape, 0.5, dtype=loc.dtype, device=loc.device),
                       constraint=constraints.unit_interval)
         params = {k: getattr(base, k) for k in shape_params}
-        params["loc"] = loc * c
-        params["scale"] = scale**c
+        if isinstance(c, (int, float)) and c == 0.0:
+            # fully non-centred: a standard distribution that depends on nothing
+            shape = torch.broadcast_shapes(loc.shape, scale.shape)
+            params["loc"] = torch.zeros(shape, dtype=loc.dtype, device=loc.device)
+            params["scale"] = torch.ones(shape, dtype=loc.dtype, device=loc.device)
+        else:
+            params["loc"] = loc * c
+            params["scale"] = scale**c
         decentered_fn = self._wrap(type(base)(**params), reinterpreted, mask)
         aux = f"{name}_decentered"
         from ember.primitives import sample
