@@ -44,7 +44,7 @@ from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, scale_and_mask
 from ember.runtime import Message, is_guide_latent, is_validation_enabled
 
-__all__ = ["TraceEnum_ELBO", "JitTraceEnum_ELBO", "enum_sites", "plate_symbol", "marginal_log_joint"]
+__all__ = ["TraceEnum_ELBO", "JitTraceEnum_ELBO", "enum_sites", "enumerated_log_joint", "plate_symbol", "marginal_log_joint"]
 
 
 def plate_symbol(name: str) -> tuple:
@@ -292,3 +292,22 @@ class JitTraceEnum_ELBO(CompiledLossAndGrads, TraceEnum_ELBO):
     guide, the enumerated model and the contraction per argument signature; where the model or guide
     is not static it warns once and runs eagerly (``compile_status`` says why)."""
 
+
+
+def enumerated_log_joint(model: Callable, args: tuple, kwargs: dict, values: dict, max_plate_nesting: int) -> torch.Tensor:
+    """``log Σ_z p(x, z, values)``: the log joint of ``model`` with the sites in ``values`` set to
+    those values and its sites marked for parallel enumeration summed out (a scalar tensor,
+    differentiable in ``values``). What HMC and NUTS move on for a model with enumerated sites."""
+    from ember.poutine.misc_messengers import SubstituteMessenger
+
+    mpn = max_plate_nesting
+    tm = TraceMessenger(EnumMessenger(SubstituteMessenger(model, data=values), first_available_dim=-mpn - 1))
+    tm(*args, **kwargs)
+    tr = tm.trace
+    tr.max_plate_nesting = mpn
+    tr.compute_log_prob()
+    costs, info = marginal_log_joint(tr, mpn)
+    total: Any = 0.0
+    for ordinal, tensor, dims, scaled in costs:
+        total = total + (tensor.sum() if scaled else sum_plates(tensor, dims, ordinal, info.plates)[0])
+    return total if isinstance(total, torch.Tensor) else torch.tensor(float(total))

@@ -136,6 +136,8 @@ class _ChooseInit(Messenger):
     def _pyro_sample(self, msg: Message) -> None:
         if msg.is_observed or msg.done:
             return
+        if msg.infer.get("enumerate") == "parallel":
+            return  # enumerated (issue 13): summed out by the potential; drawn from its prior here
         _refuse_discrete(msg.name, msg.fn)
         try:
             value = self.strategy(msg)
@@ -187,6 +189,10 @@ class ModelPotential:
     latent sites in order and :attr:`dim` is ``D``.
     """
 
+    # sites marked infer={"enumerate": "parallel"} (config_enumerate) are not moved on: potential()
+    # sums them out (issue 13); this is the number of plate dims then (None: no enumerated sites)
+    _enum_mpn: int | None = None
+
     def __init__(self, model: Callable, model_args: tuple = (), model_kwargs: dict | None = None,
                  transforms: dict | None = None) -> None:
         self.model = model
@@ -204,6 +210,7 @@ class ModelPotential:
 
     # ---- structure ---------------------------------------------------------------------------
     def _learn_structure(self, trace: Any) -> None:
+        enumerated: list[str] = []
         sites: list[LatentSite] = []
         observed: dict[str, torch.Tensor] = {}
         offset = 0
@@ -222,6 +229,9 @@ class ModelPotential:
             if site.is_observed:
                 if isinstance(site.value, torch.Tensor):
                     observed[name] = site.value.detach()
+                continue
+            if site.infer.get("enumerate") == "parallel":
+                enumerated.append(name)  # summed out by potential() (issue 13)
                 continue
             support = getattr(fn, "support", None)
             if support is None:
@@ -254,6 +264,10 @@ class ModelPotential:
                 dt = torch.promote_types(dt, d)
             self.dtype = dt
         self._structure_known = True
+        if enumerated:  # issue 13: plates own this many dims; enumeration uses those to their left
+            from ember.infer.util import guess_max_plate_nesting
+
+            self._enum_mpn = guess_max_plate_nesting(trace)
 
     def trace_at(self, strategy: Callable) -> Any:
         """Run the model once with latents chosen by ``strategy``; return its trace."""
@@ -309,6 +323,10 @@ class ModelPotential:
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """``U(z)``: a scalar tensor, differentiable in ``z``."""
         values, logdet = self._values_and_logdet(z)
+        if self._enum_mpn is not None:  # issue 13: the model's enumerated sites summed out exactly
+            from ember.infer.traceenum_elbo import enumerated_log_joint
+
+            return -(enumerated_log_joint(self.model, self.args, self.kwargs, values, self._enum_mpn) + logdet)
         h = _Substitute(values)
         with h:
             self.model(*self.args, **self.kwargs)
@@ -541,6 +559,8 @@ class BatchedPotential:
     """
 
     def __init__(self, single: ModelPotential, num_chains: int, max_plate_nesting: int) -> None:
+        if getattr(single, "_enum_mpn", None) is not None:  # issue 13
+            raise ValueError("the model has enumerated sites, which the batched potential does not sum out")
         self.single = single
         self.num_chains = num_chains
         self.chain_dim = -(max_plate_nesting + 1)
