@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description=flows.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     flows.add_arguments(p)
     p.set_defaults(run=flows.main)
+    from ember.examples import regression
+
+    p = sub.add_parser("regression", help="Bayesian linear regression (PyroModule, PyroSample, autoguide, Predictive) on the diabetes data",
+                       description=regression.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    regression.add_arguments(p)
+    p.set_defaults(run=regression.main)
     p = sub.add_parser("docs", help="serve the documentation site locally (mkdocs serve), or build it with --build",
                        description=inspect.cleandoc(docs.__doc__ or ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", action="store_true", help="build the site into site/ (mkdocs build --strict) instead of serving it")

@@ -636,8 +636,11 @@ class AutoDiagonalNormal(AutoContinuous):
 
 
 class AutoMultivariateNormal(AutoContinuous):
-    """``z ~ MultivariateNormal(loc, scale_tril)``; parameters ``AutoMultivariateNormal.loc``
-    ``[D]`` and ``.scale_tril`` ``[D, D]`` (lower Cholesky)."""
+    """``z ~ MultivariateNormal(loc, scale_tril=diag(scale) @ U)`` with ``U`` unit lower triangular
+    (as in Pyro: the scales and the correlations learn at their own pace); parameters
+    ``AutoMultivariateNormal.loc`` ``[D]``, ``.scale`` ``[D]`` (positive) and ``.scale_tril``
+    ``[D, D]`` (its strictly lower triangle is ``U``'s; the rest is ignored).
+    :meth:`get_scale_tril` gives the Cholesky factor of the covariance."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  create_plates: Callable | None = None) -> None:
@@ -649,13 +652,25 @@ class AutoMultivariateNormal(AutoContinuous):
     def _build(self, init: dict | None) -> None:
         loc = self._init_latent(init)
         self.loc = PyroParam(loc, constraints.real, 1)
-        self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype) * self._init_scale, constraints.lower_cholesky, 2)
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+        self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype), constraints.real, 2)
+
+    def get_scale_tril(self) -> torch.Tensor:
+        """The Cholesky factor ``[D, D]`` of the posterior covariance of ``z``."""
+        unit = self.scale_tril.tril(-1) + torch.eye(self.scale.shape[-1], dtype=self.scale.dtype, device=self.scale.device)
+        return self.scale.unsqueeze(-1) * unit
+
+    def set_scale_tril(self, scale_tril: torch.Tensor) -> None:
+        """Set the posterior covariance's Cholesky factor ``[D, D]`` (lower triangular, positive diagonal)."""
+        diag = scale_tril.diagonal(dim1=-2, dim2=-1)
+        self.scale = diag.detach().clone()
+        self.scale_tril = (scale_tril / diag.unsqueeze(-1)).detach().clone()
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
-        return dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+        return dist.MultivariateNormal(self.loc, scale_tril=self.get_scale_tril())
 
     def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        tril = self.scale_tril.detach()
+        tril = self.get_scale_tril().detach()
         return self.loc.detach(), tril.pow(2).sum(-1).sqrt()
 
 
@@ -748,7 +763,7 @@ class AutoLaplaceApproximation(AutoContinuous):
         guide._build(None)
         with torch.no_grad():
             guide.loc = loc
-            guide.scale_tril = scale_tril
+            guide.set_scale_tril(scale_tril)
         guide._bind_to_store()
         return guide
 
