@@ -51,7 +51,8 @@ def undocumented_public_names(modules: list[str]) -> list[str]:
                 continue
             if not (inspect.isclass(obj) or inspect.isroutine(obj) or callable(obj)):
                 continue
-            if not (obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None) or "").strip():
+            doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+            if not (doc or "").strip():
                 missing.append(f"{module}.{name}")
     return missing
 
@@ -79,10 +80,15 @@ def _runtime_entry(module: str, name: str, obj: object) -> str:
     Ember builds at import time, names re-exported from torch)."""
     origin = getattr(obj, "__module__", None) or module
     kind = "class" if inspect.isclass(obj) else "function" if inspect.isroutine(obj) else "object"
-    try:
-        sig = str(inspect.signature(obj)) if callable(obj) else ""
-    except (TypeError, ValueError):
-        sig = "(...)"
+    sig = ""
+    if callable(obj):
+        try:
+            sig = str(inspect.signature(obj, eval_str=True))
+        except Exception:
+            try:
+                sig = str(inspect.signature(obj))
+            except (TypeError, ValueError):
+                sig = "(...)"
     doc = inspect.getdoc(obj) or ""
     if not origin.startswith("ember"):
         doc = doc.split("\n\n")[0] + f"\n\n(Re-exported from `{origin}`; see PyTorch's documentation.)"
@@ -196,4 +202,9 @@ def expand_markers(text: str) -> str:
     """``{{ember-help vae}}`` -> the help text in a code block; ``{{docstring a.b.c}}`` -> that
     object's docstring."""
     text = re.sub(r"\{\{ember-help ([^}]*)\}\}", lambda m: "```text\n" + cli_help(m.group(1).split()).rstrip() + "\n```", text)
-    return re.sub(r"\{\{docstring ([^}]*)\}\}", lambda m: object_doc(m.group(1).strip()), text)
+    text = re.sub(r"\{\{docstring ([^}]*)\}\}", lambda m: object_doc(m.group(1).strip()), text)
+    if "{{pyro-coverage}}" in text:
+        import pyro_names
+
+        text = text.replace("{{pyro-coverage}}", pyro_names.coverage_table())
+    return text

@@ -1,3 +1,5 @@
+"""The parameter store (constrained values over unconstrained tensors) and safe checkpoint files."""
+
 from ember.params.param_store import (
     ParamStoreDict,
     module_from_param_with_module_name,

@@ -27,14 +27,19 @@ _MODULE_NAMESPACE_DIVIDER = "$$$"
 
 
 def param_with_module_name(pyro_name: str, param_name: str) -> str:
+    """The store name of parameter ``param_name`` of the module registered as ``pyro_name``:
+    ``"decoder$$$fc1.weight"`` for ``("decoder", "fc1.weight")``."""
     return _MODULE_NAMESPACE_DIVIDER.join([pyro_name, param_name])
 
 
 def module_from_param_with_module_name(param_name: str) -> str:
+    """The module part of a store name: ``"decoder"`` for ``"decoder$$$fc1.weight"``."""
     return param_name.split(_MODULE_NAMESPACE_DIVIDER)[0]
 
 
 def user_param_name(param_name: str) -> str:
+    """The parameter part of a store name (``"fc1.weight"`` for ``"decoder$$$fc1.weight"``); a
+    name without a module part is returned as it is."""
     if _MODULE_NAMESPACE_DIVIDER in param_name:
         return param_name.split(_MODULE_NAMESPACE_DIVIDER)[1]
     return param_name

@@ -35,6 +35,9 @@ class ScaleMessenger(Messenger):
 
 
 def scale(fn: Callable | None = None, scale: Any = 1.0) -> ScaleMessenger:
+    """Multiply the log-density of every sample site inside by ``scale`` (a positive float, or a
+    tensor that broadcasts against each site's batch shape). A handler: ``scale(fn, scale=...)``,
+    a decorator or a context manager."""
     return ScaleMessenger(fn, scale=scale)
 
 
@@ -56,4 +59,7 @@ class MaskMessenger(Messenger):
 
 
 def mask(fn: Callable | None = None, mask: Any = None) -> MaskMessenger:
+    """Switch off the log-density of the sample sites inside where ``mask`` is False: a bool, or a
+    bool tensor that broadcasts against each site's batch shape (combined with ``&`` with masks
+    already there). A handler: ``mask(fn, mask=...)``, a decorator or a context manager."""
     return MaskMessenger(fn, mask=mask)

@@ -49,4 +49,7 @@ class SeedMessenger(Messenger):
 
 
 def seed(fn: Callable | None = None, rng_seed: int | None = None) -> SeedMessenger:
+    """Run ``fn`` (or the ``with`` block) with the random number generators seeded by ``rng_seed``,
+    and restore their previous state afterwards. A handler: ``seed(fn, rng_seed=0)``, a decorator
+    or a context manager."""
     return SeedMessenger(fn, rng_seed=rng_seed)
