@@ -1,0 +1,35 @@
+"""The Gaussian-mixture example (ember.examples.mixture): the tutorial's MAP fit with the assignments
+summed out, the assignments recovered by infer_discrete, and NUTS on the same model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ember.examples import mixture
+
+
+def test_map_fit_and_assignments_on_the_tutorial_data():
+    fit = mixture.fit_map(mixture.TUTORIAL_DATA, steps=200)
+    assert fit["losses"][-1] < fit["losses"][0]
+    # two points in one component, three in the other: the MAP weights are the proportions
+    assert torch.allclose(fit["weights"], torch.tensor([0.375, 0.625]), atol=0.02)
+    assert torch.allclose(fit["locs"], torch.tensor([0.5, 11.0]), atol=0.1)
+    values = {k: fit[k] for k in ("weights", "scale", "locs")}
+    assert mixture.map_assignments(mixture.TUTORIAL_DATA, values).tolist() == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.slow
+def test_main_with_nuts(tmp_path):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    mixture.add_arguments(p)
+    args = p.parse_args(["--out", str(tmp_path), "--steps", "100", "--nuts-samples", "100"])
+    assert mixture.main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["assignment"] == [0, 0, 1, 1, 1]
+    locs = sorted(summary["nuts_mean"]["locs"])
+    assert abs(locs[0] - 0.5) < 1.5 and abs(locs[1] - 11.0) < 1.5
