@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from ember.infer.distributed import DataParallelSVI
 
         return DataParallelSVI
+    if name == "autoguide":  # pyro.infer.autoguide.AutoNormal(model) after a bare `import pyro`
+        import importlib
+
+        return importlib.import_module("ember.infer.autoguide")
     raise AttributeError(f"module 'ember.infer' has no attribute {name!r}")
 
 from ember.infer.abstract_infer import TracePosterior  # noqa: E402  (Pyro exports it from pyro.infer)

@@ -322,3 +322,30 @@ def test_init_median_default_of_auto_delta_uses_the_prior() -> None:
     g = AutoDelta(m, init_loc_fn=init_to_median(num_samples=31))
     g.setup()
     assert abs(g.median()["a"].item() - 5.0) < 0.01
+
+
+def test_auto_normal_messenger_saves_and_loads(tmp_path) -> None:
+    ember.set_rng_seed(0)
+    x, y = _data()
+    guide = AutoNormalMessenger(model)
+    svi = SVI(model, guide, ember.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(30):
+        svi.step(x, y)
+    path = tmp_path / "m.pt"
+    guide.save(path)
+    before = guide.median()
+    ember.clear_param_store()
+    again = AutoNormalMessenger(model).load(path)
+    after = again.median()
+    assert set(after) == {"w", "s"} and all(torch.equal(before[k], after[k]) for k in before)
+    assert "AutoNormalMessenger.locs.w" in ember.get_param_store()
+
+
+def test_importable_as_pyro_lays_it_out() -> None:
+    import ember.infer.autoguide.initialization as init_mod
+
+    assert ember.infer.autoguide.AutoNormal is AutoNormal
+    for name in ("init_to_feasible", "init_to_generated", "init_to_median", "init_to_mean", "init_to_sample", "init_to_uniform",
+                 "init_to_value", "InitMessenger"):
+        assert getattr(init_mod, name) is getattr(ember.infer.autoguide, name)
+    assert init_mod.init_to_median is ember.infer.init_to_median  # shared with MCMC

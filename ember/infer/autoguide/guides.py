@@ -948,15 +948,44 @@ class AutoNormalMessenger(PyroModule):
             with torch.no_grad():
                 init = self.init_loc_fn(msg) if msg is not None else prior.sample()
             site = SiteInfo(name, tuple(init.shape), len(prior.event_shape), prior.support, (), init.dtype)
-            u = site.transform.inv(init).detach()
-            _deep_setattr(self.locs, name, PyroParam(u, constraints.real, site.u_event_dim))
-            _deep_setattr(self.scales, name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, site.u_event_dim))
-            self._sites[name] = site
+            self._make_site(site, site.transform.inv(init).detach())
         loc, scale = _deep_getattr(self.locs, name), _deep_getattr(self.scales, name)
         fn = dist.Normal(loc, scale).to_event(site.u_event_dim)
         if site.identity:
             return fn
         return dist.TransformedDistribution(fn, [site.transform.with_cache()])
+
+    def _make_site(self, site: SiteInfo, u: torch.Tensor) -> None:
+        _deep_setattr(self.locs, site.name, PyroParam(u, constraints.real, site.u_event_dim))
+        _deep_setattr(self.scales, site.name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, site.u_event_dim))
+        self._sites[site.name] = site
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the sites seen so far and the parameters (plain data, checksummed, no pickle)."""
+        structure = Structure(list(self._sites.values()), {})
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name, "options": {},
+                       "structure": structure.to_plain(), "state": state}, path, _FILE_KIND)
+
+    def load(self, path: str | os.PathLike) -> AutoNormalMessenger:
+        """Rebuild the guide from a file :meth:`save` wrote, without running the model."""
+        where = os.fspath(path)
+        obj = load_digested(path, _FILE_KIND, what="autoguide")
+        if not isinstance(obj, dict) or obj.get("class") != type(self).__name__:
+            got = obj.get("class") if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{where}: holds a {got}, not a {type(self).__name__}")
+        structure = Structure.from_plain(obj.get("structure"), where)
+        self.locs = PyroModule()
+        self.scales = PyroModule()
+        self._sites = {}
+        for site in structure.sites:
+            self._make_site(site, torch.zeros(site.ushape, dtype=site.dtype))
+        try:
+            self.load_state_dict(obj.get("state"))
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{where}: the saved parameters do not fit the saved sites: {str(e).splitlines()[0]}") from None
+        AutoGuide._bind_to_store(self)  # type: ignore[arg-type]
+        return self
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """``{site: biject_to(support)(loc)}`` for the sites seen so far (runs the model once if none)."""
