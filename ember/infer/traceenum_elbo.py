@@ -26,6 +26,7 @@ of the enumerated part (else ``ValueError`` naming the sites).
 from __future__ import annotations
 
 import math
+import queue as _queue
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,14 +35,17 @@ import torch
 
 from ember.infer.compiled_elbo import CompiledLossAndGrads
 from ember.infer.elbo import ELBO, check_model_guide_match
+from ember.infer.enum import _sequential_escape
 from ember.infer.trace_elbo import _loss_and_surrogate
 from ember.infer.util import in_plate
 from ember.ops.contract import contract_plated, sum_plates
 from ember.ops.einsum import contract
 from ember.poutine.enum_messenger import EnumMessenger
+from ember.poutine.handlers import queue as poutine_queue
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, scale_and_mask
+from ember.poutine.util import enum_extend
 from ember.runtime import Message, is_guide_latent, is_validation_enabled
 
 __all__ = ["TraceEnum_ELBO", "JitTraceEnum_ELBO", "enum_sites", "enumerated_log_joint", "plate_symbol", "marginal_log_joint"]
@@ -218,30 +222,56 @@ class TraceEnum_ELBO(ELBO):
         if self.vectorize_particles and self.num_particles > 1:
             dim = -mpn - 1
             name, num = "num_particles_vectorized", self.num_particles
-            yield self._get_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, mpn + 1)
+            yield from self._iter_traces(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, mpn + 1)
         else:
             for _ in range(self.num_particles):
-                yield self._get_trace(model, guide, args, kwargs, mpn)
+                yield from self._iter_traces(model, guide, args, kwargs, mpn)
 
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, mpn: int) -> tuple[Trace, Trace]:
+    def _iter_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, mpn: int) -> Iterator[tuple[Trace, Trace]]:
+        """One (model, guide) trace pair; or, when the guide has sites marked for sequential
+        enumeration, one pair per joint value of those sites (each weighted by its probability
+        in :meth:`_differentiable_loss_particle`)."""
         guide_enum = EnumMessenger(guide, first_available_dim=-mpn - 1, max_plate_nesting=mpn)
         guide_tm = TraceMessenger(guide_enum)
         guide_tm(*args, **kwargs)
         guide_trace = guide_tm.trace
-        model_enum = EnumMessenger(ReplayMessenger(model, trace=guide_trace), first_available_dim=guide_enum.next_available_dim,
-                                   max_plate_nesting=mpn)
+        sequential = [st for st in guide_trace.nodes.values()
+                      if st.type == "sample" and st.infer.get("enumerate") == "sequential" and not st.is_observed]
+        if not sequential:
+            yield self._model_trace(model, guide_trace, guide_enum.next_available_dim, args, kwargs, mpn)
+            return
+        for st in sequential:
+            if not getattr(st.fn, "has_enumerate_support", False) or st.fn.batch_shape.numel() != 1:
+                raise ValueError(
+                    f"TraceEnum_ELBO: guide site '{st.name}' is marked for sequential enumeration, but its distribution "
+                    f"{type(st.fn).__name__} (batch_shape {tuple(st.fn.batch_shape)}) is not a single discrete variable; "
+                    f"enumerate batched sites in parallel")
+        q: _queue.LifoQueue = _queue.LifoQueue()
+        q.put(Trace())
+        runner = poutine_queue(guide_enum, queue=q, escape_fn=_sequential_escape, extend_fn=enum_extend)
+        while not q.empty():
+            guide_tm = TraceMessenger(runner)
+            guide_tm(*args, **kwargs)
+            yield self._model_trace(model, guide_tm.trace, guide_enum.next_available_dim, args, kwargs, mpn)
+
+    def _model_trace(self, model: Callable, guide_trace: Trace, first_dim: int, args: tuple, kwargs: dict,
+                     mpn: int) -> tuple[Trace, Trace]:
+        model_enum = EnumMessenger(ReplayMessenger(model, trace=guide_trace), first_available_dim=first_dim, max_plate_nesting=mpn)
         model_tm = TraceMessenger(model_enum)
         model_tm(*args, **kwargs)
         model_trace = model_tm.trace
+        for name, site in model_trace.nodes.items():
+            if (site.type == "sample" and not site.is_observed and site.infer.get("enumerate") == "sequential"
+                    and name not in guide_trace.nodes):
+                raise NotImplementedError(
+                    f"TraceEnum_ELBO: model site '{name}' asks for sequential enumeration, which is done in the guide only; "
+                    f"mark it 'parallel' (config_enumerate(model))")
         if is_validation_enabled():
             # the model's enumerated sites are summed out, not expected in the guide
             view = Trace()
             view.nodes = OrderedDict((n, st) for n, st in model_trace.nodes.items()
                                      if not ("_enumerate_dim" in st.infer and n not in guide_trace.nodes))
             check_model_guide_match(view, guide_trace)
-            for name, site in guide_trace.nodes.items():
-                if site.type == "sample" and site.infer.get("enumerate") == "sequential":
-                    raise NotImplementedError(f"TraceEnum_ELBO: guide site '{name}' asks for sequential enumeration; mark it 'parallel'")
         model_trace.max_plate_nesting = guide_trace.max_plate_nesting = mpn
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
@@ -255,6 +285,7 @@ class TraceEnum_ELBO(ELBO):
         weights = []
         costs = []
         nonreparam = []
+        seq_log_weight: Any = 0.0  # log q of the sequentially enumerated values of this trace
         for site, ordinal, owners in enum_sites(guide_trace, ginfo):
             if not is_guide_latent(site):
                 continue
@@ -262,6 +293,8 @@ class TraceEnum_ELBO(ELBO):
             costs.append((ordinal, -tensor, dims, True))
             if "_enumerate_dim" in site.infer:
                 weights.append((ordinal, *_named(site, site.unscaled_log_prob, owners, mpn, ordinal)))
+            elif site.infer.get("enumerate") == "sequential":
+                seq_log_weight = seq_log_weight + site.unscaled_log_prob.sum()
             elif not site.fn.has_rsample:
                 nonreparam.append(site)
         guide_vars = set(ginfo.var_ordinals)
@@ -279,6 +312,8 @@ class TraceEnum_ELBO(ELBO):
             elbo = elbo + _expectation(ordinal, tensor, dims, scaled, weights, gvar_only)
         if not isinstance(elbo, torch.Tensor):
             elbo = torch.tensor(float(elbo))
+        if isinstance(seq_log_weight, torch.Tensor):
+            elbo = seq_log_weight.exp() * elbo
         if not nonreparam:
             return _loss_and_surrogate(elbo)
         score: Any = 0.0

@@ -356,3 +356,25 @@ def test_jit_trace_enum_elbo_matches_eager():
     for a, b in zip(got, ref):
         assert torch.allclose(a, b, atol=1e-8)
     assert elbo.compile_status.startswith("compiled"), elbo.compile_status
+
+
+def test_sequential_enumeration_in_the_guide():
+    def guide():
+        qz = ember.param("qz", torch.tensor([0.45, 0.55]), constraint=dist.constraints.simplex)
+        ember.sample("z", dist.Categorical(qz))
+
+    _check(TraceEnum_ELBO(max_plate_nesting=1), config_enumerate(mg_model), config_enumerate(guide, default="sequential"),
+           mg_brute_force, ["pz", "py", "mlocs", "qz"])
+
+
+def test_sequential_enumeration_in_the_model_is_refused():
+    def model():
+        ember.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "sequential"})
+
+    with pytest.raises(NotImplementedError, match="'z'"):
+        TraceEnum_ELBO(max_plate_nesting=0).loss(model, _no_guide)
+
+
+def test_vectorized_particles():
+    elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=3, vectorize_particles=True)
+    _check(elbo, config_enumerate(mixture), _no_guide, mixture_brute_force, ["w", "locs"])
