@@ -349,3 +349,22 @@ def test_importable_as_pyro_lays_it_out() -> None:
                  "init_to_value", "InitMessenger"):
         assert getattr(init_mod, name) is getattr(ember.infer.autoguide, name)
     assert init_mod.init_to_median is ember.infer.init_to_median  # shared with MCMC
+
+
+@pytest.mark.parametrize("cls", [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal])
+def test_median_and_quantiles_of_plated_and_event_sites(cls) -> None:
+    def m():
+        ember.sample("a", dist.Dirichlet(torch.ones(3)))
+        with ember.plate("p", 4):
+            with ember.plate("q", 2, dim=-2):
+                ember.sample("g", dist.Gamma(2.0, 1.0))
+            ember.sample("v", dist.MultivariateNormal(torch.zeros(2), torch.eye(2)))
+
+    guide = cls(m)
+    guide()
+    med, q = guide.median(), guide.quantiles([0.1, 0.5, 0.9])
+    shapes = {"a": (3,), "g": (2, 4), "v": (4, 2)}
+    for k, shape in shapes.items():
+        assert med[k].shape == shape and q[k].shape == (3,) + shape
+    assert torch.allclose(q["g"][1], med["g"], rtol=1e-5) and (q["g"][0] < q["g"][2]).all() and (q["g"][0] > 0).all()
+    assert torch.allclose(med["a"].sum(), torch.tensor(1.0))

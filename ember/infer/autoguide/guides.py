@@ -550,14 +550,19 @@ class AutoContinuous(AutoGuide):
         """The distribution over the latent vector ``z`` (event shape ``[D]``)."""
         raise NotImplementedError  # each guide below defines it
 
-    def _unpack(self, z: torch.Tensor) -> Iterable[tuple[SiteInfo, torch.Tensor]]:
-        """``(site, unconstrained value)`` from ``z`` ``[..., D]`` (leading dims from outer plates:
-        vectorized particles, Predictive's samples)."""
+    def _unpack(self, z: torch.Tensor, plated: bool = True) -> Iterable[tuple[SiteInfo, torch.Tensor]]:
+        """``(site, unconstrained value)`` from ``z`` ``[..., D]``. With ``plated``, the leading dims
+        come from plates outside the model's (vectorized particles, Predictive's samples), sized 1
+        at the model's plate dims, which the site's own dims take; otherwise they are a plain
+        batch ``[..., *site_shape]``."""
         lead = z.shape[:-1]
         offset = 0
         for s in self.prototype_structure.sites:
             u = z[..., offset:offset + s.numel]
             offset += s.numel
+            if not plated:
+                yield s, u.reshape(lead + s.ushape)
+                continue
             k = len(s.ushape) - s.u_event_dim  # the site's own batch (plate) dims
             keep = lead[:max(len(lead) - k, 0)]
             if any(d != 1 for d in lead[len(keep):]):
@@ -593,7 +598,7 @@ class AutoContinuous(AutoGuide):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form marginals")
 
     def _constrain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {s.name: s.transform(u) for s, u in self._unpack(z)}
+        return {s.name: s.transform(u) for s, u in self._unpack(z, plated=False)}
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """``{site: biject_to(support)(posterior median of its coordinates)}``."""
@@ -609,7 +614,9 @@ class AutoContinuous(AutoGuide):
         with torch.no_grad():
             loc, scale = self._loc_scale()
             q = torch.as_tensor(quantiles, dtype=loc.dtype).unsqueeze(-1)
-            return self._constrain(torch.distributions.Normal(loc, scale).icdf(q))
+            tiny = torch.finfo(loc.dtype).tiny
+            z = torch.distributions.Normal(loc, scale.clamp_min(tiny)).icdf(q)
+            return self._constrain(torch.where(scale > 0, z, loc))  # a point mass (AutoLaplaceApproximation): its value
 
 
 class AutoDiagonalNormal(AutoContinuous):
@@ -732,7 +739,7 @@ class AutoLaplaceApproximation(AutoContinuous):
         from ember.poutine.misc_messengers import SubstituteMessenger
 
         values, logdet = {}, 0.0
-        for s, u in self._unpack(z):
+        for s, u in self._unpack(z, plated=False):
             v = s.transform(u)
             values[s.name] = v
             if not s.identity:
@@ -806,7 +813,8 @@ class AutoIAFNormal(AutoContinuous):
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         d = self.latent_dim
-        base = dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1)
+        p = next(self.transforms.parameters())
+        base = dist.Normal(torch.zeros(d, dtype=p.dtype, device=p.device), torch.ones(d, dtype=p.dtype, device=p.device)).to_event(1)
         return dist.TransformedDistribution(base, list(self.transforms))
 
     def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
