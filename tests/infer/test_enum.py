@@ -378,3 +378,50 @@ def test_sequential_enumeration_in_the_model_is_refused():
 def test_vectorized_particles():
     elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=3, vectorize_particles=True)
     _check(elbo, config_enumerate(mixture), _no_guide, mixture_brute_force, ["w", "locs"])
+
+
+# ---- Pyro's HMM example (model_2: sequences in a plate, markov inside, masks for lengths) -----------
+def _hmm_example_data():
+    g = torch.Generator().manual_seed(0)
+    seqs = (torch.rand(3, 4, 2, generator=g) < 0.4).double()  # [sequences, time, tones]
+    lengths = torch.tensor([4, 2, 3])
+    return seqs, lengths
+
+
+def hmm_example_model(sequences, lengths):
+    hidden = 3
+    probs_x = ember.param("probs_x", 0.9 * torch.eye(hidden) + 0.1 / hidden, constraint=dist.constraints.simplex)
+    probs_y = ember.param("probs_y", torch.linspace(0.2, 0.7, hidden * 2).reshape(hidden, 2), constraint=dist.constraints.unit_interval)
+    tones_plate = ember.plate("tones", sequences.shape[-1], dim=-1)
+    with ember.plate("sequences", len(sequences), dim=-2) as batch:
+        lengths = lengths[batch]
+        x = 0
+        for t in ember.markov(range(int(lengths.max()))):
+            with ember.poutine.mask(mask=(t < lengths).unsqueeze(-1)):
+                x = ember.sample(f"x_{t}", dist.Categorical(probs_x[x]), infer={"enumerate": "parallel"})
+                with tones_plate:
+                    ember.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=sequences[batch, t])
+
+
+def hmm_example_forward(sequences, lengths):
+    """The forward algorithm per sequence; a masked step contributes log(hidden) (its factors are 1)."""
+    probs_x, probs_y = ember.param("probs_x"), ember.param("probs_y")
+    hidden = probs_x.shape[0]
+    total = 0.0
+    for s in range(len(sequences)):
+        alpha = None
+        for t in range(int(lengths.max())):
+            emit = dist.Bernoulli(probs_y).log_prob(sequences[s, t]).sum(-1)  # [hidden]
+            trans = probs_x[0].log() if alpha is None else (alpha[:, None] + probs_x.log()).logsumexp(0)
+            if t < lengths[s]:
+                alpha = trans + emit if alpha is not None else probs_x[0].log() + emit
+            else:
+                alpha = alpha.logsumexp(0).expand(hidden).clone()  # every value, each with factor 1
+        total = total + alpha.logsumexp(0)
+    return -total
+
+
+def test_pyro_hmm_example_model():
+    seqs, lengths = _hmm_example_data()
+    _check(TraceEnum_ELBO(max_plate_nesting=2), hmm_example_model, _no_guide, lambda: hmm_example_forward(seqs, lengths),
+           ["probs_x", "probs_y"], seqs, lengths)
