@@ -124,6 +124,29 @@ def _inline(text: str) -> str:
 _UNDERLINES = {"=": 0, "-": 1, "~": 2}
 
 
+def _column_table(block: list[str]) -> list[str] | None:
+    """A two-column plain-text table (terms at column 0, their text from one fixed column on,
+    continuation lines indented to it) as a Markdown table; None if the block is not one."""
+    starts = [m.end() for ln in block if not ln.startswith(" ") for m in [re.search(r"\S {2,}(?=\S)", ln)] if m]
+    if not starts:
+        return None
+    off = max(set(starts), key=starts.count)
+    rows: list[list[str]] = []
+    for ln in block:
+        left, right = ln[:off].strip(), ln[off:].strip()
+        if ln[:off].strip() and not ln.startswith(" ") and len(ln) > off and ln[off - 1] != " ":
+            return None  # text runs across the column boundary: not this layout
+        if left and not (rows and rows[-1][0].endswith(",")):
+            rows.append([left, right])
+        elif rows:
+            rows[-1][0] = (rows[-1][0] + " " + left).strip()
+            rows[-1][1] = (rows[-1][1] + " " + right).strip()
+        else:
+            return None
+    cell = lambda t: _inline(t).replace("|", "\\|")  # noqa: E731
+    return ["| | |", "|---|---|", *(f"| {cell(a)} | {cell(b)} |" for a, b in rows)]
+
+
 def rst_like_to_markdown(doc: str, top_level: int = 2) -> str:
     """Ember's module docstrings are plain text with reST-style underlined headings and column
     tables; turn headings into Markdown headings and keep column blocks as preformatted text."""
@@ -135,7 +158,10 @@ def rst_like_to_markdown(doc: str, top_level: int = 2) -> str:
         if not block:
             return
         columnar = any(re.search(r"\S {2,}\S", ln) for ln in block) or any(ln.startswith(" ") for ln in block)
-        if columnar:
+        table = _column_table(block) if columnar else None
+        if table:
+            out.extend([*table, ""])
+        elif columnar:
             out.extend(["```text", *block, "```", ""])
         else:
             out.extend([_inline(" ".join(ln.strip() for ln in block)), ""])
