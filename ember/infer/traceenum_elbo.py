@@ -114,6 +114,8 @@ def _named(site: Message, tensor: torch.Tensor, current: dict, mpn: int, ordinal
         keep.append(i)
     if free:
         tensor = tensor.sum(free, keepdim=True)
+    if len(keep) == n:
+        return tensor, tuple(dims)
     return tensor.reshape([tensor.shape[i] for i in keep]), tuple(dims)
 
 

@@ -41,6 +41,8 @@ def align(tensor: torch.Tensor, dims: Sequence[Hashable], target: Sequence[Hasha
     where ``target`` names a dim ``dims`` lacks, so that it broadcasts against a tensor laid out
     as ``target``. Every name in ``dims`` must be in ``target``."""
     dims = tuple(dims)
+    if len(dims) == len(target) and dims == tuple(target):
+        return tensor
     pos = {d: i for i, d in enumerate(target)}
     try:
         order = sorted(range(len(dims)), key=lambda i: pos[dims[i]])

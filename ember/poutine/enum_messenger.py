@@ -52,6 +52,8 @@ class EnumMessenger(Messenger):
 
     def __init__(self, fn: Callable | None = None, first_available_dim: int | None = None, *,
                  max_plate_nesting: int | None = None) -> None:
+        if isinstance(fn, int) and not isinstance(fn, bool) and first_available_dim is None:
+            fn, first_available_dim = None, fn  # Pyro's EnumMessenger(first_available_dim)
         super().__init__(fn)
         if first_available_dim is not None and (isinstance(first_available_dim, bool) or not isinstance(first_available_dim, int)
                                                 or first_available_dim >= 0):

@@ -72,6 +72,8 @@ class MarkovMessenger(Messenger):
 
     def __init__(self, fn: Callable | None = None, history: int = 1, keep: bool = False, dim: int | None = None,
                  name: str | None = None) -> None:
+        if isinstance(fn, int) and not isinstance(fn, bool):
+            fn, history = None, fn  # Pyro's MarkovMessenger(history, ...)
         super().__init__(fn)
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError(f"markov: history must be a non-negative integer; got {history!r}")

@@ -105,3 +105,10 @@ def test_markov_is_transparent_without_enumeration():
 
     tr = trace(model).get_trace()
     assert [n for n in tr.nodes if n.startswith("x_")] == ["x_0", "x_1", "x_2"]
+
+
+def test_pyro_style_positional_constructors():
+    from ember.poutine import EnumMessenger, MarkovMessenger
+
+    assert EnumMessenger(-2).first_available_dim == -2
+    assert MarkovMessenger(3).history == 3
