@@ -1,4 +1,4 @@
-"""Multi-MNIST for the AIR example (seed 002): 50x50 canvases holding 0, 1 or 2 MNIST digits.
+"""Multi-MNIST for the Attend-Infer-Repeat example (Eslami et al.): 50x50 canvases holding 0, 1 or 2 MNIST digits.
 
 Each canvas is made like ``pyro.contrib.examples.multi_mnist``, with two differences the brief
 asked for (by default overlaps kept, not rejected; a seeded ``numpy.random.Generator`` instead of

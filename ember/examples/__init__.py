@@ -1,1 +1,2 @@
-"""The seeds' applications as reusable code with a command line."""
+"""The examples behind the ``ember`` command (the introductory scale model, the VAE of Kingma &
+Welling, Attend-Infer-Repeat of Eslami et al., normalizing flows) as reusable code."""

@@ -1,4 +1,4 @@
-"""Seed 003's scale example: how much does an object weigh, given a noisy scale?
+"""The introductory scale example of inference: how much does an object weigh, given a noisy scale?
 
     weight | guess          ~ Normal(guess, 1)
     measurement | weight   ~ Normal(weight, 0.75)
@@ -38,14 +38,14 @@ def conditioned_scale(guess: Any, measurement: float = 9.5) -> torch.Tensor:
 
 
 def guide_abs(guess: Any) -> torch.Tensor:
-    """The seed's first guide: an unconstrained ``b`` passed through ``abs``."""
+    """The tutorial's first guide: an unconstrained ``b`` passed through ``abs``."""
     a = ember.param("a", torch.tensor(float(guess)))
     b = ember.param("b", torch.tensor(1.0))
     return ember.sample("weight", dist.Normal(a, torch.abs(b)))
 
 
 def guide_constrained(guess: Any) -> torch.Tensor:
-    """The seed's second guide: ``b`` constrained positive by the parameter store."""
+    """The tutorial's second guide: ``b`` constrained positive by the parameter store."""
     a = ember.param("a", torch.tensor(float(guess)))
     b = ember.param("b", torch.tensor(1.0), constraint=constraints.positive)
     return ember.sample("weight", dist.Normal(a, b))
@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.1, help="SGD momentum (default 0.1)")
     p.add_argument("--guess", type=float, default=8.5, help="prior guess of the weight (default 8.5)")
     p.add_argument("--measurement", type=float, default=9.5, help="the observed measurement (default 9.5)")
-    p.add_argument("--guide", choices=["constrained", "abs"], default="constrained", help="which of the seed's guides")
+    p.add_argument("--guide", choices=["constrained", "abs"], default="constrained", help="which of the tutorial's guides: b constrained positive by the store, or unconstrained through abs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", default=None, help="run directory (default runs/scale-<time>)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")

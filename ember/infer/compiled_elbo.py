@@ -7,8 +7,8 @@ torch's generator on every call, in the same order as the eager code), the model
 against it, the surrogate loss and its gradient with respect to every parameter the step read
 (``make_fx`` over ``torch.func.grad_and_value``). Later calls with the same signature run that
 graph (TorchScript's static runtime where possible) and set each parameter's ``.grad``, which
-is all ``SVI.step`` needs: on seed 003's scale model the ELBO step costs ~70 µs instead of
-~500 µs (benchmarks/README.md).
+is all ``SVI.step`` needs: on a small model such as the introductory scale model the step is
+several times faster than eager (measurements in benchmarks/README.md).
 
 As with Pyro's ``JitTrace_ELBO``, the model and guide must have static structure. Compiling is
 refused, with the reason in ``compile_status`` and one warning, and the ELBO runs eagerly, when:

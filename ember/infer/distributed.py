@@ -23,7 +23,7 @@ is that objective, and the gradients are *summed* (not averaged):
 
 * sites inside a *sharded plate* (named by ``plates``, default ``"data"``) hold the rank's
   part of the global batch. A plate declared without subsampling (``plate("data", len(x))``
-  over the rank's ``x``: seed 004's VAE) is the rank's slice of the single-process plate over
+  over the rank's ``x``: the VAE example) is the rank's slice of the single-process plate over
   the concatenated batch, whose scale is 1: its sites keep scale 1. A subsampled plate
   (``plate("data", N, subsample=idx)`` or ``subsample_size=``) scales its sites by ``N / B``
   with ``B`` the *global* batch size (the sum of the ranks' subsample sizes, found with one
