@@ -41,6 +41,7 @@ from ember.distributions.util import sum_rightmost
 from ember.infer.initialization import (
     InitMessenger,
     init_to_feasible,
+    init_to_mean,
     init_to_median,
     init_values_of,
     resolve_init_strategy,
@@ -274,6 +275,7 @@ class AutoGuide(PyroModule):
         self.create_plates = create_plates
         self._structure: Structure | None = None
         self._verified = False
+        self.prototype_trace: Trace | None = None  # the model's trace from setup (None after load)
 
     # ---- prototype -------------------------------------------------------------------------------
     def _prototype_trace(self, args: tuple, kwargs: dict) -> Trace:
@@ -297,6 +299,7 @@ class AutoGuide(PyroModule):
             init[s.name] = v
         self._structure = structure
         self._verified = True
+        self.prototype_trace = trace
         self._build(init)
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:  # Pyro's name
@@ -932,7 +935,7 @@ class AutoNormalMessenger(PyroModule):
     visit from ``init_loc_fn``. Subclass it and override :meth:`get_posterior` for other
     families. Returns ``{site: value}`` of the latents."""
 
-    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1) -> None:
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1) -> None:
         super().__init__(name=type(self).__name__)
         if not (isinstance(init_scale, (int, float)) and init_scale > 0):
             raise ValueError(f"AutoNormalMessenger: init_scale must be a positive number; got {init_scale!r}")
