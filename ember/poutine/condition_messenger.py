@@ -126,4 +126,7 @@ class UnconditionMessenger(Messenger):
 
 
 def uncondition(fn: Callable | None = None) -> UnconditionMessenger:
+    """Turn observed sample sites back into latent ones, drawn afresh; the observed value is kept
+    in the site's ``infer["obs"]`` with ``infer["was_observed"] = True``.
+    A handler: ``uncondition(fn)``, a decorator or a context manager."""
     return UnconditionMessenger(fn)

@@ -52,6 +52,10 @@ class SubstituteMessenger(_WarnsUnusedNames, Messenger):
 
 
 def substitute(fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> SubstituteMessenger:
+    """Give param sites (and unobserved sample sites) the values in ``data``, a dict site name ->
+    tensor (or those ``substitute_fn(msg)`` returns when not None), used as they are: no
+    constraint is applied. Names in ``data`` that no site uses warn once.
+    A handler: ``substitute(fn, data=...)``, a decorator or a context manager."""
     return SubstituteMessenger(fn, data=data, substitute_fn=substitute_fn, warn_unused=True)
 
 
@@ -100,6 +104,9 @@ class LiftMessenger(Messenger):
 
 
 def lift(fn: Callable | None = None, prior: Any = None) -> LiftMessenger:
+    """Turn param sites into sample sites drawn from ``prior``: one distribution for every param,
+    a dict name -> distribution (or callable), or a callable. Each drawn value has the param's shape.
+    A handler: ``lift(fn, prior=...)``, a decorator or a context manager."""
     return LiftMessenger(fn, prior=prior)
 
 
@@ -124,6 +131,10 @@ class EscapeMessenger(Messenger):
 
 
 def escape(fn: Callable | None = None, escape_fn: Callable | None = None) -> EscapeMessenger:
+    """Stop the run at the first sample site where ``escape_fn(msg)`` is true by raising
+    ``NonlocalExit`` (carrying that site's message, hidden from the handlers outside); ``poutine.queue``
+    uses it to enumerate discrete sites one run at a time.
+    A handler: ``escape(fn, escape_fn=...)``, a decorator or a context manager."""
     return EscapeMessenger(fn, escape_fn=escape_fn)
 
 
@@ -143,4 +154,7 @@ class InferConfigMessenger(Messenger):
 
 
 def infer_config(fn: Callable | None = None, config_fn: Callable | None = None) -> InferConfigMessenger:
+    """Update each sample and param site's ``infer`` dict with the dict ``config_fn(msg)`` returns
+    (into a new dict: a shared one is never mutated).
+    A handler: ``infer_config(fn, config_fn=...)``, a decorator or a context manager."""
     return InferConfigMessenger(fn, config_fn=config_fn)
