@@ -45,10 +45,9 @@ from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, Mix
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
-from ember.distributions.torch_dist import MaskedDistribution, TorchDistribution, TorchDistributionMixin
+from ember.distributions import util  # noqa: F401  (dist.util, as in Pyro)
+from ember.distributions.torch_dist import Distribution, MaskedDistribution, TorchDistribution, TorchDistributionMixin
 from ember.distributions.transforms import biject_to, transform_to
-
-Distribution = _td.Distribution
 
 
 def enable_validation(is_validate: bool = True) -> None:

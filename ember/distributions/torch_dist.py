@@ -8,7 +8,7 @@ import torch
 import torch.distributions as _td
 from torch.distributions import constraints
 
-__all__ = ["TorchDistributionMixin", "TorchDistribution", "MaskedDistribution"]
+__all__ = ["Distribution", "TorchDistributionMixin", "TorchDistribution", "MaskedDistribution"]
 
 
 def as_bool_mask(mask: Any, who: str) -> Any:
@@ -191,3 +191,26 @@ class MaskedDistribution(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base_dist.variance
+
+
+class _DistributionMeta(type(_td.Distribution)):  # type: ignore[misc]
+    def __instancecheck__(cls, instance: Any) -> bool:
+        # as in Pyro, every Ember distribution is a Distribution (the torch classes carry the mixin)
+        if cls is Distribution and isinstance(instance, TorchDistributionMixin):
+            return True
+        return super().__instancecheck__(instance)
+
+
+class Distribution(TorchDistribution, metaclass=_DistributionMeta):
+    """The base class for distributions written by hand (Pyro's ``pyro.distributions.Distribution``):
+    subclass it and define ``sample`` and ``log_prob`` (``rsample``, ``support``,
+    ``enumerate_support`` where they exist); ``Distribution()`` needs no arguments (empty batch and
+    event shapes). Instances are callable (they draw a sample). Every Ember distribution is an
+    instance of it."""
+
+    has_rsample = False
+    has_enumerate_support = False
+    arg_constraints: dict = {}
+
+    def __init__(self, batch_shape: torch.Size = torch.Size(), event_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
