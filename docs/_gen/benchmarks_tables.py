@@ -96,6 +96,9 @@ def page(bench_dir: Path) -> str:
         out.append(f"## `{path.stem}`\n")
         if script.exists():
             out.append(_docline(script).replace("``", "`") + "\n")
+        notes = [ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.lstrip().startswith("#")]
+        if notes:
+            out.append("Notes kept with the results: " + " ".join(notes) + "\n")
         out.append(f"Last run ({len(recs)} recorded in `benchmarks/results/{path.name}`):\n")
         out.append(record_tables(recs[-1]))
         if len(recs) > 1:

@@ -164,7 +164,8 @@ def rst_like_to_markdown(doc: str, top_level: int = 2) -> str:
         elif columnar:
             out.extend(["```text", *block, "```", ""])
         else:
-            out.extend([_inline(" ".join(ln.strip() for ln in block)), ""])
+            text = _inline(" ".join(ln.strip() for ln in block))
+            out.extend([text[:-1] if text.endswith("::") else text, ""])
         block.clear()
 
     i = 0
