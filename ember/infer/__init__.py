@@ -43,3 +43,11 @@ __all__ += ["RenyiELBO"]
 from ember.infer.discrete import infer_discrete  # noqa: E402
 
 __all__ += ["infer_discrete"]
+
+# issue 14: more objectives, compiled variants, model criticism
+from ember.infer.rws import ReweightedWakeSleep  # noqa: E402
+from ember.infer.trace_elbo import JitTraceMeanField_ELBO  # noqa: E402
+from ember.infer.tracegraph_elbo import JitTraceGraph_ELBO  # noqa: E402
+from ember.infer.tracetailadaptive_elbo import TraceTailAdaptive_ELBO  # noqa: E402
+
+__all__ += ["JitTraceGraph_ELBO", "JitTraceMeanField_ELBO", "ReweightedWakeSleep", "TraceTailAdaptive_ELBO"]

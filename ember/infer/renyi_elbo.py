@@ -12,7 +12,7 @@ from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
 from ember.poutine.trace_struct import Trace, scale_and_mask
 from ember.runtime import is_guide_latent
 
-__all__ = ["RenyiELBO"]
+__all__ = ["RenyiELBO", "collect_particles", "log_weights", "particle_terms"]
 
 
 def per_particle(lp: Any, particle_dim: int | None, n: int) -> torch.Tensor:
@@ -29,24 +29,44 @@ def per_particle(lp: Any, particle_dim: int | None, n: int) -> torch.Tensor:
     return out.expand(n) if out.shape[0] == 1 else out
 
 
-def log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log w, score)``, each ``[n]`` (score None where every guide site is reparameterized): ``log w = log p(x, z) - log q(z)`` of each particle (scaled
-    and masked), and the sum of the unscaled (masked) ``log q`` of its non-reparameterized guide
-    sites, whose gradient is the score function."""
-    log_w: Any = 0.0
+def particle_terms(model_trace: Trace, guide_trace: Trace, particle_dim: int | None, n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(log p, log q, score)``, each ``[n]``: the model's and the guide's log-density of each
+    particle (scaled and masked) and the sum of the unscaled (masked) ``log q`` of its
+    non-reparameterized guide sites, whose gradient is the score function (None where every
+    guide site is reparameterized)."""
+    log_p: Any = torch.zeros(n)
+    log_q: Any = torch.zeros(n)
     score: Any = None
     for site in model_trace.nodes.values():
         if site.type == "sample" and site.log_prob is not None:
-            log_w = log_w + per_particle(site.log_prob, particle_dim, n)
+            log_p = log_p + per_particle(site.log_prob, particle_dim, n)
     for site in guide_trace.nodes.values():
         if is_guide_latent(site) and site.log_prob is not None:
-            log_w = log_w - per_particle(site.log_prob, particle_dim, n)
+            log_q = log_q + per_particle(site.log_prob, particle_dim, n)
             if not site.fn.has_rsample:
                 term = per_particle(scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), particle_dim, n)
                 score = term if score is None else score + term
-    if not isinstance(log_w, torch.Tensor):
-        log_w = torch.zeros(n)
-    return log_w.expand(n) if log_w.shape[0] == 1 and n > 1 else log_w, score
+    return log_p, log_q, score
+
+
+def log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int | None, n: int) -> tuple[torch.Tensor, Any]:
+    """``(log w, score)``, each ``[n]``: ``log w = log p(x, z) - log q(z)`` of each particle, and
+    the score (see :func:`particle_terms`)."""
+    log_p, log_q, score = particle_terms(model_trace, guide_trace, particle_dim, n)
+    return log_p - log_q, score
+
+
+def collect_particles(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict,
+                      terms: Callable = log_weights) -> tuple[list, list]:
+    """``terms(model_trace, guide_trace, particle_dim, n)`` of every particle of ``elbo`` (its
+    ``num_particles``, vectorized or not), and the traces."""
+    out, traces = [], []
+    vectorized = elbo.vectorize_particles and elbo.num_particles > 1
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        pdim = -int(elbo.max_plate_nesting) - 1 if vectorized else None
+        out.append(terms(model_trace, guide_trace, pdim, elbo.num_particles if vectorized else 1))
+        traces.append((model_trace, guide_trace))
+    return out, traces
 
 
 class RenyiELBO(ELBO):
@@ -76,18 +96,12 @@ class RenyiELBO(ELBO):
         self.alpha = float(alpha)
 
     def _all_log_weights(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, list]:
-        ws, scores, traces = [], [], []
-        vectorized = self.vectorize_particles and self.num_particles > 1
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            pdim = -int(self.max_plate_nesting) - 1 if vectorized else None
-            w, s = log_weights(model_trace, guide_trace, pdim, self.num_particles if vectorized else 1)
-            ws.append(w)
-            scores.append(s)
-            traces.append((model_trace, guide_trace))
-        log_w = torch.cat(ws)
-        if not any(isinstance(s, torch.Tensor) for s in scores):
+        """``(log w [K], score [K] or None, traces)`` of all particles."""
+        parts, traces = collect_particles(self, model, guide, args, kwargs)
+        log_w = torch.cat([w for w, _ in parts])
+        if all(s is None for _, s in parts):
             return log_w, None, traces
-        score = torch.cat([s.expand(w.shape) if isinstance(s, torch.Tensor) else torch.zeros_like(w) for s, w in zip(scores, ws)])
+        score = torch.cat([torch.zeros_like(w) if s is None else s.expand(w.shape) for w, s in parts])
         return log_w, score, traces
 
     def _bound(self, log_w: torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,11 @@ class TraceMeanField_ELBO(Trace_ELBO):
         if not nonreparam:
             return _loss_and_surrogate(elbo)
         return _loss_and_surrogate(elbo, _score_function_terms(model_trace, guide_trace, nonreparam))
+
+
+class JitTraceMeanField_ELBO(CompiledLossAndGrads, TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` compiled as ``JitTrace_ELBO`` is (see :mod:`ember.infer.compiled_elbo`):
+    static models and guides run one recorded graph per step; others warn once and run eagerly."""
+
+
+__all__ += ["JitTraceMeanField_ELBO"]

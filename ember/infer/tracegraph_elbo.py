@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ember.infer.compiled_elbo import CompiledLossAndGrads
 from ember.infer.elbo import ELBO, MultiFrameTensor
 from ember.infer.trace_elbo import _loss_and_surrogate, _model_and_guide_terms
 from ember.poutine.trace_struct import Trace, scale_and_mask
@@ -151,3 +152,13 @@ class TraceGraph_ELBO(ELBO):
             # trains the baselines only (costs are detached); adds zero to the value
             out = out + baseline_loss - baseline_loss.detach()
         return loss, out
+
+
+class JitTraceGraph_ELBO(CompiledLossAndGrads, TraceGraph_ELBO):
+    """``TraceGraph_ELBO`` compiled as ``JitTrace_ELBO`` is (see :mod:`ember.infer.compiled_elbo`).
+    Where a step's result depends on state the graph cannot see (a decaying-average baseline, an
+    ``nn_baseline`` module) the recorded graph disagrees with the eager step or is refused, and it
+    runs eagerly (``compile_status`` says why)."""
+
+
+__all__ += ["JitTraceGraph_ELBO"]

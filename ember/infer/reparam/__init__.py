@@ -2,6 +2,7 @@
 in terms of auxiliary sites that inference handles better (non-centring for NUTS, ...)."""
 
 from ember.infer.reparam.loc_scale import LocScaleReparam
+from ember.infer.reparam.neutra import NeuTraReparam
 from ember.infer.reparam.projected_normal import ProjectedNormalReparam
 from ember.infer.reparam.reparam import Reparam
 from ember.infer.reparam.softmax import SoftmaxReparam
@@ -13,6 +14,7 @@ __all__ = [
     "AutoReparam",
     "LocScaleReparam",
     "MinimalReparam",
+    "NeuTraReparam",
     "ProjectedNormalReparam",
     "Reparam",
     "SoftmaxReparam",
