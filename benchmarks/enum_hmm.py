@@ -7,6 +7,7 @@ The model: K = 3 hidden states, ``x_t ~ Categorical(trans[x_{t-1}])`` along ``ma
 simplex) and ``locs``; an empty guide, so the loss is ``-log p(y)`` exactly. The data are drawn from
 the same HMM with ``trans = 0.8 I + 0.1 (1 - I)``, ``locs = (-2, 0, 2)``, torch seed 0.
 
+``--jit`` adds ``ember_jit`` (``JitTraceEnum_ELBO``; compiled during the untimed warm-up).
 Every variant: Adam(lr=0.01) on the same initial parameters, the loss read back as a float each step,
 rounds alternating between variants, 1 thread. Prints one JSON line per T with the median seconds
 per step of each variant, their ratios to the hand-written torch step, and ``per_T``: ember's seconds
@@ -44,7 +45,7 @@ def _init() -> dict:
             "locs": torch.tensor([-1.0, 0.1, 1.0])}
 
 
-def _library_step(lib, ys: torch.Tensor):
+def _library_step(lib, ys: torch.Tensor, jit: bool = False):
     dist = lib.distributions
     lib.clear_param_store()
     init0 = _init()
@@ -61,8 +62,8 @@ def _library_step(lib, ys: torch.Tensor):
     def guide(ys):
         pass
 
-    svi = lib.infer.SVI(lib.infer.config_enumerate(model), guide, lib.optim.Adam({"lr": 0.01}),
-                        lib.infer.TraceEnum_ELBO(max_plate_nesting=0))
+    elbo = (lib.infer.JitTraceEnum_ELBO if jit else lib.infer.TraceEnum_ELBO)(max_plate_nesting=0)
+    svi = lib.infer.SVI(lib.infer.config_enumerate(model), guide, lib.optim.Adam({"lr": 0.01}), elbo)
     return lambda: svi.step(ys)
 
 
@@ -95,6 +96,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="SVI steps per round and variant")
     p.add_argument("--no-pyro", action="store_true")
+    p.add_argument("--jit", action="store_true", help="also time JitTraceEnum_ELBO (ember_jit; its one-off compile takes "
+                                                      "about 30 s at T=100 and minutes beyond, untimed)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import ember
@@ -115,6 +118,8 @@ def main() -> None:
         for name, lib in libs.items():
             lib.enable_validation(False)
             variants[name] = _library_step(lib, ys)
+            if args.jit and name == "ember":
+                variants["ember_jit"] = _library_step(lib, ys, jit=True)
         times: dict = {name: [] for name in variants}
         for step in variants.values():  # untimed warm-up (first-step setup)
             step()
