@@ -277,11 +277,10 @@ class TraceEnum_ELBO(ELBO):
         model_trace.max_plate_nesting = guide_trace.max_plate_nesting = mpn
         model_trace.compute_log_prob()
         guide_trace.compute_log_prob()
-        model_trace._enum_mpn = guide_trace._enum_mpn = mpn  # type: ignore[attr-defined]
         return model_trace, guide_trace
 
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
-        mpn = model_trace._enum_mpn  # type: ignore[attr-defined]
+        mpn = int(model_trace.max_plate_nesting)  # set by _model_trace: the plates' dims
         # the guide: its enumerated sites (weights), every latent's -log q (costs)
         ginfo = _Factors()
         weights = []

@@ -112,3 +112,15 @@ def test_pyro_style_positional_constructors():
 
     assert EnumMessenger(-2).first_available_dim == -2
     assert MarkovMessenger(3).history == 3
+
+
+def test_iter_discrete_traces_visits_every_joint_value_once():
+    from ember.infer.enum import iter_discrete_traces
+
+    def model():
+        a = ember.sample("a", dist.Bernoulli(0.3), infer={"enumerate": "sequential"})
+        ember.sample("b", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])), infer={"enumerate": "sequential"})
+        return a
+
+    seen = sorted((float(tr.nodes["a"].value), int(tr.nodes["b"].value)) for tr in iter_discrete_traces("flat", model))
+    assert seen == [(a, b) for a in (0.0, 1.0) for b in range(3)]
