@@ -178,10 +178,24 @@ def test_auto_reparam_chooses():
     strategy = AutoReparam()
     tr = poutine.trace(strategy(eight_schools)).get_trace(Y8, SIGMA8)
     assert isinstance(strategy.config["theta"], LocScaleReparam) and strategy.config["theta"].centered is None
-    assert isinstance(strategy.config["mu"], LocScaleReparam)  # Normal(0, 5) is not standard
+    assert isinstance(strategy.config["mu"], LocScaleReparam)
     assert strategy.config["tau"] is None  # HalfCauchy: |x| is not bijective
     assert strategy.config["obs"] is None  # observed
     assert "theta_decentered" in tr.nodes and "obs_decentered" not in tr.nodes
+
+
+def test_auto_reparam_under_an_autoguide():
+    """AutoNormal's first run (init values: loc 0, scale 1) must not make the strategy skip theta."""
+    from ember.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    model = AutoReparam()(eight_schools)
+    guide = AutoNormal(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO(num_particles=2, vectorize_particles=True))
+    svi.step(Y8, SIGMA8)
+    out = Predictive(model, guide=guide, num_samples=5, parallel=True)(Y8, SIGMA8)
+    assert out["theta_decentered"].shape == (5, 8) and out["theta"].shape == (5, 8)
+    assert "theta_centered" in pyro.get_param_store()
 
 
 def test_bad_config_names_no_site():

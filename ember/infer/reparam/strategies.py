@@ -48,16 +48,6 @@ def _minimal(fn: Any, is_observed: bool) -> Reparam | None:
     return None
 
 
-def _is_standard(base: Any) -> bool:
-    for v, target in ((base.loc, 0.0), (base.scale, 1.0)):
-        if isinstance(v, torch.Tensor):
-            if v.requires_grad or not bool((v == target).all()):
-                return False
-        elif v != target:
-            return False
-    return True
-
-
 class MinimalReparam(Strategy):
     """Only what inference needs to run at all: ``ProjectedNormal`` latents (on the sphere,
     where HMC cannot move) become normalised Gaussian vectors. Other sites are left as they are."""
@@ -68,8 +58,8 @@ class MinimalReparam(Strategy):
 
 class AutoReparam(Strategy):
     """What :class:`MinimalReparam` does, plus, for latent sites: ``TransformReparam`` for
-    transformed distributions with bijective transforms and ``LocScaleReparam(centered)`` for location-scale families whose
-    location or scale is not already standard (``centered=None``: learnable centring, trained by SVI).
+    transformed distributions with bijective transforms and ``LocScaleReparam(centered)`` for location-scale families
+    (``centered=None``: learnable centring, trained by SVI).
 
     :param centered: passed to ``LocScaleReparam`` (None, or a float in ``[0, 1]``).
     """
@@ -87,7 +77,9 @@ class AutoReparam(Strategy):
         if isinstance(base, torch.distributions.TransformedDistribution):
             # HalfCauchy, HalfNormal (|x|) are not bijective images of their base: left alone
             return TransformReparam() if all(t.bijective for t in base.transforms) else None
-        if type(base).__name__ in _SHAPE_PARAMS and not _is_standard(base):
+        if type(base).__name__ in _SHAPE_PARAMS:
+            # every such latent, whatever its parameters' values on the first run (a value-based
+            # test would be fooled by an initialisation that happens to give loc 0 and scale 1)
             return LocScaleReparam(self.centered)
         return None
 
