@@ -76,7 +76,7 @@ def test_multivariate_normal_recovers_the_exact_posterior() -> None:
     x, y = _data()
     mu, cov = _exact(x, y)
     guide = AutoMultivariateNormal(model, init_loc_fn=init_to_value(values={"w": torch.zeros(3)}))
-    avg = _fit(guide, 800, 0.03, particles=16, average=300)
+    avg = _fit(guide, 800, 0.02, particles=16, average=400)
     loc = avg["AutoMultivariateNormal.loc"]
     tril = avg["AutoMultivariateNormal.scale"].unsqueeze(-1) * (avg["AutoMultivariateNormal.scale_tril"].tril(-1) + torch.eye(3))
     sd = cov.diagonal().sqrt()
@@ -114,7 +114,7 @@ def test_delta_finds_the_map() -> None:
     x, y = _data()
     mu, _ = _exact(x, y)
     guide = AutoDelta(model)
-    _fit(guide, 800, 0.05)  # no sampling: the gradient is exact
+    _fit(guide, 500, 0.05)  # no sampling: the gradient is exact
     assert torch.allclose(guide.median()["w"], mu, atol=1e-3)
 
 
@@ -122,7 +122,7 @@ def test_laplace_matches_the_analytic_hessian_at_the_map() -> None:
     x, y = _data()
     mu, cov = _exact(x, y)
     guide = AutoLaplaceApproximation(model)
-    _fit(guide, 800, 0.05)
+    _fit(guide, 500, 0.05)
     assert torch.allclose(guide.loc.detach(), mu, atol=1e-3)
     gaussian = guide.laplace_approximation(x, y)
     assert isinstance(gaussian, AutoMultivariateNormal)
