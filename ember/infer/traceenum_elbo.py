@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import queue as _queue
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -207,7 +208,13 @@ class TraceEnum_ELBO(ELBO):
 
     Accepts ``ELBO``'s arguments; ``max_plate_nesting`` should be given when the model's plates
     are known (it is otherwise guessed by one run of model and guide without enumeration).
+    With ``strict_enumeration_warning`` (default), a model and guide without any site marked for
+    enumeration warn once (``Trace_ELBO`` is the cheaper estimator then).
     """
+
+    def __init__(self, *args: Any, strict_enumeration_warning: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, strict_enumeration_warning=strict_enumeration_warning, **kwargs)
+        self._warn_no_enumeration = strict_enumeration_warning
 
     def _guess_mpn(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
         if self.max_plate_nesting == math.inf:
@@ -281,6 +288,13 @@ class TraceEnum_ELBO(ELBO):
 
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
         mpn = int(model_trace.max_plate_nesting)  # set by _model_trace: the plates' dims
+        if self._warn_no_enumeration:
+            self._warn_no_enumeration = False
+            if not any(st.type == "sample" and st.infer.get("enumerate") for tr in (model_trace, guide_trace)
+                       for st in tr.nodes.values()):
+                warnings.warn("TraceEnum_ELBO found no sample site marked for enumeration (config_enumerate, or "
+                              "infer={'enumerate': 'parallel'}); without one, Trace_ELBO computes the same estimate faster",
+                              UserWarning, stacklevel=4)
         # the guide: its enumerated sites (weights), every latent's -log q (costs)
         ginfo = _Factors()
         weights = []

@@ -124,3 +124,18 @@ def test_iter_discrete_traces_visits_every_joint_value_once():
 
     seen = sorted((float(tr.nodes["a"].value), int(tr.nodes["b"].value)) for tr in iter_discrete_traces("flat", model))
     assert seen == [(a, b) for a in (0.0, 1.0) for b in range(3)]
+
+
+def test_warns_once_when_nothing_is_enumerated():
+    def model():
+        ember.sample("x", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    elbo = TraceEnum_ELBO(max_plate_nesting=0)
+    with pytest.warns(UserWarning, match="no sample site marked for enumeration"):
+        elbo.loss(model, _guide)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo.loss(model, _guide)
+        TraceEnum_ELBO(max_plate_nesting=0, strict_enumeration_warning=False).loss(model, _guide)
