@@ -33,3 +33,19 @@ def test_main_with_nuts(tmp_path):
     assert summary["assignment"] == [0, 0, 1, 1, 1]
     locs = sorted(summary["nuts_mean"]["locs"])
     assert abs(locs[0] - 0.5) < 1.5 and abs(locs[1] - 11.0) < 1.5
+
+
+def test_hmm_example_recovers_the_states():
+    from ember.examples import hmm
+
+    ys, states = hmm.generate(8, 30, seed=1)
+    res = hmm.fit(ys, steps=60, lr=0.05)
+    assert res["losses"][-1] < res["losses"][0]
+    params = {k: res[k] for k in ("trans", "locs", "scale")}
+    order = res["locs"].argsort()
+    assert torch.allclose(res["locs"][order], hmm.TRUE["locs"], atol=0.3)
+    decoded = order.argsort()[hmm.decode(ys, params)]
+    assert decoded.shape == states.shape
+    assert (decoded == states).double().mean() > 0.9
+    # the fitted parameters explain the data at least about as well as the true ones
+    assert hmm.log_likelihood(ys, params) > hmm.log_likelihood(ys, hmm.TRUE) - 5.0
