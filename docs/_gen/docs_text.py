@@ -15,7 +15,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_MODULES = [
     "ember", "ember.poutine", "ember.distributions", "ember.distributions.constraints",
     "ember.distributions.transforms", "ember.infer", "ember.infer.autoguide", "ember.infer.reparam",
-    "ember.infer.mcmc", "ember.infer.distributed", "ember.optim", "ember.params", "ember.nn", "ember.ops",
+    "ember.infer.mcmc", "ember.infer.distributed", "ember.infer.inspect", "ember.optim", "ember.params", "ember.nn", "ember.ops",
     "ember.ops.stats", "ember.util", "ember.data", "ember.compat", "ember.contrib.examples",
 ]
 
