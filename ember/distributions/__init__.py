@@ -56,6 +56,7 @@ def enable_validation(is_validate: bool = True) -> None:
 
 
 def is_validation_enabled() -> bool:
+    """Whether torch's distribution argument and support checks are on (``enable_validation``)."""
     return bool(_td.Distribution._validate_args)
 
 
