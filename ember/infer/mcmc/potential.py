@@ -550,17 +550,24 @@ class _BatchedSubstitute(Messenger):
 class BatchedPotential:
     """The potential energies of ``C`` chains of a :class:`ModelPotential` in one evaluation.
 
-    The model runs once inside a plate of size ``C`` at ``chain_dim = -(max_plate_nesting + 1)``
-    (left of every batch dim the model uses, as vectorized ELBO particles do), with each latent
-    substituted by the ``C`` chains' values (the chain dim in front, size-1 dims padding it out to
-    the plate's dim). Each site's log-density is summed per chain, so ``U(z)`` is ``[C]`` for
-    ``z [C, D]``, and one backward pass of ``U.sum()`` gives every chain's gradient (the chains do
-    not interact). :meth:`check` compares it with the single-chain potential before it is used.
+    ``how="plate"``: the model runs once inside a plate of size ``C`` at
+    ``chain_dim = -(max_plate_nesting + 1)`` (left of every batch dim the model uses, as vectorized
+    ELBO particles do), with each latent substituted by the ``C`` chains' values (the chain dim in
+    front, size-1 dims padding it out to the plate's dim). Each site's log-density is summed per
+    chain, so ``U(z)`` is ``[C]`` for ``z [C, D]``, and one backward pass of ``U.sum()`` gives every
+    chain's gradient (the chains do not interact). A model whose tensor algebra assumes its own
+    shapes (``x @ w`` with ``w`` a vector latent) cannot take a chain dim this way;
+    ``how="vmap"`` then maps the single-chain potential over the chains with ``torch.func.vmap``
+    (the model's Python still runs once per evaluation; every operation is batched for it).
+    :meth:`check` compares either with the single-chain potential before it is used.
     """
 
-    def __init__(self, single: ModelPotential, num_chains: int, max_plate_nesting: int) -> None:
+    def __init__(self, single: ModelPotential, num_chains: int, max_plate_nesting: int, how: str = "plate") -> None:
         if getattr(single, "_enum_mpn", None) is not None:  # issue 13
             raise ValueError("the model has enumerated sites, which the batched potential does not sum out")
+        if how not in ("plate", "vmap"):
+            raise ValueError(f"BatchedPotential: how must be 'plate' or 'vmap', got {how!r}")
+        self.how = how
         self.single = single
         self.num_chains = num_chains
         self.chain_dim = -(max_plate_nesting + 1)
@@ -584,6 +591,8 @@ class BatchedPotential:
 
     def potential(self, z: torch.Tensor) -> torch.Tensor:
         """``U(z)`` for ``z [C, D]``: a ``[C]`` tensor, differentiable in ``z``."""
+        if self.how == "vmap":
+            return torch.func.vmap(self.single.potential)(z)
         c = self.num_chains
         values = {}
         logdet: Any = 0.0
@@ -646,7 +655,8 @@ class BatchedPotential:
                 u, g = self.eager_potential_and_grad(point)
             except Exception as e:  # noqa: BLE001 - whatever the model does with a chain dim
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                return f"the model fails with a chain dim at {self.chain_dim}: {type(e).__name__}: {msg}"
+                where = f"a chain dim at {self.chain_dim}" if self.how == "plate" else "torch.func.vmap over the chains"
+                return f"the model fails with {where}: {type(e).__name__}: {msg}"
             if u.shape != (self.num_chains,) or g.shape != point.shape:
                 return f"the batched potential has shape {tuple(u.shape)}, not ({self.num_chains},)"
             for c in range(self.num_chains):
@@ -654,9 +664,9 @@ class BatchedPotential:
                 if not math.isfinite(u1):
                     continue
                 if not (math.isclose(float(u[c]), u1, rel_tol=1e-4, abs_tol=1e-4) and agrees(g[c], g1)):
+                    where = f"the chain dim {self.chain_dim}" if self.how == "plate" else "the vmapped chains"
                     return (f"the batched potential of chain {c} is {float(u[c]):.6g} where the model alone gives "
-                            f"{u1:.6g} (or a different gradient): the model mixes values across the chain dim "
-                            f"{self.chain_dim}")
+                            f"{u1:.6g} (or a different gradient): the model mixes values across {where}")
         return None
 
     def compile(self, z: torch.Tensor) -> bool:

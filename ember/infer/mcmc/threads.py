@@ -24,11 +24,18 @@ __all__ = ["ThreadChoice"]
 log = logging.getLogger("ember.infer")
 
 
-def _time_per_call(fn: Callable[[], Any], n: int) -> float:
+def _time_per_call(fn: Callable[[], Any], n: int, budget_s: float = float("inf")) -> float:
+    """Seconds per call over ``n`` calls, or fewer once ``budget_s`` has passed (at least one)."""
     t0 = time.perf_counter()
-    for _ in range(n):
+    done = 0
+    elapsed = 0.0
+    while done < n:
         fn()
-    return (time.perf_counter() - t0) / n
+        done += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed > budget_s:
+            break
+    return elapsed / done
 
 
 class ThreadChoice:
@@ -74,21 +81,25 @@ class ThreadChoice:
             self.chosen = current
             self.status = f"{current} thread (the current setting; nothing to choose)"
             return current
-        torch.set_num_threads(current)
+        # the size of the model from one thread's timing (several threads can be slowed by any
+        # amount when another process holds a core, so they say nothing about the model)
+        torch.set_num_threads(1)
         evaluate()  # warm: first calls allocate
-        t_first = _time_per_call(evaluate, 1)
+        t_first = min(_time_per_call(evaluate, 1) for _ in range(3))  # one call can be descheduled
         if t_first > self.large_s:
+            torch.set_num_threads(current)
             self.chosen = current
-            self.status = (f"{current} threads (the current setting: one evaluation takes {t_first * 1e3:.0f} ms, "
-                           f"a model large enough to keep them)")
+            self.status = (f"{current} threads (the current setting: one evaluation takes {t_first * 1e3:.0f} ms "
+                           f"with one thread, a model large enough to keep them)")
             log.info("MCMC: %s", self.status)
             return current
         n = max(2, min(200, int(self.budget_s / 6 / max(t_first, 1e-6))))
+        round_budget = max(self.budget_s / 6, 3 * n * t_first)  # a stalled thread pool does not stall the set-up
         best = {1: float("inf"), current: float("inf")}
         for _ in range(3):  # interleaved, best of three: robust to a burst of load on the other cores
             for k in (1, current):
                 torch.set_num_threads(k)
-                best[k] = min(best[k], _time_per_call(evaluate, n))
+                best[k] = min(best[k], _time_per_call(evaluate, n, round_budget))
         one, many = best[1], best[current]
         self.chosen = 1 if one <= self.prefer_one * many else current
         torch.set_num_threads(self.chosen)

@@ -73,19 +73,29 @@ def prepare_vectorized(kernel: HMC, args: tuple, kwargs: dict, initial: list[dic
     kernel.potential = potential
     kernel._pot = potential.potential_and_grad_numpy
     kernel._compiled_for = None
-    return batched, states, f"{status}; vectorized: {C} chains, one batched evaluation per step"
+    how = "a chain plate" if batched.how == "plate" else "torch.func.vmap"
+    return batched, states, f"{status}; vectorized: {C} chains, one batched evaluation per step ({how})"
 
 
 def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor) -> BatchedPotential | str:
+    """A checked batched potential: the chain dim as a plate if the model takes it, else
+    ``torch.func.vmap`` over the chains; or why neither gives each chain's potential."""
     try:
         trace = potential.trace_at(init_to_value(values=potential.constrain(z0[0]), fallback=None))
-        batched = BatchedPotential(potential, C, guess_max_plate_nesting(trace))
+        nesting = guess_max_plate_nesting(trace)
+        batched = BatchedPotential(potential, C, nesting)
         batched.set_event_dims(trace)
+        mapped = BatchedPotential(potential, C, nesting, how="vmap")
     except Exception as e:  # noqa: BLE001 - a model Ember cannot batch: run it chain by chain
-        return f"the model's plates could not be read for a chain dim ({type(e).__name__}: {e})"
+        return f"the model cannot be batched over chains ({type(e).__name__}: {e})"
     with validation_enabled(False):
         problem = batched.check(z0)
-    return batched if problem is None else problem
+        if problem is None:
+            return batched
+        problem_vmap = mapped.check(z0)
+    if problem_vmap is None:
+        return mapped
+    return f"{problem}; and {problem_vmap}"
 
 
 def _chain(kernel: HMC, state: HMCState, warmup: int, total: int, rec: Any) -> Generator:
