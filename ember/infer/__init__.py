@@ -51,3 +51,7 @@ from ember.infer.tracegraph_elbo import JitTraceGraph_ELBO  # noqa: E402
 from ember.infer.tracetailadaptive_elbo import TraceTailAdaptive_ELBO  # noqa: E402
 
 __all__ += ["JitTraceGraph_ELBO", "JitTraceMeanField_ELBO", "ReweightedWakeSleep", "TraceTailAdaptive_ELBO"]
+
+from ember.infer.csis import CSIS  # noqa: E402
+
+__all__ += ["CSIS"]
