@@ -55,3 +55,7 @@ __all__ += ["JitTraceGraph_ELBO", "JitTraceMeanField_ELBO", "ReweightedWakeSleep
 from ember.infer.csis import CSIS  # noqa: E402
 
 __all__ += ["CSIS"]
+
+from ember.infer.smcfilter import SMCFilter  # noqa: E402
+
+__all__ += ["SMCFilter"]
