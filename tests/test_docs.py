@@ -283,3 +283,28 @@ def test_site_renders_in_a_browser(site):
                         assert r.status == 200, href
     finally:
         driver.quit()
+
+
+def test_ember_docs_without_mkdocs_says_how_to_install(monkeypatch, capsys):
+    import importlib.util as iu
+
+    from ember import cli
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "mkdocs" else real(name, *a))
+    assert cli.main(["docs", "--build"]) == 2
+    assert 'install the docs extra: pip install -e ".[docs]"' in capsys.readouterr().err
+
+
+def test_ember_docs_runs_mkdocs_on_the_checkout(monkeypatch):
+    import subprocess as sp
+
+    from ember import cli
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda cmd, cwd, env: calls.append((cmd, cwd)) or 0)
+    assert cli.main(["docs", "--build"]) == 0
+    assert cli.main(["docs", "--dev-addr", "127.0.0.1:8123"]) == 0
+    (build, cwd), (serve, _) = calls
+    assert build[1:4] == ["-m", "mkdocs", "build"] and "--strict" in build and build[-1] == str(ROOT / "mkdocs.yml")
+    assert serve[3:6] == ["serve", "--dev-addr", "127.0.0.1:8123"] and cwd == ROOT
