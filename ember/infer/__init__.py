@@ -59,3 +59,7 @@ __all__ += ["CSIS"]
 from ember.infer.smcfilter import SMCFilter  # noqa: E402
 
 __all__ += ["SMCFilter"]
+
+from ember.infer.resampler import Resampler  # noqa: E402
+
+__all__ += ["Resampler"]
