@@ -98,7 +98,7 @@ ember.clear_param_store()
 ember.set_rng_seed(0)
 svi = SVI(conditioned_scale, guide, SGD({"lr": 0.001, "momentum": 0.1}), loss=Trace_ELBO())
 a_hist, b_hist = [], []
-for step in range(2500):
+for _ in range(2500):
     svi.step(8.5)
     a_hist.append(ember.param("a").item())
     b_hist.append(ember.param("b").item())
