@@ -111,6 +111,8 @@ def test_auto_normal_local_latents_under_a_subsampled_plate() -> None:
     assert tr.nodes["z"].value.shape == (4,)
     with pytest.raises(ValueError, match="'z' is in plate 'items', which subsamples 4 of 10"):
         AutoDiagonalNormal(local_model)(data)
+    with pytest.raises(ValueError, match="'z' is in plate 'items', which subsamples 4 of 10"):
+        AutoNormalMessenger(local_model)(data)
 
 
 def test_create_plates_passes_minibatch_indices() -> None:

@@ -924,6 +924,11 @@ class _PosteriorMessenger(Messenger):
         if msg.fn.support.is_discrete:
             raise ValueError(f"AutoNormalMessenger: latent site '{msg.name}' is discrete ({type(msg.fn).__name__}); it "
                              f"covers continuous latents only")
+        for f in msg.cond_indep_stack:
+            if f.full_size is not None and f.size < f.full_size:
+                raise ValueError(f"AutoNormalMessenger: latent site '{msg.name}' is in plate '{f.name}', which subsamples "
+                                 f"{f.size} of {f.full_size}; its parameters would follow the minibatch, not the items. "
+                                 f"Use AutoNormal (full-size parameters indexed by the plate)")
         msg.infer = {**msg.infer, "prior": msg.fn}
         msg.fn = self.guide.get_posterior(msg.name, msg.fn, msg)
 
