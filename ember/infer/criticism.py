@@ -67,7 +67,11 @@ def inference_data(model: Callable, posterior_samples: dict, model_args: tuple =
     if sample_stats:
         groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
     if log_likelihood_group and obs_names:
-        groups["log_likelihood"] = _by_chain(log_likelihood(model, samples, *model_args, **kwargs), num_chains)
+        try:
+            ll = log_likelihood(model, samples, *model_args, parallel=True, **kwargs)
+        except Exception:  # noqa: BLE001 - a model that cannot be vectorized: one run per draw
+            ll = log_likelihood(model, samples, *model_args, **kwargs)
+        groups["log_likelihood"] = _by_chain(ll, num_chains)
     if posterior_predictive and obs_names:
         pred = Predictive(model, posterior_samples=samples, return_sites=obs_names)(*model_args, **kwargs)
         groups["posterior_predictive"] = _by_chain(pred, num_chains)

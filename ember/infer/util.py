@@ -120,13 +120,15 @@ def observed_sites(trace: Trace) -> list[str]:
     return [n for n, s in trace.nodes.items() if is_observed(s) and not is_deterministic(s) and not is_factor(s)]
 
 
-def log_likelihood(model: Callable, posterior_samples: dict, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+def log_likelihood(model: Callable, posterior_samples: dict, *args: Any, parallel: bool = False, **kwargs: Any) -> dict[str, torch.Tensor]:
     """The pointwise log-likelihood of each observed site under each posterior draw.
 
     :param model: the model, its data observed (``obs=`` or ``condition``).
     :param posterior_samples: ``{site: tensor [N, *site shape]}`` for every latent site of the model
         (``MCMC.get_samples()``, or draws of a guide through ``Predictive``); other entries
         (deterministic sites, observations) are ignored.
+    :param parallel: run all ``N`` draws at once, in a plate left of the model's (its control flow
+        must not depend on the latent values); default: one run per draw.
     :param args, kwargs: the model's arguments.
     :returns: ``{observed site: tensor [N, *batch shape]}``: ``log p(y_i | theta_n)`` per draw ``n``
         and datum ``i`` (the event dims summed; masks applied; plate subsampling scales not applied).
@@ -136,18 +138,35 @@ def log_likelihood(model: Callable, posterior_samples: dict, *args: Any, **kwarg
     from ember.poutine.trace_struct import scale_and_mask
 
     samples, n = _draws(posterior_samples, "log_likelihood")
-    out: dict[str, list] = {}
     with torch.no_grad():
-        for i in range(n):
+        first = _run_at(model, {k: v[0] for k, v in samples.items()}, args, kwargs, "log_likelihood")
+        names = observed_sites(first)
+        if not names:
+            sites = [k for k, s in first.nodes.items() if s.type == "sample"]
+            raise ValueError(
+                f"log_likelihood: the model observes no site (its sample sites are {sites}); give the data with "
+                f"obs= or poutine.condition so that there is a likelihood to evaluate"
+            )
+
+        def pointwise(tr: Trace, name: str) -> torch.Tensor:
+            site = tr.nodes[name]
+            return scale_and_mask(site.fn.log_prob(site.value), 1.0, site.mask)
+
+        if parallel:
+            nesting = guess_max_plate_nesting(first)
+            shapes = {k: s.value.shape for k, s in first.nodes.items() if s.type == "sample" and isinstance(s.value, torch.Tensor)}
+            values = {}
+            for k, v in samples.items():
+                if k in shapes:
+                    site = first.nodes[k]
+                    event_dim = len(getattr(site.fn, "event_shape", ()))
+                    pad = max(0, nesting - (len(shapes[k]) - event_dim))
+                    values[k] = v.reshape((n,) + (1,) * pad + tuple(shapes[k]))
+            tr = _run_at(in_plate(model, "_log_likelihood_draws", n, -nesting - 1), values, args, kwargs, "log_likelihood")
+            return {k: pointwise(tr, k).reshape((n,) + tuple(pointwise(first, k).shape)) for k in names}
+        out: dict[str, list] = {k: [pointwise(first, k)] for k in names}
+        for i in range(1, n):
             tr = _run_at(model, {k: v[i] for k, v in samples.items()}, args, kwargs, "log_likelihood")
-            names = observed_sites(tr)
-            if not names:
-                sites = [k for k, s in tr.nodes.items() if s.type == "sample"]
-                raise ValueError(
-                    f"log_likelihood: the model observes no site (its sample sites are {sites}); give the data with "
-                    f"obs= or poutine.condition so that there is a likelihood to evaluate"
-                )
             for name in names:
-                site = tr.nodes[name]
-                out.setdefault(name, []).append(scale_and_mask(site.fn.log_prob(site.value), 1.0, site.mask))
+                out[name].append(pointwise(tr, name))
     return {k: torch.stack(v) for k, v in out.items()}

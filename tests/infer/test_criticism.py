@@ -50,11 +50,26 @@ def _by_hand(d):
     return torch.distributions.Normal(d["a"][:, None] + d["b"][:, None] * X, d["s"][:, None]).log_prob(Y)
 
 
-def test_log_likelihood_matches_by_hand():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_log_likelihood_matches_by_hand(parallel):
     d = _draws()
-    ll = log_likelihood(linreg, d, X, Y)
+    ll = log_likelihood(linreg, d, X, Y, parallel=parallel)
     assert list(ll) == ["y"] and ll["y"].shape == (200, 25)
     assert torch.allclose(ll["y"], _by_hand(d), atol=1e-5)
+
+
+def test_log_likelihood_parallel_with_event_dims_and_nested_plates():
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("g", 3, dim=-2), pyro.plate("n", 4, dim=-1):
+            pyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+    y = torch.randn(3, 4, 2)
+    d = {"mu": torch.randn(6, 2)}
+    a, b = log_likelihood(model, d, y), log_likelihood(model, d, y, parallel=True)
+    want = torch.distributions.Normal(d["mu"][:, None, None, :], 1.0).log_prob(y).sum(-1)
+    assert a["y"].shape == b["y"].shape == (6, 3, 4)
+    assert torch.allclose(a["y"], want, atol=1e-5) and torch.allclose(b["y"], want, atol=1e-5)
 
 
 def test_log_likelihood_masks_and_ignores_deterministic_and_subsample_scale():
