@@ -303,6 +303,32 @@ def test_guide_list_and_callable() -> None:
     assert any(k.startswith("AutoGuideList.0.locs") for k in ember.get_param_store().keys())
 
 
+def test_guide_list_saves_and_loads(tmp_path) -> None:
+    ember.set_rng_seed(0)
+    x, y = _data()
+
+    def build():
+        g = AutoGuideList(model)
+        g.append(AutoNormal(poutine.block(model, hide=["s"])))
+        g.append(AutoDelta(poutine.block(model, expose=["s"])))
+        return g
+
+    guide = build()
+    svi = SVI(model, guide, ember.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(20):
+        svi.step(x, y)
+    path = tmp_path / "list.pt"
+    guide.save(path)
+    before = guide.median()
+    ember.clear_param_store()
+    after = build().load(path).median()
+    assert set(after) == {"w", "s"} and all(torch.equal(before[k], after[k]) for k in before)
+    wrong = AutoGuideList(model)
+    wrong.append(AutoNormal(model))
+    with pytest.raises(CheckpointError, match=r"saved with parts \['AutoNormal', 'AutoDelta'\]"):
+        wrong.load(path)
+
+
 def test_jit_trace_elbo_compiles_an_autoguide() -> None:
     ember.set_rng_seed(0)
     x, y = _data()

@@ -359,25 +359,33 @@ class AutoGuide(PyroModule):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the guide's structure and parameters (plain data, checksummed, no pickle)."""
-        structure = self.prototype_structure
-        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name,
-                       "options": self._options(), "structure": structure.to_plain(), "state": state}, path, _FILE_KIND)
+        save_digested(self._payload(), path, _FILE_KIND)
 
     def load(self, path: str | os.PathLike) -> AutoGuide:
         """Rebuild the guide from a file :meth:`save` wrote (no model call, no data) and put its
         parameters in the store. The first call on data afterwards checks the model's sites."""
-        where = os.fspath(path)
         obj = load_digested(path, _FILE_KIND, what="autoguide")
         if not isinstance(obj, dict) or obj.get("format") != _FILE_KIND:
-            raise CheckpointError(f"{where}: not an Ember autoguide file")
-        if obj.get("class") != type(self).__name__:
-            raise CheckpointError(f"{where}: holds a {obj.get('class')}, not a {type(self).__name__}; load it with that class")
+            raise CheckpointError(f"{os.fspath(path)}: not an Ember autoguide file")
+        self._restore(obj, os.fspath(path))
+        return self
+
+    def _payload(self) -> dict:
+        structure = self.prototype_structure
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        return {"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name,
+                "options": self._options(), "structure": structure.to_plain(), "state": state}
+
+    def _restore(self, obj: dict, where: str) -> None:
+        if not isinstance(obj, dict) or obj.get("class") != type(self).__name__:
+            got = obj.get("class") if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{where}: holds a {got}, not a {type(self).__name__}; load it with that class")
         options = obj.get("options")
         if options != self._options():
             raise CheckpointError(f"{where}: saved with options {options}, but this guide has {self._options()}")
         self._structure = Structure.from_plain(obj.get("structure"), where)
         self._verified = False
+        self.prototype_trace = None
         self._build(None)
         state = obj.get("state")
         if not isinstance(state, dict):
@@ -387,7 +395,6 @@ class AutoGuide(PyroModule):
         except RuntimeError as e:
             raise CheckpointError(f"{where}: the saved parameters do not fit the saved structure: {str(e).splitlines()[0]}") from None
         self._bind_to_store()
-        return self
 
     def _bind_to_store(self) -> None:
         """Put this guide's parameters into the store (they win over values held there)."""
@@ -877,6 +884,31 @@ class AutoGuideList(PyroModule):
         for part in self._parts:
             out.update(part.median(*args, **kwargs))
         return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every autoguide part (structure and parameters; plain data, checksummed). Parts
+        that are user functions (:class:`AutoCallable`) are not written: their parameters live in
+        the parameter store (``ember.get_param_store().save``)."""
+        parts = [part._payload() if isinstance(part, AutoGuide) else None for part in self._parts]
+        save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "parts": parts}, path, _FILE_KIND)
+
+    def load(self, path: str | os.PathLike) -> AutoGuideList:
+        """Restore the parts from a file :meth:`save` wrote; append the same parts (same classes,
+        same order) first. No model call, no data."""
+        where = os.fspath(path)
+        obj = load_digested(path, _FILE_KIND, what="autoguide")
+        if not isinstance(obj, dict) or obj.get("class") != type(self).__name__ or not isinstance(obj.get("parts"), list):
+            got = obj.get("class") if isinstance(obj, dict) else type(obj).__name__
+            raise CheckpointError(f"{where}: holds a {got}, not an AutoGuideList")
+        saved = obj["parts"]
+        mine = [type(p).__name__ for p in self._parts]
+        theirs = [p.get("class") if isinstance(p, dict) else "AutoCallable" for p in saved]
+        if mine != theirs:
+            raise CheckpointError(f"{where}: saved with parts {theirs}, but this AutoGuideList has {mine}; append the same parts first")
+        for part, payload in zip(self._parts, saved):
+            if isinstance(part, AutoGuide):
+                part._restore(payload, where)
+        return self
 
     def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         out: dict = {}
