@@ -73,7 +73,10 @@ def inference_data(model: Callable, posterior_samples: dict, model_args: tuple =
             ll = log_likelihood(model, samples, *model_args, **kwargs)
         groups["log_likelihood"] = _by_chain(ll, num_chains)
     if posterior_predictive and obs_names:
-        pred = Predictive(model, posterior_samples=samples, return_sites=obs_names)(*model_args, **kwargs)
+        try:
+            pred = Predictive(model, posterior_samples=samples, return_sites=obs_names, parallel=True)(*model_args, **kwargs)
+        except Exception:  # noqa: BLE001 - a model that cannot be vectorized: one run per draw
+            pred = Predictive(model, posterior_samples=samples, return_sites=obs_names)(*model_args, **kwargs)
         groups["posterior_predictive"] = _by_chain(pred, num_chains)
     if num_prior_samples:
         prior = Predictive(model, num_samples=num_prior_samples, return_sites=None)(*model_args, **kwargs)
