@@ -93,7 +93,7 @@ class _TrackProvenance(Messenger):
     def _pyro_post_sample(self, msg: Message) -> None:
         if msg.name in self.sites:
             return
-        parents = _collect(msg.fn, set()) | _collect(msg.args, set()) | _collect(msg.kwargs, set())
+        parents = _collect(msg.fn, set()) | _collect(msg.args, set()) | _collect(msg.kwargs, set()) | _collect(msg.mask, set())
         if is_deterministic(msg):
             parents |= _collect(msg.value, set())  # the sites its value was computed from
         self.parents[msg.name] = parents

@@ -66,6 +66,15 @@ def test_get_dependencies_chain():
     assert set(post["e"]) == {"a", "e"}  # e and a are co-parents of the observed f
 
 
+def test_poutine_mask_is_a_dependency():
+    def model():
+        a = pyro.sample("a", dist.Bernoulli(0.5))
+        with pyro.poutine.mask(mask=a.bool()):
+            pyro.sample("b", dist.Normal(0.0, 1.0))
+
+    assert get_dependencies(model)["prior_dependencies"]["b"] == {"a": set(), "b": set()}
+
+
 def test_eight_schools_graph():
     g = render_model(eight_schools, (Y8, SIGMA8), render_distributions=True)
     assert isinstance(g, graphviz.Digraph)
