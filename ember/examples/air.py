@@ -1,6 +1,6 @@
 """Seed 002's Attend-Infer-Repeat (AIR) on multi-MNIST, trained with SVI (``ember air``).
 
-The model and guide are the tutorial's (seed 002), written with ``import ember as pyro``:
+The model and guide are the Attend-Infer-Repeat tutorial's, written with ``import ember as pyro``:
 
     for t in 0, 1, 2:                      (at most 3 objects; once z_pres is 0 it stays 0)
         z_pres_t  ~ Bernoulli(p * z_pres_{t-1})                      p = --z-pres-prior (0.01)
@@ -15,7 +15,7 @@ The model and guide are the tutorial's (seed 002), written with ``import ember a
     data-dependent baseline, passed as ``infer={"baseline": {"baseline_value": ...}}`` to
     TraceGraph_ELBO. Minibatches of 64 via ``pyro.plate('data', N, subsample_size=64)``.
 
-Defaults are the seed's "In practice" settings and the command behind its figures
+Defaults are the tutorial's "In practice" settings and the command behind its figures
 (``-blr 0.1 --z-pres-prior 0.01 --scale-prior-sd 0.2 --predict-net 200 --bl-predict-net 200
 --decoder-output-use-sigmoid --decoder-output-bias -2``, Adam lr 1e-4, 200,000 steps), except the
 window, 20x20 as in the tutorial's code (``--window-size 28`` is the standalone example's).
@@ -42,9 +42,9 @@ Choices the tutorial leaves open, made here:
 and every ``--eval-every`` steps the held-out count accuracy on ``--eval-size`` test canvases
 (inferred count = sum over steps of z_pres, one guide sample) with its 3x4 confusion matrix (true
 0-2 x inferred 0-3). It checkpoints every ``--checkpoint-every`` steps; ``--resume`` continues
-bit-for-bit. ``ember air reconstruct --checkpoint PATH --out PNG`` draws the seed's figure from a
+bit-for-bit. ``ember air reconstruct --checkpoint PATH --out PNG`` draws the tutorial's figure from a
 checkpoint alone: test canvases on top, reconstructions below (the guide traced with
-``poutine.trace``, the prior replayed against it with ``poutine.replay``, as seed 000 does), each
+``poutine.trace``, the prior replayed against it with ``poutine.replay``, as the 2017 workshop notebook does), each
 step's window boxed red / green / blue and the inferred count in the corner.
 """
 
@@ -166,7 +166,7 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Decoder(nn.Module):
-    """``z_what [n, 50] -> window [n, w*w]``: the seed's 50 -> 200 -> 400 (ReLU) net, with a fixed
+    """``z_what [n, 50] -> window [n, w*w]``: the tutorial's 50 -> 200 -> 400 (ReLU) net, with a fixed
     bias (``--decoder-output-bias``, -2) added before the sigmoid so that objects start mostly empty."""
 
     def __init__(self, z_what_size: int = 50, hidden: list[int] = (200,), window_size: int = 20, output_bias: float = -2.0,
@@ -198,7 +198,7 @@ class Encoder(nn.Module):
 class Predict(nn.Module):
     """Guide RNN state ``h [n, 256] -> (z_pres_p [n, 1], z_where_loc [n, 3], z_where_scale [n, 3])``.
 
-    The seed's ``nn.Linear(256, 7)``, optionally with hidden layers (``--predict-net``). With
+    The tutorial's ``nn.Linear(256, 7)``, optionally with hidden layers (``--predict-net``). With
     ``init_loc``/``init_scale`` the last layer's biases make the initial output (for zero weights)
     z_where ~ Normal(init_loc, init_scale).
     """
@@ -222,7 +222,7 @@ class Predict(nn.Module):
         return z_pres_p, z_where_loc, z_where_scale
 
 
-# ---- spatial transformer (the seed's, for any window and canvas size) ----------------------------
+# ---- spatial transformer (the tutorial's, for any window and canvas size) ------------------------
 
 
 def expand_z_where(z_where: torch.Tensor) -> torch.Tensor:
@@ -269,7 +269,7 @@ GuideState = namedtuple("GuideState", ["h", "c", "bl_h", "bl_c", "z_pres", "z_wh
 
 
 class AIR(nn.Module):
-    """The networks of seed 002 and its ``prior``, ``model`` and ``guide`` (as methods).
+    """The networks of the AIR tutorial and its ``prior``, ``model`` and ``guide`` (as methods).
 
     ``model(data)`` and ``guide(data)`` take all the canvases, ``data [N, 2500]``, and work on a
     minibatch of ``batch_size`` (64) drawn by the ``'data'`` plate; ``guide(data, batch_size=n)``
@@ -318,7 +318,7 @@ class AIR(nn.Module):
         for name in MODULE_NAMES:
             pyro.module(name, getattr(self, name))
 
-    # ---- the model (seed 002, cells 9, 10 and 12) -----------------------------------------------
+    # ---- the model (the AIR tutorial, cells 9, 10 and 12) ------------------------------------
 
     def prior_step(self, n: int, t: int, prev_x: torch.Tensor, prev_z_pres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Sample variable indicating whether to add this object to the output.
@@ -326,17 +326,17 @@ class AIR(nn.Module):
         # We multiply the success probability by the value sampled for this
         # choice in the previous step. By doing so we add objects to the output until
         # the first 0 is sampled, after which we add no further objects.
-        z_pres = pyro.sample('z_pres_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_pres = pyro.sample('z_pres_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                              dist.Bernoulli(self.z_pres_prior * prev_z_pres)
                                  .to_event(1))
 
-        z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                               dist.Normal(self.z_where_prior_loc.expand(n, -1),
                                           self.z_where_prior_scale.expand(n, -1))
                                   .mask(z_pres)
                                   .to_event(1))
 
-        z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                              dist.Normal(self.z_what_prior_loc.expand(n, -1),
                                          self.z_what_prior_scale.expand(n, -1))
                                  .mask(z_pres)
@@ -367,7 +367,7 @@ class AIR(nn.Module):
             pyro.sample('obs', dist.Normal(x, sd).to_event(1),
                         obs=batch)
 
-    # ---- the guide (seed 002, cells 16 and 17) --------------------------------------------------
+    # ---- the guide (the AIR tutorial, cells 16 and 17) ---------------------------------------
 
     def baseline_step(self, x: torch.Tensor, prev: GuideState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Use an RNN to compute the baseline value. This network takes the
@@ -398,12 +398,12 @@ class AIR(nn.Module):
 
         # Here we compute the baseline value, and pass it to sample.
         baseline_value, bl_h, bl_c = self.baseline_step(data, prev)
-        z_pres = pyro.sample('z_pres_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_pres = pyro.sample('z_pres_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                              dist.Bernoulli(z_pres_p * prev.z_pres)
                                  .to_event(1),
                              infer=dict(baseline=dict(baseline_value=baseline_value.squeeze(-1))))
 
-        z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_where = pyro.sample('z_where_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                               dist.Normal(z_where_loc, z_where_scale)
                                   .mask(z_pres)
                                   .to_event(1))
@@ -412,7 +412,7 @@ class AIR(nn.Module):
 
         z_what_loc, z_what_scale = self.encode(x_att)
 
-        z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the seed's spelling)
+        z_what = pyro.sample('z_what_{}'.format(t),  # noqa: UP032 (the tutorial's spelling)
                              dist.Normal(z_what_loc, z_what_scale)
                                  .mask(z_pres)
                                  .to_event(1))
@@ -514,12 +514,12 @@ def count_accuracy(air: AIR, images: torch.Tensor, true_counts: torch.Tensor, ch
     return acc, conf.tolist()
 
 
-# ---- reconstructions (seed 000) ------------------------------------------------------------------
+# ---- reconstructions (as in the 2017 workshop notebook) ------------------------------------------
 
 
 @torch.no_grad()
 def reconstruct(air: AIR, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the guide on ``images [n, 2500]`` and the prior replayed against its trace, as seed 000.
+    """Run the guide on ``images [n, 2500]`` and the prior replayed against its trace, as the 2017 workshop notebook does.
 
     Returns ``(recons [n, 50, 50], z_where [n, steps, 3], z_pres [n, steps])``.
     """
@@ -548,7 +548,7 @@ STEP_COLOURS = ("red", "lime", "blue", "orange", "magenta")
 
 def draw_reconstructions(images: torch.Tensor, recons: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor, path: str | Path,
                          title: str | None = None) -> str:
-    """Seed 002's figure: inputs on top, reconstructions below with each used step's window boxed
+    """The tutorial's figure: inputs on top, reconstructions below with each used step's window boxed
     (red, green, blue for steps 1, 2, 3) and the inferred count in the top-left corner. Returns the path."""
     import matplotlib
 
@@ -607,7 +607,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.allow_abbrev = False
     sub = p.add_subparsers(dest="air_command", metavar="[reconstruct]",
                            description="with no subcommand, ember air trains; 'ember air reconstruct --checkpoint PATH --out PNG' draws a checkpoint's reconstructions")
-    r = sub.add_parser("reconstruct", help="draw test canvases and their reconstructions from a checkpoint (seed 002's figure)")
+    r = sub.add_parser("reconstruct", help="draw test canvases and their reconstructions from a checkpoint (the tutorial's figure)")
     r.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by ember air, or its run directory")
     r.add_argument("--out", dest="png", default=None, help="PNG to write (default: reconstructions.png beside the checkpoint)")
     r.add_argument("--num", type=int, default=10, help=f"canvases to draw, at most {NUM_EXAMPLES} (default 10)")
@@ -616,12 +616,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None,
-                   help=f"total SVI steps (default {DEFAULT_STEPS}, the seed's -n: ~9 h at the ~0.16 s per step measured on one CPU thread). "
+                   help=f"total SVI steps (default {DEFAULT_STEPS}, the tutorial's -n: ~9 h at the ~0.16 s per step measured on one CPU thread). "
                         "With --resume: the new total")
     g.add_argument("--batch-size", type=int, default=None, help=f"canvases per step (default {d['batch_size']})")
     g.add_argument("-lr", "--lr", "--learning-rate", dest="lr", type=float, default=None, help=f"Adam learning rate (default {d['lr']})")
     g.add_argument("-blr", "--baseline-lr", "--baseline-learning-rate", dest="baseline_lr", type=float, default=None,
-                   help=f"Adam learning rate of the baseline nets bl_rnn, bl_predict (default {d['baseline_lr']}, as the seed)")
+                   help=f"Adam learning rate of the baseline nets bl_rnn, bl_predict (default {d['baseline_lr']}, as the tutorial)")
     g.add_argument("--seed", type=int, default=None, help="random seed: initial weights, minibatches, guide draws (default 0)")
     g.add_argument("--eval-every", type=int, default=1000, help="held-out count accuracy every this many steps, and at the end (default 1000; 0: only at the end)")
     g.add_argument("--eval-size", type=int, default=10000,
@@ -655,7 +655,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"hidden layer sizes, comma-separated, '' for none (default {','.join(map(str, d[name]))})")
     m.add_argument("--decoder-output-bias", type=float, default=None, help=f"added before the decoder's sigmoid (default {d['decoder_output_bias']})")
     m.add_argument("--no-decoder-sigmoid", dest="decoder_output_use_sigmoid", action="store_const", const=False, default=None,
-                   help="no sigmoid on the decoder output (the default applies one, the seed's --decoder-output-use-sigmoid)")
+                   help="no sigmoid on the decoder output (the default applies one, the tutorial's --decoder-output-use-sigmoid)")
     m.add_argument("--scale-prior-mean", type=float, default=None, help=f"prior mean of the window scale (default {d['scale_prior_mean']})")
     m.add_argument("--scale-prior-sd", type=float, default=None, help=f"prior sd of the window scale (default {d['scale_prior_sd']}; tutorial cells: 0.1)")
     m.add_argument("--pos-prior-mean", type=float, default=None, help=f"prior mean of the window position (default {d['pos_prior_mean']})")
@@ -867,7 +867,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
 
 def reconstruct_main(args: argparse.Namespace) -> int:
     """``ember air reconstruct``: rebuild the networks from a checkpoint's settings, load its
-    parameters through the parameter store, and draw seed 002's figure."""
+    parameters through the parameter store, and draw the tutorial's figure."""
     ckpt_path = checkpoint_path(args.checkpoint)
     ckpt = load_run_checkpoint(ckpt_path, CHECKPOINT_KIND, required=("params", "args", "examples"), types=_TRAIN_TYPES)
     if not 1 <= args.num <= NUM_EXAMPLES:

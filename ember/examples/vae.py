@@ -4,15 +4,15 @@
     x | z ~ Bernoulli(decoder(z))            (784 pixel intensities in [0, 1], .to_event(1))
     q(z | x) = Normal(encoder(x))            (amortized guide)
 
-Encoder and decoder are the seed's: one softplus hidden layer of 400 units, a sigmoid decoder
-output, ``exp`` for the guide's scale. Adam (lr 1e-3), batches of 256, Trace_ELBO. Seed 000's
-smaller setting is ``--z-dim 20 --hidden-dim 100 --batch-size 250``. As in the seed, the
+Encoder and decoder are the tutorial's: one softplus hidden layer of 400 units, a sigmoid decoder
+output, ``exp`` for the guide's scale. Adam (lr 1e-3), batches of 256, Trace_ELBO. The 2017 workshop
+version's smaller setting is ``--z-dim 20 --hidden-dim 100 --batch-size 250``. As in the tutorial, the
 distributions' validation is off, because the Bernoulli scores intensities in [0, 1], not
 only 0/1 (the ELBO is then the usual "binarized cross-entropy" objective).
 
 Per epoch it prints and appends to ``metrics.jsonl`` the average training loss per datapoint
-(-ELBO, as the seed's "average training loss") and, every ``--test-frequency`` epochs (the
-seed's first epoch, then every 5th; and always the last), the test loss per datapoint. It
+(-ELBO, as the tutorial's "average training loss") and, every ``--test-frequency`` epochs (the
+tutorial's first epoch, then every 5th; and always the last), the test loss per datapoint. It
 checkpoints every epoch (``--resume`` continues bit-for-bit: each epoch's shuffle derives from
 the seed and the epoch number) and, at the end, draws PNG figures: train/test ELBO, test
 images beside reconstructions, samples from the prior and a 2-D embedding (t-SNE with
@@ -91,7 +91,7 @@ _REPORT_DEFAULTS: dict[str, Any] = {"test_frequency": 5, "embedding": "auto", "e
 _TSNE_NEEDS_SKLEARN = "--embedding tsne needs scikit-learn (pip install scikit-learn); use --embedding pca"
 
 
-# ---- the model, as in seed 004 -------------------------------------------------------------------
+# ---- the model, as in the VAE tutorial (Kingma & Welling) ----------------------------------------
 
 
 class Decoder(nn.Module):
@@ -132,7 +132,7 @@ class Encoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """The seed's VAE: ``model`` (decoder, registered as ``"decoder"``) and ``guide`` (encoder, ``"encoder"``).
+    """The tutorial's VAE: ``model`` (decoder, registered as ``"decoder"``) and ``guide`` (encoder, ``"encoder"``).
 
     Both take a minibatch ``x`` of shape ``[B, 784]`` (intensities in [0, 1]).
     """
@@ -187,7 +187,7 @@ class VAE(nn.Module):
         eps = torch.randn(z_loc.shape, generator=generator, dtype=z_loc.dtype).to(z_loc.device)
         return self.decoder(z_loc + z_scale * eps)
 
-    reconstruct_img = reconstruct  # the seed's name
+    reconstruct_img = reconstruct  # the tutorial's name
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -201,7 +201,7 @@ class VAE(nn.Module):
 
 
 def make_svi(vae: VAE, lr: float = 1.0e-3) -> SVI:
-    """SVI with the seed's setup: ``Adam({"lr": lr})`` and ``Trace_ELBO()``."""
+    """SVI with the tutorial's setup: ``Adam({"lr": lr})`` and ``Trace_ELBO()``."""
     return SVI(vae.model, vae.guide, ember.optim.Adam({"lr": lr}), loss=Trace_ELBO())
 
 
@@ -210,7 +210,7 @@ def train_epoch(svi: SVI, images: torch.Tensor, batch_size: int, generator: torc
                 shard: Callable[[torch.Tensor], torch.Tensor] | None = None, min_batch: int = 1) -> tuple[float, list[float]]:
     """One pass over ``images [N, 784]`` in an order drawn from ``generator`` (a CPU generator).
 
-    Returns the average loss per datapoint (-ELBO estimate, as the seed's "average training
+    Returns the average loss per datapoint (-ELBO estimate, as the tutorial's "average training
     loss") and the same average over each quarter of the epoch's batches (how it moved within
     the epoch). ``bar``, a tqdm bar, is advanced per batch and shows the running loss.
     ``on_step(step, steps)``, if given, is called after each gradient step (``step`` from 1).
@@ -408,15 +408,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _TRAINING_DEFAULTS
     p.add_argument("--epochs", type=int, default=None,
                    help=f"total number of epochs (default {DEFAULT_EPOCHS}: about a minute on one CPU thread, ~5 s per epoch "
-                        "plus ~7 s of start-up and figures; the seed trains 100). With --resume: the new total")
-    p.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d['batch_size']}, seed 000: 250)")
+                        "plus ~7 s of start-up and figures; the tutorial trains 100). With --resume: the new total")
+    p.add_argument("--batch-size", type=int, default=None, help=f"minibatch size (default {d['batch_size']}, 2017 workshop version: 250)")
     p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d['lr']})")
-    p.add_argument("--z-dim", type=int, default=None, help=f"latent dimension (default {d['z_dim']}, seed 000: 20)")
-    p.add_argument("--hidden-dim", type=int, default=None, help=f"hidden units of encoder and decoder (default {d['hidden_dim']}, seed 000: 100)")
+    p.add_argument("--z-dim", type=int, default=None, help=f"latent dimension (default {d['z_dim']}, 2017 workshop version: 20)")
+    p.add_argument("--hidden-dim", type=int, default=None, help=f"hidden units of encoder and decoder (default {d['hidden_dim']}, 2017 workshop version: 100)")
     p.add_argument("--seed", type=int, default=None, help="random seed: initial weights, data order, ELBO samples (default 0)")
     p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on the first N training images only (smoke tests)")
     p.add_argument("--test-frequency", type=int, default=None,
-                   help="evaluate the test loss after epoch 1 and every this many epochs (1, 6, 11, ... as in the seed; "
+                   help="evaluate the test loss after epoch 1 and every this many epochs (1, 6, 11, ... as in the tutorial; "
                         "default 5, with --resume the resumed run's), and always after the last")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=1,
@@ -441,7 +441,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "which took 13 s for 2000 and 72 s for 10000 points on one core; with --resume the resumed run's)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-validation", action="store_true",
-                   help="also turn off Ember's own checks (shapes, finite gradients), which the seed keeps on: ~15%% faster steps "
+                   help="also turn off Ember's own checks (shapes, finite gradients), which the tutorial keeps on: ~15%% faster steps "
                         "(benchmarks/vae_epoch.py: 1.17x vs 1.02x the time of a hand-written torch step)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--render-model", nargs="?", const="vae_model.png", default=None, metavar="FILE",
@@ -509,7 +509,7 @@ def _test_step_hook(epoch: int) -> Callable[[int, int], None] | None:
 
 
 def _should_test(epoch: int, freq: int, last: int) -> bool:
-    """After 1-based ``epoch``: the seed tests at 0-based epochs 0, freq, 2*freq, ...; we also test after the last."""
+    """After 1-based ``epoch``: the tutorial tests at 0-based epochs 0, freq, 2*freq, ...; we also test after the last."""
     return (epoch - 1) % freq == 0 or epoch == last
 
 
@@ -533,7 +533,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = _training_settings(args, ckpt)
     if cfg["embedding"] == "tsne" and not args.no_plots and not _have_sklearn():
         raise UsageError(_TSNE_NEEDS_SKLEARN)  # now, not after the training
-    # Ember's own checks on, as in the seed (pyro.enable_validation(True)); the distributions'
+    # Ember's own checks on, as in the tutorial (pyro.enable_validation(True)); the distributions'
     # off: the Bernoulli scores intensities in [0, 1], not only 0/1
     with RunSetup(args.threads, validation=(not args.no_validation, False)) as setup:
         mnist, train_x, test_x, test_y = _load_data(args.data_dir, device, cfg["train_subset"])
