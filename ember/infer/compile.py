@@ -29,6 +29,10 @@ def _tolist_through_item(t: torch.Tensor) -> Any:
     return t.item() if t.dim() == 0 else [_tolist_through_item(x) for x in t.unbind(0)]
 
 
+def _no_check(self: Any, value: Any) -> None:
+    return None
+
+
 def record(fn: Callable, example: tuple, who: str = "the model", what: str = "the latent values"
            ) -> tuple[torch.fx.GraphModule | None, str]:
     """``(graph, "")`` with ``fn``'s tensor operations on inputs shaped like ``example``, or
@@ -39,8 +43,12 @@ def record(fn: Callable, example: tuple, who: str = "the model", what: str = "th
     except ImportError as e:  # pragma: no cover - every supported torch has it
         return None, f"this torch has no make_fx ({e})"
     tolist = torch.Tensor.tolist
+    validate_sample = torch.distributions.Distribution._validate_sample
     try:
         torch.Tensor.tolist = _tolist_through_item
+        # a distribution built while validation was on (a PyroSample prior made in __init__) keeps
+        # checking its values; the eager step has checked them, and a check cannot be recorded
+        torch.distributions.Distribution._validate_sample = _no_check
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = make_fx(fn)(*example)
@@ -51,6 +59,7 @@ def record(fn: Callable, example: tuple, who: str = "the model", what: str = "th
         return None, f"recording the model failed: {msg}"
     finally:
         torch.Tensor.tolist = tolist
+        torch.distributions.Distribution._validate_sample = validate_sample
     return gm, ""
 
 

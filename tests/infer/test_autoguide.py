@@ -396,3 +396,32 @@ def test_median_and_quantiles_of_plated_and_event_sites(cls) -> None:
         assert med[k].shape == shape and q[k].shape == (3,) + shape
     assert torch.allclose(q["g"][1], med["g"], rtol=1e-5) and (q["g"][0] < q["g"][2]).all() and (q["g"][0] > 0).all()
     assert torch.allclose(med["a"].sum(), torch.tensor(1.0))
+
+
+def test_jit_trace_elbo_compiles_a_pyro_module_model_with_priors_built_in_init() -> None:
+    from torch import nn
+
+    from ember.nn import PyroModule, PyroSample
+
+    class Regression(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = PyroModule[nn.Linear](2, 1)  # priors made while validation is on: they check their values
+            self.linear.weight = PyroSample(dist.Normal(0.0, 1.0).expand([1, 2]).to_event(2))
+            self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([1]).to_event(1))
+
+        def forward(self, x, y=None):
+            mean = self.linear(x).squeeze(-1)  # outside the plate: the weights are global
+            with ember.plate("data", x.shape[0]):
+                ember.sample("obs", dist.Normal(mean, 0.3), obs=y)
+
+    ember.set_rng_seed(0)
+    x, y = _data()
+    m = Regression()
+    guide = AutoDiagonalNormal(m)
+    elbo = JitTrace_ELBO()
+    svi = SVI(m, guide, ember.optim.Adam({"lr": 0.05}), elbo)
+    for _ in range(200):
+        svi.step(x, y)
+    assert elbo.compile_status.startswith("compiled"), elbo.compile_status
+    assert torch.allclose(guide.median()["linear.weight"], torch.tensor([[1.0, -1.0]]), atol=0.15)
