@@ -1,4 +1,4 @@
-"""Seed 002's AIR: seconds per SVI step at batch 64, ember vs the same estimator written by hand in PyTorch (and pyro-ppl).
+"""Attend-Infer-Repeat (the AIR example): seconds per SVI step at batch 64, ember vs the same estimator written by hand in PyTorch (and pyro-ppl).
 
 What is timed: one full SVI step of ``ember air``'s model and guide on multi-MNIST (60,000
 canvases, a minibatch of 64 drawn by the plate): the guide (two LSTMCells 2554 -> 256, predict

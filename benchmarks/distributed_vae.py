@@ -1,4 +1,4 @@
-"""Data-parallel SVI (``ember.infer.distributed``): seed 004's VAE, training samples per second on 1 and 2
+"""Data-parallel SVI (``ember.infer.distributed``): the VAE example, training samples per second on 1 and 2
 processes (gloo on CPU), torch threads per process fixed (default 1), reported as scaling efficiency.
 
 What is timed, on each rank between two barriers: an epoch over the first ``--subset`` MNIST training images,

@@ -1,4 +1,4 @@
-"""Seed 003's scale model: µs per SVI step, ember vs the same ELBO written by hand.
+"""The introductory scale model: µs per SVI step, ember vs the same ELBO written by hand.
 
 Alternates rounds of: ember (validation off), ember (validation on), ember with
 ``JitTrace_ELBO`` (the compiled ELBO; its first step, which compiles, is in the timing), the ELBO

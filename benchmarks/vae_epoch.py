@@ -1,4 +1,4 @@
-"""Seed 004's VAE on MNIST: seconds per training epoch, ember vs the same VAE written by hand in PyTorch.
+"""The VAE example (Kingma & Welling) on MNIST: seconds per training epoch, ember vs the same VAE written by hand in PyTorch.
 
 What is timed: one pass over the first ``--subset`` MNIST training images in minibatches of 256
 (the last one smaller), each a full SVI step: guide forward, one reparameterized sample of z,
@@ -14,7 +14,7 @@ data order per epoch:
 - ``ember``: ``ember.examples.vae.VAE`` with ``SVI(model, guide, ember.optim.Adam, Trace_ELBO())``,
   validation off (``ember.enable_validation(False)``);
 - ``ember_checked``: the same with Ember's own checks on and distribution validation off, which
-  is what ``ember vae`` runs (as seed 004 does);
+  is what ``ember vae`` runs (as the VAE tutorial does);
 - ``pyro``: the same model and guide in pyro-ppl, validation off, when pyro is importable (run
   with the peers' python: ``.peers-venv/bin/python benchmarks/vae_epoch.py``, ember installed
   there with ``pip install -e . --no-deps``).
