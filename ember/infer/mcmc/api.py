@@ -54,9 +54,10 @@ def _check_int(name: str, value: Any, low: int) -> int:
 class _Recorder:
     """One chain's record of its run: the kept draws and statistics, divergences, acceptance."""
 
-    def __init__(self, mcmc: MCMC, chain: int, dim: int, bar: Any, t0: float) -> None:
+    def __init__(self, mcmc: MCMC, chain: int, dim: int, bar: Any, t0: float, owns_bar: bool = True) -> None:
         self.mcmc = mcmc
         self.chain = chain
+        self.owns_bar = owns_bar  # it writes the bar's description and statistics (one chain per bar)
         self.warmup = mcmc.warmup_steps
         self.thinning = mcmc.thinning
         n_keep = len(range(self.warmup, self.warmup + mcmc.num_samples, self.thinning))
@@ -95,7 +96,7 @@ class _Recorder:
         if mcmc.hook_fn is not None:
             stage, i = ("Warmup", it) if it < warmup else ("Sample", it - warmup)
             mcmc.hook_fn(mcmc.kernel, mcmc.kernel.unconstrained_params(state), stage + self.tag, i)
-        if self.show and self.chain == 0:
+        if self.show and self.owns_bar:
             bar = self.bar
             if it == warmup:
                 bar.set_description(bar.desc.replace("warmup", "sample").rstrip(": "))
@@ -149,8 +150,9 @@ class MCMC:
         save_params: the site names to keep (default: every latent site).
         chain_method: ``"vectorized"`` (default): all chains advance together in this process, one
             batched potential-and-gradient evaluation per leapfrog step for every chain (the chain
-            dim is a plate left of the model's plates), each chain with its own step size, mass
-            matrix, adaptation and NUTS tree; a chain whose trajectory is done starts its next
+            dim is a plate left of the model's plates, or ``torch.func.vmap`` over the chains for a
+            model that cannot take one, e.g. ``x @ w`` with a vector latent ``w``), each chain
+            with its own step size, mass matrix, adaptation and NUTS tree; a chain whose trajectory is done starts its next
             iteration at once, so no chain waits for another's longer tree. A model that cannot be
             vectorized (it mixes values across the chain dim, or fails with one; checked against
             the single-chain potential at the starting points) runs its chains sequentially, and
@@ -166,6 +168,11 @@ class MCMC:
         mp_context: Pyro's option, accepted without effect (a warning says so).
 
     An unknown keyword raises ``TypeError`` naming the closest valid one.
+
+    After :meth:`run`: ``compile_status`` (per chain: how the potential ran, and how the chains
+    were run, with the reason when they could not be vectorized), ``thread_status`` (the thread
+    count used and why), ``states`` (each chain's final :class:`~ember.infer.mcmc.HMCState`),
+    ``step_sizes``, ``inverse_mass_matrices``, ``wall_times``.
     """
 
     def __init__(self, kernel: HMC, num_samples: int, warmup_steps: int | None = None, initial_params: dict | None = None,
@@ -250,8 +257,6 @@ class MCMC:
             self.thread_status = threads.status
         return self
 
-    def _recorder(self, chain: int, n_state: int, bar: Any, t0: float) -> _Recorder:
-        return _Recorder(self, chain, n_state, bar, t0)
 
     def _run_sequential(self, args: tuple, kwargs: dict, fallback: str | None) -> None:
         from tqdm import tqdm
@@ -283,7 +288,7 @@ class MCMC:
             self.compile_status.append(status)
             self._potential = potential
             bar.set_description(desc + "warmup", refresh=False)
-            rec = self._recorder(chain, state.z.size, bar, t0)
+            rec = _Recorder(self, chain, state.z.size, bar, t0)
             with validation_enabled(validate):
                 for it in range(total):
                     state, info = kernel.transition(state)
@@ -321,7 +326,7 @@ class MCMC:
         self._threads.choose(lambda z=np.stack([s.z for s in states]): batched.potential_and_grad_numpy(z), batched.dim * C)
         self._potential = batched.single
         bar.set_description(f"{C} chains warmup", refresh=False)
-        recs = [self._recorder(c, states[c].z.size, bar, t0) for c in range(C)]
+        recs = [_Recorder(self, c, states[c].z.size, bar, t0, owns_bar=c == 0) for c in range(C)]
         with validation_enabled(validate):
             finals = run_chains(kernel, batched, states, warmup, total, recs)
         bar.close()

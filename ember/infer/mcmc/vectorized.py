@@ -55,7 +55,7 @@ def prepare_vectorized(kernel: HMC, args: tuple, kwargs: dict, initial: list[dic
                              f"sample (observed sites: {sorted(potential.observed)})")
         states.append(kernel._new_state(zt, u, gt, warmup, keys[c]))
     z0 = torch.stack([torch.from_numpy(s.z) for s in states]).to(potential.dtype)
-    problem = _batched_problem(potential, C, z0)
+    problem = _batched_problem(potential, C, z0, validate)
     if isinstance(problem, str):
         torch.set_rng_state(rng_state)  # the sequential run draws the same keys and starting points
         return problem
@@ -77,9 +77,11 @@ def prepare_vectorized(kernel: HMC, args: tuple, kwargs: dict, initial: list[dic
     return batched, states, f"{status}; vectorized: {C} chains, one batched evaluation per step ({how})"
 
 
-def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor) -> BatchedPotential | str:
+def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor, validate: bool) -> BatchedPotential | str:
     """A checked batched potential: the chain dim as a plate if the model takes it, else
-    ``torch.func.vmap`` over the chains; or why neither gives each chain's potential."""
+    ``torch.func.vmap`` over the chains; or why neither gives each chain's potential. Checked
+    with validation as it will be while sampling (a check that is Python control flow fails under
+    vmap here, not in the middle of the run)."""
     try:
         trace = potential.trace_at(init_to_value(values=potential.constrain(z0[0]), fallback=None))
         nesting = guess_max_plate_nesting(trace)
@@ -88,7 +90,7 @@ def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor) -> Bat
         mapped = BatchedPotential(potential, C, nesting, how="vmap")
     except Exception as e:  # noqa: BLE001 - a model Ember cannot batch: run it chain by chain
         return f"the model cannot be batched over chains ({type(e).__name__}: {e})"
-    with validation_enabled(False):
+    with validation_enabled(validate):
         problem = batched.check(z0)
         if problem is None:
             return batched
