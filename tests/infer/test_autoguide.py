@@ -22,6 +22,7 @@ from ember.infer.autoguide import (
     AutoDiagonalNormal,
     AutoGuideList,
     AutoIAFNormal,
+    AutoLaplaceApproximation,
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
     AutoNormal,
@@ -425,3 +426,23 @@ def test_jit_trace_elbo_compiles_a_pyro_module_model_with_priors_built_in_init()
         svi.step(x, y)
     assert elbo.compile_status.startswith("compiled"), elbo.compile_status
     assert torch.allclose(guide.median()["linear.weight"], torch.tensor([[1.0, -1.0]]), atol=0.15)
+
+
+@pytest.mark.parametrize("cls", ALL + [AutoLaplaceApproximation])
+def test_every_guide_round_trips_through_save_and_load(tmp_path, cls) -> None:
+    ember.set_rng_seed(0)
+    x, y = _data()
+    guide = cls(model)
+    svi = SVI(model, guide, ember.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(5):
+        svi.step(x, y)
+    path = tmp_path / "g.pt"
+    guide.save(path)
+    ember.set_rng_seed(1)
+    before = guide.median()
+    ember.clear_param_store()
+    again = cls(model).load(path)
+    ember.set_rng_seed(1)
+    after = again.median()
+    assert all(torch.allclose(before[k], after[k]) for k in before)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in guide.state_dict().items()}
