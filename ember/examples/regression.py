@@ -33,7 +33,7 @@ import ember
 import ember.distributions as dist
 from ember.examples._main import run_main
 from ember.examples._runs import UsageError, make_run_dir
-from ember.infer import SVI, Predictive, Trace_ELBO
+from ember.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
 from ember.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
 from ember.nn import PyroModule, PyroSample
 
@@ -80,13 +80,13 @@ def load_data(seed: int = 0, train_fraction: float = 0.8) -> dict[str, Any]:
 
 
 def train(data: dict, guide_name: str = "diagonal", steps: int = 2000, lr: float = 0.03, seed: int = 0,
-          progress: bool = True) -> dict:
-    """Fit the guide by SVI; return the model, the guide and the loss per step."""
+          progress: bool = True, jit: bool = False) -> dict:
+    """Fit the guide by SVI (``jit``: with ``JitTrace_ELBO``); return the model, the guide and the loss per step."""
     ember.set_rng_seed(seed)
     ember.clear_param_store()
     model = BayesianRegression(data["x_train"].shape[1])
     guide = GUIDES[guide_name](model)
-    svi = SVI(model, guide, ember.optim.Adam({"lr": lr}), Trace_ELBO())
+    svi = SVI(model, guide, ember.optim.Adam({"lr": lr}), JitTrace_ELBO() if jit else Trace_ELBO())
     losses = []
     it: Any = range(steps)
     if progress:
@@ -141,6 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=2000, help="SVI steps (default 2000)")
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate (default 0.03)")
     p.add_argument("--num-samples", type=int, default=800, help="posterior samples for the intervals (default 800)")
+    p.add_argument("--jit", action="store_true", help="compile the ELBO (JitTrace_ELBO): the same fit, faster steps")
     p.add_argument("--seed", type=int, default=0, help="random seed (the train/test split too)")
     p.add_argument("--out", default=None, help="run directory (default runs/regression-<time>)")
     p.add_argument("--no-plot", action="store_true", help="skip regression.png")
@@ -152,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     data = load_data(args.seed)
     out = str(make_run_dir(args.out, "regression"))
     print(f"run directory: {out}")
-    res = train(data, args.guide, args.steps, args.lr, args.seed, progress=sys.stderr.isatty())
+    res = train(data, args.guide, args.steps, args.lr, args.seed, progress=sys.stderr.isatty(), jit=getattr(args, "jit", False))
     model, guide = res["model"], res["guide"]
     guide.save(os.path.join(out, "guide.pt"))
     predictive = Predictive(model, guide=guide, num_samples=args.num_samples, return_sites=("linear.weight", "sigma", "obs", "_RETURN"))

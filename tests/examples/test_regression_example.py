@@ -16,7 +16,8 @@ def test_regression_example_runs(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        args = argparse.Namespace(guide="multivariate", steps=300, lr=0.05, num_samples=50, seed=0, out=str(tmp_path), no_plot=True)
+        args = argparse.Namespace(guide="multivariate", steps=300, lr=0.05, num_samples=50, seed=0, out=str(tmp_path), no_plot=True,
+                                  jit=True)
         assert regression.main(args) == 0
     finally:
         torch.set_num_threads(n)
