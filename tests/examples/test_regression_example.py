@@ -11,6 +11,7 @@ from ember.examples import regression
 from ember.examples._runs import UsageError
 
 
+@pytest.mark.filterwarnings("error:JitTrace_ELBO runs eagerly")
 def test_regression_example_runs(tmp_path):
     pytest.importorskip("sklearn")
     n = torch.get_num_threads()
