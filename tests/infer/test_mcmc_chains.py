@@ -4,6 +4,7 @@ parallel; per-chain adaptation; the fallback with its reason; the thread count E
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -212,8 +213,12 @@ def test_thread_choice_keeps_one_thread_unless_more_are_clearly_faster():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with ThreadChoice() as tc:  # a call that takes as long with any thread count: one thread is kept
-            assert tc.choose(lambda: sum(range(200))) == 1 and torch.get_num_threads() == 1
+        # sleeps stand for evaluations (their timing does not depend on the machine's load)
+        with ThreadChoice() as tc:  # as fast with one thread as with two: one is kept
+            assert tc.choose(lambda: time.sleep(0.001)) == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2 and "chosen by timing" in tc.status
+        with ThreadChoice() as tc:  # four times faster with two threads: two
+            assert tc.choose(lambda: time.sleep(0.002 if torch.get_num_threads() == 1 else 0.0005)) == 2
         assert torch.get_num_threads() == 2
         with ThreadChoice(large_s=0.0) as tc:  # a model too large to bother: the current setting
             assert tc.choose(lambda: None) == 2 and "large enough" in tc.status
