@@ -22,6 +22,7 @@ from ember.poutine.messenger import Messenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_deterministic, is_factor, is_observed
+from ember.util import check_kwargs
 
 __all__ = ["Predictive"]
 
@@ -251,8 +252,16 @@ class Predictive(torch.nn.Module):
         num_samples: int | None = None,
         return_sites: Any = (),
         parallel: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        batch_ndims = kwargs.pop("batch_ndims", 1)
+        if batch_ndims != 1:
+            raise ValueError(
+                f"Predictive: batch_ndims={batch_ndims!r} is not supported; give samples with one leading dim "
+                f"(mcmc.get_samples(), not group_by_chain=True)"
+            )
+        check_kwargs("Predictive", kwargs, valid=("model", "posterior_samples", "guide", "num_samples", "return_sites", "parallel", "batch_ndims"))
         if not callable(model):
             raise TypeError(f"Predictive: model must be callable; got {type(model).__name__}")
         if guide is not None and not callable(guide):

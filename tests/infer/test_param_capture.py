@@ -112,3 +112,10 @@ def test_strict_keyword_arguments():
     assert not hasattr(svi, "num_steps") and not hasattr(svi, "num_samples")
     with pytest.warns(UserWarning, match="jit_options= is accepted but has no effect"):
         JitTrace_ELBO(jit_options={"check_trace": False})
+
+
+def test_predictive_strict_keyword_arguments():
+    from ember.infer import Predictive
+
+    with pytest.raises(TypeError, match="num_sample=.*did you mean num_samples="):
+        Predictive(_model, num_sample=10)
