@@ -240,3 +240,16 @@ def test_vectorized_particles_guess_that_no_longer_fits_says_so():
     elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
     with pytest.raises(ValueError, match=r"(?s)asks for dim -2.*max_plate_nesting=1 batch dims guessed from the first step"):
         elbo.loss(model, guide)
+
+
+def test_init_to_value_with_names_the_model_lacks_is_an_error_listing_the_sites():
+    from ember.infer import MCMC, NUTS
+    from ember.infer.initialization import init_to_value
+
+    def model():
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.tensor(0.3))
+
+    kernel = NUTS(model, init_strategy=init_to_value(values={"muu": torch.tensor(0.0)}))
+    with pytest.raises(ValueError, match=r"init_to_value names \['muu'\].*latent sites are \['mu'\]"):
+        MCMC(kernel, num_samples=2, warmup_steps=2, disable_progbar=True).run()

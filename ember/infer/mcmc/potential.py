@@ -27,12 +27,12 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import AffineTransform, ComposeTransform, Transform
 
 from ember.infer.elbo import describe_site, first_nonfinite_site
-from ember.infer.initialization import init_to_median, init_to_value, resolve_init_strategy
+from ember.infer.initialization import init_to_median, init_to_value, init_values_of, resolve_init_strategy
 from ember.poutine.messenger import Messenger
 from ember.poutine.misc_messengers import SubstituteMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import site_log_prob
-from ember.runtime import Message, is_validation_enabled
+from ember.runtime import Message, is_latent, is_validation_enabled
 
 __all__ = ["BatchedPotential", "LatentSite", "ModelPotential", "MCMCInitError"]
 
@@ -275,6 +275,14 @@ class ModelPotential:
         with torch.no_grad():
             with TraceMessenger() as tm, chooser:
                 self.model(*self.args, **self.kwargs)
+        values = init_values_of(strategy)
+        if values:
+            latents = [n for n, s in tm.trace.nodes.items() if is_latent(s)]
+            unknown = sorted(set(values) - set(latents))
+            if unknown:
+                raise ValueError(
+                    f"MCMC: init_to_value names {unknown}, which are not latent sites of the model; its latent sites are {latents}"
+                )
         return tm.trace
 
     # ---- conversions ---------------------------------------------------------------------------
