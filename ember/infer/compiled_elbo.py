@@ -172,19 +172,20 @@ class CompiledLossAndGrads:
 
         transforms = [_transform(store.get_param_constraint(n)) for n in names]
 
-        def surrogate_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def surrogate_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, tuple]:
             # the parameters' unconstrained values come in as graph inputs, through a handler
             values = {n: (u if t is None else t(u)) for n, u, t in zip(names, flat[:k], transforms)}
             a, kw = rebuild(list(flat[k:]))
             with SubstituteMessenger(data=values):
                 loss, surrogate = self._loss_and_surrogate(model, guide, a, kw)
-            return surrogate, loss.detach()
+            return surrogate, (loss.detach(), tuple(v.detach() for v in values.values()))
 
         value_and_grad = grad_and_value(surrogate_fn, argnums=tuple(grad_idx), has_aux=True)
 
         def loss_and_grads(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            grads, (_, loss) = value_and_grad(*flat)
-            return (loss, *grads)
+            # (loss, gradients..., the parameters' constrained values: reported as param sites)
+            grads, (_, (loss, constrained)) = value_and_grad(*flat)
+            return (loss, *grads, *constrained)
 
         example = tuple(p.detach() for p in params) + tuple(t.detach() for t in tensors)
 
@@ -238,7 +239,8 @@ class CompiledLossAndGrads:
             torch.set_rng_state(rng)
             return super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[misc]
         seen: set = set()
-        for i, g in zip(entry.grad_idx, out[1:]):
+        n_grads = len(entry.grad_idx)
+        for i, g in zip(entry.grad_idx, out[1 : 1 + n_grads]):
             # optimizers may update .grad in place: give each parameter its own plain tensor (the
             # static runtime returns inference tensors; a graph may return one expanded buffer twice)
             if g.is_inference() or g._base is not None or id(g) in seen:
@@ -248,8 +250,8 @@ class CompiledLossAndGrads:
             p.grad = g if p.grad is None else p.grad + g
         if _STACK:
             # the step read these parameters: say so through the protocol, so a capture around
-            # it (SVI.step's) steps them as it would after an eager step
-            with torch.no_grad():
-                for n in entry.names:
-                    apply_stack(Message("param", n, None, (n,), None, store[n]))
+            # it (SVI.step's) steps them as it would after an eager step (the graph computed
+            # their constrained values)
+            for n, v in zip(entry.names, out[1 + n_grads :]):
+                apply_stack(Message("param", n, None, (n,), None, v))
         return loss
