@@ -13,7 +13,7 @@ __all__ = ["Distribution", "TorchDistributionMixin", "TorchDistribution", "Maske
 
 def as_bool_mask(mask: Any, who: str) -> Any:
     """A boolean mask from a bool, a boolean tensor, or a numeric tensor of 0s and 1s
-    (seed 002 masks with the float ``z_pres``; Pyro converts it with ``.bool()``).
+    (the AIR tutorial masks with the float ``z_pres``; Pyro converts it with ``.bool()``).
     Fractional values are refused: they are weights, for ``poutine.scale``."""
     if isinstance(mask, bool):
         return torch.tensor(mask)
