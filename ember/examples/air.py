@@ -1,4 +1,4 @@
-"""Seed 002's Attend-Infer-Repeat (AIR) on multi-MNIST, trained with SVI (``ember air``).
+"""Attend-Infer-Repeat (AIR; Eslami et al.) on multi-MNIST, trained with SVI (``ember air``).
 
 The model and guide are the Attend-Infer-Repeat tutorial's, written with ``import ember as pyro``:
 

@@ -1,4 +1,4 @@
-"""Seed 004's variational autoencoder on MNIST, trained with SVI (``ember vae``).
+"""The variational autoencoder of Kingma & Welling on MNIST, trained with SVI (``ember vae``).
 
     z ~ Normal(0, I)                         (z_dim = 50)
     x | z ~ Bernoulli(decoder(z))            (784 pixel intensities in [0, 1], .to_event(1))
