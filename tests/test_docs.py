@@ -112,6 +112,13 @@ def test_cli_help_names_the_models_not_the_seeds():
     assert "seed 00" not in text
 
 
+def test_the_package_names_models_not_seed_numbers():
+    # help texts, docstrings and comments name the models as a user knows them (issue 18 point 4)
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in sorted((ROOT / "ember").rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), start=1) if re.search(r"\bseed 00\d", line, re.I)]
+    assert not hits, "say 'the introductory scale model', 'the VAE of Kingma and Welling', 'Attend-Infer-Repeat':\n" + "\n".join(hits)
+
+
 def test_benchmark_tables_come_from_the_json_lines(tmp_path):
     tables = _load("benchmarks_tables")
     (tmp_path / "results").mkdir()
