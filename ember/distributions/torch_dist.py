@@ -47,10 +47,14 @@ def _deferring_init(dist: Any, init: Any, args: tuple, kwargs: dict) -> None:
         dist._ember_arg_error = e
 
 
-def distribution_init(dist: Any, *args: Any, **kwargs: Any) -> None:
+def distribution_init(dist: Any, batch_shape: torch.Size, event_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
     """``torch.distributions.Distribution.__init__`` with the deferred argument error (see
-    :func:`_deferring_init`), for Ember classes that set their parameters themselves."""
-    _deferring_init(dist, lambda *a, **k: _td.Distribution.__init__(dist, *a, **k), args, kwargs)
+    :func:`_deferring_init`), for Ember classes that set their parameters themselves (on the hot
+    path: one call, no wrapper, when the arguments are valid)."""
+    try:
+        _td.Distribution.__init__(dist, batch_shape, event_shape, validate_args)
+    except ValueError:
+        _deferring_init(dist, lambda *a, **k: _td.Distribution.__init__(dist, *a, **k), (batch_shape, event_shape), {"validate_args": validate_args})
 
 
 class TorchDistributionMixin:

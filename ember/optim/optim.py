@@ -31,6 +31,7 @@ from ember.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from ember.params.param_store import module_from_param_with_module_name, user_param_name
 from ember.params.serialize import CheckpointError, load_digested, save_digested
 from ember.primitives import get_param_store
+from ember.runtime import is_validation_enabled
 
 __all__ = ["OPTIM_STATE_FORMAT", "EmberOptim", "NonFiniteParameterError", "PyroOptim"]
 
@@ -211,7 +212,8 @@ class PyroOptim:
         store) that have a gradient. ``args``/``kwargs`` go to the torch optimizers'
         ``step`` (e.g. a closure).
 
-        :raises NonFiniteParameterError: if the step left a parameter NaN or infinite (e.g.
+        :raises NonFiniteParameterError: with Ember's validation on (the default), if the step
+            left a parameter NaN or infinite (e.g.
             ``lr=inf``, or a non-finite gradient with Ember's checks off). Every parameter
             this call stepped is then restored to its value before the step, and the
             optimizer state (moments) of those at fault is reset if it became non-finite
@@ -236,6 +238,10 @@ class PyroOptim:
                 clip_grad_value_(p, entry.clip_value)
             active.setdefault(id(entry.record), entry.record)
         if not active:
+            return
+        if not is_validation_enabled():  # Ember's checks off: the last bit of speed, no guard
+            for record in active.values():
+                self._step(record, touched, args, kwargs)
             return
         stepped = [p for p in touched.values() if p.grad is not None]
         backup = self._snapshot(stepped)

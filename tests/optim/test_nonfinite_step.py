@@ -123,3 +123,18 @@ def test_parameters_of_several_dtypes_are_all_checked():
     assert after["f64"].dtype == torch.float64
     _grad_step(optim.SGD({"lr": 0.5}), lambda: ember.param("f32").sum() + ember.param("f64").sum())  # finite: both step
     assert _values()["f32"].item() == 0.5 and _values()["f64"].item() == 0.5
+
+
+def test_the_guard_goes_with_validation():
+    import ember
+
+    ember.clear_param_store()
+    p = ember.param("w", torch.tensor(1.0))
+    opt = ember.optim.SGD({"lr": float("inf")})
+    u = ember.get_param_store().unconstrained("w")
+    u.grad = torch.tensor(1.0)
+    with ember.validation_enabled(False):
+        opt([u])  # no guard: the step goes through as torch's would
+    assert not torch.isfinite(ember.param("w")).all()
+    ember.clear_param_store()
+    del p
