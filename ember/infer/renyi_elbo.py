@@ -69,7 +69,40 @@ def collect_particles(elbo: ELBO, model: Callable, guide: Callable, args: tuple,
     return out, traces
 
 
-class RenyiELBO(ELBO):
+class _CoupledParticlesELBO(ELBO):
+    """An ELBO whose loss couples the particles (Rényi, tail-adaptive): subclasses define
+    ``_terms(model, guide, args, kwargs) -> (loss, surrogate, [(model_trace, guide_trace), ...])``;
+    the interface (``loss``, ``differentiable_loss``, ``loss_and_grads``) is written once here."""
+
+    def _terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any, list]:
+        raise NotImplementedError
+
+    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+        """(loss, surrogate) as tensors (the contract of ``ELBO`` and the compiled ELBO)."""
+        return self._terms(model, guide, args, kwargs)[:2]
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The loss estimate (a float); no gradients."""
+        with torch.no_grad():
+            return self._terms(model, guide, args, kwargs)[0].item()
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """A surrogate whose value is the loss and whose gradient is the estimator's."""
+        return self._terms(model, guide, args, kwargs)[1]
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The loss (a float), with its gradient backpropagated."""
+        loss, surrogate, traces = self._terms(model, guide, args, kwargs)
+        value = loss.item()
+        if not math.isfinite(value):
+            labelled = [(label, tr) for pair in traces for label, tr in zip(("model", "guide"), pair)]
+            raise NonFiniteLossError(f"The loss is {value}: {describe_nonfinite(labelled)}. No gradient step was taken.")
+        if surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        return value
+
+
+class RenyiELBO(_CoupledParticlesELBO):
     """The variational Rényi bound of Li and Turner (2016), from ``K = num_particles`` draws:
 
         L_alpha = 1 / (1 - alpha) * log (1/K sum_k w_k ** (1 - alpha)),  w_k = p(x, z_k) / q(z_k).
@@ -111,10 +144,6 @@ class RenyiELBO(ELBO):
         one_minus = 1.0 - self.alpha
         return (torch.logsumexp(one_minus * log_w, 0) - math.log(k)) / one_minus
 
-    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-        """(loss, surrogate) as tensors (the contract of ``ELBO`` and the compiled ELBO)."""
-        return self._terms(model, guide, args, kwargs)[:2]
-
     def _terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any, list]:
         log_w, score, traces = self._all_log_weights(model, guide, args, kwargs)
         bound = self._bound(log_w)
@@ -130,22 +159,3 @@ class RenyiELBO(ELBO):
         surrogate = -(bound + extra - extra.detach())
         return loss, surrogate, traces
 
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """An estimate of ``-L_alpha`` (a float); no gradients."""
-        with torch.no_grad():
-            return self._terms(model, guide, args, kwargs)[0].item()
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """A surrogate of ``-L_alpha`` whose value is the loss and whose gradient estimates its gradient."""
-        return self._terms(model, guide, args, kwargs)[1]
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """Estimate ``-L_alpha`` (returned as a float) and backpropagate its gradient."""
-        loss, surrogate, traces = self._terms(model, guide, args, kwargs)
-        value = loss.item()
-        if not math.isfinite(value):
-            labelled = [(label, tr) for pair in traces for label, tr in zip(("model", "guide"), pair)]
-            raise NonFiniteLossError(f"The loss is {value}: {describe_nonfinite(labelled)}. No gradient step was taken.")
-        if surrogate.requires_grad:
-            surrogate.backward(retain_graph=self.retain_graph)
-        return value

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import NonFiniteLossError, describe_nonfinite
-from ember.infer.renyi_elbo import collect_particles, log_weights, per_particle
+from ember.infer.renyi_elbo import _CoupledParticlesELBO, collect_particles, log_weights, per_particle
 from ember.infer.trace_elbo import Trace_ELBO
 from ember.poutine.trace_struct import Trace, scale_and_mask
 from ember.runtime import is_guide_latent
@@ -48,7 +47,7 @@ def _path_log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int 
     return log_w, log_w + direct - direct.detach()
 
 
-class TraceTailAdaptive_ELBO(Trace_ELBO):
+class TraceTailAdaptive_ELBO(_CoupledParticlesELBO, Trace_ELBO):
     """Variational inference with the tail-adaptive f-divergence: the guide's gradient is
     ``-sum_k gamma_k d/dphi log w_k`` over ``K = num_particles`` reparameterized draws, with the rank
     weights ``gamma`` of :func:`tail_adaptive_weights` (``tail_adaptive_beta``, default -1), which
@@ -86,25 +85,3 @@ class TraceTailAdaptive_ELBO(Trace_ELBO):
         gamma = tail_adaptive_weights(log_w.detach(), self.tail_adaptive_beta)
         surrogate = -(gamma * path_log_w).sum()
         return loss, surrogate - surrogate.detach() + loss.detach(), traces
-
-    def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-        return self._terms(model, guide, args, kwargs)[:2]
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """The ELBO estimate ``-mean_k log w_k`` (a float)."""
-        with torch.no_grad():
-            return self._terms(model, guide, args, kwargs)[0].item()
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """A surrogate whose value is :meth:`loss` and whose gradient is the tail-adaptive one."""
-        return self._terms(model, guide, args, kwargs)[1]
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        loss, surrogate, traces = self._terms(model, guide, args, kwargs)
-        value = loss.item()
-        if not math.isfinite(value):
-            labelled = [(label, tr) for pair in traces for label, tr in zip(("model", "guide"), pair)]
-            raise NonFiniteLossError(f"The loss is {value}: {describe_nonfinite(labelled)}. No gradient step was taken.")
-        if surrogate.requires_grad:
-            surrogate.backward(retain_graph=self.retain_graph)
-        return value
