@@ -188,7 +188,6 @@ def _parse(path: Path) -> _Links:
     return p
 
 
-@pytest.mark.slow
 def test_site_builds_strict_with_every_page(site):
     for page in ["index.html", "getting-started/index.html", "pyro/index.html", "performance/index.html",
                  "concepts/protocol/index.html", "reference/ember.infer/index.html", "tutorials/vae/index.html"]:
@@ -197,7 +196,6 @@ def test_site_builds_strict_with_every_page(site):
     assert (site / "tutorials/vae-1.png").is_file()  # the tutorial's figure, beside its page
 
 
-@pytest.mark.slow
 def test_no_internal_link_is_broken(site):
     # 404.html links from the site's root on purpose (it is served at any depth)
     pages = {p: _parse(p) for p in site.rglob("*.html") if p.name != "404.html"}
@@ -257,7 +255,6 @@ def _serve(directory: Path):
 _IMAGES = "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);"
 
 
-@pytest.mark.slow
 def test_site_renders_in_a_browser(site):
     driver = _browser()
     try:
