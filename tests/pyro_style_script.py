@@ -3,12 +3,11 @@ runs it with `ember.compat.alias_pyro()` active, so each `pyro.X` below is `embe
 
 import queue
 
-import torch
-
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.torch  # noqa: F401
 import pyro.poutine as poutine
+import torch
 from pyro.contrib.examples import multi_mnist  # noqa: F401
 from pyro.contrib.examples.util import get_data_loader  # noqa: F401
 from pyro.distributions import constraints, transforms

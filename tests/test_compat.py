@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import ember
 from ember import compat
 
 SCRIPT = Path(__file__).with_name("pyro_style_script.py")

@@ -156,13 +156,13 @@ def test_small_helpers() -> None:
     assert t.elapsed >= 0
     with pytest.raises(ZeroDivisionError):  # timed does not swallow errors
         with util.timed():
-            1 / 0
+            1 / 0  # noqa: B018
     assert util.torch_float(torch.tensor(2, dtype=torch.int64)).dtype == torch.float32 and util.torch_float(3) == 3.0
     assert [int(v) for v in util.jit_iter(torch.arange(3))] == [0, 1, 2]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with util.ignore_experimental_warning():
-            warnings.warn("x", util.ExperimentalWarning)
+            warnings.warn("x", util.ExperimentalWarning, stacklevel=1)
     with util.ignore_jit_warnings():  # outside tracing: nothing
         pass
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 import torch.distributions as _td
 from torch.distributions import kl_divergence, register_kl
 
-from ember.distributions import constraints, transforms  # noqa: F401  (registers biject_to for the extra constraints)
+from ember.distributions import (  # noqa: F401  (registers biject_to for the extra constraints)
+    constraints,
+    transforms,
+    util,  # noqa: F401  (dist.util, as in Pyro)
+)
 from ember.distributions.conditional import ConditionalDistribution, ConditionalTransformedDistribution
 from ember.distributions.continuous import (
     AsymmetricLaplace,
@@ -45,7 +49,6 @@ from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, Mix
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
-from ember.distributions import util  # noqa: F401  (dist.util, as in Pyro)
 from ember.distributions.torch_dist import Distribution, MaskedDistribution, TorchDistribution, TorchDistributionMixin
 from ember.distributions.transforms import biject_to, transform_to
 
