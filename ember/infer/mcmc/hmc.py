@@ -170,8 +170,8 @@ class _Integrator:
 
 # accepted but without effect in Ember, and why: warned about once when given a non-default value
 _IGNORED = {
-    "max_plate_nesting": "Ember allocates plate dims as the model runs, and HMC/NUTS refuse discrete latents (the only "
-                         "use Pyro has for it)",
+    "max_plate_nesting": "Ember works the plate nesting out from the model's first run and puts the dims of "
+                         "enumerated discrete sites to its left",
     "jit_options": "Ember compiles the potential with make_fx/TorchScript, not torch.jit.trace (see jit_compile)",
     "ignore_jit_warnings": "Ember's compiled potential does not go through torch.jit.trace, which is what warns",
 }
