@@ -121,8 +121,9 @@ def _refuse_discrete(name: str, fn: Any) -> None:
     if support is not None and support.is_discrete:
         raise ValueError(
             f"MCMC: latent site '{name}' is discrete ({type(fn).__name__}, support {support}); HMC and NUTS move on "
-            f"continuous latents only. Condition it on a value, sum it out of the model by hand, or use "
-            f"importance sampling (ember.infer.Importance)."
+            f"continuous latents only. Enumerate it so that the potential sums it out (decorate the model with "
+            f"ember.infer.config_enumerate, or give the site infer={{'enumerate': 'parallel'}}), condition it on a value, or "
+            f"use importance sampling (ember.infer.Importance)."
         )
 
 
