@@ -77,13 +77,28 @@ class Planar(TransformModule):
         return c[1] if c is not None and c[0] is x else _planar(x, *self._params())[1]
 
 
-class ConditionalPlanar(ConditionalTransformModule):
-    """:class:`Planar` whose ``(bias, u, w)`` are ``nn(context)`` (``param_dims = [1, D, D]``)."""
+class _ConditionalVectorFlow(ConditionalTransformModule):
+    """What the conditional flows below share: a bijection of vectors whose parameters are a
+    network's output; :meth:`_with_params` builds the conditioned transform without a module's
+    own parameters."""
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
     event_dim = 1
+
+    @staticmethod
+    def _with_params(cls: type, **attrs: Any) -> Any:
+        t = cls.__new__(cls)
+        TransformModule.__init__(t, cache_size=1)
+        for k, v in attrs.items():
+            setattr(t, k, v)
+        return t
+
+
+class ConditionalPlanar(_ConditionalVectorFlow):
+    """:class:`Planar` whose ``(bias, u, w)`` are ``nn(context)`` (``param_dims = [1, D, D]``)."""
+
 
     def __init__(self, nn: Any) -> None:
         super().__init__()
@@ -91,11 +106,7 @@ class ConditionalPlanar(ConditionalTransformModule):
 
     def condition(self, context: torch.Tensor) -> Planar:
         bias, u, w = self.nn(context)
-        t = Planar.__new__(Planar)
-        TransformModule.__init__(t, cache_size=1)
-        t._cache_logdet = None
-        t._params = lambda: (bias, u, w)  # type: ignore[method-assign]
-        return t
+        return self._with_params(Planar, _cache_logdet=None, _params=lambda: (bias, u, w))
 
 
 class Radial(TransformModule):
@@ -330,13 +341,9 @@ class NeuralAutoregressive(TransformModule):
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
-class ConditionalRadial(ConditionalTransformModule):
+class ConditionalRadial(_ConditionalVectorFlow):
     """:class:`Radial` whose ``(x0, alpha', beta')`` are ``nn(context)`` (``param_dims = [D, 1, 1]``)."""
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    event_dim = 1
 
     def __init__(self, nn: Any) -> None:
         super().__init__()
@@ -344,20 +351,12 @@ class ConditionalRadial(ConditionalTransformModule):
 
     def condition(self, context: torch.Tensor) -> Radial:
         x0, a, b = self.nn(context)
-        t = Radial.__new__(Radial)
-        TransformModule.__init__(t, cache_size=1)
-        t._cache_logdet = None
-        t._params = lambda: (x0, a, b)  # type: ignore[method-assign]
-        return t
+        return self._with_params(Radial, _cache_logdet=None, _params=lambda: (x0, a, b))
 
 
-class ConditionalHouseholder(ConditionalTransformModule):
+class ConditionalHouseholder(_ConditionalVectorFlow):
     """:class:`Householder` whose reflection vectors are ``nn(context)`` (``param_dims = [count * D]``)."""
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    event_dim = 1
     volume_preserving = True
 
     def __init__(self, input_dim: int, nn: Any, count_transforms: int = 1) -> None:
@@ -367,11 +366,7 @@ class ConditionalHouseholder(ConditionalTransformModule):
     def condition(self, context: torch.Tensor) -> Householder:
         raw = self.nn(context)
         raw = raw.reshape(raw.shape[:-1] + (self.count_transforms, self.input_dim))
-        t = Householder.__new__(Householder)
-        TransformModule.__init__(t, cache_size=1)
-        t.input_dim, t.count_transforms = self.input_dim, self.count_transforms
-        t._u_unnormed = lambda: raw  # type: ignore[method-assign]
-        return t
+        return self._with_params(Householder, input_dim=self.input_dim, count_transforms=self.count_transforms, _u_unnormed=lambda: raw)
 
 
 class MatrixExponential(TransformModule):
@@ -401,13 +396,9 @@ class MatrixExponential(TransformModule):
         return tr.expand(x.shape[:-1])
 
 
-class ConditionalMatrixExponential(ConditionalTransformModule):
+class ConditionalMatrixExponential(_ConditionalVectorFlow):
     """:class:`MatrixExponential` whose ``M`` is ``nn(context)`` reshaped to ``[D, D]`` (``param_dims = [D * D]``)."""
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    event_dim = 1
 
     def __init__(self, input_dim: int, nn: Any) -> None:
         super().__init__()
@@ -416,20 +407,12 @@ class ConditionalMatrixExponential(ConditionalTransformModule):
     def condition(self, context: torch.Tensor) -> MatrixExponential:
         raw = self.nn(context)
         M = raw.reshape(raw.shape[:-1] + (self.input_dim, self.input_dim))
-        t = MatrixExponential.__new__(MatrixExponential)
-        TransformModule.__init__(t, cache_size=1)
-        t.input_dim = self.input_dim
-        t._M = lambda: M  # type: ignore[method-assign]
-        return t
+        return self._with_params(MatrixExponential, input_dim=self.input_dim, _M=lambda: M)
 
 
-class ConditionalNeuralAutoregressive(ConditionalTransformModule):
+class ConditionalNeuralAutoregressive(_ConditionalVectorFlow):
     """:class:`NeuralAutoregressive` whose network also reads a context."""
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    event_dim = 1
 
     def __init__(self, autoregressive_nn: Any, **kwargs: Any) -> None:
         super().__init__()
