@@ -322,44 +322,34 @@ class ZeroInflatedNegativeBinomial(ZeroInflatedDistribution):
                                             validate_args=self._validate_args, **self._gate_kwargs(batch_shape))
 
 
-class ExtendedBinomial(Binomial):
+class _ImpossibleOutsideCount:
+    """``log_prob`` is ``-inf`` for integers outside ``[0, total_count]`` instead of an error."""
+
+    support = _constraints.integer
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        inside = (value >= 0) & (value <= self.total_count)
+        v = torch.where(inside, value, value.new_zeros(()))
+        old = self._validate_args
+        self._validate_args = False
+        try:
+            out = super().log_prob(v)  # type: ignore[misc]
+        finally:
+            self._validate_args = old
+        return torch.where(inside, out, out.new_full((), -float("inf")))
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        cls = type(self)
+        return super().expand(batch_shape, _instance=self._get_checked_instance(cls, _instance))  # type: ignore[misc]
+
+
+class ExtendedBinomial(_ImpossibleOutsideCount, Binomial):
     """``Binomial`` whose ``log_prob`` is ``-inf`` for integers outside ``[0, total_count]``
     instead of an error (support: all integers)."""
 
     arg_constraints = {"total_count": constraints.nonnegative_integer, "probs": constraints.unit_interval, "logits": constraints.real}
-    support = _constraints.integer
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        inside = (value >= 0) & (value <= self.total_count)
-        v = torch.where(inside, value, value.new_zeros(()))
-        old = self._validate_args
-        self._validate_args = False
-        try:
-            out = Binomial.log_prob(self, v)
-        finally:
-            self._validate_args = old
-        return torch.where(inside, out, out.new_full((), -float("inf")))
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> ExtendedBinomial:
-        return Binomial.expand(self, batch_shape, _instance=self._get_checked_instance(ExtendedBinomial, _instance))
 
 
-class ExtendedBetaBinomial(BetaBinomial):
+class ExtendedBetaBinomial(_ImpossibleOutsideCount, BetaBinomial):
     """``BetaBinomial`` whose ``log_prob`` is ``-inf`` for integers outside ``[0, total_count]``
     instead of an error (support: all integers)."""
-
-    support = _constraints.integer
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        inside = (value >= 0) & (value <= self.total_count)
-        v = torch.where(inside, value, value.new_zeros(()))
-        old = self._validate_args
-        self._validate_args = False
-        try:
-            out = BetaBinomial.log_prob(self, v)
-        finally:
-            self._validate_args = old
-        return torch.where(inside, out, out.new_full((), -float("inf")))
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> ExtendedBetaBinomial:
-        return BetaBinomial.expand(self, batch_shape, _instance=self._get_checked_instance(ExtendedBetaBinomial, _instance))
