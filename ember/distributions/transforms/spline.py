@@ -145,7 +145,34 @@ class _SplineParams:
         return [count_bins, count_bins, count_bins - 1] + ([count_bins] if order == "linear" else [])
 
 
-class Spline(TransformModule):
+class _LogDetCache:
+    """``_call``, ``_inverse`` and ``log_abs_det_jacobian`` of a bijection written as one
+    ``_with_logdet(v, inverse) -> (output, log|det|)``; the last log-determinant is cached with
+    the input it belongs to."""
+
+    _cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._with_logdet(x, False)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x, ld = self._with_logdet(y, True)
+        self._cache_logdet = (x, -ld)
+        return x
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self._cache_logdet
+        if c is not None and c[0] is x:
+            return c[1]
+        return self._with_logdet(x, False)[1]
+
+
+class Spline(_LogDetCache, TransformModule):
     """An elementwise monotone spline on ``input_dim`` independent coordinates with its own
     learnable knots per coordinate (``event_dim = 0``: ``log_abs_det_jacobian`` is elementwise)."""
 
@@ -170,21 +197,8 @@ class Spline(TransformModule):
         w, h, d, lam = self._params()
         return rational_spline(v, w, h, d, lam, bound=self.bound, inverse=inverse)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._spline(x, False)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        x, ld = self._spline(y, True)
-        self._cache_logdet = (x, -ld)
-        return x
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        c = self._cache_logdet
-        if c is not None and c[0] is x:
-            return c[1]
-        return self._spline(x, False)[1]
+    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._spline(v, inverse)
 
 
 class _NetSpline(Spline):
@@ -221,7 +235,7 @@ class ConditionalSpline(ConditionalTransformModule):
         return t
 
 
-class SplineCoupling(TransformModule):
+class SplineCoupling(_LogDetCache, TransformModule):
     """Keeps ``x[..., :split_dim]`` and applies a spline to the rest (``x[..., split_dim:]``)
     whose parameters are ``hypernet(x[..., :split_dim])``. With ``identity=True`` the first
     part is kept as is; otherwise it goes through its own learnable elementwise spline.
@@ -264,21 +278,8 @@ class SplineCoupling(TransformModule):
         u2, ld2 = rational_spline(v2, w, h, d, lam, bound=self.bound, inverse=inverse)
         return torch.cat([u1, u2], -1), ld1 + ld2.sum(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._transform(x, False)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        x, ld = self._transform(y, True)
-        self._cache_logdet = (x, -ld)
-        return x
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        c = self._cache_logdet
-        if c is not None and c[0] is x:
-            return c[1]
-        return self._transform(x, False)[1]
+    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(v, inverse)
 
 
 class SplineAutoregressive(TransformModule):
