@@ -67,6 +67,14 @@ class TorchDistributionMixin:
     * ``mask(m)``: switch off the log-density where the boolean ``m`` is False;
     * ``expand_by(shape)``: prepend batch dims; ``shape(sample_shape)``: the shape of a
       sample, ``sample_shape + batch_shape + event_shape``.
+
+    Shapes, for every distribution: ``batch_shape`` indexes independent, differently
+    parameterized copies (the broadcast shape of the parameters, less any event dims) and
+    ``event_shape`` is the shape of one draw (``()`` for a scalar distribution, ``(D,)`` for a
+    distribution over vectors such as ``MultivariateNormal`` or ``Dirichlet``). A sample has
+    shape ``sample_shape + batch_shape + event_shape``; ``log_prob`` of a value of that shape
+    has shape ``sample_shape + batch_shape``: the event dims are summed over, the batch dims
+    are not.
     """
 
     # The argument error of a distribution built while inference runs (a handler is active),
@@ -79,18 +87,28 @@ class TorchDistributionMixin:
             raise ValueError(f"{type(self).__name__} was built with an invalid argument: {err}") from err
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The log-density (or log-mass) of ``value``.
+
+        ``value`` has shape ``sample_shape + batch_shape + event_shape`` (or any shape that
+        broadcasts to ``batch_shape + event_shape`` on the right); the result has shape
+        ``sample_shape + batch_shape``: one number per event, the event dims consumed."""
         self._refuse_if_invalid()
         return super().log_prob(value)  # type: ignore[misc]
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Draw without gradients: a tensor of shape ``sample_shape + batch_shape + event_shape``."""
         self._refuse_if_invalid()
         return super().sample(sample_shape)  # type: ignore[misc]
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Draw by reparameterization (gradients flow to the parameters), where ``has_rsample``:
+        a tensor of shape ``sample_shape + batch_shape + event_shape``."""
         self._refuse_if_invalid()
         return super().rsample(sample_shape)  # type: ignore[misc]
 
     def __call__(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """A draw, by ``rsample`` where the distribution has one and ``sample`` otherwise: a
+        tensor of shape ``sample_shape + batch_shape + event_shape``."""
         self._refuse_if_invalid()
         if self.has_rsample:
             return self.rsample(sample_shape)
@@ -98,17 +116,23 @@ class TorchDistributionMixin:
 
     @property
     def event_dim(self) -> int:
+        """The number of event dims, ``len(event_shape)``."""
         return len(self.event_shape)
 
     def shape(self, sample_shape: torch.Size = torch.Size()) -> torch.Size:
+        """The shape of a draw: ``sample_shape + batch_shape + event_shape``."""
         return torch.Size(sample_shape) + self.batch_shape + self.event_shape
 
     def expand_by(self, sample_shape: Any) -> TorchDistributionMixin:
-        """Expand the batch shape on the left by ``sample_shape``."""
+        """The same distribution with ``sample_shape`` prepended to its batch shape: batch
+        shape ``sample_shape + batch_shape``, event shape unchanged (no copy of the parameters)."""
         return self.expand(torch.Size(sample_shape) + self.batch_shape)
 
     def to_event(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
-        """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims as event dims."""
+        """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims (all of them when None) as
+        event dims: batch shape ``(B1, B2)`` and event shape ``(E,)`` become batch shape ``(B1,)``
+        and event shape ``(B2, E)`` with ``to_event(1)``, and ``log_prob`` sums over the moved
+        dims (an ``Independent`` distribution)."""
         if reinterpreted_batch_ndims is None:
             reinterpreted_batch_ndims = len(self.batch_shape)
         if reinterpreted_batch_ndims == 0:
@@ -124,21 +148,27 @@ class TorchDistributionMixin:
         return Independent(self, reinterpreted_batch_ndims)
 
     def independent(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
-        """Old name of :meth:`to_event`."""
+        """Old name of :meth:`to_event` (same shapes)."""
         return self.to_event(reinterpreted_batch_ndims)
 
     def mask(self, mask: Any) -> TorchDistributionMixin:
-        """Switch off the log-density where ``mask`` (bool, or a boolean tensor that
-        broadcasts with the batch shape) is False."""
+        """Switch off the log-density where ``mask`` (bool, or a boolean tensor whose shape
+        broadcasts with ``batch_shape``) is False; the batch shape becomes the broadcast of the
+        two, the event shape is unchanged, and ``log_prob`` is 0 where the mask is False."""
         return MaskedDistribution(self, mask)
 
 
 class TorchDistribution(TorchDistributionMixin, _td.Distribution):
-    """Base class for Ember-only distributions."""
+    """Base class for Ember-only distributions, built from a ``batch_shape`` and an
+    ``event_shape`` (``torch.distributions.Distribution``'s constructor) with the shape contract of
+    :class:`TorchDistributionMixin`: samples of shape ``sample_shape + batch_shape + event_shape``,
+    ``log_prob`` of shape ``sample_shape + batch_shape``."""
 
 
 class MaskedDistribution(TorchDistribution):
-    """``base_dist`` with its log-density zeroed where ``mask`` is False."""
+    """``base_dist`` with its log-density zeroed where ``mask`` is False. ``mask`` broadcasts
+    with ``base_dist.batch_shape``; the batch shape is the broadcast of the two (``base_dist`` is
+    expanded to it), the event shape is ``base_dist``'s. Samples are ``base_dist``'s draws."""
 
     arg_constraints: dict = {}
 
@@ -182,6 +212,8 @@ class MaskedDistribution(TorchDistribution):
         return self.base_dist.rsample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``base_dist.log_prob(value)`` (shape ``sample_shape + batch_shape``), with 0 where the
+        mask is False."""
         lp = self.base_dist.log_prob(value)
         return torch.where(self._mask, lp, lp.new_zeros(()))
 
@@ -210,7 +242,12 @@ class Distribution(TorchDistribution, metaclass=_DistributionMeta):
     subclass it and define ``sample`` and ``log_prob`` (``rsample``, ``support``,
     ``enumerate_support`` where they exist); ``Distribution()`` needs no arguments (empty batch and
     event shapes). Instances are callable (they draw a sample). Every Ember distribution is an
-    instance of it."""
+    instance of it.
+
+    Keep the shape contract of :class:`TorchDistributionMixin`: pass ``batch_shape`` and
+    ``event_shape`` to ``__init__``; ``sample(sample_shape)`` returns a tensor of shape
+    ``sample_shape + batch_shape + event_shape`` and ``log_prob(value)`` one of shape
+    ``sample_shape + batch_shape``."""
 
     has_rsample = False
     has_enumerate_support = False

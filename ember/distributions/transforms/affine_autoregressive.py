@@ -83,6 +83,7 @@ class AffineAutoregressive(TransformModule):
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         cached = self._cached_log_scale
         if cached is not None and cached[0] is x:
             log_scale = cached[1]
@@ -162,6 +163,7 @@ class AffineCoupling(TransformModule):
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``sum log sigma`` over the event, for ``x``, ``y`` whose rightmost ``-dim`` dims are the event: shape ``x.shape[:dim]`` (``batch_shape`` for vectors, the default ``dim=-1``)."""
         cached = self._cached_log_scale
         log_scale = cached[1] if cached is not None and cached[0] is x else self._params(self._split(x)[0])[1]
         return log_scale.reshape(log_scale.shape[: log_scale.dim() + self.dim] + (-1,)).sum(-1)

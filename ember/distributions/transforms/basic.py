@@ -38,6 +38,7 @@ class OrderedTransform(Transform):
         return torch.cat([y[..., :1], (y[..., 1:] - y[..., :-1]).log()], dim=-1)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         return x[..., 1:].sum(-1)
 
 
@@ -60,6 +61,7 @@ class CorrMatrixCholeskyTransform(Transform):
         return y @ y.transpose(-1, -2)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (n, n)``: one value per matrix, of shape ``batch_shape``."""
         n = y.size(-1)
         order = torch.arange(n - 1, -1, -1, dtype=y.dtype, device=y.device)
         return -(order * y.diagonal(dim1=-2, dim2=-1).log()).sum(-1)
@@ -85,6 +87,7 @@ class SoftplusLowerCholeskyTransform(Transform):
         return y.tril(-1) + torch.diag_embed(d + torch.log(-torch.expm1(-d)))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (n, n)``: one value per matrix, of shape ``batch_shape``."""
         return torch.nn.functional.logsigmoid(x.diagonal(dim1=-2, dim2=-1)).sum(-1)
 
 
@@ -106,6 +109,7 @@ class UnitLowerCholeskyTransform(Transform):
         return y.tril(-1)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (n, n)``: one value per matrix, of shape ``batch_shape``."""
         return x.new_zeros(x.shape[:-2])
 
 
@@ -173,6 +177,7 @@ class Permute(Transform):
         return y.index_select(self.dim, self.inv_permutation.to(y.device))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
         return torch.zeros(x.shape[: x.dim() + self.dim], dtype=x.dtype, device=x.device)
 
     def with_cache(self, cache_size: int = 1) -> Permute:
@@ -206,6 +211,7 @@ class LowerCholeskyAffine(Transform):
         return torch.linalg.solve_triangular(tril, rhs, upper=False).squeeze(-1)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         ld = self.scale_tril.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
         return ld.expand(x.shape[:-1])
 

@@ -132,6 +132,7 @@ class BlockAutoregressive(TransformModule):
         raise NotImplementedError("BlockAutoregressive has no closed-form inverse; only values it produced itself (cached) can be inverted")
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 

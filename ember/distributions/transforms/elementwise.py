@@ -41,6 +41,7 @@ class ELUTransform(Transform):
         return torch.where(y > 0, y, torch.log1p(y.clamp_min(-1 + torch.finfo(y.dtype).eps)))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|dy/dx|`` elementwise (``event_dim = 0``): a tensor of the shape of ``x``."""
         return -F.relu(-x)
 
 
@@ -62,6 +63,7 @@ class LeakyReLUTransform(Transform):
         return F.leaky_relu(y, 100.0)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|dy/dx|`` elementwise (``event_dim = 0``): a tensor of the shape of ``x``."""
         return torch.where(x > 0, torch.zeros_like(x), torch.full_like(x, math.log(0.01)))
 
 
@@ -84,6 +86,7 @@ class CholeskyTransform(Transform):
         return y @ y.transpose(-1, -2)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (n, n)``: one value per matrix, of shape ``batch_shape``."""
         n = y.size(-1)
         order = torch.arange(n, 0, -1, dtype=y.dtype, device=y.device)
         return -(n * math.log(2) + (order * y.diagonal(dim1=-2, dim2=-1).log()).sum(-1))
@@ -163,6 +166,7 @@ class DiscreteCosineTransform(Transform):
         return self._apply(y, True)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
         return x.new_zeros(x.shape[: x.dim() + self.dim])
 
     def with_cache(self, cache_size: int = 1) -> DiscreteCosineTransform:
@@ -237,6 +241,7 @@ class HaarTransform(Transform):
         return x.movedim(-1, self.dim)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
         return x.new_zeros(x.shape[: x.dim() + self.dim])
 
     def with_cache(self, cache_size: int = 1) -> HaarTransform:
@@ -272,6 +277,7 @@ class SimplexToOrderedTransform(Transform):
         return s[..., 1:] - s[..., :-1]
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` of shape ``batch_shape + (K,)`` and ``y`` of shape ``batch_shape + (K - 1,)``: shape ``batch_shape``."""
         z = y - self.anchor_point.to(y).unsqueeze(-1)
         return (F.softplus(z) + F.softplus(-z)).sum(-1)
 
@@ -308,6 +314,7 @@ class PositivePowerTransform(Transform):
         return y.pow(1 / self.exponent.to(y))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|dy/dx|`` elementwise (``event_dim = 0``): a tensor of the shape of ``x``."""
         e = self.exponent.to(x)
         return torch.log(e) + (e - 1) * torch.log(x)
 

@@ -75,6 +75,7 @@ class GeneralizedChannelPermute(TransformModule):
         return flat.reshape(y.shape)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``H * W * log|det W|`` for images ``x``, ``y`` of shape ``batch_shape + (C, H, W)``: one value per image, of shape ``batch_shape``."""
         _, _, U_raw = self._params()
         hw = x.size(-1) * x.size(-2)
         ld = hw * U_raw.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)

@@ -73,6 +73,7 @@ class Planar(TransformModule):
         raise _not_invertible(type(self).__name__)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else _planar(x, *self._params())[1]
 
@@ -151,6 +152,7 @@ class Radial(TransformModule):
         raise _not_invertible("Radial")
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
@@ -194,6 +196,7 @@ class Householder(TransformModule):
         return self._reflect(y, range(self.count_transforms - 1, -1, -1))
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         return x.new_zeros(x.shape[:-1])
 
 
@@ -238,6 +241,7 @@ class Sylvester(Householder):
         raise _not_invertible("Sylvester")
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
@@ -280,6 +284,7 @@ class BatchNorm(TransformModule):
         return (y - mean) * self.constrained_gamma / torch.sqrt(var + self.epsilon) + self.beta
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|dy/dx|`` elementwise (``event_dim = 0``): a tensor of the shape of ``x``."""
         var = torch.var(y, dim=0, keepdim=True) if self.training else self.moving_variance
         return (-self.constrained_gamma.log() + 0.5 * torch.log(var + self.epsilon)).expand(x.shape)
 
@@ -337,6 +342,7 @@ class NeuralAutoregressive(TransformModule):
         raise _not_invertible("NeuralAutoregressive")
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
@@ -392,6 +398,7 @@ class MatrixExponential(TransformModule):
         return (torch.linalg.matrix_exp(-self._M()) @ y.unsqueeze(-1)).squeeze(-1)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         tr = self._M().diagonal(dim1=-2, dim2=-1).sum(-1)
         return tr.expand(x.shape[:-1])
 
@@ -465,6 +472,7 @@ class Polynomial(TransformModule):
         raise _not_invertible("Polynomial")
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 

@@ -166,6 +166,8 @@ class _LogDetCache:
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` of shape ``x.shape[:x.dim() - self.event_dim]``: elementwise for :class:`Spline`
+        (``event_dim = 0``), one value per vector for :class:`SplineCoupling` (``event_dim = 1``)."""
         c = self._cache_logdet
         if c is not None and c[0] is x:
             return c[1]
@@ -323,6 +325,7 @@ class SplineAutoregressive(TransformModule):
         return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
         c = self._cache_logdet
         if c is not None and c[0] is x:
             return c[1]
