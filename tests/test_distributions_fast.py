@@ -57,27 +57,34 @@ def test_normal_with_python_numbers_matches_torch(loc, scale):
     assert float(d.mean) == float(loc) and float(d.stddev) == float(scale)
 
 
+@pytest.mark.parametrize("name", ["HalfCauchy", "HalfNormal"])
 @pytest.mark.parametrize("scale", [5.0, 1, torch.tensor(2.0), torch.tensor([1.0, 2.0, 3.0])])
-def test_half_cauchy_matches_torch(scale):
+def test_half_distributions_match_torch(name, scale):
+    ours, theirs = getattr(dist, name), getattr(torch.distributions, name)
     value = torch.tensor([-1.0, 0.0, 0.7])
-    a = dist.HalfCauchy(scale, validate_args=False).log_prob(value)
-    b = torch.distributions.HalfCauchy(scale, validate_args=False).log_prob(value)
+    a = ours(scale, validate_args=False).log_prob(value)
+    b = theirs(scale, validate_args=False).log_prob(value)
     torch.testing.assert_close(a, b)
     x = torch.tensor([0.2, 1.0, 4.0], requires_grad=True)
-    (ga,) = torch.autograd.grad(dist.HalfCauchy(scale).log_prob(x).sum(), x)
+    (ga,) = torch.autograd.grad(ours(scale).log_prob(x).sum(), x)
     y = x.detach().clone().requires_grad_(True)
-    (gb,) = torch.autograd.grad(torch.distributions.HalfCauchy(scale).log_prob(y).sum(), y)
+    (gb,) = torch.autograd.grad(theirs(scale).log_prob(y).sum(), y)
     torch.testing.assert_close(ga, gb)
-    d = dist.HalfCauchy(scale)
+    d = ours(scale)
     assert d.sample((2,)).shape == (2,) + d.batch_shape and (d.sample((100,)) >= 0).all()
     e = d.expand((4, 3))
     assert e.batch_shape == (4, 3) and e.log_prob(torch.ones(4, 3)).shape == (4, 3)
-    torch.testing.assert_close(d.icdf(torch.tensor(0.5)), torch.distributions.HalfCauchy(scale).icdf(torch.tensor(0.5)))
+    torch.testing.assert_close(d.icdf(torch.tensor(0.5)), theirs(scale).icdf(torch.tensor(0.5)))
+    torch.testing.assert_close(d.mean, theirs(scale).mean)
 
 
 def test_half_cauchy_and_normal_validation_with_numbers():
     with pytest.raises(ValueError, match="scale"):
         dist.HalfCauchy(-1.0, validate_args=True)
+    with pytest.raises(ValueError, match="scale.*HalfNormal"):
+        dist.HalfNormal(-1.0, validate_args=True)
+    with pytest.raises(ValueError, match="support"):
+        dist.HalfNormal(1.0, validate_args=True).log_prob(torch.tensor(-1.0))
     with pytest.raises(ValueError, match="scale"):
         dist.Normal(0.0, -1.0, validate_args=True)
     with pytest.raises(ValueError, match="support"):
@@ -110,3 +117,21 @@ def test_expanded_normal_with_numbers_matches_torch():
             torch.testing.assert_close(a, b)
     e = dist.Normal(torch.zeros(2), 1.5).expand((3, 2))
     torch.testing.assert_close(e.log_prob(torch.ones(2)), torch.distributions.Normal(torch.zeros(2), 1.5).expand((3, 2)).log_prob(torch.ones(2)))
+
+
+def test_delta_scores_its_own_draw_without_comparing():
+    """A Delta's log_prob at its own sample is its log_density (what the comparison gives), with
+    the same gradient; any other value is still compared."""
+    v = torch.tensor([[0.5, -1.0], [2.0, 3.0]], requires_grad=True)
+    ld = torch.tensor([0.25, -0.5], requires_grad=True)
+    d = dist.Delta(v, log_density=ld, event_dim=1)
+    x = d.rsample()
+    assert x is v
+    lp = d.log_prob(x)
+    torch.testing.assert_close(lp, ld)
+    torch.testing.assert_close(d.log_prob(v.detach().clone()), ld)  # equal values, another tensor
+    assert d.log_prob(v.detach() + 1).eq(float("-inf")).all()
+    gv, gld = torch.autograd.grad(lp.sum(), [v, ld], allow_unused=True)
+    assert gv is None or (gv == 0).all()
+    torch.testing.assert_close(gld, torch.ones(2))
+    assert d.rsample((3,)).shape == (3, 2, 2)

@@ -143,4 +143,43 @@ class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
         return new
 
 
+
+class HalfNormal(TorchDistributionMixin, _td.HalfNormal):
+    __doc__ = _td.HalfNormal.__doc__
+
+    def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
+        ts = type(scale)
+        if ts is float or ts is int:
+            self._const_scale: float | None = float(scale)
+            self.base_dist = Normal(0.0, float(scale), validate_args=False)  # the scale is checked below, as HalfNormal's
+            self.transforms = [_ABS]
+            distribution_init(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
+        else:
+            self._const_scale = None
+            super().__init__(scale, validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log 2 + Normal(0, scale).log_prob(value)`` for ``value >= 0``, ``-inf`` below;
+        ``value`` of shape ``sample_shape + batch_shape`` gives that shape."""
+        if self._validate_args:
+            self._validate_sample(value)
+        if not isinstance(value, _Tensor):
+            value = torch.as_tensor(value, dtype=self.scale.dtype)
+        c = self._const_scale
+        if c is not None:
+            z = value / c if c != 1.0 else value
+            lp = -0.5 * (z * z) + (_LOG_2_OVER_PI * 0.5 - math.log(c))
+        else:
+            scale = self.scale
+            z = value / scale
+            lp = -0.5 * (z * z) - scale.log() + _LOG_2_OVER_PI * 0.5
+        return lp.masked_fill(value < 0, _NEG_INF)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> HalfNormal:
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = _td.HalfNormal.expand(self, batch_shape, _instance=new)
+        new._const_scale = None
+        return new
+
+
 _ABS = _td.transforms.AbsTransform()

@@ -44,6 +44,8 @@ class Delta(TorchDistribution):
         return Delta(self.v.expand(batch_shape + self.event_shape), self.log_density.expand(batch_shape), self.event_dim)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if not sample_shape:
+            return self.v  # the point itself, so that log_prob can recognise its own sample
         shape = torch.Size(sample_shape) + self.v.shape
         return self.v.expand(shape)
 
@@ -51,6 +53,8 @@ class Delta(TorchDistribution):
         return self.rsample(sample_shape).detach()
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x is self.v:  # a guide's own draw (autoguides score every site so): no comparison needed
+            return self.log_density
         v = self.v.expand(self.shape())
         eq = x == v
         if self.event_dim:
