@@ -19,6 +19,8 @@ class ConditionalDistribution:
     """Something with ``condition(context) -> Distribution``."""
 
     def condition(self, context: torch.Tensor) -> Any:
+        """The distribution given ``context``, a tensor of shape ``(..., context_dim)`` whose
+        leading dims broadcast with the batch dims of the values it will score or draw."""
         raise NotImplementedError(f"{type(self).__name__}.condition(context) is not implemented")
 
 
@@ -31,6 +33,10 @@ class ConditionalTransformedDistribution(ConditionalDistribution):
         self.transforms = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms]
 
     def condition(self, context: torch.Tensor) -> TransformedDistribution:
+        """A ``TransformedDistribution``: the base (conditioned on ``context`` if it is
+        conditional) pushed through the transforms, each conditional one conditioned on
+        ``context`` (shape ``(..., context_dim)``, its leading dims broadcasting with the batch
+        dims of the values). The event shape is the base's (for flows over vectors ``(D,)``)."""
         base = self.base_dist.condition(context) if isinstance(self.base_dist, ConditionalDistribution) else self.base_dist
         ts = [t.condition(context) if isinstance(t, ConditionalTransform) else t for t in self.transforms]
         return TransformedDistribution(base, ts)

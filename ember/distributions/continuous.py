@@ -31,9 +31,13 @@ def _uniform(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
 class _ParamsMixin:
     """``expand`` for distributions whose parameters are tensors of the batch shape named in ``_params``."""
 
+    # (the docstring below is what the subclasses' pages show for ``expand``)
+
     _params: tuple[str, ...] = ()
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """The same distribution with batch shape ``batch_shape`` (each parameter expanded to it,
+        without a copy); ``batch_shape`` must broadcast from the current one."""
         batch_shape = torch.Size(batch_shape)
         new = self._get_checked_instance(type(self), _instance)
         for name in self._params:
@@ -124,6 +128,7 @@ class TruncatedNormal(_ParamsMixin, TorchDistribution):
         return self.scale.pow(2) * (1 + apa - bpb - (pa - pb).pow(2))
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """The CDF at ``value``, elementwise: ``value`` broadcasts with ``batch_shape`` and the result has the broadcast shape."""
         a, b = self._ab()
         z = (value - self.loc) / self.scale
         ca, cb = torch.special.ndtr(a), torch.special.ndtr(b)
@@ -152,7 +157,8 @@ class FoldedDistribution(TransformedDistribution):
 class AsymmetricLaplace(_ParamsMixin, TorchDistribution):
     """Laplace-like with scale ``scale * asymmetry`` left of ``loc`` and
     ``scale / asymmetry`` right of it: ``p(x) = exp(-|x-loc|/s_side) / (s_left + s_right)``.
-    (SciPy's ``laplace_asymmetric(kappa=asymmetry, loc, scale)``.)"""
+    (SciPy's ``laplace_asymmetric(kappa=asymmetry, loc, scale)``.) ``batch_shape`` is the broadcast
+    shape of ``loc``, ``scale`` and ``asymmetry``; ``event_shape`` is ``()``."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "asymmetry": constraints.positive}
     support = constraints.real
@@ -199,7 +205,8 @@ class AsymmetricLaplace(_ParamsMixin, TorchDistribution):
 
 class SoftAsymmetricLaplace(_ParamsMixin, TorchDistribution):
     """``AsymmetricLaplace(loc, scale, asymmetry)`` plus independent
-    ``Normal(0, scale * softness)`` noise (a smooth density; closed form through Φ)."""
+    ``Normal(0, scale * softness)`` noise (a smooth density; closed form through Φ).
+    ``batch_shape`` is the broadcast shape of the four parameters; ``event_shape`` is ``()``."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "asymmetry": constraints.positive, "softness": constraints.positive}
     support = constraints.real
@@ -247,7 +254,8 @@ class SoftAsymmetricLaplace(_ParamsMixin, TorchDistribution):
 
 
 class Logistic(_ParamsMixin, TorchDistribution):
-    """The logistic distribution: ``CDF(x) = sigmoid((x - loc) / scale)``."""
+    """The logistic distribution: ``CDF(x) = sigmoid((x - loc) / scale)``. ``batch_shape`` is the
+    broadcast shape of ``loc`` and ``scale``; ``event_shape`` is ``()``."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
@@ -269,9 +277,11 @@ class Logistic(_ParamsMixin, TorchDistribution):
         return self.loc + self.scale * (u.log() - (-u).log1p())
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """The CDF at ``value``, elementwise: ``value`` broadcasts with ``batch_shape`` and the result has the broadcast shape."""
         return torch.sigmoid((value - self.loc) / self.scale)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """The quantile of probability ``value``, elementwise: ``value`` broadcasts with ``batch_shape``."""
         return self.loc + self.scale * torch.logit(value)
 
     @property
@@ -285,7 +295,8 @@ class Logistic(_ParamsMixin, TorchDistribution):
 
 class SkewLogistic(_ParamsMixin, TorchDistribution):
     """The skewed (type I generalized) logistic: ``CDF(x) = sigmoid(z)^asymmetry`` with
-    ``z = (x - loc)/scale``; ``asymmetry = 1`` is :class:`Logistic`. (SciPy's ``genlogistic(c=asymmetry)``.)"""
+    ``z = (x - loc)/scale``; ``asymmetry = 1`` is :class:`Logistic`. (SciPy's ``genlogistic(c=asymmetry)``.)
+    ``batch_shape`` is the broadcast shape of ``loc``, ``scale`` and ``asymmetry``; ``event_shape`` is ``()``."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "asymmetry": constraints.positive}
     support = constraints.real
@@ -310,6 +321,7 @@ class SkewLogistic(_ParamsMixin, TorchDistribution):
         return self.loc + self.scale * z
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """The CDF at ``value``, elementwise: ``value`` broadcasts with ``batch_shape`` and the result has the broadcast shape."""
         return torch.sigmoid((value - self.loc) / self.scale).pow(self.asymmetry)
 
     @property
@@ -385,7 +397,9 @@ class MultivariateStudentT(TorchDistribution):
 
 class OrderedLogistic(Categorical):
     """An ordinal outcome ``0..K`` from a real ``predictor`` (``[*batch]``) and ``K``
-    increasing ``cutpoints`` (``[*batch, K]``): ``P(y <= k) = sigmoid(cutpoints[k] - predictor)``."""
+    increasing ``cutpoints`` (``[*batch, K]``): ``P(y <= k) = sigmoid(cutpoints[k] - predictor)``.
+    ``batch_shape`` is the broadcast of ``predictor.shape`` and ``cutpoints.shape[:-1]``;
+    ``event_shape`` is ``()``: a draw is an integer in ``0..K`` of shape ``batch_shape``."""
 
     arg_constraints = {"predictor": constraints.real, "cutpoints": constraints.independent(constraints.real, 1)}
 
@@ -412,7 +426,9 @@ class OrderedLogistic(Categorical):
 
 class ImproperUniform(TorchDistribution):
     """The improper "uniform" over ``support``: ``log_prob`` is 0 everywhere. It cannot be
-    sampled: use it for latent sites that a guide, ``condition`` or an initial value fills in."""
+    sampled: use it for latent sites that a guide, ``condition`` or an initial value fills in.
+    ``batch_shape`` and ``event_shape`` are given; ``log_prob`` of a value of shape
+    ``sample_shape + batch_shape + event_shape`` is zeros of shape ``sample_shape + batch_shape``."""
 
     arg_constraints: dict = {}
 

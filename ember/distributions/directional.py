@@ -50,6 +50,7 @@ class VonMises3D(TorchDistribution):
         return self.concentration.norm(dim=-1)
 
     def log_normalizer(self) -> torch.Tensor:
+        """``log C(kappa)``, one value per direction: shape ``batch_shape``."""
         k = self._kappa()
         # log(4 pi sinh k / k) = log(2 pi) + k + log1p(-exp(-2k)) - log k
         return _LOG_2PI + k + torch.log(-torch.expm1(-2 * k)) - k.log()
@@ -105,7 +106,8 @@ class ProjectedNormal(TorchDistribution):
         return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log p(x) = -d/2 log 2pi - |mu|^2/2 + log ∫_0^inf r^(d-1) exp(-r^2/2 + r t) dr``, ``t = mu·x``."""
+        """``log p(x) = -d/2 log 2pi - |mu|^2/2 + log ∫_0^inf r^(d-1) exp(-r^2/2 + r t) dr``, ``t = mu·x``,
+        for unit vectors ``value`` of shape ``sample_shape + batch_shape + (d,)``: shape ``sample_shape + batch_shape``."""
         if self._validate_args:
             self._validate_sample(value)
         d = self.event_shape[0]

@@ -159,7 +159,8 @@ class DirichletMultinomial(TorchDistribution):
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         """A Dirichlet draw of the probabilities, then the counts as a chain of binomials
-        (so each batch element can have its own ``total_count``)."""
+        (so each batch element can have its own ``total_count``): count vectors of shape
+        ``sample_shape + batch_shape + (K,)``."""
         with torch.no_grad():
             p = Dirichlet(self.concentration, validate_args=False).sample(sample_shape)
             remaining = self.total_count.expand(p.shape[:-1]).clone()
@@ -299,7 +300,8 @@ class ZeroInflatedPoisson(ZeroInflatedDistribution):
 
 
 class ZeroInflatedNegativeBinomial(ZeroInflatedDistribution):
-    """``NegativeBinomial(total_count, probs=/logits=)`` inflated at 0 by ``gate`` (or ``gate_logits``)."""
+    """``NegativeBinomial(total_count, probs=/logits=)`` inflated at 0 by ``gate`` (or ``gate_logits``).
+    ``batch_shape`` is the broadcast shape of the parameters; ``event_shape`` is ``()``."""
 
     arg_constraints = {
         "total_count": constraints.greater_than_eq(0), "probs": constraints.half_open_interval(0.0, 1.0),
@@ -328,6 +330,8 @@ class _ImpossibleOutsideCount:
     support = _constraints.integer
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The base class's ``log_prob`` inside ``[0, total_count]``, ``-inf`` outside; elementwise:
+        ``value`` broadcasts with ``batch_shape`` and the result has the broadcast shape."""
         inside = (value >= 0) & (value <= self.total_count)
         v = torch.where(inside, value, value.new_zeros(()))
         old = self._validate_args
@@ -339,6 +343,7 @@ class _ImpossibleOutsideCount:
         return torch.where(inside, out, out.new_full((), -float("inf")))
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """The same distribution (same class) with batch shape ``batch_shape``."""
         cls = type(self)
         return super().expand(batch_shape, _instance=self._get_checked_instance(cls, _instance))  # type: ignore[misc]
 

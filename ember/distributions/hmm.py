@@ -67,7 +67,9 @@ class DiscreteHMM(TorchDistribution):
         return alpha.logsumexp(-1)
 
     def filter(self, value: torch.Tensor) -> Categorical:
-        """The posterior of the final hidden state given ``value``: a ``Categorical`` over ``S``."""
+        """The posterior of the final hidden state given ``value`` (shape ``sample_shape +
+        batch_shape + event_shape``): a ``Categorical`` over ``S`` states with batch shape
+        ``sample_shape + batch_shape``."""
         obs = self._obs_logits(value)
         T = self.duration
         trans = self.transition_logits.expand(self.transition_logits.shape[:-3] + (T,) + self.transition_logits.shape[-2:])
@@ -77,7 +79,8 @@ class DiscreteHMM(TorchDistribution):
         return Categorical(logits=alpha - alpha.logsumexp(-1, keepdim=True))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """Ancestral sampling of the hidden chain, then of each observation from its state."""
+        """Ancestral sampling of the hidden chain, then of each observation from its state: shape
+        ``sample_shape + batch_shape + (T,) + observation event shape``."""
         with torch.no_grad():
             sample_shape = torch.Size(sample_shape)
             T = self.duration
@@ -190,7 +193,8 @@ class GaussianHMM(TorchDistribution):
         return self._kalman(value)[0]
 
     def filter(self, value: torch.Tensor) -> MultivariateNormal:
-        """The posterior of the last hidden state ``z_{T-1}`` given ``value``: a ``MultivariateNormal``."""
+        """The posterior of the last hidden state ``z_{T-1}`` given ``value`` (``[..., T, Dx]``): a
+        ``MultivariateNormal`` with batch shape ``value.shape[:-2]`` and event shape ``(H,)``."""
         _, m, P = self._kalman(value)
         return MultivariateNormal(m, P)
 

@@ -182,7 +182,8 @@ class Stable(TorchDistribution):
     alpha = 1; ``"S1"`` is accepted as the same). Reparameterized sampling by Chambers-Mallows-Stuck. ``log_prob`` integrates
     Nolan's (1997) one-dimensional formula with 256-point Gauss-Legendre quadrature
     (differentiable; accurate to about 1e-4 in the body, less far in the tails and for
-    alpha within 1e-3 of 1); the Cauchy case alpha = 1, beta = 0 is in closed form."""
+    alpha within 1e-3 of 1); the Cauchy case alpha = 1, beta = 0 is in closed form.
+    ``batch_shape`` is the broadcast shape of the four parameters; ``event_shape`` is ``()``."""
 
     arg_constraints = {"stability": constraints.interval(0, 2), "skew": constraints.interval(-1, 1), "scale": constraints.positive, "loc": constraints.real}
     support = constraints.real

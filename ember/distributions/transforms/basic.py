@@ -139,7 +139,8 @@ class Normalize(Transform):
 
 class Permute(Transform):
     """Permute the entries of dimension ``dim`` (default ``-1``, the event dim):
-    ``y = x[..., permutation]``. Volume preserving: ``log|det J| = 0``."""
+    ``y = x[..., permutation]``. Volume preserving: ``log|det J| = 0``. ``x`` keeps its shape; the
+    dims from ``dim`` rightwards are one event (``event_dim = -dim``)."""
 
     bijective = True
     volume_preserving = True

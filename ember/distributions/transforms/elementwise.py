@@ -290,7 +290,8 @@ class SimplexToOrderedTransform(Transform):
 
 class PositivePowerTransform(Transform):
     """``y = x ** exponent`` on the positive reals (``exponent > 0``);
-    ``log|dy/dx| = log(exponent) + (exponent - 1) log x``."""
+    ``log|dy/dx| = log(exponent) + (exponent - 1) log x``. Elementwise (``event_dim = 0``):
+    ``exponent`` is a number or a tensor that broadcasts with ``x``."""
 
     domain = constraints.positive
     codomain = constraints.positive

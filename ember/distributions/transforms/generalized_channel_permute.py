@@ -84,7 +84,8 @@ class GeneralizedChannelPermute(TransformModule):
 
 class ConditionalGeneralizedChannelPermute(ConditionalTransformModule):
     """:class:`GeneralizedChannelPermute` whose ``L`` and ``U`` come from ``nn(context)``
-    (``param_dims = [C * C, C * C]``)."""
+    (``param_dims = [C * C, C * C]``). Maps images of shape ``(..., C, H, W)``; ``context`` has
+    shape ``(..., context_dim)``."""
 
     domain = constraints.independent(constraints.real, 3)
     codomain = constraints.independent(constraints.real, 3)
@@ -112,7 +113,8 @@ class ConditionalGeneralizedChannelPermute(ConditionalTransformModule):
 
 
 def generalized_channel_permute(channels: int = 3, permutation: torch.Tensor | None = None) -> GeneralizedChannelPermute:
-    """A :class:`GeneralizedChannelPermute` on ``channels`` channels."""
+    """A :class:`GeneralizedChannelPermute` on ``channels`` channels: inputs of shape
+    ``(..., channels, H, W)``."""
     return GeneralizedChannelPermute(channels, permutation)
 
 

@@ -554,7 +554,8 @@ def conditional_neural_autoregressive(input_dim: int, context_dim: int, hidden_d
 
 
 def permute(input_dim: int, permutation: torch.Tensor | None = None, *, dim: int = -1) -> Permute:
-    """A :class:`Permute` of ``input_dim`` entries (a random permutation by default)."""
+    """A :class:`Permute` of ``input_dim`` entries (a random permutation by default) along ``dim``:
+    inputs of shape ``(..., input_dim)`` for the default ``dim=-1``."""
     return Permute(torch.randperm(input_dim) if permutation is None else permutation, dim=dim)
 
 

@@ -14,7 +14,13 @@ __all__ = ["clear_cache", "ComposeTransformModule", "ConditionalTransform", "Con
 
 class TransformModule(Transform, torch.nn.Module):
     """A transform with learnable parameters: register it with ``ember.module`` (or put
-    it inside an ``nn.Module``) so that SVI/optimizers see its parameters."""
+    it inside an ``nn.Module``) so that SVI/optimizers see its parameters.
+
+    Shapes, as for every ``torch.distributions`` transform: the rightmost ``event_dim`` dims of
+    ``x`` form one event (``event_dim = 1`` for the flows over vectors, ``x`` of shape
+    ``batch_shape + (D,)``; 0 for elementwise ones); ``t(x)`` and ``t.inv(y)`` keep the shape
+    (unless the transform says otherwise) and ``t.log_abs_det_jacobian(x, y)`` has shape
+    ``batch_shape``, ``x.shape[:x.dim() - event_dim]``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +70,9 @@ class ConditionalTransform:
     """Something that becomes a transform once given a context: ``condition(context)``."""
 
     def condition(self, context: torch.Tensor) -> Transform:
+        """The transform given ``context``, a tensor of shape ``(..., context_dim)`` whose leading
+        dims broadcast with the batch dims of the ``x`` it will map; the result has this object's
+        ``event_dim`` (1 for the flows over vectors: ``x`` of shape ``(..., D)``)."""
         raise NotImplementedError(f"{type(self).__name__}.condition(context) is not implemented")
 
 
