@@ -39,7 +39,9 @@ def _constant(x: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 class Normal(TorchDistributionMixin, _td.Normal):
-    __doc__ = _td.Normal.__doc__
+    __doc__ = _td.Normal.__doc__ + (
+        "\n\n    Shapes: ``batch_shape`` is the broadcast shape of ``loc`` and ``scale``; ``event_shape`` is ``()``, so a draw has the "
+        "parameters' broadcast shape and ``log_prob`` returns one value per element.")
 
     _const: tuple[float | None, float] | None = None  # (loc or None for a tensor loc, scale)
 
@@ -102,7 +104,9 @@ class Normal(TorchDistributionMixin, _td.Normal):
 
 
 class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
-    __doc__ = _td.HalfCauchy.__doc__
+    __doc__ = _td.HalfCauchy.__doc__ + (
+        "\n\n    Shapes: ``batch_shape`` is the broadcast shape of ``scale``; ``event_shape`` is ``()``, so a draw has the "
+        "parameters' broadcast shape and ``log_prob`` returns one value per element.")
 
     def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
         ts = type(scale)
@@ -121,7 +125,8 @@ class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
             super().__init__(scale, validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log(2/pi) - log(scale) - log1p((value/scale)^2)`` for ``value >= 0``, ``-inf`` below."""
+        """``log(2/pi) - log(scale) - log1p((value/scale)^2)`` for ``value >= 0``, ``-inf`` below;
+        ``value`` of shape ``sample_shape + batch_shape`` gives that shape."""
         if self._validate_args:
             self._validate_sample(value)
         if not isinstance(value, _Tensor):
@@ -145,7 +150,9 @@ class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
 
 
 class HalfNormal(TorchDistributionMixin, _td.HalfNormal):
-    __doc__ = _td.HalfNormal.__doc__
+    __doc__ = _td.HalfNormal.__doc__ + (
+        "\n\n    Shapes: ``batch_shape`` is the broadcast shape of ``scale``; ``event_shape`` is ``()``, so a draw has the "
+        "parameters' broadcast shape and ``log_prob`` returns one value per element.")
 
     def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
         ts = type(scale)
