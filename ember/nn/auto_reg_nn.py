@@ -43,13 +43,15 @@ def create_mask(
 
 
 class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` (``[out, in]``)."""
+    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` of the weight's shape
+    ``(out_features, in_features)``."""
 
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.register_buffer("mask", mask.data)
 
     def forward(self, _input: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features)`` to ``(..., out_features)`` through the masked weight."""
         return nn.functional.linear(_input, self.mask * self.weight, self.bias)
 
 
@@ -98,10 +100,13 @@ class ConditionalAutoRegressiveNN(nn.Module):
         self.f = nonlinearity if nonlinearity is not None else nn.ReLU()
 
     def get_permutation(self) -> torch.Tensor:
-        """The autoregressive order: ``permutation[r]`` is the input ranked ``r``."""
+        """The autoregressive order, a tensor of shape ``(input_dim,)``: ``permutation[r]`` is the input ranked ``r``."""
         return self.permutation
 
     def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``inputs`` of shape ``(..., input_dim)`` and ``context`` of shape ``(..., context_dim)`` to
+        the parameters: each of shape ``(..., input_dim)`` when every ``param_dims`` entry is 1, else
+        ``(..., param_dim, input_dim)`` (a tensor for one parameter, a tuple for several)."""
         if self.context_dim:
             if context is None:
                 raise ValueError(f"{type(self).__name__}: this network needs a context of size {self.context_dim}")
@@ -130,7 +135,9 @@ class ConditionalAutoRegressiveNN(nn.Module):
 
 class AutoRegressiveNN(ConditionalAutoRegressiveNN):
     """A MADE network ``f(inputs)`` without context (see :class:`ConditionalAutoRegressiveNN`).
-    ``hidden_dims`` defaults to Pyro's helpers' ``[3 * input_dim + 1]`` when given as None."""
+    ``hidden_dims`` defaults to Pyro's helpers' ``[3 * input_dim + 1]`` when given as None.
+    ``inputs`` have shape ``(..., input_dim)``; the outputs' shapes are those of
+    :class:`ConditionalAutoRegressiveNN`."""
 
     def __init__(
         self,
@@ -144,4 +151,6 @@ class AutoRegressiveNN(ConditionalAutoRegressiveNN):
         super().__init__(input_dim, 0, hidden_dims, param_dims, permutation, skip_connections, nonlinearity)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:  # type: ignore[override]
+        """``inputs`` of shape ``(..., input_dim)`` to the parameters, each ``(..., input_dim)`` or
+        ``(..., param_dim, input_dim)`` as in :class:`ConditionalAutoRegressiveNN`."""
         return super().forward(inputs, None)

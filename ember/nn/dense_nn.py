@@ -34,6 +34,9 @@ class ConditionalDenseNN(nn.Module):
         self.f = nonlinearity if nonlinearity is not None else nn.ReLU()
 
     def forward(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``inputs`` of shape ``(..., input_dim)`` and ``context`` of shape ``(..., context_dim)``
+        (expanded to the inputs' batch dims) to one tensor of shape ``(..., param_dim)`` per entry of
+        ``param_dims`` (a tensor when there is one, a tuple otherwise)."""
         if self.context_dim:
             if context is None:
                 raise ValueError(f"{type(self).__name__}: this network needs a context of size {self.context_dim}")
@@ -56,4 +59,6 @@ class DenseNN(ConditionalDenseNN):
         super().__init__(input_dim, 0, hidden_dims, param_dims, nonlinearity)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:  # type: ignore[override]
+        """``inputs`` of shape ``(..., input_dim)`` to one tensor of shape ``(..., param_dim)`` per entry
+        of ``param_dims`` (a tensor when there is one, a tuple otherwise)."""
         return super().forward(inputs, None)

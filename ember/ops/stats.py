@@ -113,7 +113,8 @@ def gelman_rubin(input: Any, chain_dim: int = 0, sample_dim: int = 1) -> Any:
 
 def split_gelman_rubin(input: Any, chain_dim: int = 0, sample_dim: int = 1) -> Any:
     """Split R-hat: each chain cut into its first and last ``N // 2`` draws, then
-    :func:`gelman_rubin` over the ``2 C`` halves. Needs at least 4 draws per chain."""
+    :func:`gelman_rubin` over the ``2 C`` halves. Needs at least 4 draws per chain. The result has
+    the shape of ``input`` without ``chain_dim`` and ``sample_dim``."""
     x, from_numpy = _tensor(input, "split_gelman_rubin")
     xt = _chains_first(x, chain_dim, sample_dim, "split_gelman_rubin", min_draws=4)
     half = xt.shape[0] // 2
@@ -189,7 +190,7 @@ def effective_sample_size(input: Any, chain_dim: int = 0, sample_dim: int = 1) -
 # ---- resampling, quantiles and intervals ----------------------------------------------------------------
 def resample(input: Any, num_samples: int, dim: int = 0, replacement: bool = False) -> Any:
     """``num_samples`` entries of ``input`` drawn uniformly at random along ``dim`` (Ember's random
-    stream), with or without replacement."""
+    stream), with or without replacement: the shape of ``input`` with ``num_samples`` at ``dim``."""
     x, from_numpy = _tensor(input, "resample") if not isinstance(input, torch.Tensor) else (input, False)
     d = _norm_dim(dim, x.dim(), "resample")
     size = x.shape[d]
@@ -229,7 +230,8 @@ def weighed_quantile(input: Any, probs: float | Sequence[float] | torch.Tensor, 
     """Quantiles of weighted draws: ``log_weights [N]`` (unnormalised) weigh the ``N`` entries of
     ``input`` along ``dim``. The sorted draws sit at their cumulative normalised weight, rescaled so
     the smallest draw is at 0 and the largest at 1, and quantiles interpolate linearly between them
-    (equal weights give :func:`quantile`). Output as :func:`quantile`'s."""
+    (equal weights give :func:`quantile`). Output shape as :func:`quantile`'s: ``len(probs)`` entries in
+    place of ``dim``, or ``dim`` dropped for a scalar ``probs``."""
     x, from_numpy = _tensor(input, "weighed_quantile")
     d = _norm_dim(dim, x.dim(), "weighed_quantile")
     lw, _ = _tensor(log_weights, "weighed_quantile")
@@ -258,7 +260,8 @@ def weighed_quantile(input: Any, probs: float | Sequence[float] | torch.Tensor, 
 
 def pi(input: Any, prob: float, dim: int = 0) -> Any:
     """The equal-tailed (percentile) interval holding ``prob`` of the draws: the quantiles at
-    ``(1 - prob) / 2`` and ``(1 + prob) / 2``, 2 entries in place of ``dim``."""
+    ``(1 - prob) / 2`` and ``(1 + prob) / 2``: the shape of ``input`` with 2 entries (low, high) in
+    place of ``dim``."""
     if not 0 < prob <= 1:
         raise ValueError(f"pi: prob must be in (0, 1], got {prob!r}")
     return quantile(input, [(1 - prob) / 2, (1 + prob) / 2], dim)
@@ -266,8 +269,8 @@ def pi(input: Any, prob: float, dim: int = 0) -> Any:
 
 def hpdi(input: Any, prob: float, dim: int = 0) -> Any:
     """The highest posterior density interval: the narrowest interval between two draws that holds
-    ``int(prob * N)`` draw-to-draw gaps, i.e. ``prob`` of the draws. 2 entries (low, high) in place
-    of ``dim``."""
+    ``int(prob * N)`` draw-to-draw gaps, i.e. ``prob`` of the draws: the shape of ``input`` with 2
+    entries (low, high) in place of ``dim``."""
     x, from_numpy = _tensor(input, "hpdi")
     d = _norm_dim(dim, x.dim(), "hpdi")
     if not 0 < prob <= 1:
@@ -295,7 +298,8 @@ def waic(input: Any, log_weights: Any = None, pointwise: bool = False, dim: int 
     ``dim`` indexes posterior draws (optionally weighted by unnormalised ``log_weights [N]``):
     ``(waic, p_waic)`` with ``waic = -2 (lpd - p_waic)``, ``lpd`` the log of the weighted mean
     likelihood and ``p_waic`` the weighted variance (``N / (N - 1)`` corrected) of the
-    log-likelihood. Summed over the remaining dims unless ``pointwise``."""
+    log-likelihood. Summed over the remaining dims unless ``pointwise``: two scalars, or with
+    ``pointwise`` two tensors of the shape of ``input`` without ``dim``."""
     x, from_numpy = _tensor(input, "waic")
     d = _norm_dim(dim, x.dim(), "waic")
     n = x.shape[d]

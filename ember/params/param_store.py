@@ -76,6 +76,7 @@ class ParamStoreDict:
         self._unchecked.clear()
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, constrained value)`` pairs; each value has the shape its parameter was created with."""
         for name in list(self._params):
             yield name, self[name]
 
@@ -83,6 +84,7 @@ class ParamStoreDict:
         return self._params.keys()
 
     def values(self) -> Iterator[torch.Tensor]:
+        """The constrained values, each of the shape its parameter was created with."""
         for name in list(self._params):
             yield self[name]
 
@@ -118,14 +120,17 @@ class ParamStoreDict:
         self._set(name, new_constrained_value, c)
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, unconstrained tensor) pairs: what an optimizer updates."""
+        """(name, unconstrained tensor) pairs: what an optimizer updates. An unconstrained tensor
+        can differ in shape from its constrained value (a ``corr_cholesky`` parameter of shape
+        ``(K, K)`` is held as ``K (K - 1) / 2`` numbers; most constraints keep the shape)."""
         return iter(list(self._params.items()))
 
     def get_all_param_names(self) -> list:
         return list(self._params)
 
     def unconstrained(self, name: str) -> torch.Tensor | None:
-        """The unconstrained leaf tensor of ``name`` (what an optimizer updates), or None."""
+        """The unconstrained leaf tensor of ``name`` (what an optimizer updates), or None; its shape is
+        that of the constraint's unconstrained space (the constrained shape for most constraints)."""
         return self._params.get(name)
 
     def is_module_param(self, name: str) -> bool:
@@ -134,12 +139,14 @@ class ParamStoreDict:
 
     def setdefault(self, name: str, init_constrained_value: Any, constraint: constraints.Constraint = constraints.real) -> torch.Tensor:
         """The constrained value of ``name``, created from ``init_constrained_value`` (a tensor,
-        a number or a zero-argument callable, called only when needed) if absent."""
+        a number or a zero-argument callable, called only when needed) if absent; it keeps the
+        shape of the initial value."""
         return self.get_param(name, init_constrained_value, constraint)
 
     def bind(self, name: str, unconstrained: torch.Tensor, constraint: constraints.Constraint = constraints.real) -> None:
         """Hold the leaf tensor ``unconstrained`` itself (a ``PyroModule``'s ``nn.Parameter``) as the
-        unconstrained value of ``name``, so the module and the store share one tensor."""
+        unconstrained value of ``name``, so the module and the store share one tensor (of any shape;
+        the constrained value is ``transform_to(constraint)`` of it)."""
         old = self._params.get(name)
         if old is not None:
             self._param_to_name.pop(id(old), None)
@@ -170,6 +177,8 @@ class ParamStoreDict:
             self._modules.update(saved_modules)
 
     def replace_param(self, param_name: str, new_param: torch.Tensor, old_param: torch.Tensor) -> None:
+        """Set ``param_name`` to the constrained value ``new_param`` (any shape: the parameter takes
+        it), checking that it held ``old_param``; Pyro's signature."""
         if self._params.get(param_name) is not old_param and self[param_name] is not old_param:
             raise ValueError(f"replace_param: '{param_name}' does not hold the given old tensor")
         self[param_name] = new_param
@@ -177,7 +186,8 @@ class ParamStoreDict:
     # ---- the hot path -------------------------------------------------------------------------
     def get_param(self, name: str, init_tensor: Any = None, constraint: constraints.Constraint = constraints.real, event_dim: int | None = None) -> torch.Tensor:
         """Return the constrained value of ``name``, creating it from ``init_tensor``
-        (a tensor, a number or a zero-argument callable) the first time."""
+        (a tensor, a number or a zero-argument callable) the first time; the value keeps the
+        shape of ``init_tensor``."""
         u = self._params.get(name)
         if u is None:
             if init_tensor is None:
@@ -320,7 +330,8 @@ class ParamStoreDict:
 
     # ---- names -----------------------------------------------------------------------------------
     def param_name(self, p: torch.Tensor) -> str | None:
-        """The name of the unconstrained tensor ``p`` (None if not in the store)."""
+        """The name of the unconstrained tensor ``p`` (any shape; found by identity, not value), or None
+        if it is not in the store."""
         return self._param_to_name.get(id(p))
 
     def get_param_constraint(self, name: str) -> constraints.Constraint:
