@@ -87,7 +87,7 @@ class _CoupledParticlesELBO(ELBO):
             return self._terms(model, guide, args, kwargs)[0].item()
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """A surrogate whose value is the loss and whose gradient is the estimator's."""
+        """A surrogate, a scalar tensor whose value is the loss and whose gradient is the estimator's."""
         return self._terms(model, guide, args, kwargs)[1]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:

@@ -87,7 +87,8 @@ class Resampler:
 
     def sample(self, model: Callable, num_samples: int, stable: bool = True, model_args: tuple = (),
                model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
-        """``num_samples`` of the bank resampled to follow ``model`` (and the simulator's sites when given)."""
+        """``num_samples`` of the bank resampled to follow ``model`` (and the simulator's sites when given):
+        a dict from site name to a tensor of shape ``(num_samples,) + site shape``."""
         args, kwargs = tuple(model_args), dict(model_kwargs or {})
         tr = _run_vectorized(model, self.num_guide_samples, self.max_plate_nesting, self._values, args, kwargs)
         log_w = self._log_density(tr) - self._guide_log_density

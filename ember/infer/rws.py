@@ -143,7 +143,7 @@ class ReweightedWakeSleep(ELBO):
         return float(theta), float(phi)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``wake_theta_loss + phi_loss`` as one tensor whose gradient is each objective's in its own parameters."""
+        """``wake_theta_loss + phi_loss`` as one scalar tensor whose gradient is each objective's in its own parameters."""
         theta, phi, _ = self._losses(model, guide, args, kwargs)
         return theta + phi
 

@@ -132,7 +132,8 @@ class PyroModule(nn.Module, metaclass=_PyroModuleMeta):
         return _make_name(self._pyro_name, name)
 
     def named_pyro_params(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(name, constrained value)`` of every :class:`PyroParam` (like ``named_parameters``)."""
+        """``(name, constrained value)`` of every :class:`PyroParam` (like ``named_parameters``); each
+        value has the shape the parameter was given (the constrained shape)."""
         mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for mod_prefix, mod in mods:
             if isinstance(mod, PyroModule):

@@ -209,7 +209,7 @@ class PyroOptim:
     # ---- the step ----------------------------------------------------------------------------------
     def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
         """Step the parameters ``params`` (unconstrained leaf tensors of the parameter
-        store) that have a gradient. ``args``/``kwargs`` go to the torch optimizers'
+        store, of any shape; each keeps its shape) that have a gradient. ``args``/``kwargs`` go to the torch optimizers'
         ``step`` (e.g. a closure).
 
         :raises NonFiniteParameterError: with Ember's validation on (the default), if the step

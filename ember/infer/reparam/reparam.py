@@ -22,7 +22,8 @@ class Reparam:
         raise NotImplementedError
 
     def __call__(self, name: str, fn: Any, obs: Any) -> tuple[Any, Any]:
-        """Pyro's older interface ``(name, fn, obs) -> (new_fn, value)``."""
+        """Pyro's older interface ``(name, fn, obs) -> (new_fn, value)``; ``obs`` (or None) and the
+        returned ``value`` have the site's shape, ``fn.batch_shape + fn.event_shape``."""
         out = self.apply({"name": name, "fn": fn, "value": obs, "is_observed": obs is not None})
         return out["fn"], out["value"]
 
