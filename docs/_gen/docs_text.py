@@ -57,6 +57,99 @@ def undocumented_public_names(modules: list[str]) -> list[str]:
     return missing
 
 
+
+# ---- the shape check: a docstring states shapes wherever tensors go in or out ----------------------
+
+#: parameter names that, without an annotation, stand for tensors (or for the shapes of tensors a
+#: method draws) by the conventions of torch.distributions and Pyro
+TENSOR_PARAM_NAMES = frozenset({
+    "value", "x", "y", "obs", "loc", "scale", "logits", "probs", "input", "inputs", "context",
+    "samples", "sample_shape", "batch_shape",
+})
+
+#: what counts as stating a shape: the word (shape, batch_shape, event_shape, sample_shape, shapes),
+#: "scalar", "event_dim", or a written-out shape such as ``(N, D)``, ``(K,)``, ``[..., D]``, ``[*batch, D]``,
+#: ``[N]``, ``[batch, dim]`` (not a call signature such as ``(x, y)`` nor an interval such as ``(0, 1)``)
+_SHAPE_ELEM = r"(?:\.\.\.|\*\w+|[A-Z][A-Za-z0-9_]{0,3}|batch\w*|dim\w*|num_\w+|[a-z]+_[a-z_]+|n|d|k)"
+SHAPE_STATEMENT = re.compile(
+    r"(?i:shape|\bscalar|event_dim)"
+    rf"|[(\[]\s*(?:\d+\s*,\s*)*{_SHAPE_ELEM}(?:\s*,\s*(?:{_SHAPE_ELEM}|\d+))+\s*[)\]]"
+    rf"|[(\[]\s*(?:\d+\s*,\s*)+{_SHAPE_ELEM}\s*[)\]]"
+    rf"|[(\[]\s*(?:{_SHAPE_ELEM}|\d+)\s*,\s*[)\]]|\[\s*(?:\.\.\.|\*\w+|{_SHAPE_ELEM})\s*\]")
+
+
+def _mentions_tensors(fn: object) -> bool:
+    """Whether ``fn``'s signature takes or returns tensors: an annotation naming ``Tensor``, or a
+    parameter with one of the conventional tensor names (:data:`TENSOR_PARAM_NAMES`)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    if "Tensor" in str(sig.return_annotation):
+        return True
+    return any("Tensor" in str(p.annotation) or p.name in TENSOR_PARAM_NAMES for p in sig.parameters.values())
+
+
+def _inherited_doc(cls: type, attr: str) -> str:
+    """The docstring of ``cls.attr`` as a reader finds it: the first class in the MRO that defines
+    ``attr`` with a docstring (an override without one inherits its base's, as ``inspect.getdoc`` does)."""
+    for klass in cls.__mro__:
+        if attr in vars(klass):
+            member = vars(klass)[attr]
+            member = getattr(member, "__func__", member)
+            doc = getattr(member, "__doc__", None)
+            if doc and doc.strip():
+                return doc
+    return ""
+
+
+def _routine(member: object) -> object | None:
+    """The function behind a class attribute (plain, static or class method); None for anything else."""
+    member = getattr(member, "__func__", member)
+    return member if inspect.isfunction(member) else None
+
+
+def tensor_routines(modules: list[str]) -> dict[str, str]:
+    """Every public function, method and class in ``modules`` whose signature takes or returns tensors,
+    mapped to the docstring a reader sees for it (own or inherited).
+
+    Functions: the public names that are functions defined in Ember. Classes: the class itself
+    when its constructor takes tensors (its docstring, own or a base's, says the shapes of what it
+    is built from), and each public method (plus ``__call__``) defined in an Ember class, found once
+    under the class that defines it (methods of torch's classes are torch's to document)."""
+    found: dict[str, str] = {}
+    for module in modules:
+        mod = importlib.import_module(module)
+        for name in public_names(module):
+            obj = getattr(mod, name, None)
+            if inspect.isclass(obj):
+                _class_routines(obj, found)
+            elif inspect.isfunction(obj) and (obj.__module__ or "").startswith("ember") and _mentions_tensors(obj):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = inspect.getdoc(obj) or ""
+    return found
+
+
+def _class_routines(cls: type, found: dict[str, str]) -> None:
+    if not (cls.__module__ or "").startswith("ember"):
+        return
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in found and _mentions_tensors(cls):
+        found[key] = inspect.getdoc(cls) or ""
+    for attr in sorted(set(dir(cls)) - {"__init__"}):
+        if attr.startswith("_") and attr != "__call__":
+            continue
+        owner = next((k for k in cls.__mro__ if attr in vars(k)), None)
+        fn = _routine(vars(owner)[attr]) if owner is not None else None
+        if fn is None or not (owner.__module__ or "").startswith("ember") or not _mentions_tensors(fn):
+            continue
+        found.setdefault(f"{owner.__module__}.{owner.__qualname__}.{attr}", _inherited_doc(owner, attr))
+
+
+def shapeless_docstrings(modules: list[str]) -> list[str]:
+    """The names from :func:`tensor_routines` whose docstring states no shape."""
+    return sorted(name for name, doc in tensor_routines(modules).items() if not SHAPE_STATEMENT.search(doc))
+
+
 _GRIFFE: dict = {}
 
 
