@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "lean_biject_to",
     "broadcast_shape", "sum_rightmost", "sum_leftmost", "scale_and_mask", "is_identically_zero",
     "is_identically_one", "eye_like", "logsumexp", "clamp_probs", "detach", "deep_to", "copy_docs_from",
     "enable_validation", "is_validation_enabled", "validation_enabled",
@@ -152,3 +153,24 @@ def copy_docs_from(source_class: type, full_text: bool = False) -> Any:
         return destin
 
     return decorator
+
+
+def lean_biject_to(support: Any) -> Any:
+    """``torch.distributions.biject_to(support)`` without identity steps: the map from real
+    numbers onto ``support`` that autoguides and MCMC use for a latent site. torch maps
+    ``nonnegative`` (the support of HalfNormal and HalfCauchy) to ``exp`` followed by ``x + 0``,
+    whose second step only adds operations (and their backward) to every evaluation; this drops
+    such ``AffineTransform(0, 1)`` parts. Elementwise transforms keep the value's shape."""
+    from torch.distributions import biject_to
+    from torch.distributions.transforms import AffineTransform, ComposeTransform, identity_transform
+
+    def identity_affine(t: Any) -> bool:
+        return (isinstance(t, AffineTransform) and isinstance(t.loc, numbers.Number) and t.loc == 0
+                and isinstance(t.scale, numbers.Number) and t.scale == 1)
+
+    t = biject_to(support)
+    if isinstance(t, ComposeTransform):
+        parts = [p for p in t.parts if not identity_affine(p)]
+        if len(parts) != len(t.parts):
+            t = parts[0] if len(parts) == 1 else ComposeTransform(parts) if parts else identity_transform
+    return t

@@ -29,15 +29,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.distributions import biject_to, constraints
+from torch.distributions import constraints
 
 import ember.distributions as dist
-from ember.distributions.util import sum_rightmost
+from ember.distributions.util import lean_biject_to, sum_rightmost
 from ember.infer.initialization import (
     InitMessenger,
     init_to_feasible,
@@ -104,7 +104,7 @@ class SiteInfo:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
-        self.transform = biject_to(self.support)
+        self.transform = lean_biject_to(self.support)
         self.identity = self.support is constraints.real or (
             isinstance(self.support, constraints.independent) and self.support.base_constraint is constraints.real)
         self.ushape = tuple(self.transform.inverse_shape(torch.Size(self.shape)))
@@ -409,7 +409,12 @@ class AutoGuide(PyroModule):
                     store.bind(mod._pyro_get_fullname(name), p, constraints.real)
 
 
-def _plated(plates: dict, site: SiteInfo) -> ExitStack:
+_NO_PLATES = nullcontext()
+
+
+def _plated(plates: dict, site: SiteInfo) -> ExitStack | nullcontext:
+    if not site.plates:
+        return _NO_PLATES
     stack = ExitStack()
     for p in site.plates:
         stack.enter_context(plates[p])
@@ -568,7 +573,7 @@ class AutoContinuous(AutoGuide):
         lead = z.shape[:-1]
         offset = 0
         for s in self.prototype_structure.sites:
-            u = z[..., offset:offset + s.numel]
+            u = z.narrow(-1, offset, s.numel)
             offset += s.numel
             if not plated:
                 yield s, u.reshape(lead + s.ushape)
