@@ -135,3 +135,25 @@ def test_delta_scores_its_own_draw_without_comparing():
     assert gv is None or (gv == 0).all()
     torch.testing.assert_close(gld, torch.ones(2))
     assert d.rsample((3,)).shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize("support", [
+    torch.distributions.constraints.real, torch.distributions.constraints.positive,
+    torch.distributions.constraints.nonnegative, torch.distributions.constraints.greater_than(2.0),
+    torch.distributions.constraints.interval(-1.0, 3.0), torch.distributions.constraints.unit_interval,
+    torch.distributions.constraints.simplex,
+])
+def test_lean_biject_to_is_biject_to_without_identity_steps(support):
+    from torch.distributions import biject_to
+    from torch.distributions.transforms import AffineTransform, ComposeTransform
+
+    from ember.distributions.util import lean_biject_to
+
+    lean, full = lean_biject_to(support), biject_to(support)
+    u = torch.randn(4, 3)
+    torch.testing.assert_close(lean(u), full(u))
+    torch.testing.assert_close(lean.log_abs_det_jacobian(u, lean(u)), full.log_abs_det_jacobian(u, full(u)))
+    parts = lean.parts if isinstance(lean, ComposeTransform) else [lean]
+    assert not any(isinstance(p, AffineTransform) and p.loc == 0 and p.scale == 1 for p in parts)
+    if support is torch.distributions.constraints.nonnegative:
+        assert isinstance(lean, torch.distributions.transforms.ExpTransform)
