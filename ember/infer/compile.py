@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["agrees", "compile_graph", "depends_on_input", "detach_constants", "record", "refused_op", "runners"]
+__all__ = ["agrees", "compile_graph", "depends_on_input", "detach_constants", "first_runner", "largest_tensor", "prepare", "record",
+           "refused_op", "runners"]
 
 DATA_DEPENDENT = ("{who} turns a tensor it computed into a Python value (an `if` on a tensor, float(), .item(), "
                   ".tolist()), so its control flow may depend on {what}; values computed from the data alone can be "
@@ -163,12 +164,59 @@ def runners(gm: torch.fx.GraphModule, example: tuple) -> list[tuple[str, Callabl
     return out
 
 
+def largest_tensor(gm: torch.fx.GraphModule) -> int:
+    """The number of elements of the largest tensor the recorded graph computes or reads (from the
+    shapes ``make_fx`` recorded; 0 when it recorded none)."""
+    largest = 0
+    for node in gm.graph.nodes:
+        vals = node.meta.get("val")
+        for v in vals if isinstance(vals, (list, tuple)) else (vals,):
+            if isinstance(v, torch.Tensor):
+                largest = max(largest, v.numel())
+    for _, buf in list(gm.named_buffers()) + [(n, getattr(gm, n)) for n in dir(gm) if n.startswith("_tensor_constant")]:
+        if isinstance(buf, torch.Tensor):
+            largest = max(largest, buf.numel())
+    return largest
+
+
 def agrees(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape:
         return False
     tol = 1e-3 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4 if a.dtype == torch.float32 else 1e-7
     scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale))
+
+
+def prepare(gm: torch.fx.GraphModule, *, who: str, source: str = "the latents", allow_random: bool = False) -> str | None:
+    """Refuse what would not be the recorded function (:func:`refused_op`), detach the graph's
+    constants and recompile it, in place; returns None, or why the graph cannot be used."""
+    try:
+        refused = refused_op(gm, allow_random=allow_random, source=source)
+        if refused is not None:
+            return f"{who} uses {refused}"
+        detach_constants(gm)
+        if not allow_random:
+            gm.graph.eliminate_dead_code()
+        gm.recompile()
+    except Exception as e:  # noqa: BLE001 - an unexpected graph: run the function eagerly
+        return f"preparing the recorded graph failed: {type(e).__name__}: {e}"
+    return None
+
+
+def first_runner(gm: torch.fx.GraphModule, example: tuple, problem_of: Callable[[str, Callable], str | None]
+                 ) -> tuple[Callable | None, str]:
+    """The fastest of :func:`runners` that ``problem_of(how, run)`` accepts (it returns None, or what
+    is wrong): ``(run, how)``, or ``(None, the last problem)``."""
+    problem = ""
+    for how, run in runners(gm, example):
+        try:
+            problem = problem_of(how, run) or ""
+        except Exception as e:  # noqa: BLE001 - try the next runner
+            problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
+            continue
+        if not problem:
+            return run, how
+    return None, problem
 
 
 def compile_graph(fn: Callable, example: tuple, problem_of: Callable[[str, Callable], str | None], *,
@@ -181,23 +229,7 @@ def compile_graph(fn: Callable, example: tuple, problem_of: Callable[[str, Calla
     gm, problem = record(fn, example, who=who, what=what)
     if gm is None:
         return None, problem
-    try:
-        refused = refused_op(gm, allow_random=allow_random, source=source)
-        if refused is not None:
-            return None, f"{who} uses {refused}"
-        detach_constants(gm)
-        if not allow_random:
-            gm.graph.eliminate_dead_code()
-        gm.recompile()
-    except Exception as e:  # noqa: BLE001 - an unexpected graph: run the function eagerly
-        return None, f"preparing the recorded graph failed: {type(e).__name__}: {e}"
-    problem = ""
-    for how, run in runners(gm, example):
-        try:
-            problem = problem_of(how, run) or ""
-        except Exception as e:  # noqa: BLE001 - try the next runner
-            problem = f"running the compiled graph ({how}) failed: {type(e).__name__}: {e}"
-            continue
-        if not problem:
-            return run, how
-    return None, problem
+    refused = prepare(gm, who=who, source=source, allow_random=allow_random)
+    if refused is not None:
+        return None, refused
+    return first_runner(gm, example, problem_of)

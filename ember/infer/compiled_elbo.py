@@ -27,6 +27,7 @@ the recording and its checks), never in the compiled steps.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ import torch
 from torch.distributions import constraints as _constraints
 from torch.distributions import transform_to
 
-from ember.infer.compile import agrees, compile_graph
+from ember.infer.compile import agrees, first_runner, prepare, record
 from ember.infer.util import trace_params
 from ember.params import get_param_store
 from ember.poutine.misc_messengers import SubstituteMessenger
@@ -43,7 +44,7 @@ from ember.poutine.trace_messenger import TraceMessenger
 from ember.primitives import validation_enabled
 from ember.runtime import _STACK, Message, apply_stack
 
-__all__ = ["CompiledLossAndGrads"]
+__all__ = ["CompiledLossAndGrads", "CompiledSteps", "compile_steps"]
 
 _MAX_SIGNATURES = 8
 _PLAIN = (int, float, bool, str, type(None))
@@ -91,8 +92,8 @@ class _Compiled:
     what each parameter was when recorded (its transform to the constraint is in the graph)."""
 
     def __init__(self, run: Callable, how: str, names: list[str], grad_idx: list[int], params: list,
-                 constraints: list) -> None:
-        self.run, self.how, self.names, self.grad_idx = run, how, names, grad_idx
+                 constraints: list, gm: torch.fx.GraphModule) -> None:
+        self.run, self.how, self.names, self.grad_idx, self.gm = run, how, names, grad_idx, gm
         self.shapes = [(p.shape, p.dtype) for p in params]
         self.constraints = constraints
 
@@ -212,12 +213,35 @@ class CompiledLossAndGrads:
             return None
 
         with validation_enabled(False):  # the eager first step has checked the model and guide
-            run, how = compile_graph(loss_and_grads, example, problem_of, who="the model or guide",
-                                     what="the sampled values, the parameters or the data",
-                                     source="the sampled values or inputs", allow_random=True)
+            gm, problem = record(loss_and_grads, example, who="the model or guide",
+                                 what="the sampled values, the parameters or the data")
+            if gm is None:
+                return problem
+            problem = prepare(gm, who="the model or guide", source="the sampled values or inputs", allow_random=True)
+            if problem is not None:
+                return problem
+            run, how = first_runner(gm, example, problem_of)
         if run is None:
             return how
-        return _Compiled(run, how, names, grad_idx, params, [store.get_param_constraint(n) for n in names])
+        return _Compiled(run, how, names, grad_idx, params, [store.get_param_constraint(n) for n in names], gm)
+
+    def compiled_for(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[_Compiled, list] | str:
+        """The recorded graph that ``loss_and_grads(model, guide, *args, **kwargs)`` runs and the
+        argument tensors it takes, or why that call runs eagerly (or has not been compiled yet)."""
+        sig = _signature(model, guide, args, kwargs)
+        if sig is None:
+            return "its arguments are not flat tensors and plain values (numbers, strings, None)"
+        key, tensors, _ = sig
+        held = self._signatures.get(key)
+        if held is None or held[0] is not model or held[1] is not guide:
+            return "the ELBO has not been compiled for these arguments yet"
+        entry = held[2]
+        if isinstance(entry, str):
+            return entry
+        store = get_param_store()
+        if any(store.unconstrained(n) is None for n in entry.names):
+            return "a parameter of the recorded graph was deleted"
+        return entry, tensors
 
     # ---- later calls --------------------------------------------------------------------------------
     def _run(self, entry: _Compiled, key: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict,
@@ -255,3 +279,146 @@ class CompiledLossAndGrads:
             for n, v in zip(entry.names, out[1 + n_grads :]):
                 apply_stack(Message("param", n, None, (n,), None, v))
         return loss
+
+
+# ---- several SVI steps as one graph (SVI.run) ---------------------------------------------------------
+
+
+class CompiledSteps:
+    """``k`` SVI steps recorded as one graph: the ELBO's recorded step (loss and gradients) and the
+    optimizer's update (:mod:`ember.optim.functional`), ``k`` times over. ``run(*params, *data,
+    *optimizer state, schedule)`` returns ``(losses [k], *new stepped parameters, *new optimizer
+    state)`` without touching its inputs; :meth:`step_chunk` runs it on the current values and,
+    when every number it returns is finite, commits the results."""
+
+    def __init__(self, run: Callable, how: str, k: int, entry: _Compiled, update: Any, params: list, tensors: list) -> None:
+        self.run, self.how, self.k, self.entry, self.update = run, how, k, entry, update
+        self.params, self.tensors = params, tensors
+        self.update_key = update.key
+
+    def valid_for(self, entry: _Compiled, params: list, tensors: list) -> bool:
+        """Whether this graph still is the step for ``entry`` (the ELBO's current graph), the same
+        parameter tensors, data of the same shapes and the same optimizer constants."""
+        return (entry is self.entry and len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
+                and self.update.key == self.update_key)
+
+    def step_chunk(self, tensors: list) -> torch.Tensor | None:
+        """Run ``k`` steps on the current parameters and optimizer state and commit them; returns the
+        ``k`` losses (shape ``[k]``), or None, committing nothing, when a loss, parameter or state
+        value came out non-finite (the caller reruns the chunk eagerly to find the site)."""
+        out = self.run(*self.params, *tensors, *self.update.state(), self.update.schedule(self.k))
+        n = len(self.entry.grad_idx)
+        losses, new_p, new_s = out[0], list(out[1 : 1 + n]), list(out[1 + n :])
+        if not all(bool(torch.isfinite(t).all()) for t in [losses, *new_p, *new_s]):
+            return None
+        self.update.commit(new_p, new_s, self.k)
+        return losses
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)
+    return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-3 * scale))
+
+
+def _unrolled(step: torch.fx.GraphModule, k: int, n_p: int, n_t: int, n_s: int, per: int, grad_idx: list[int]
+              ) -> torch.fx.GraphModule:
+    """``k`` copies of the one-step graph ``step`` chained into one graph (FX node copies, no
+    second recording): inputs ``(params, data, state, schedule [k * per])``, outputs ``(losses [k],
+    stepped params, state)``."""
+    g = torch.fx.Graph()
+    inputs = [g.placeholder(f"x{i}") for i in range(n_p + n_t + n_s + 1)]
+    holders = [n for n in step.graph.nodes if n.op == "placeholder"]
+    values = g.call_function(torch.ops.aten.unbind.int, (inputs[-1],)) if per else None
+    ps, ts, state = list(inputs[:n_p]), inputs[n_p : n_p + n_t], list(inputs[n_p + n_t : -1])
+    losses = []
+    for j in range(k):
+        sched = [g.call_function(operator.getitem, (values, j * per + i)) for i in range(per)]
+        out = g.graph_copy(step.graph, dict(zip(holders, [*ps, *ts, *state, *sched])))
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        losses.append(out[0])
+        ps, state = out[1 : 1 + n_p], out[1 + n_p :]
+    stacked = g.call_function(torch.ops.aten.stack.default, (losses,))
+    g.output((stacked, *[ps[i] for i in grad_idx], *state))
+    gm = torch.fx.GraphModule(step, g)
+    gm.recompile()
+    return gm
+
+
+def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, args: tuple, kwargs: dict, optim: Any,
+                  k: int, eager_steps: Callable[[int], list[float]]) -> CompiledSteps | str:
+    """Record ``k`` steps of ``SVI(model, guide, optim, elbo)`` on ``args``/``kwargs`` as one graph,
+    or say why not (a sentence). The ELBO must already be compiled for these arguments (one step
+    taken). The check: from the same parameters, optimizer state and random numbers, the graph and
+    ``eager_steps(k)`` (``k`` ordinary ``svi.step`` calls, which stand: they are the run's next
+    steps, and return their losses) must give the same losses, parameters and optimizer state.
+    The random numbers the recording draws are given back, so the run draws what a step loop draws."""
+    from ember.optim.functional import functional_update
+
+    found = elbo.compiled_for(model, guide, args, kwargs)
+    if isinstance(found, str):
+        return found
+    entry, tensors = found
+    store = get_param_store()
+    params = [store.unconstrained(n) for n in entry.names]
+    stepped = [params[i] for i in entry.grad_idx]
+    update = functional_update(optim, stepped)
+    if isinstance(update, str):
+        return update
+    n_p, n_t, n_g = len(params), len(tensors), len(entry.grad_idx)
+    n_s, per = len(update.state()), sum(r.n_sched for r in update.rules)
+    gm = entry.gm
+
+    def one(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # one step: (params, data, optimizer state, this step's schedule values) -> (loss, params, state)
+        ps = list(flat[:n_p])
+        out = gm(*ps, *flat[n_p : n_p + n_t])
+        new, state = update.update(0, [ps[i] for i in entry.grad_idx], list(out[1 : 1 + n_g]),
+                                   list(flat[n_p + n_t : n_p + n_t + n_s]), list(flat[n_p + n_t + n_s :]))
+        for i, q in zip(entry.grad_idx, new):
+            ps[i] = q
+        return (out[0], *ps, *state)
+
+    rng = torch.get_rng_state()
+    sched = update.schedule(k)
+    example = (*[p.detach() for p in params], *[t.detach() for t in tensors], *[s.detach() for s in update.state()], sched)
+    try:
+        with validation_enabled(False):
+            step_graph, problem = record(one, example[:-1] + tuple(sched[:per].unbind(0)), who="the model or guide",
+                                         what="the sampled values, the parameters or the data")
+            problem = problem if step_graph is None else prepare(step_graph, who="the model or guide",
+                                                                 source="the sampled values or inputs", allow_random=True)
+            if problem is not None:
+                torch.set_rng_state(rng)
+                return problem
+            graph = _unrolled(step_graph, k, n_p, n_t, n_s, per, entry.grad_idx)
+            start, failed = [rng], []
+
+            def problem_of(how: str, run: Callable) -> str | None:
+                if failed:
+                    return "a step failed"
+                torch.set_rng_state(start[0])
+                with torch.no_grad():
+                    out = run(*[p.detach() for p in params], *tensors, *update.state(), update.schedule(k))
+                torch.set_rng_state(start[0])
+                try:
+                    ref = torch.tensor(eager_steps(k), dtype=out[0].dtype)
+                except Exception as e:  # noqa: BLE001 - an ordinary step's error: raised below, as the step loop would
+                    failed.append(e)
+                    return "a step failed"
+                start[0] = torch.get_rng_state()
+                now = [p.detach() for p in stepped] + update.state()
+                if not (_close(out[0], ref) and all(_close(a, b) for a, b in zip(out[1:], now))):
+                    return (f"the {k}-step graph ({how}) disagrees with {k} calls of svi.step on the same random numbers "
+                            f"(losses {out[0][:3].tolist()}... where the steps gave {ref[:3].tolist()}...)")
+                return None
+
+            run, how = first_runner(graph, example, problem_of)
+    except Exception as e:  # noqa: BLE001 - compiling is an optimisation: never fail the run for it
+        torch.set_rng_state(start[0] if "start" in locals() else rng)
+        return f"recording {k} steps failed: {type(e).__name__}: {e}"
+    if failed:
+        raise failed[0]
+    torch.set_rng_state(start[0])
+    if run is None:
+        return how
+    return CompiledSteps(run, how, k, entry, update, params, tensors)
