@@ -57,7 +57,8 @@ def broadcast_shape(*shapes: Any, strict: bool = False) -> tuple[int, ...]:
 
 def sum_rightmost(value: Any, dim: int) -> Any:
     """Sum out the ``dim`` rightmost dims of ``value`` (all but the leftmost ``-dim`` when
-    ``dim`` is negative). A number is returned unchanged."""
+    ``dim`` is negative): shape ``(2, 3, 4)`` becomes ``(2,)`` with ``dim=2`` or ``dim=-1``. A number is
+    returned unchanged."""
     if not isinstance(value, torch.Tensor):
         return value
     if dim < 0:
@@ -70,7 +71,8 @@ def sum_rightmost(value: Any, dim: int) -> Any:
 
 
 def sum_leftmost(value: Any, dim: int) -> Any:
-    """Sum out the ``dim`` leftmost dims of ``value`` (all but the rightmost ``-dim`` when negative)."""
+    """Sum out the ``dim`` leftmost dims of ``value`` (all but the rightmost ``-dim`` when negative):
+    shape ``(2, 3, 4)`` becomes ``(3, 4)`` with ``dim=1`` and ``(4,)`` with ``dim=-1``."""
     if not isinstance(value, torch.Tensor):
         return value
     if dim < 0:
@@ -81,18 +83,19 @@ def sum_leftmost(value: Any, dim: int) -> Any:
 
 
 def is_identically_zero(x: Any) -> bool:
-    """True only for the Python number ``0`` (tensors are never inspected: no sync)."""
+    """True only for the Python number ``0`` (a tensor, of any shape, is never inspected: no sync)."""
     return isinstance(x, numbers.Number) and x == 0
 
 
 def is_identically_one(x: Any) -> bool:
-    """True only for the Python number ``1``."""
+    """True only for the Python number ``1`` (a tensor, of any shape, never counts)."""
     return isinstance(x, numbers.Number) and x == 1
 
 
 def scale_and_mask(tensor: Any, scale: Any = 1.0, mask: Any = None) -> Any:
     """``tensor * scale`` with entries where the boolean ``mask`` is False set to 0 (not
-    multiplied: a masked ``-inf`` or ``nan`` becomes 0, as a masked log-density must)."""
+    multiplied: a masked ``-inf`` or ``nan`` becomes 0, as a masked log-density must). ``scale`` and
+    ``mask`` broadcast with ``tensor``; the result has the broadcast shape."""
     if is_identically_zero(tensor) or (mask is None and is_identically_one(scale)):
         return tensor
     if mask is None:
@@ -105,18 +108,19 @@ def scale_and_mask(tensor: Any, scale: Any = 1.0, mask: Any = None) -> Any:
 
 
 def eye_like(value: torch.Tensor, m: int, n: int | None = None) -> torch.Tensor:
-    """An ``m x n`` identity matrix with ``value``'s dtype and device."""
+    """An identity matrix of shape ``(m, n)`` (``n = m`` by default) with ``value``'s dtype and device."""
     n = m if n is None else n
     return torch.eye(m, n, dtype=value.dtype, device=value.device)
 
 
 def logsumexp(tensor: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
-    """``torch.logsumexp`` that returns ``-inf`` (not ``nan``) when every entry is ``-inf``."""
+    """``torch.logsumexp`` that returns ``-inf`` (not ``nan``) when every entry is ``-inf``: the shape of
+    ``tensor`` without ``dim`` (or with size 1 there when ``keepdim``)."""
     return torch.logsumexp(tensor, dim=dim, keepdim=keepdim)
 
 
 def clamp_probs(probs: torch.Tensor) -> torch.Tensor:
-    """Clamp probabilities into ``[eps, 1 - eps]`` of their dtype."""
+    """Clamp probabilities into ``[eps, 1 - eps]`` of their dtype, elementwise (the shape is kept)."""
     eps = torch.finfo(probs.dtype).eps
     return probs.clamp(min=eps, max=1 - eps)
 

@@ -14,7 +14,7 @@ __all__ = ["AutoRegressiveNN", "ConditionalAutoRegressiveNN", "MaskedLinear", "c
 
 def sample_mask_indices(input_dim: int, hidden_dim: int) -> torch.Tensor:
     """Degrees of ``hidden_dim`` hidden units, spread evenly over ``0..input_dim-2``: a hidden
-    unit of degree ``m`` may see the inputs ranked ``<= m`` in the ordering."""
+    unit of degree ``m`` may see the inputs ranked ``<= m`` in the ordering. Shape ``(hidden_dim,)``."""
     return torch.arange(hidden_dim) % max(1, input_dim - 1)
 
 
@@ -23,7 +23,7 @@ def create_mask(
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """The MADE masks for ``input_dim`` inputs (plus ``context_dim`` context inputs that every
     hidden unit may see). ``permutation[r]`` is the input ranked ``r``. Returns
-    (one ``[out, in]`` mask per layer, the output layer's mask ``[input_dim * mult, hidden]``,
+    (one mask of shape ``(out_features, in_features)`` per hidden layer, the output layer's mask ``[input_dim * mult, hidden]``,
     the direct input-to-output mask ``[input_dim * mult, input_dim]``). Output row ``p * input_dim + j``
     belongs to input ``j``."""
     rank = torch.empty(input_dim, dtype=torch.long)

@@ -38,7 +38,8 @@ def _name(sym: Hashable) -> str:
 def sum_plates(tensor: torch.Tensor, dims: tuple, ordinal: frozenset, plates: dict, keep: frozenset = frozenset()) -> tuple[torch.Tensor, tuple]:
     """The product (in log space: the sum) of a term over the plates of ``ordinal`` not in
     ``keep``: each such plate's dim is summed (a plate the term lacks counts its size) and the
-    result multiplied by the plate's scale. ``plates[p] = (size, scale)``. Returns ``(tensor, dims)``."""
+    result multiplied by the plate's scale. ``plates[p] = (size, scale)``. Returns ``(tensor, dims)``:
+    the tensor's shape is the input's without the summed plates' dims, ``dims`` names them."""
     factor = 1.0
     axes = []
     for p in ordinal:
@@ -165,7 +166,8 @@ def einsum(equation: str, *operands: torch.Tensor, plates: str = "", backend: st
     """Plated einsum: ``einsum("ia,ab->", x, y, plates="i")`` is ``Σ_a,b Π_i exp(x[i,a]) exp(y[a,b])``
     in log space (``backend="torch_log"``; ``"torch_max"`` maximises). Letters in ``plates`` are
     plates: products, never sums; each operand's plates are the plate letters it names. An output
-    letter that is not a plate is kept. Returns a tensor laid out as the output.
+    letter that is not a plate is kept. Returns a tensor laid out as the output: one dim per output
+    letter, in its order (a scalar for ``"...->"``).
     (``modulo_total`` is accepted for Pyro compatibility and must be False.)"""
     if modulo_total:
         raise ValueError("einsum: modulo_total=True is not supported")

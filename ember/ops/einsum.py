@@ -39,7 +39,8 @@ _MAX_PATHS = 256
 def align(tensor: torch.Tensor, dims: Sequence[Hashable], target: Sequence[Hashable]) -> torch.Tensor:
     """``tensor`` (its dims named ``dims``) permuted into the order of ``target`` with size-1 dims
     where ``target`` names a dim ``dims`` lacks, so that it broadcasts against a tensor laid out
-    as ``target``. Every name in ``dims`` must be in ``target``."""
+    as ``target``. Every name in ``dims`` must be in ``target``. The result has ``len(target)`` dims:
+    e.g. shape ``(A, B)`` with ``dims = ("a", "b")`` and ``target = ("b", "c", "a")`` becomes ``(B, 1, A)``."""
     dims = tuple(dims)
     if len(dims) == len(target) and dims == tuple(target):
         return tensor
@@ -61,7 +62,8 @@ def align(tensor: torch.Tensor, dims: Sequence[Hashable], target: Sequence[Hasha
 def contraction_path(inputs: Sequence[tuple], output: tuple, sizes: dict) -> list[tuple[int, ...]]:
     """``opt_einsum``'s contraction order for operands whose dims are ``inputs`` (symbol tuples),
     producing ``output``: a list of operand-position tuples (the contracted operands leave the list
-    and their result is appended, as in ``opt_einsum.contract_path``). Cached per structure."""
+    and their result is appended, as in ``opt_einsum.contract_path``). Cached per structure. It sees
+    only dim names and ``sizes`` (each dim's size), never the tensors: the shapes they stand for."""
     if len(inputs) == 1:
         return [(0,)]
     if len(inputs) == 2:
@@ -182,7 +184,8 @@ def _merge_subsets(terms: list) -> list:
 
 def contract(terms: Sequence[Term], output: Sequence[Hashable], ring: str = "log", tape: list | None = None) -> torch.Tensor:
     """The sum-product of ``terms`` (``(tensor, dims)`` pairs) over every dim not in ``output``:
-    a tensor laid out as ``output`` (each output dim must occur in some term).
+    a tensor laid out as ``output``, its shape the sizes of the ``output`` dims in that order (each
+    output dim must occur in some term).
 
     ``ring`` is ``"log"`` (log-sum-exp), ``"max"`` (max-sum) or ``"prob"`` (sum-product); see the
     module docstring. ``tape``, if a list, receives each step ``(operands, out_dims, sum_dims)``.
@@ -239,7 +242,8 @@ def einsum(equation: str, *operands: torch.Tensor, backend: str = "torch_log") -
     """``torch.einsum``'s string interface over :func:`contract`: ``"ab,bc->ac"``. With
     ``backend="torch_log"`` (default) the operands are log-values and the result is
     ``log Σ exp(Σ operands)``; ``"torch"`` is the ordinary einsum; ``"torch_max"`` takes maxima.
-    Size-1 dims broadcast. No ``...``."""
+    Size-1 dims broadcast. No ``...``. The result has one dim per output letter, in its order
+    (``"ab,bc->ca"`` on ``(A, B)`` and ``(B, C)`` gives shape ``(C, A)``)."""
     ring = _BACKENDS.get(backend)
     if ring is None:
         raise ValueError(f"einsum: backend must be one of {sorted(_BACKENDS)}; got {backend!r}")

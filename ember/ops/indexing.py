@@ -90,7 +90,9 @@ def vindex(tensor: torch.Tensor, args: tuple) -> torch.Tensor:
 
 
 class Vindex:
-    """``Vindex(tensor)[args]`` is :func:`vindex(tensor, args) <vindex>`."""
+    """``Vindex(tensor)[args]`` is :func:`vindex(tensor, args) <vindex>`: for ``tensor`` of shape
+    ``B + E`` and ``args = (..., i, j)`` indexing ``E``, the result has shape ``broadcast(B, i.shape,
+    j.shape)`` plus the sizes of the dims taken whole with ``:``."""
 
     __slots__ = ("_tensor",)
 
