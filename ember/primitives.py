@@ -74,6 +74,11 @@ def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None =
 
     ``obs`` may be a tensor, a Python number or a numpy array. ``infer`` holds options
     for inference algorithms (e.g. ``{"baseline": {...}}`` for ``TraceGraph_ELBO``).
+
+    Shapes: the value has shape ``fn.batch_shape + fn.event_shape`` once the enclosing plates
+    have expanded the distribution (each plate's dim, at its subsample size, where the batch
+    shape has 1 or nothing); an ``obs`` must broadcast to that shape without growing it. Under
+    vectorized particles, samples or chains, more batch dims appear on the left.
     """
     if obs is not None and not isinstance(obs, torch.Tensor):
         try:
@@ -189,7 +194,9 @@ def factor(name: str, log_factor: Any, *, has_rsample: bool | None = None) -> No
 
 def deterministic(name: str, value: torch.Tensor, event_dim: int | None = None) -> torch.Tensor:
     """Record ``value`` under ``name`` in traces (as an observed point mass with zero
-    log-density) and return it."""
+    log-density) and return it unchanged (same shape). Its rightmost ``event_dim`` dims
+    (default: all of them) are the event; the dims left of those are batch dims, which
+    must agree with the enclosing plates."""
     from ember.distributions import Delta
 
     if not isinstance(value, torch.Tensor):

@@ -115,14 +115,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def torch_isnan(x: torch.Tensor | numbers.Number) -> bool | torch.Tensor:
-    """Whether ``x`` (a tensor or a number) contains a NaN: a bool, or a 0-dim bool tensor."""
+    """Whether ``x`` (a tensor or a number) contains a NaN: a bool, or a bool tensor of shape ``()``
+    for a tensor ``x`` of any shape."""
     if isinstance(x, numbers.Number):
         return x != x
     return torch.isnan(x).any()
 
 
 def torch_isinf(x: torch.Tensor | numbers.Number) -> bool | torch.Tensor:
-    """Whether ``x`` (a tensor or a number) contains +inf or -inf: a bool, or a 0-dim bool tensor."""
+    """Whether ``x`` (a tensor or a number) contains +inf or -inf: a bool, or a bool tensor of shape ``()`` for a tensor ``x`` of any shape."""
     if isinstance(x, numbers.Number):
         return x in (math.inf, -math.inf)
     return torch.isinf(x).any()
@@ -141,7 +142,7 @@ def _caller(filename: str | None, lineno: int | None) -> tuple[str, int]:
 def warn_if_nan(value: Any, msg: str = "", *, filename: str | None = None, lineno: int | None = None) -> Any:
     """Warn (``UserWarning``, attributed to the caller's line) if ``value`` contains a NaN,
     and, for a tensor that requires grad, if its gradient does in the backward pass.
-    Returns ``value`` unchanged."""
+    Returns ``value`` unchanged (a tensor of any shape, or a number)."""
     filename, lineno = _caller(filename, lineno)
     if isinstance(value, torch.Tensor) and value.requires_grad:
         value.register_hook(lambda g: warn_if_nan(g, "backward " + msg, filename=filename, lineno=lineno))
@@ -154,7 +155,8 @@ def warn_if_inf(
     value: Any, msg: str = "", allow_posinf: bool = False, allow_neginf: bool = False, *, filename: str | None = None, lineno: int | None = None
 ) -> Any:
     """Warn if ``value`` contains +inf (unless ``allow_posinf``) or -inf (unless
-    ``allow_neginf``), and likewise for its gradient in the backward pass. Returns ``value``."""
+    ``allow_neginf``), and likewise for its gradient in the backward pass. Returns ``value``
+    unchanged (a tensor of any shape, or a number)."""
     filename, lineno = _caller(filename, lineno)
     if isinstance(value, torch.Tensor) and value.requires_grad:
         value.register_hook(lambda g: warn_if_inf(g, "backward " + msg, allow_posinf, allow_neginf, filename=filename, lineno=lineno))
@@ -311,7 +313,8 @@ def ignore_jit_warnings(filter: Iterable | None = None) -> Iterator[None]:
 
 
 def jit_iter(tensor: torch.Tensor) -> list:
-    """``list(tensor)`` (its slices along dim 0) without the JIT's iteration warnings."""
+    """``list(tensor)`` without the JIT's iteration warnings: for ``tensor`` of shape ``(N, *rest)``,
+    ``N`` tensors of shape ``rest``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Iterating over a tensor")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -368,5 +371,5 @@ class timed:
 
 
 def torch_float(x: Any) -> Any:
-    """``x.float()`` for a tensor, ``float(x)`` otherwise."""
+    """``x.float()`` for a tensor (same shape, float32), ``float(x)`` otherwise."""
     return x.float() if isinstance(x, torch.Tensor) else float(x)

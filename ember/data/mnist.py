@@ -740,7 +740,9 @@ def iterate_minibatches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` minibatches of ``images`` and ``labels`` (no DataLoader needed).
+    """Yield ``(x, y)`` minibatches of ``images`` and ``labels`` (no DataLoader needed): for
+    ``images`` of shape ``(N, ...)`` and ``labels`` of shape ``(N,)``, ``x`` has shape
+    ``(batch_size, ...)`` and ``y`` shape ``(batch_size,)``.
 
     With ``shuffle`` the order is a fresh ``torch.randperm`` drawn from ``generator`` (the global
     RNG if None), so a seeded generator gives a reproducible epoch. The last batch is smaller

@@ -608,7 +608,7 @@ class DataParallelSVI:
     def compute_grads(self, *args: Any, **kwargs: Any) -> tuple[float, list[tuple[str, torch.Tensor]]]:
         """Loss and gradients of one step, without the optimizer step: this rank's shard
         ``args`` -> (global loss, ``[(name, param)]`` sorted by name, whose ``.grad`` holds the
-        gradient summed over the ranks, or None where no rank had one). ``step`` is this
+        gradient summed over the ranks (of the parameter's shape), or None where no rank had one). ``step`` is this
         followed by the optimizer. With ``on_nonfinite="skip"`` a skipped step returns
         ``(nan, [])``."""
         if self._synced is None:

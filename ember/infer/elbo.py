@@ -304,8 +304,9 @@ class ELBO:
         return (loss, surrogate) if n == 1 else (loss / n, surrogate / n)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """A differentiable surrogate whose gradient estimates the gradient of -ELBO
-        (its value equals the -ELBO estimate for reparameterized guides)."""
+        """A differentiable surrogate whose gradient estimates the gradient of -ELBO (its value
+        equals the -ELBO estimate for reparameterized guides): a scalar tensor (shape ``()``),
+        averaged over the particles."""
         return self._loss_and_surrogate(model, guide, args, kwargs)[1]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
@@ -324,4 +325,6 @@ class ELBO:
         return total / div
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``elbo(model, guide, *args)`` is :meth:`differentiable_loss`: a scalar tensor (shape ``()``)
+        to minimise with any torch optimizer (Pyro's ELBO-as-a-loss-function use)."""
         return self.differentiable_loss(model, guide, *args, **kwargs)

@@ -87,6 +87,10 @@ class PlateMessenger(Messenger):
     ``plate(name)`` without a size declares a dim of any size, set by broadcasting (as in
     Pyro): nothing is expanded or scaled, and ``idx`` is None.
 
+    Shapes: ``idx`` is a long tensor of shape ``(subsample_size,)`` (``(size,)`` without
+    subsampling: ``arange(size)``). Inside the plate a site's batch shape has ``subsample_size``
+    at position ``dim``; a data tensor indexed with ``idx`` along that dim fits it.
+
     The indices are a ``subsample`` message (not a sample site): ``trace`` records them and
     ``replay`` gives a model the guide's indices; estimators never see them. The plate's dim
     is allocated from the frames of the plates on the handler stack.
@@ -327,5 +331,7 @@ def plate(
     use_cuda: bool | None = None,
     device: Any = None,
 ) -> PlateMessenger:
-    """See :class:`PlateMessenger`."""
+    """A plate named ``name`` (see :class:`PlateMessenger`): ``with plate("data", N) as idx:`` gives
+    ``idx`` of shape ``(subsample_size,)`` and puts a dim of that size at ``dim`` in the batch
+    shape of every sample site inside."""
     return PlateMessenger(name, size, subsample_size, subsample, dim, use_cuda, device)

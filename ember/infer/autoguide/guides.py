@@ -350,7 +350,8 @@ class AutoGuide(PyroModule):
         return self._structure
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``{site: posterior median}`` (full-size plate dims); args only needed before setup."""
+        """``{site: posterior median}``, each of the site's shape in the model with plate dims at their
+        full size; the model's arguments are only needed before the guide has been set up."""
         raise NotImplementedError(f"{type(self).__name__} has no median")
 
     # ---- save and load ----------------------------------------------------------------------------
@@ -445,6 +446,9 @@ class AutoDelta(AutoGuide):
             _deep_setattr(self, s.name, PyroParam(self._init_value(s, init), s.support, s.event_dim))
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run as the guide (same arguments as the model): sample every latent site as a point mass at its
+        parameter and return ``{site: value}``, each value of the site's shape in the model (subsampled
+        plate dims at their subsample size)."""
         structure = self._ensure(args, kwargs)
         plates = self._plates(args, kwargs)
         out = {}
@@ -455,7 +459,7 @@ class AutoDelta(AutoGuide):
         return out
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The point estimates ``{site: value}`` (full-size plate dims)."""
+        """The point estimates ``{site: value}``, each of the site's shape with plate dims at full size."""
         if self._structure is None:
             self.setup(*args, **kwargs)
         return {s.name: _deep_getattr(self, s.name).detach() for s in self._structure.sites}
@@ -492,6 +496,9 @@ class AutoNormal(AutoGuide):
         return dist.TransformedDistribution(fn, [s.transform.with_cache()])
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run as the guide (same arguments as the model): sample every latent site from its own normal in
+        unconstrained space, pushed onto the site's support, and return ``{site: value}``, each value of the
+        site's shape in the model (subsampled plate dims at their subsample size)."""
         structure = self._ensure(args, kwargs)
         plates = self._plates(args, kwargs)
         out = {}
@@ -506,7 +513,7 @@ class AutoNormal(AutoGuide):
         return _deep_getattr(self.locs, name).detach(), _deep_getattr(self.scales, name).detach()
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``{site: biject_to(support)(loc)}`` (full-size plate dims)."""
+        """``{site: biject_to(support)(loc)}``, each of the site's shape with plate dims at full size."""
         if self._structure is None:
             self.setup(*args, **kwargs)
         return {s.name: s.transform(self._loc_scale(s.name)[0]) for s in self._structure.sites}
@@ -586,6 +593,10 @@ class AutoContinuous(AutoGuide):
             yield s, u.reshape(keep + s.ushape)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run as the guide (same arguments as the model): draw the latent vector ``z`` of shape ``(D,)``
+        (``D`` = ``latent_dim``) as one auxiliary site, cut it into the sites' unconstrained values, map
+        each onto its support, sample each site as a point mass there and return ``{site: value}``, each
+        value of the site's shape in the model."""
         self._ensure(args, kwargs)
         z = sample(f"_{self._pyro_name}_latent", self.get_posterior(*args, **kwargs), infer={"is_auxiliary": True})
         plates = self._plates(args, kwargs)
@@ -616,7 +627,7 @@ class AutoContinuous(AutoGuide):
         return {s.name: s.transform(u) for s, u in self._unpack(z, plated=False)}
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``{site: biject_to(support)(posterior median of its coordinates)}``."""
+        """``{site: biject_to(support)(posterior median of its coordinates)}``, each of the site's shape."""
         if self._structure is None:
             self.setup(*args, **kwargs)
         with torch.no_grad():
@@ -877,6 +888,8 @@ class AutoGuideList(PyroModule):
         return len(self._parts)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run every part in turn (same arguments as the model) and return the union of their ``{site: value}``
+        dicts, each value of the site's shape in the model."""
         out: dict = {}
         for part in self._parts:
             result = part(*args, **kwargs)
@@ -885,6 +898,7 @@ class AutoGuideList(PyroModule):
         return out
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The parts' medians merged: ``{site: value}``, each of the site's shape in the model."""
         out: dict = {}
         for part in self._parts:
             out.update(part.median(*args, **kwargs))
@@ -916,6 +930,7 @@ class AutoGuideList(PyroModule):
         return self
 
     def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The parts' quantiles merged: ``{site: tensor of shape (len(quantiles),) + site shape}``."""
         out: dict = {}
         for part in self._parts:
             out.update(part.quantiles(quantiles, *args, **kwargs))
@@ -939,6 +954,8 @@ class AutoCallable(PyroModule):
         return result if isinstance(result, dict) else {}
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The ``median`` function given to the constructor, called with the model's arguments:
+        ``{site: value}``, each of the site's shape in the model."""
         if self._median is None:
             raise NotImplementedError("AutoCallable: no median function was given (AutoCallable(model, guide, median=...))")
         return self._median(*args, **kwargs)
@@ -989,6 +1006,9 @@ class AutoNormalMessenger(PyroModule):
         self._sites: dict[str, SiteInfo] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run the model with every latent site replaced by a draw from its posterior (a normal in
+        unconstrained space with the site's own loc and scale, pushed onto its support) and return
+        ``{site: value}``, each value of the site's shape in the model."""
         with TraceMessenger() as tm, _PosteriorMessenger(self):
             self.model(*args, **kwargs)
         return {n: s.value for n, s in tm.trace.nodes.items() if is_latent(s)}
@@ -1041,7 +1061,8 @@ class AutoNormalMessenger(PyroModule):
         return self
 
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``{site: biject_to(support)(loc)}`` for the sites seen so far (runs the model once if none)."""
+        """``{site: biject_to(support)(loc)}`` for the sites seen so far (runs the model once if none),
+        each of the site's shape in the model."""
         if not self._sites:
             with torch.no_grad():
                 self(*args, **kwargs)
