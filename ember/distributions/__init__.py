@@ -6,7 +6,13 @@ and the distributions Pyro adds to torch's.
 Layout (Pyro's paths): ``ember.distributions.torch`` (the wrapped torch classes),
 ``.constraints``, ``.transforms`` (with the flows), ``.util``, ``.testing.fakes``.
 This package imports nothing above it (``runtime`` only), so ``ember.infer`` and the
-rest can build on it."""
+rest can build on it.
+
+Shapes: every distribution has a ``batch_shape`` (independent, differently parameterized copies)
+and an ``event_shape`` (the shape of one draw). ``sample(sample_shape)`` returns a tensor of shape
+``sample_shape + batch_shape + event_shape`` and ``log_prob`` of such a value has shape
+``sample_shape + batch_shape`` (see :class:`TorchDistributionMixin`); each class's docstring says
+how its parameters' shapes give the two."""
 
 from __future__ import annotations
 

@@ -5,7 +5,13 @@ and the ``biject_to``/``transform_to`` registrations of Ember's extra constraint
 The flows are written here rather than wrapped from a flow library (zuko was
 considered): Pyro's flows are ``Transform`` objects that are also ``nn.Module``s with
 Pyro's parameter names, caching and ``condition(context)``, which the libraries
-shape differently; the mathematics is short and each is tested against autograd."""
+shape differently; the mathematics is short and each is tested against autograd.
+
+Shapes: a transform acts on the rightmost ``event_dim`` dims of ``x`` as one event (0 for the
+elementwise transforms, 1 for the flows over vectors, whose ``x`` has shape ``batch_shape + (D,)``);
+``t(x)`` and ``t.inv(y)`` keep the shape unless the transform says otherwise, and
+``t.log_abs_det_jacobian(x, y)`` has shape ``batch_shape``, one value per event. A conditional
+transform's ``condition(context)`` takes ``context`` of shape ``(..., context_dim)``."""
 
 from __future__ import annotations
 
