@@ -13,6 +13,14 @@ import sys
 
 from ember.examples._main import run_main
 
+# the examples after the seeds' three: (module in ember.examples, one line for `ember --help`)
+_MORE_EXAMPLES = (
+    ("flows", "normalizing flows: 2-D density estimation with a spline-coupling flow (SVI/MLE), density figure"),
+    ("regression", "Bayesian linear regression (PyroModule, PyroSample, autoguide, Predictive) on the diabetes data"),
+    ("mixture", "a Gaussian mixture with its assignments summed out (TraceEnum_ELBO), MAP assignments, NUTS"),
+    ("hmm", "a hidden Markov model with its states summed out (markov + TraceEnum_ELBO), Viterbi decoding"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ember.examples import scale, vae
@@ -33,18 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description=air.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     air.add_arguments(p)
     p.set_defaults(run=air.main)
-    from ember.examples import flows
+    import importlib
 
-    p = sub.add_parser("flows", help="normalizing flows: 2-D density estimation with a spline-coupling flow (SVI/MLE), density figure",
-                       description=flows.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    flows.add_arguments(p)
-    p.set_defaults(run=flows.main)
-    from ember.examples import regression
-
-    p = sub.add_parser("regression", help="Bayesian linear regression (PyroModule, PyroSample, autoguide, Predictive) on the diabetes data",
-                       description=regression.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    regression.add_arguments(p)
-    p.set_defaults(run=regression.main)
+    for name, help_text in _MORE_EXAMPLES:
+        module = importlib.import_module(f"ember.examples.{name}")
+        p = sub.add_parser(name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(run=module.main)
     p = sub.add_parser("docs", help="serve the documentation site locally (mkdocs serve), or build it with --build",
                        description=inspect.cleandoc(docs.__doc__ or ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", action="store_true", help="build the site into site/ (mkdocs build --strict) instead of serving it")

@@ -98,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100, help="SVI steps (default 100)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run directory root")
+    p.add_argument("--out", default=None, help="directory for summary.json (default: a new runs/<example>-<date-time>)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--nuts-samples", type=int, default=200, help="NUTS draws after as many warm-up steps (0: skip NUTS)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run directory root")
+    p.add_argument("--out", default=None, help="directory for summary.json (default: a new runs/<example>-<date-time>)")
 
 
 def main(args: argparse.Namespace) -> int:

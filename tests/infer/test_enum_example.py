@@ -49,3 +49,23 @@ def test_hmm_example_recovers_the_states():
     assert (decoded == states).double().mean() > 0.9
     # the fitted parameters explain the data at least about as well as the true ones
     assert hmm.log_likelihood(ys, params) > hmm.log_likelihood(ys, hmm.TRUE) - 5.0
+
+
+@pytest.mark.parametrize("argv", [["hmm", "--steps", "3", "--num-sequences", "2", "--length", "5"],
+                                  ["mixture", "--steps", "3", "--nuts-samples", "0"]])
+def test_the_ember_command_runs_the_enumeration_examples(argv, tmp_path, capsys):
+    from ember.cli import build_parser
+
+    args = build_parser().parse_args(argv + ["--out", str(tmp_path)])
+    assert args.run(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "final_loss" in summary
+    assert str(tmp_path) in capsys.readouterr().out
+
+
+def test_the_enumeration_examples_refuse_bad_sizes_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ember", "hmm", "--length", "1", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--length >= 2" in r.stderr and "Traceback" not in r.stderr
