@@ -31,7 +31,7 @@ from ember.examples._runs import UsageError, make_run_dir
 from ember.infer import SVI, TraceEnum_ELBO, config_enumerate, infer_discrete
 from ember.poutine import trace
 
-__all__ = ["TRUE", "add_arguments", "decode", "fit", "generate", "log_likelihood", "main", "model"]
+__all__ = ["TRUE", "add_arguments", "decode", "fit", "generate", "log_likelihood", "main", "model", "plot"]
 
 K = 3
 TRUE = {"trans": torch.full((K, K), 0.05) + 0.85 * torch.eye(K), "locs": torch.tensor([-2.0, 0.0, 2.0]), "scale": torch.tensor(0.5)}
@@ -92,13 +92,44 @@ def decode(ys: torch.Tensor, params: dict) -> torch.Tensor:
     return torch.stack([tr.nodes[f"x_{t}"].value for t in range(ys.shape[1])], -1)
 
 
+def plot(path: str, ys: torch.Tensor, states: torch.Tensor, decoded: torch.Tensor, fitted_locs: torch.Tensor,
+         losses: list) -> bool:
+    """``hmm.png``: the first sequence's observations with the true and the decoded states' locations
+    (``ys``, ``states``, ``decoded`` of shape ``(N, T)``; ``fitted_locs`` of shape ``(K,)``, in the
+    order of the true states), and the loss by step. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    t = torch.arange(ys.shape[1])
+    ax.plot(t, ys[0], ".", color="0.45", label="observation")
+    ax.step(t, TRUE["locs"][states[0]], where="mid", lw=2.0, alpha=0.6, label="true state's location")
+    ax.step(t, fitted_locs[decoded[0]], where="mid", lw=1.0, ls="--", color="k", label="Viterbi state (fitted location)")
+    ax.set_xlabel("time step")
+    ax.set_title("first sequence")
+    ax.legend(fontsize=8, loc="upper right")
+    ax2.plot(losses)
+    ax2.set_xlabel("SVI step")
+    ax2.set_ylabel("-log p(data)")
+    ax2.set_title("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-sequences", type=int, default=20)
     p.add_argument("--length", type=int, default=100)
     p.add_argument("--steps", type=int, default=100, help="SVI steps (default 100)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="directory for summary.json (default: a new runs/<example>-<date-time>)")
+    p.add_argument("--out", default=None, help="directory for summary.json and hmm.png (default: a new runs/hmm-<date-time>)")
+    p.add_argument("--no-plot", action="store_true", help="skip hmm.png")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -112,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
     params = {k: res[k] for k in ("trans", "locs", "scale")}
     order = res["locs"].argsort()  # fitted states ordered by location, as the true ones are
     rank = order.argsort()
-    accuracy = float((rank[decode(ys, params)] == states).double().mean())
+    decoded = rank[decode(ys, params)]  # in the order of the true states
+    accuracy = float((decoded == states).double().mean())
     summary = {"final_loss": res["losses"][-1], "locs": res["locs"][order].tolist(), "scale": float(res["scale"]),
                "trans": res["trans"][order][:, order].tolist(), "decoding_accuracy": accuracy,
                "loglik_fitted": log_likelihood(ys, params), "loglik_true": log_likelihood(ys, TRUE)}
@@ -120,6 +152,12 @@ def main(args: argparse.Namespace) -> int:
         json.dump(summary, f, indent=2)
     print(f"locs {summary['locs']}, scale {summary['scale']:.3f}; Viterbi accuracy {accuracy:.3f}; log-likelihood "
           f"{summary['loglik_fitted']:.1f} (fitted) vs {summary['loglik_true']:.1f} (true parameters)")
+    if not getattr(args, "no_plot", False):
+        path = os.path.join(out, "hmm.png")
+        if plot(path, ys, states, decoded, res["locs"][order], res["losses"]):
+            print(f"  plot: {path}")
+        else:
+            print("  (no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')")
     return 0
 
 

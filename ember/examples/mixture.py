@@ -33,7 +33,7 @@ from ember.examples._runs import UsageError, make_run_dir
 from ember.infer import MCMC, NUTS, SVI, TraceEnum_ELBO, config_enumerate, infer_discrete
 from ember.poutine import condition, trace
 
-__all__ = ["K", "add_arguments", "fit_map", "guide", "main", "map_assignments", "model", "run_nuts"]
+__all__ = ["K", "add_arguments", "fit_map", "guide", "main", "map_assignments", "model", "plot", "run_nuts"]
 
 K = 2
 TUTORIAL_DATA = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0])
@@ -88,13 +88,54 @@ def run_nuts(data: torch.Tensor, num_samples: int = 200, warmup_steps: int = 200
     return mcmc.get_samples()
 
 
+def plot(path: str, data: torch.Tensor, values: dict[str, torch.Tensor], assignment: torch.Tensor,
+         draws: dict[str, torch.Tensor] | None = None) -> bool:
+    """``mixture.png``: the data (``(N,)``, coloured by their MAP component ``assignment``, ``(N,)``)
+    under the MAP mixture density (``values``: weights ``(K,)``, scale ``()``, locs ``(K,)``), and,
+    with NUTS ``draws`` (locs ``(S, K)``), the posterior of the two locations. False when
+    matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = 2 if draws is not None else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    lo, hi = float(data.min()) - 4.0, float(data.max()) + 4.0
+    x = torch.linspace(lo, hi, 400)
+    comp = values["weights"] * torch.distributions.Normal(values["locs"], values["scale"]).log_prob(x[:, None]).exp()
+    for k in range(K):
+        ax.plot(x, comp[:, k], lw=1.2, label=f"component {k} (weight {float(values['weights'][k]):.2f})")
+    ax.plot(x, comp.sum(-1), "k--", lw=1.0, label="mixture density (MAP)")
+    ax.scatter(data, torch.zeros_like(data), c=[f"C{int(a)}" for a in assignment], zorder=3, s=40, label="data (MAP component)")
+    ax.set_xlabel("x")
+    ax.legend(fontsize=8)
+    ax.set_title("MAP fit, assignments summed out")
+    if draws is not None:
+        ax = axes[0, 1]
+        locs = draws["locs"]
+        ax.hist(locs.min(-1).values, bins=30, alpha=0.6, label="smaller location")
+        ax.hist(locs.max(-1).values, bins=30, alpha=0.6, label="larger location")
+        ax.set_xlabel("location")
+        ax.set_title(f"NUTS posterior ({locs.shape[0]} draws)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-data", type=int, default=0, help="draw this many points instead of the tutorial's five (default 0)")
     p.add_argument("--steps", type=int, default=200, help="SVI steps (default 200)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--nuts-samples", type=int, default=200, help="NUTS draws after as many warm-up steps (0: skip NUTS)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="directory for summary.json (default: a new runs/<example>-<date-time>)")
+    p.add_argument("--out", default=None, help="directory for summary.json and mixture.png (default: a new runs/mixture-<date-time>)")
+    p.add_argument("--no-plot", action="store_true", help="skip mixture.png")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -116,12 +157,19 @@ def main(args: argparse.Namespace) -> int:
                                "locs": fit["locs"].tolist(), "assignment": assignment.tolist()}
     print(f"MAP: weights {summary['weights']}, locs {summary['locs']}, scale {summary['scale']:.3f}; "
           f"assignments {summary['assignment']}")
+    draws = None
     if args.nuts_samples:
         draws = run_nuts(data, args.nuts_samples, args.nuts_samples, args.seed)
         summary["nuts_mean"] = {k: v.mean(0).tolist() for k, v in draws.items()}
         print(f"NUTS posterior means: {summary['nuts_mean']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    if not getattr(args, "no_plot", False):
+        path = os.path.join(out, "mixture.png")
+        if plot(path, data, values, assignment, draws):
+            print(f"  plot: {path}")
+        else:
+            print("  (no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')")
     return 0
 
 

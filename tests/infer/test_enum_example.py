@@ -61,6 +61,8 @@ def test_the_ember_command_runs_the_enumeration_examples(argv, tmp_path, capsys)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "final_loss" in summary
     assert str(tmp_path) in capsys.readouterr().out
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / f"{argv[0]}.png").stat().st_size > 10_000
 
 
 def test_the_enumeration_examples_refuse_bad_sizes_in_one_line(tmp_path):
