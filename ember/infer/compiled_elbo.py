@@ -300,7 +300,7 @@ class CompiledSteps:
         """Whether this graph still is the step for ``entry`` (the ELBO's current graph), the same
         parameter tensors, data of the same shapes and the same optimizer constants."""
         return (entry is self.entry and len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
-                and self.update.key == self.update_key)
+                and self.update.ready() and self.update.key == self.update_key)
 
     def step_chunk(self, tensors: list) -> torch.Tensor | None:
         """Run ``k`` steps on the current parameters and optimizer state and commit them; returns the
@@ -339,9 +339,7 @@ def _unrolled(step: torch.fx.GraphModule, k: int, n_p: int, n_t: int, n_s: int, 
         ps, state = out[1 : 1 + n_p], out[1 + n_p :]
     stacked = g.call_function(torch.ops.aten.stack.default, (losses,))
     g.output((stacked, *[ps[i] for i in grad_idx], *state))
-    gm = torch.fx.GraphModule(step, g)
-    gm.recompile()
-    return gm
+    return torch.fx.GraphModule(step, g)  # (its constructor generates the code)
 
 
 def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, args: tuple, kwargs: dict, optim: Any,

@@ -43,9 +43,13 @@ class _Rule:
                  clip_norm: float | None, clip_value: float | None) -> None:
         self.kind, self.name, self.p, self.optimizer, self.group = kind, name, p, optimizer, group
         self.clip_norm, self.clip_value = clip_norm, clip_value
-        self.state = optimizer.state[p]
         self.state_keys = (("momentum_buffer",) if group["momentum"] != 0 else ()) if kind == "sgd" else ("exp_avg", "exp_avg_sq")
         self.n_sched = 0 if kind == "sgd" else 2 if kind == "adam" else 1
+
+    @property
+    def state(self) -> dict:
+        """The torch optimizer's state of the parameter, read afresh (loading a state replaces it)."""
+        return self.optimizer.state[self.p]
 
     def constants(self) -> Hashable:
         """What the recorded graph holds as constants (a change means recording again)."""
@@ -127,6 +131,13 @@ class FunctionalUpdate:
     def key(self) -> Hashable:
         """Changes when anything the recorded graph holds as a constant changes."""
         return tuple(r.constants() for r in self.rules)
+
+    def ready(self) -> bool:
+        """Whether every parameter's optimizer state has what :meth:`update` takes (a state loaded
+        since may lack it)."""
+        return all(isinstance(r.state.get(k), torch.Tensor) and r.state[k].shape == r.p.shape
+                   for r in self.rules for k in r.state_keys + (("step",) if r.kind != "sgd" else ()) if k != "step"
+                   ) and all(r.kind == "sgd" or r.state.get("step") is not None for r in self.rules)
 
     def state(self) -> list[torch.Tensor]:
         """The optimizer state tensors, flat, in the order :meth:`update` takes them."""

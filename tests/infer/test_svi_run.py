@@ -115,6 +115,27 @@ def test_optimizer_state_after_run_is_the_step_loops_and_steps_continue(tmp_path
     torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-6)
 
 
+def test_optimizer_state_loaded_into_the_same_svi_between_runs_is_used(tmp_path):
+    make = lambda: optim.Adam({"lr": 0.02})  # noqa: E731
+    histories = []
+    for use_run in (False, True):
+        ember.clear_param_store()
+        torch.manual_seed(5)
+        svi = SVI(scale_model, scale_guide, make(), JitTrace_ELBO())
+        steps = (lambda n, svi=svi: svi.run(n, GUESS, progress_bar=False).tolist()) if use_run else (
+            lambda n, svi=svi: [svi.step(GUESS) for _ in range(n)])
+        first = steps(30)
+        svi.optim.save(tmp_path / f"opt{use_run}.pt")
+        saved = _params()
+        steps(30)
+        svi.optim.load(tmp_path / f"opt{use_run}.pt")  # back to the state after the first 30 steps
+        for k, v in saved.items():
+            with torch.no_grad():
+                ember.get_param_store().unconstrained(k).copy_(v if k == "a" else v.log())
+        histories.append(torch.tensor(first + steps(30), dtype=torch.float64))
+    torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-5)
+
+
 def test_a_second_run_reuses_the_graph_and_a_changed_learning_rate_is_recorded_again():
     make = lambda: optim.SGD({"lr": 1e-3})  # noqa: E731
     losses = []
