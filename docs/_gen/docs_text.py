@@ -14,9 +14,13 @@ _ROOT = Path(__file__).resolve().parents[2]
 #: the modules that get an API page, in the nav's order
 REFERENCE_MODULES = [
     "ember", "ember.poutine", "ember.distributions", "ember.distributions.constraints",
-    "ember.distributions.transforms", "ember.infer", "ember.infer.autoguide", "ember.infer.reparam",
-    "ember.infer.mcmc", "ember.infer.distributed", "ember.infer.inspect", "ember.optim", "ember.params", "ember.nn", "ember.ops",
-    "ember.ops.stats", "ember.util", "ember.data", "ember.compat", "ember.contrib.examples",
+    "ember.distributions.transforms", "ember.distributions.util", "ember.infer", "ember.infer.autoguide",
+    "ember.infer.reparam", "ember.infer.mcmc", "ember.infer.distributed", "ember.infer.inspect",
+    "ember.infer.abstract_infer", "ember.infer.criticism", "ember.infer.enum", "ember.infer.smcfilter",
+    "ember.infer.util", "ember.optim", "ember.optim.clipped_adam", "ember.params", "ember.nn",
+    "ember.nn.auto_reg_nn", "ember.ops", "ember.ops.stats", "ember.ops.indexing", "ember.ops.einsum",
+    "ember.ops.contract", "ember.settings", "ember.util", "ember.data", "ember.compat",
+    "ember.contrib.examples",
 ]
 
 
