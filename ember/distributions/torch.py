@@ -78,10 +78,13 @@ _SHAPES = {
     "Uniform": _SCALAR.format("``low`` and ``high``"),
     "VonMises": _SCALAR.format("``loc`` and ``concentration``"),
     "Weibull": _SCALAR.format("``scale`` and ``concentration``"),
-    "Wishart": ("``df`` has shape ``batch_shape`` and the scale matrix (``covariance_matrix``, ``precision_matrix`` "
-                "or ``scale_tril``) ``batch_shape + (D, D)``; ``event_shape`` is ``(D, D)``."),
-    "TransformedDistribution": ("``event_shape`` is the base distribution's, changed as each transform changes "
-                                "the shape of what it maps (most keep it); ``batch_shape`` is what remains on the left."),
+    "Wishart": ("the scale matrix (``covariance_matrix``, ``precision_matrix`` or ``scale_tril``) has shape "
+                "``(..., D, D)``; ``batch_shape`` is the broadcast of ``df.shape`` and its leading dims; "
+                "``event_shape`` is ``(D, D)``."),
+    "TransformedDistribution": ("the event takes as many rightmost dims as the base's event or the transforms' "
+                                "``event_dim`` need, whichever is more (a ``Normal`` of batch shape ``(N, D)`` through "
+                                "a flow over vectors has batch shape ``(N,)`` and event shape ``(D,)``), sized as the "
+                                "transforms map them; ``batch_shape`` is what remains on the left."),
 }
 
 
