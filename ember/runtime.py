@@ -102,6 +102,8 @@ _VALIDATION: list = [__debug__]
 
 
 def is_validation_enabled() -> bool:
+    """Whether Ember's own checks are on (``ember.enable_validation``; on by default): shapes at
+    sample sites, the non-finite guards of the optimizers and ELBOs, unused ``condition`` names."""
     return _VALIDATION[0]
 
 
@@ -143,6 +145,12 @@ class Message:
     ``msg.get("infer")``, ``"value" in msg``) is supported for code written against
     Pyro's dict-based messages and trace nodes. Unknown keys set by item access are
     kept in a side dictionary.
+
+    Shapes of the tensor fields at a sample site: ``value`` has shape
+    ``fn.batch_shape + fn.event_shape`` (the plates' dims included, at their subsample sizes);
+    ``log_prob``, once a trace has computed it, has shape ``fn.batch_shape``; ``scale`` and
+    ``mask`` are numbers or tensors that broadcast to ``fn.batch_shape``. The module docstring of
+    ``ember.runtime`` (the message protocol) says who sets and reads each field.
     """
 
     __slots__ = _FIELDS

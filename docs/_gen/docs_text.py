@@ -13,7 +13,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 #: the modules that get an API page, in the nav's order
 REFERENCE_MODULES = [
-    "ember", "ember.poutine", "ember.distributions", "ember.distributions.constraints",
+    "ember", "ember.poutine", "ember.poutine.runtime", "ember.poutine.util", "ember.distributions", "ember.distributions.constraints",
     "ember.distributions.transforms", "ember.distributions.util", "ember.infer", "ember.infer.autoguide",
     "ember.infer.reparam", "ember.infer.mcmc", "ember.infer.distributed", "ember.infer.inspect",
     "ember.infer.abstract_infer", "ember.infer.criticism", "ember.infer.enum", "ember.infer.smcfilter",
