@@ -113,10 +113,25 @@ def _chain(kernel: HMC, state: HMCState, warmup: int, total: int, rec: Any) -> G
     return state
 
 
+# NUTS chains build their trees as batched NumPy operations from this many chains on. On a tree's
+# small vectors a NumPy call costs about the same whatever its size, and a batched leaf takes
+# several times the calls of one chain's recursive code (benchmarks/README.md measures where the two cross).
+BATCHED_TREES_MIN_CHAINS = 32
+
+
 def run_chains(kernel: HMC, batched: BatchedPotential, states: list[HMCState], warmup: int, total: int,
-               recorders: list[Any]) -> list[HMCState]:
+               recorders: list[Any], batched_trees: bool | None = None) -> list[HMCState]:
     """Run ``len(states)`` chains to the end together; ``recorders[c].record(it, state, info)``
-    after each iteration of chain ``c``. Returns the final states."""
+    after each iteration of chain ``c``. Returns the final states. With ``batched_trees`` NUTS
+    chains build their trees together as batched operations (:mod:`ember.infer.mcmc.batched_nuts`);
+    otherwise each chain's transition is its own generator (the draws are the same either way).
+    ``None``: batched from :data:`BATCHED_TREES_MIN_CHAINS` chains on."""
+    from ember.infer.mcmc.nuts import NUTS
+
+    if batched_trees is None:
+        batched_trees = len(states) >= BATCHED_TREES_MIN_CHAINS
+    if batched_trees and isinstance(kernel, NUTS):
+        return _run_nuts_chains(kernel, batched, states, warmup, total, recorders)
     C = len(states)
     gens = [_chain(kernel, s, warmup, total, r) for s, r in zip(states, recorders)]
     finals: list[Any] = [None] * C
@@ -140,4 +155,84 @@ def run_chains(kernel: HMC, batched: BatchedPotential, states: list[HMCState], w
             except StopIteration as stop:
                 finals[c] = stop.value
         active = still
+    return finals
+
+
+_TREE = object()  # what a NUTS chain's generator yields (with its state) to have the batched trees run its transition
+
+
+def _nuts_chain(kernel: HMC, state: HMCState, warmup: int, total: int, rec: Any) -> Generator:
+    """One NUTS chain's whole run as a generator: it yields a position ``z`` whose potential and
+    gradient it needs (the step-size searches), or ``(_TREE, state)`` for a transition, and is sent
+    ``(new_state, info)`` back; returns its final state."""
+    streams = _Streams()
+    state = yield from kernel._init_step_size_gen(state, streams)
+    adapt, record = kernel._adapt_gen, rec.record
+    for it in range(total):
+        state, info = yield _TREE, state
+        if it < warmup:
+            state = yield from adapt(state, info, streams)
+        record(it, state, info)
+    return state
+
+
+def _run_nuts_chains(kernel: Any, batched: BatchedPotential, states: list[HMCState], warmup: int, total: int,
+                     recorders: list[Any]) -> list[HMCState]:
+    """:func:`run_chains` for NUTS: per batched evaluation, every chain inside a transition takes
+    one leaf of its tree (:class:`~ember.infer.mcmc.batched_nuts.BatchedTrees`) and every chain in
+    a step-size search takes its next probe; a chain whose transition ends is recorded and adapted
+    and starts its next transition before the next evaluation."""
+    from ember.infer.mcmc.batched_nuts import BatchedTrees
+
+    C, D = len(states), states[0].z.size
+    trees = BatchedTrees(C, D, kernel.max_tree_depth, kernel.max_energy_error, kernel.full_mass)
+    gens = [_nuts_chain(kernel, s, warmup, total, r) for s, r in zip(states, recorders)]
+    finals: list[Any] = [None] * C
+    in_tree = np.zeros(C, dtype=bool)
+    asking = np.zeros(C, dtype=bool)  # a chain whose generator asked for the potential at zreq[c]
+    zreq = np.stack([s.z for s in states])
+    started: list[Any] = [None] * C  # the state each chain's transition started from
+
+    def answer(c: int, request: Any) -> None:
+        if type(request) is tuple:
+            started[c] = request[1]
+            trees.start(c, request[1])
+            in_tree[c], asking[c] = True, False
+        else:
+            zreq[c] = request
+            in_tree[c], asking[c] = False, True
+
+    for c, g in enumerate(gens):
+        try:
+            answer(c, next(g))
+        except StopIteration as stop:
+            finals[c] = stop.value
+    evaluate = batched.potential_and_grad_numpy
+    quiet = {"invalid": "ignore", "over": "ignore"}  # rows not in use, and divergent leaves (handled)
+    while in_tree.any() or asking.any():
+        with np.errstate(**quiet):
+            zs = trees.leapfrog_positions()
+        ask = np.flatnonzero(asking)
+        if ask.size:
+            zs[ask] = zreq[ask]
+        done_rows = np.flatnonzero(~in_tree & ~asking)
+        if done_rows.size:  # chains at their end: padded with their last position
+            zs[done_rows] = zreq[done_rows]
+        u, grad = evaluate(zs)
+        with np.errstate(**quiet):
+            over = trees.step(zs, u, grad, in_tree.copy())
+        for c in ask.tolist():
+            try:
+                answer(c, gens[c].send((float(u[c]), grad[c])))
+            except StopIteration as stop:
+                finals[c], asking[c] = stop.value, False
+        for c in over.tolist():
+            z, uc, gc, info = trees.result(c)
+            s = started[c]
+            new = s._replace(iteration=s.iteration + 1, z=z, potential_energy=uc, grad=gc)
+            try:
+                answer(c, gens[c].send((new, info)))
+            except StopIteration as stop:
+                finals[c], in_tree[c] = stop.value, False
+                zreq[c] = stop.value.z
     return finals
