@@ -320,26 +320,40 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-3 * scale))
 
 
-def _unrolled(step: torch.fx.GraphModule, k: int, n_p: int, n_t: int, n_s: int, per: int, grad_idx: list[int]
-              ) -> torch.fx.GraphModule:
-    """``k`` copies of the one-step graph ``step`` chained into one graph (FX node copies, no
-    second recording): inputs ``(params, data, state, schedule [k * per])``, outputs ``(losses [k],
-    stepped params, state)``."""
+def _unrolled(elbo_gm: torch.fx.GraphModule, update_gm: torch.fx.GraphModule, k: int, n_p: int, n_t: int, n_s: int,
+              per: int, grad_idx: list[int]) -> torch.fx.GraphModule:
+    """``k`` steps chained into one graph from copies of the ELBO's recorded graph (params, data ->
+    loss, gradients, ...) and the optimizer's (stepped params, gradients, state, schedule values ->
+    params, state): FX node copies, nothing recorded again. Inputs ``(params, data, state,
+    schedule [k * per])``, outputs ``(losses [k], stepped params, state)``."""
+    n_g = len(grad_idx)
     g = torch.fx.Graph()
     inputs = [g.placeholder(f"x{i}") for i in range(n_p + n_t + n_s + 1)]
-    holders = [n for n in step.graph.nodes if n.op == "placeholder"]
+    elbo_in = [n for n in elbo_gm.graph.nodes if n.op == "placeholder"]
+    update_in = [n for n in update_gm.graph.nodes if n.op == "placeholder"]
+    root = torch.nn.Module()
+    constants: dict = {}  # both recordings name their constants _tensor_constant0, ...: one node each, renamed
+    for prefix, gm in (("elbo_", elbo_gm), ("opt_", update_gm)):
+        for node in gm.graph.nodes:
+            if node.op == "get_attr":
+                setattr(root, prefix + node.target, getattr(gm, node.target))
+                constants[node] = g.get_attr(prefix + node.target)
     values = g.call_function(torch.ops.aten.unbind.int, (inputs[-1],)) if per else None
     ps, ts, state = list(inputs[:n_p]), inputs[n_p : n_p + n_t], list(inputs[n_p + n_t : -1])
     losses = []
     for j in range(k):
         sched = [g.call_function(operator.getitem, (values, j * per + i)) for i in range(per)]
-        out = g.graph_copy(step.graph, dict(zip(holders, [*ps, *ts, *state, *sched])))
-        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        out = g.graph_copy(elbo_gm.graph, {**constants, **dict(zip(elbo_in, [*ps, *ts]))})
         losses.append(out[0])
-        ps, state = out[1 : 1 + n_p], out[1 + n_p :]
+        new = g.graph_copy(update_gm.graph, {**constants, **dict(zip(update_in, [*[ps[i] for i in grad_idx], *out[1 : 1 + n_g],
+                                                                                 *state, *sched]))})
+        new = list(new) if isinstance(new, (list, tuple)) else [new]
+        for i, q in zip(grad_idx, new[:n_g]):
+            ps[i] = q
+        state = new[n_g:]
     stacked = g.call_function(torch.ops.aten.stack.default, (losses,))
     g.output((stacked, *[ps[i] for i in grad_idx], *state))
-    return torch.fx.GraphModule(step, g)  # (its constructor generates the code)
+    return torch.fx.GraphModule(root, g)  # (its constructor generates the code)
 
 
 def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, args: tuple, kwargs: dict, optim: Any,
@@ -364,31 +378,24 @@ def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, 
         return update
     n_p, n_t, n_g = len(params), len(tensors), len(entry.grad_idx)
     n_s, per = len(update.state()), sum(r.n_sched for r in update.rules)
-    gm = entry.gm
 
-    def one(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # one step: (params, data, optimizer state, this step's schedule values) -> (loss, params, state)
-        ps = list(flat[:n_p])
-        out = gm(*ps, *flat[n_p : n_p + n_t])
-        new, state = update.update(0, [ps[i] for i in entry.grad_idx], list(out[1 : 1 + n_g]),
-                                   list(flat[n_p + n_t : n_p + n_t + n_s]), list(flat[n_p + n_t + n_s :]))
-        for i, q in zip(entry.grad_idx, new):
-            ps[i] = q
-        return (out[0], *ps, *state)
+    def update_fn(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # one optimizer update: (stepped params, their gradients, state, the step's schedule values) -> (params, state)
+        new, state = update.update(0, list(flat[:n_g]), list(flat[n_g : 2 * n_g]), list(flat[2 * n_g : 2 * n_g + n_s]),
+                                   list(flat[2 * n_g + n_s :]))
+        return (*new, *state)
 
     rng = torch.get_rng_state()
     sched = update.schedule(k)
     example = (*[p.detach() for p in params], *[t.detach() for t in tensors], *[s.detach() for s in update.state()], sched)
     try:
         with validation_enabled(False):
-            step_graph, problem = record(one, example[:-1] + tuple(sched[:per].unbind(0)), who="the model or guide",
-                                         what="the sampled values, the parameters or the data")
-            problem = problem if step_graph is None else prepare(step_graph, who="the model or guide",
-                                                                 source="the sampled values or inputs", allow_random=True)
-            if problem is not None:
-                torch.set_rng_state(rng)
+            update_gm, problem = record(update_fn, (*[p.detach() for p in stepped], *[torch.zeros_like(p) for p in stepped],
+                                                    *[s.detach() for s in update.state()], *sched[:per].unbind(0)),
+                                        who="the optimizer", what="its state")
+            if update_gm is None:
                 return problem
-            graph = _unrolled(step_graph, k, n_p, n_t, n_s, per, entry.grad_idx)
+            graph = _unrolled(entry.gm, update_gm, k, n_p, n_t, n_s, per, entry.grad_idx)
             start, failed = [rng], []
 
             def problem_of(how: str, run: Callable) -> str | None:
