@@ -26,12 +26,11 @@ from ember.infer.mcmc.hmc import HMC, TransitionInfo, _Integrator
 __all__ = ["NUTS"]
 
 
-class _Tree:
-    """A subtree: its outer end state (to keep integrating from), the momenta at both ends and
-    their ``M^-1 p``, the summed momentum, the proposal drawn from it and its log weight."""
-
-    __slots__ = ("z_end", "p_end", "g_end", "ps_end", "p_beg", "ps_beg", "rho", "z_prop", "u_prop", "g_prop", "h_prop",
-                 "log_w", "valid")
+# A subtree is a tuple (cheaper to build than an object, a few times per leapfrog step): its outer
+# end (position, momentum, gradient, M^-1 p) to keep integrating from, the momentum and M^-1 p at
+# its first leaf, its summed momentum, the proposal drawn from it (position, potential energy,
+# gradient, Hamiltonian), its log weight, and whether it is valid (no U-turn, no divergence).
+_LOG_W, _VALID = 11, 12
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -93,50 +92,49 @@ class NUTS(HMC):
     # ---- the tree --------------------------------------------------------------------------------
     @staticmethod
     def _leaf(ig: _Integrator, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float, h0: float) -> Generator:
-        z, p, g, u = yield from ig.leapfrog(z, p, g, eps)
-        ps = ig.p_sharp(p)
+        """One leapfrog step (as :meth:`_Integrator.leapfrog`) as a subtree of one leaf."""
+        minv, full = ig.minv, ig.full
+        half = 0.5 * eps
+        p = p - half * g
+        z = z + eps * (minv @ p if full else minv * p)
+        u, g = yield z
+        p = p - half * g
+        ps = minv @ p if full else minv * p
         h = u + 0.5 * float(p @ ps)
         if not math.isfinite(h):  # a non-finite potential or momentum: an infinite energy error
             h = math.inf
         ig.n_leapfrog += 1
         delta = h0 - h
         ig.sum_accept += 1.0 if delta > 0 else math.exp(delta)
-        t = _Tree()
-        t.z_end, t.p_end, t.g_end, t.ps_end = z, p, g, ps
-        t.p_beg, t.ps_beg, t.rho = p, ps, p
-        t.z_prop, t.u_prop, t.g_prop, t.h_prop = z, u, g, h
-        t.log_w = delta
-        if -delta > ig.max_energy_error:
+        valid = -delta <= ig.max_energy_error
+        if not valid:
             ig.diverging = True
-            t.valid = False
-        else:
-            t.valid = True
-        return t
+        return z, p, g, ps, p, ps, p, z, u, g, h, delta, valid
 
     def _build(self, ig: _Integrator, depth: int, z: np.ndarray, p: np.ndarray, g: np.ndarray, eps: float,
                h0: float) -> Generator:
         if depth == 0:
             return (yield from self._leaf(ig, z, p, g, eps, h0))
         init = yield from self._build(ig, depth - 1, z, p, g, eps, h0)
-        if not init.valid:
+        if not init[_VALID]:
             return init
-        final = yield from self._build(ig, depth - 1, init.z_end, init.p_end, init.g_end, eps, h0)
-        if not final.valid:
+        final = yield from self._build(ig, depth - 1, init[0], init[1], init[2], eps, h0)
+        if not final[_VALID]:
             return final
-        log_w = _logaddexp(init.log_w, final.log_w)
-        t = _Tree()
-        if ig.uniform() < math.exp(final.log_w - log_w):
-            t.z_prop, t.u_prop, t.g_prop, t.h_prop = final.z_prop, final.u_prop, final.g_prop, final.h_prop
-        else:
-            t.z_prop, t.u_prop, t.g_prop, t.h_prop = init.z_prop, init.u_prop, init.g_prop, init.h_prop
-        t.log_w = log_w
-        rho = init.rho + final.rho
-        t.valid = (_no_uturn(init.ps_beg, final.ps_end, rho)
-                   and _no_uturn(init.ps_beg, final.ps_beg, init.rho + final.p_beg)
-                   and _no_uturn(init.ps_end, final.ps_end, final.rho + init.p_end))
-        t.z_end, t.p_end, t.g_end, t.ps_end = final.z_end, final.p_end, final.g_end, final.ps_end
-        t.p_beg, t.ps_beg, t.rho = init.p_beg, init.ps_beg, rho
-        return t
+        p1, ps1, pb0, psb0, rho0, w0 = init[1], init[3], init[4], init[5], init[6], init[_LOG_W]
+        z2, p2, g2, ps2, pb1, psb1, rho1, w1 = final[0], final[1], final[2], final[3], final[4], final[5], final[6], final[_LOG_W]
+        log_w = _logaddexp(w0, w1)
+        prop = final if ig.uniform() < math.exp(w1 - log_w) else init
+        rho = rho0 + rho1
+        # Stan's criterion across the merged tree, and across the seam from each side
+        valid = bool(ps2 @ rho > 0 and psb0 @ rho > 0)
+        if valid:
+            r = rho0 + pb1
+            valid = bool(psb1 @ r > 0 and psb0 @ r > 0)
+            if valid:
+                r = rho1 + p1
+                valid = bool(ps2 @ r > 0 and ps1 @ r > 0)
+        return z2, p2, g2, ps2, pb0, psb0, rho, prop[7], prop[8], prop[9], prop[10], log_w, valid
 
     def _transition(self, ig: _Integrator, z: np.ndarray, u: float, g: np.ndarray, eps: float) -> Generator:
         p = ig.momentum()
@@ -158,25 +156,26 @@ class NUTS(HMC):
                 rho_bck = rho
                 p_bck_fwd, ps_bck_fwd = p_fwd_fwd, ps_fwd_fwd
                 t = yield from self._build(ig, depth, fwd[0], fwd[1], fwd[2], eps, h0)
-                fwd = (t.z_end, t.p_end, t.g_end)
-                rho_fwd = t.rho
-                p_fwd_bck, ps_fwd_bck = t.p_beg, t.ps_beg
-                p_fwd_fwd, ps_fwd_fwd = t.p_end, t.ps_end
+                fwd = t[:3]
+                rho_fwd = t[6]
+                p_fwd_bck, ps_fwd_bck = t[4], t[5]
+                p_fwd_fwd, ps_fwd_fwd = t[1], t[3]
             else:
                 rho_fwd = rho
                 p_fwd_bck, ps_fwd_bck = p_bck_bck, ps_bck_bck
                 t = yield from self._build(ig, depth, bck[0], bck[1], bck[2], -eps, h0)
-                bck = (t.z_end, t.p_end, t.g_end)
-                rho_bck = t.rho
-                p_bck_fwd, ps_bck_fwd = t.p_beg, t.ps_beg
-                p_bck_bck, ps_bck_bck = t.p_end, t.ps_end
-            if not t.valid:
+                bck = t[:3]
+                rho_bck = t[6]
+                p_bck_fwd, ps_bck_fwd = t[4], t[5]
+                p_bck_bck, ps_bck_bck = t[1], t[3]
+            if not t[_VALID]:
                 break
             depth += 1
-            if t.log_w > log_sum_w or uniform() < math.exp(t.log_w - log_sum_w):
-                sample = (t.z_prop, t.u_prop, t.g_prop, t.h_prop)
+            log_w = t[_LOG_W]
+            if log_w > log_sum_w or uniform() < math.exp(log_w - log_sum_w):
+                sample = t[7:11]
                 moved = True
-            log_sum_w = _logaddexp(log_sum_w, t.log_w)
+            log_sum_w = _logaddexp(log_sum_w, log_w)
             rho = rho_bck + rho_fwd
             if not (_no_uturn(ps_bck_bck, ps_fwd_fwd, rho)
                     and _no_uturn(ps_bck_bck, ps_fwd_bck, rho_bck + p_fwd_bck)
