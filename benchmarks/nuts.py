@@ -90,22 +90,34 @@ def ember_models() -> dict[str, Any]:
 
 
 def run_ember(name: str, data: tuple, args: argparse.Namespace, jit_compile: bool | None = None, chains: int = 1,
-              method: str = "vectorized", num_threads: int | None = None) -> dict[str, Any]:
+              method: str = "vectorized", num_threads: int | None = None, batched_trees: bool | None = None) -> dict[str, Any]:
+    """``batched_trees``: force the vectorized NUTS trees to be batched (True) or per chain (False);
+    None: Ember's choice by the number of chains."""
     import ember
+    import ember.infer.mcmc.vectorized as vectorized
     from ember.infer import MCMC, NUTS
 
     model = ember_models()[name]
     ember.set_rng_seed(args.seed)
     mcmc = MCMC(NUTS(model, jit_compile=jit_compile), num_samples=args.samples, warmup_steps=args.warmup,
                 disable_progbar=True, num_chains=chains, chain_method=method, num_threads=num_threads)
+    default_min = vectorized.BATCHED_TREES_MIN_CHAINS
+    if batched_trees is not None:
+        vectorized.BATCHED_TREES_MIN_CHAINS = 1 if batched_trees else 2**31
     t = time.perf_counter()
-    mcmc.run(*data)
+    try:
+        mcmc.run(*data)
+    finally:
+        vectorized.BATCHED_TREES_MIN_CHAINS = default_min
     wall = time.perf_counter() - t
     samples = {k: v.numpy() for k, v in mcmc.get_samples(group_by_chain=True).items()}
     out = _report(wall, mcmc.num_grad_evals_warmup + mcmc.num_grad_evals, samples, mcmc.num_divergences,
                   float(mcmc.step_sizes[0]), grouped=True)
     out["potential"] = mcmc.compile_status[0]
     out["threads"] = mcmc.thread_status
+    if chains > 1 and method == "vectorized":
+        batched = chains >= default_min if batched_trees is None else batched_trees
+        out["trees"] = "batched NumPy operations" if batched else "each chain's recursive tree"
     if chains > 1:
         from ember.infer.mcmc.util import diagnostics
 
@@ -286,6 +298,8 @@ def main() -> None:
     p.add_argument("--no-pyro-jit", action="store_true", help="skip pyro-ppl's NUTS(jit_compile=True) run")
     p.add_argument("--chains", type=int, default=4, help="the multi-chain runs' number of chains (default 4)")
     p.add_argument("--no-eager", action="store_true", help="skip ember's jit_compile=False run")
+    p.add_argument("--many-chains", type=int, default=0,
+                   help="also N vectorized chains, trees batched and per chain (default 0: not run)")
     args = p.parse_args()
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -328,6 +342,10 @@ def main() -> None:
         C = args.chains
         res[f"ember_{C}_chains_vectorized"] = run_ember(name, data, args, chains=C, method="vectorized")
         res[f"ember_{C}_chains_sequential"] = run_ember(name, data, args, chains=C, method="sequential")
+        if args.many_chains:
+            M = args.many_chains
+            res[f"ember_{M}_chains_batched_trees"] = run_ember(name, data, args, chains=M, batched_trees=True)
+            res[f"ember_{M}_chains_per_chain_trees"] = run_ember(name, data, args, chains=M, batched_trees=False)
         # torch's default thread count, Ember choosing (num_threads=None): what a user gets without set_num_threads
         torch.set_num_threads(default_threads)
         res["ember_threads_chosen"] = run_ember(name, data, args)
@@ -367,6 +385,11 @@ def main() -> None:
             ratios["numpyro_first_wall_over_ember_wall"] = round(res["numpyro_first_run"]["wall_s"] / res["ember"]["wall_s"], 2)
             ratios[f"numpyro_{C}_chains_second_run_wall_over_ember_vectorized"] = round(
                 res[f"numpyro_{C}_chains_second_run"]["wall_s"] / vec["wall_s"], 2)
+        if args.many_chains:
+            M = args.many_chains
+            bt, pt = res[f"ember_{M}_chains_batched_trees"], res[f"ember_{M}_chains_per_chain_trees"]
+            ratios[f"ember_{M}_batched_trees_wall_over_1_chain"] = round(bt["wall_s"] / res["ember_second_run"]["wall_s"], 2)
+            ratios[f"ember_{M}_per_chain_trees_wall_over_1_chain"] = round(pt["wall_s"] / res["ember_second_run"]["wall_s"], 2)
         res["ratios"] = ratios
         out["models"][name] = res
         print(f"# {name}: {json.dumps(ratios)}", file=sys.stderr, flush=True)

@@ -71,7 +71,7 @@ def _batched(kernel: NUTS, states: list[HMCState], many, full: bool):
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["diagonal", "dense"])
-@pytest.mark.parametrize("max_tree_depth", [10, 3])
+@pytest.mark.parametrize("max_tree_depth", [10, 3, 18])
 def test_batched_trees_are_the_recursive_trees_chain_by_chain(full, max_tree_depth):
     dim, C = 5, 16
     one, many = _gaussian(dim, 0)
@@ -133,7 +133,8 @@ def _eight_schools(sigma, y):
         pyro.sample("obs", dist.Normal(mu + tau * theta, sigma), obs=y)
 
 
-def test_mcmc_with_batched_trees_draws_what_sequential_chains_draw(monkeypatch):
+@pytest.mark.parametrize("full_mass", [False, True], ids=["diagonal", "dense"])
+def test_mcmc_with_batched_trees_draws_what_sequential_chains_draw(monkeypatch, full_mass):
     # the batched trees (used from BATCHED_TREES_MIN_CHAINS chains on) make each chain the chain it
     # is when run alone: same keys, same trees, same adaptation, step-size searches in between
     y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
@@ -141,7 +142,7 @@ def test_mcmc_with_batched_trees_draws_what_sequential_chains_draw(monkeypatch):
 
     def run(method):
         pyro.set_rng_seed(0)
-        return MCMC(NUTS(_eight_schools), num_samples=40, warmup_steps=40, num_chains=3, chain_method=method,
+        return MCMC(NUTS(_eight_schools, full_mass=full_mass), num_samples=40, warmup_steps=40, num_chains=3, chain_method=method,
                     disable_progbar=True).run(sigma, y)
 
     seq = run("sequential")

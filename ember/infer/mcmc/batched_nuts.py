@@ -62,6 +62,11 @@ def _exp_neg(x: np.ndarray) -> np.ndarray:
     return np.fromiter(map(math.exp, x.ravel().tolist()), np.float64, x.size).reshape(x.shape)
 
 
+def _trailing_ones(n: np.ndarray) -> np.ndarray:
+    m = n + 1
+    return np.log2(m & -m).astype(np.int64)
+
+
 class BatchedTrees:
     """The NUTS transitions of ``C`` chains in progress (see the module docstring).
 
@@ -105,9 +110,8 @@ class BatchedTrees:
         self.S = np.zeros((C, L, 3))
         self.tv = np.zeros((C, 7, D))
         self.ts = np.zeros((C, 3))
-        # trailing one bits of n (merges after leaf n), for every leaf index of a subtree
-        n = np.arange(1 << (L - 1)) + 1
-        self.trailing = np.log2(n & -n).astype(np.int64)
+        # trailing one bits of n (merges after leaf n), tabulated for every leaf index of a subtree
+        self.trailing = _trailing_ones(np.arange(1 << (L - 1))) if L <= 16 else None
         # uniforms: each chain's stream, buffered; buf[c, ptr[c]:end[c]] not consumed yet
         self.streams = [_Streams() for _ in range(C)]
         self.reserve = L + 2  # the most uniforms one step consumes per chain
@@ -191,7 +195,7 @@ class BatchedTrees:
         delta = self.h0 - h
         divergent = ~(delta >= self.neg_max_error) & active  # NaN too
         n = self.n
-        k = self.trailing[n]  # merges after this leaf (n is 0 in chains not active)
+        k = self.trailing[n] if self.trailing is not None else _trailing_ones(n)  # merges after this leaf (n is 0 in chains not active)
         over = None
         if np.count_nonzero(divergent):
             bad = ~np.isfinite(h)  # a non-finite energy: an infinite energy error
