@@ -212,7 +212,7 @@ class SVI:
         from tqdm import tqdm
 
         losses: list[float] = []
-        with ThreadChoice(num_threads, label="SVI") as threads, tqdm(
+        with ThreadChoice(num_threads, label="SVI", what="the ELBO's recorded step") as threads, tqdm(
             total=num_steps, desc="SVI", unit="step", disable=not progress_bar, dynamic_ncols=True, mininterval=0.2
         ) as bar:
             try:

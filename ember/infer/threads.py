@@ -50,6 +50,7 @@ class ThreadChoice:
     Args:
         num_threads: the user's explicit choice (used as given), or None for Ember to choose.
         label: who chooses, for the log line (``"MCMC"``, ``"SVI"``).
+        what: what :meth:`choose` times, for :attr:`status`.
         prefer_one: keep one thread unless the current setting is this many times faster.
         budget_s: about how long the timing may take in all (it stops early for slow models:
             one evaluation above ``large_s`` keeps the current setting without timing).
@@ -60,9 +61,10 @@ class ThreadChoice:
     GRAIN = 32768
 
     def __init__(self, num_threads: int | None = None, prefer_one: float = 1.3, budget_s: float = 0.06,
-                 large_s: float = 0.02, label: str = "MCMC") -> None:
+                 large_s: float = 0.02, label: str = "MCMC", what: str = "the potential") -> None:
         self.num_threads = num_threads
         self.label = label
+        self.what = what
         self._trials: list[int] = []
         self._seen: dict[int, float] = {}
         self.prefer_one = prefer_one
@@ -179,7 +181,7 @@ class ThreadChoice:
         one, many = best[1], best[current]
         self.chosen = 1 if one <= self.prefer_one * many else current
         torch.set_num_threads(self.chosen)
-        self.status = (f"{self.chosen} thread{'s' if self.chosen > 1 else ''}, chosen by timing the potential: "
+        self.status = (f"{self.chosen} thread{'s' if self.chosen > 1 else ''}, chosen by timing {self.what}: "
                        f"{one * 1e6:.0f} µs with 1 thread, {many * 1e6:.0f} µs with {current} (restored after the run)")
         log.info("%s: %s", self.label, self.status)
         return self.chosen

@@ -240,6 +240,29 @@ def test_threads_chosen_by_size_for_a_compiled_run_and_restored():
         torch.set_num_threads(1)
 
 
+def test_threads_chosen_by_timing_a_compiled_step_when_the_graph_holds_a_large_tensor():
+    data = torch.randn(40_000, generator=torch.Generator().manual_seed(0))
+
+    def model(x):
+        mu = ember.sample("mu", dist.Normal(0.0, 1.0))
+        with ember.plate("N", x.shape[0]):
+            ember.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        ember.sample("mu", dist.Normal(ember.param("m", torch.tensor(0.0)), 0.1))
+
+    torch.set_num_threads(2)
+    try:
+        _, ref, _ = _fit(lambda: optim.Adam({"lr": 0.01}), 30, False, model, guide, (data,))
+        svi, got, _ = _fit(lambda: optim.Adam({"lr": 0.01}), 30, True, model, guide, (data,))
+        assert svi.compile_status.startswith("compiled"), svi.compile_status
+        assert "chosen by timing the ELBO's recorded step" in svi.thread_status, svi.thread_status
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)  # the timing draws no random numbers of the run's
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_threads_chosen_by_timing_the_first_eager_steps_and_restored_and_explicit_setting_wins():
     seen = []
 
