@@ -311,3 +311,17 @@ def test_arguments_are_checked():
     assert svi.run(0, GUESS).shape == (0,)
     # a keyword the model takes goes to the model
     assert svi.run(3, guess=GUESS, progress_bar=False).shape == (3,)
+
+
+def test_run_finds_the_scale_models_exact_posterior():
+    # prior N(8.5, 1), measurement N(w, 0.75) of 9.5: the posterior is N(9.14, 0.6)
+    ember.clear_param_store()
+    torch.manual_seed(0)
+    svi = SVI(scale_model, scale_guide, optim.Adam({"lr": 0.02}), JitTrace_ELBO())
+    svi.run(3000, GUESS, progress_bar=False)
+    svi.optim.optimizers[0].param_groups[0]["lr"] = 0.002  # a smaller step to settle (a new graph is recorded)
+    svi.run(2000, GUESS, progress_bar=False)
+    var = 1 / (1 + 1 / 0.75**2)
+    assert ember.param("a").item() == pytest.approx(var * (8.5 + 9.5 / 0.75**2), abs=0.05)
+    assert ember.param("b").item() == pytest.approx(var**0.5, abs=0.05)
+    assert svi.compile_status.startswith("compiled")
