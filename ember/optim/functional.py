@@ -135,9 +135,13 @@ class FunctionalUpdate:
     def ready(self) -> bool:
         """Whether every parameter's optimizer state has what :meth:`update` takes (a state loaded
         since may lack it)."""
-        return all(isinstance(r.state.get(k), torch.Tensor) and r.state[k].shape == r.p.shape
-                   for r in self.rules for k in r.state_keys + (("step",) if r.kind != "sgd" else ()) if k != "step"
-                   ) and all(r.kind == "sgd" or r.state.get("step") is not None for r in self.rules)
+        for r in self.rules:
+            state = r.state
+            if r.kind != "sgd" and state.get("step") is None:
+                return False
+            if not all(isinstance(state.get(k), torch.Tensor) and state[k].shape == r.p.shape for k in r.state_keys):
+                return False
+        return True
 
     def state(self) -> list[torch.Tensor]:
         """The optimizer state tensors, flat, in the order :meth:`update` takes them."""
