@@ -353,7 +353,32 @@ def _unrolled(elbo_gm: torch.fx.GraphModule, update_gm: torch.fx.GraphModule, k:
         state = new[n_g:]
     stacked = g.call_function(torch.ops.aten.stack.default, (losses,))
     g.output((stacked, *[ps[i] for i in grad_idx], *state))
+    _simplify(g)
     return torch.fx.GraphModule(root, g)  # (its constructor generates the code)
+
+
+def _simplify(g: torch.fx.Graph) -> None:
+    """Drop what the chained graph does not need, without changing a number it computes: ``detach``
+    (the graph runs without autograd), ``x * 1`` of the same shape and dtype, and operations whose
+    results nothing uses, except those that draw random numbers or write in place (dropping one
+    would change the random numbers the later steps draw)."""
+    seeded = getattr(getattr(torch, "Tag", None), "nondeterministic_seeded", None)
+    for n in list(g.nodes):
+        if n.op != "call_function" or not isinstance(n.args[0] if n.args else None, torch.fx.Node):
+            continue
+        same = n.target is torch.ops.aten.detach.default
+        if n.target is torch.ops.aten.mul.Tensor and len(n.args) == 2 and n.args[1] == 1 and not isinstance(n.args[1], bool):
+            a, v = n.args[0].meta.get("val"), n.meta.get("val")
+            same = isinstance(a, torch.Tensor) and isinstance(v, torch.Tensor) and a.shape == v.shape and a.dtype == v.dtype
+        if same:
+            n.replace_all_uses_with(n.args[0])
+            g.erase_node(n)
+
+    def impure(n: torch.fx.Node) -> bool:
+        name = getattr(n.target, "__name__", str(n.target))
+        return n.is_impure() or (seeded is not None and seeded in getattr(n.target, "tags", ())) or name.split(".")[0].endswith("_")
+
+    g.eliminate_dead_code(is_impure_node=impure)
 
 
 def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, args: tuple, kwargs: dict, optim: Any,
