@@ -12,7 +12,9 @@ and NUTS tree, which stops when *that* chain turns or diverges. A chain whose it
 does not wait for the others: it starts its next iteration in the same batched step, so a run
 costs about as many batched evaluations as its busiest chain needs leapfrog steps in total (not
 the sum over iterations of the longest tree, as in lock-step vectorized NUTS). Chains that have
-finished their run are padded with their last position until every chain is done.
+finished their run are padded with their last position until every chain is done. With many
+chains, NUTS trees are built by batched operations instead of a generator per chain
+(:mod:`ember.infer.mcmc.batched_nuts`; the same draws), one set of operations per step for all chains.
 """
 
 from __future__ import annotations
