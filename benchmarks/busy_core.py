@@ -11,7 +11,10 @@ alternating:
 * ``svi_step_loop``: the same with a ``svi.step`` loop (no run boundary: torch's own setting);
 * ``nuts``: eight schools, 1 chain, 300 warm-up + 300 draws, default settings (Ember chooses);
 * with ``--forced``, ``svi_run`` and ``nuts`` with ``num_threads`` set to torch's default count,
-  i.e. what the defaults would cost without the choice.
+  i.e. what the defaults would cost without the choice;
+* ``baseline``: a single-threaded pure Python loop, the slowdown any one-thread program sees when
+  the machine is shared (other users' jobs then run beside ours on the remaining core), by which
+  the ``relative`` ratios are divided.
 
 Target (issue 16): default settings lose at most 1.3× against the idle machine. Prints one JSON
 line: median seconds per variant and condition, the busy/idle ratios and the thread choices.
@@ -88,6 +91,14 @@ def nuts(num_threads: int | None = None) -> tuple[float, str]:
     return time.perf_counter() - t, mcmc.thread_status
 
 
+def baseline() -> tuple[float, str]:
+    t = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i & 7
+    return time.perf_counter() - t, "one Python thread"
+
+
 class Busy:
     """A competing CPU-bound process pinned to the last core while the ``with`` block runs."""
 
@@ -116,7 +127,7 @@ def main() -> None:
     p.add_argument("--forced", action="store_true", help="also time with num_threads fixed at torch's default")
     args = p.parse_args()
     default_threads = torch.get_num_threads()
-    variants = {"svi_run": lambda: svi(True), "svi_step_loop": lambda: svi(False), "nuts": lambda: nuts()}
+    variants = {"baseline": baseline, "svi_run": lambda: svi(True), "svi_step_loop": lambda: svi(False), "nuts": lambda: nuts()}
     if args.forced:
         variants["svi_run_forced"] = lambda: svi(True, default_threads)
         variants["nuts_forced"] = lambda: nuts(default_threads)
@@ -145,6 +156,8 @@ def main() -> None:
         "torch_threads_default": default_threads, "load_average_before": round(load, 2), "torch": torch.__version__,
         "python": platform.python_version(), "seconds": med,
         "busy_over_idle": {k: round(d["busy"] / d["idle"], 3) for k, d in med.items()},
+        "busy_over_idle_relative_to_baseline": {k: round(d["busy"] / d["idle"] / (med["baseline"]["busy"] / med["baseline"]["idle"]), 3)
+                                                for k, d in med.items() if k != "baseline"},
         "thread_status": status,
     }
     print(json.dumps(out, ensure_ascii=False))
