@@ -157,3 +157,33 @@ def test_lean_biject_to_is_biject_to_without_identity_steps(support):
     assert not any(isinstance(p, AffineTransform) and p.loc == 0 and p.scale == 1 for p in parts)
     if support is torch.distributions.constraints.nonnegative:
         assert isinstance(lean, torch.distributions.transforms.ExpTransform)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_logits_log_prob_matches_torch_with_fewer_recorded_operations(dtype):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    logits = torch.tensor([-100.0, -30.0, -5.0, 0.0, 3.0, 19.0, 21.0, 35.0, 45.0, 100.0], dtype=dtype, requires_grad=True)
+    for v in (torch.zeros(10, dtype=dtype), torch.ones(10, dtype=dtype), torch.full((3, 10), 0.3, dtype=dtype)):
+        a = dist.Bernoulli(logits=logits, validate_args=False).log_prob(v)
+        b = torch.distributions.Bernoulli(logits=logits, validate_args=False).log_prob(v)
+        torch.testing.assert_close(a, b)
+        (ga,) = torch.autograd.grad(a.sum(), logits)
+        (gb,) = torch.autograd.grad(b.sum(), logits)
+        torch.testing.assert_close(ga, gb)
+    # built from probs: torch's formula
+    p = torch.tensor([0.2, 0.9], dtype=dtype)
+    torch.testing.assert_close(dist.Bernoulli(probs=p).log_prob(torch.tensor([1.0, 0.0], dtype=dtype)),
+                               torch.distributions.Bernoulli(probs=p).log_prob(torch.tensor([1.0, 0.0], dtype=dtype)))
+    d = dist.Bernoulli(logits=torch.zeros(3, dtype=dtype))
+    assert type(d.expand((2, 3))) is dist.Bernoulli and d.expand((2, 3)).log_prob(torch.ones(2, 3, dtype=dtype)).shape == (2, 3)
+    with pytest.raises(ValueError, match="support"):
+        dist.Bernoulli(logits=torch.zeros(2), validate_args=True).log_prob(torch.tensor([0.5, 1.0]))
+
+    def count(cls: type) -> int:
+        def f(w):
+            return torch.func.grad(lambda w: cls(logits=w, validate_args=False).log_prob(torch.ones(4, dtype=dtype)).sum())(w)
+        gm = make_fx(f)(torch.zeros(4, dtype=dtype))
+        return sum(n.op == "call_function" for n in gm.graph.nodes)
+
+    assert count(dist.Bernoulli) * 2 < count(torch.distributions.Bernoulli)

@@ -100,7 +100,7 @@ for _name in TORCH_NAMES:
         _g[_name] = _wrap(_name)
 del _g, _name
 
-from ember.distributions.fast import HalfCauchy, HalfNormal, Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
+from ember.distributions.fast import Bernoulli, HalfCauchy, HalfNormal, Normal  # noqa: E402,F401  (lean log_prob; same math as torch)
 
 
 class TransformedDistribution(TorchDistributionMixin, _td.TransformedDistribution):  # type: ignore[no-redef]
