@@ -19,7 +19,10 @@ the graph's loss and gradients differ from the eager code's on the same random n
 Arguments are matched by signature: tensors by shape and dtype (their values may change from
 step to step, e.g. mini-batches), other arguments by value; a ninth signature stops compiling.
 Tensors the model or guide reads from elsewhere (globals, closures) are constants of the graph:
-pass data that changes between steps as an argument. Python side effects of the model and guide
+pass data that changes between steps as an argument. When none of the graph's tensors is large
+enough for torch to split an operation across threads, each compiled step runs on one intra-op
+thread (torch's setting is set back after it): more threads would only wait on each other, and,
+when another process keeps a core busy, on that core. Python side effects of the model and guide
 (printing, appending to a list) happen during the first step only (several times: the eager step,
 the recording and its checks), never in the compiled steps.
 """
@@ -36,7 +39,8 @@ import torch
 from torch.distributions import constraints as _constraints
 from torch.distributions import transform_to
 
-from ember.infer.compile import agrees, first_runner, prepare, record
+from ember.infer.compile import agrees, first_runner, largest_tensor, prepare, record
+from ember.infer.threads import ThreadChoice
 from ember.infer.util import trace_params
 from ember.params import get_param_store
 from ember.poutine.misc_messengers import SubstituteMessenger
@@ -95,6 +99,9 @@ class _Compiled:
                  constraints: list, gm: torch.fx.GraphModule) -> None:
         self.run, self.how, self.names, self.grad_idx, self.gm = run, how, names, grad_idx, gm
         self.shapes = [(p.shape, p.dtype) for p in params]
+        # no tensor of the graph is large enough for torch to split across threads: run it on one
+        # (more threads only wait on each other, and on a busy machine for a core)
+        self.one_thread = largest_tensor(gm) < ThreadChoice.GRAIN
         self.constraints = constraints
 
 
@@ -255,8 +262,16 @@ class CompiledLossAndGrads:
             del self._signatures[key]
             return self.loss_and_grads(model, guide, *args, **kwargs)
         rng = torch.get_rng_state()
+        threads = torch.get_num_threads()
         with torch.no_grad():
-            out = entry.run(*params, *tensors)
+            if entry.one_thread and threads > 1:
+                torch.set_num_threads(1)
+                try:
+                    out = entry.run(*params, *tensors)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                out = entry.run(*params, *tensors)
         loss = float(out[0])
         if not math.isfinite(loss):
             # the eager ELBO on the same random numbers says which site is at fault

@@ -288,3 +288,26 @@ def test_a_tensor_argument_that_requires_grad_keeps_the_elbo_eager():
     x.grad = None
     elbo.loss_and_grads(scale_model, guide, x)
     assert x.grad is not None  # the eager ELBO still differentiates with respect to it
+
+
+def test_a_small_compiled_step_runs_on_one_thread_and_leaves_torchs_setting():
+    store = get_param_store()
+    store.clear()
+    torch.set_num_threads(2)
+    try:
+        elbo = JitTrace_ELBO()
+        svi = SVI(scale_model, scale_guide, pyro.optim.SGD({"lr": 1e-3}), elbo)
+        svi.step(8.5)  # eager; records the graph
+        entry = next(iter(elbo._signatures.values()))[2]
+        seen = []
+        run = entry.run
+
+        def spy(*a):
+            seen.append(torch.get_num_threads())
+            return run(*a)
+
+        entry.run = spy
+        svi.step(8.5)
+        assert entry.one_thread and seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
