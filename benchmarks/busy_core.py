@@ -9,8 +9,11 @@ alternating:
 * ``svi_run``: the introductory scale model, ``JitTrace_ELBO`` + ``SVI.run(2500)``, a fresh SVI
   each time (compilation included), default settings (Ember chooses the threads);
 * ``svi_step_loop``: the same with a ``svi.step`` loop (no run boundary: torch's own setting);
+* ``mvn_run`` and ``mvn_step_loop``: a normal model with unknown mean and scale (30 observations)
+  fitted with an ``AutoMultivariateNormal`` guide, 500 steps of ``SVI.run`` or of ``svi.step``
+  (``JitTrace_ELBO``; its triangular-matrix operations are where a second thread stalled most);
 * ``nuts``: eight schools, 1 chain, 300 warm-up + 300 draws, default settings (Ember chooses);
-* with ``--forced``, ``svi_run`` and ``nuts`` with ``num_threads`` set to torch's default count,
+* with ``--forced``, ``svi_run``, ``mvn_run`` and ``nuts`` with ``num_threads`` set to torch's default count,
   i.e. what the defaults would cost without the choice;
 * ``baseline``: a single-threaded pure Python loop, the slowdown any one-thread program sees when
   the machine is shared (other users' jobs then run beside ours on the remaining core), by which
@@ -72,6 +75,31 @@ def svi(use_run: bool, num_threads: int | None = None) -> tuple[float, str]:
     return time.perf_counter() - t, s.thread_status if use_run else f"{torch.get_num_threads()} threads (torch's setting)"
 
 
+def mvn(use_run: bool, num_threads: int | None = None) -> tuple[float, str]:
+    import ember
+    import ember.distributions as dist
+    from ember.infer import SVI, JitTrace_ELBO
+    from ember.infer.autoguide import AutoMultivariateNormal
+
+    x = torch.randn(30, generator=torch.Generator().manual_seed(0)) + 1.0
+
+    def model(x):
+        mu = ember.sample("mu", dist.Normal(0.0, 1.0))
+        tau = ember.sample("tau", dist.HalfNormal(1.0))
+        with ember.plate("N", 30):
+            ember.sample("x", dist.Normal(mu, tau), obs=x)
+
+    ember.clear_param_store()
+    s = SVI(model, AutoMultivariateNormal(model), ember.optim.Adam({"lr": 0.01}), JitTrace_ELBO())
+    t = time.perf_counter()
+    if use_run:
+        s.run(500, x, progress_bar=False, num_threads=num_threads)
+    else:
+        for _ in range(500):
+            s.step(x)
+    return time.perf_counter() - t, s.thread_status if use_run else "the compiled step's own choice"
+
+
 def nuts(num_threads: int | None = None) -> tuple[float, str]:
     import ember
     import ember.distributions as dist
@@ -127,9 +155,11 @@ def main() -> None:
     p.add_argument("--forced", action="store_true", help="also time with num_threads fixed at torch's default")
     args = p.parse_args()
     default_threads = torch.get_num_threads()
-    variants = {"baseline": baseline, "svi_run": lambda: svi(True), "svi_step_loop": lambda: svi(False), "nuts": lambda: nuts()}
+    variants = {"baseline": baseline, "svi_run": lambda: svi(True), "svi_step_loop": lambda: svi(False),
+                "mvn_run": lambda: mvn(True), "mvn_step_loop": lambda: mvn(False), "nuts": lambda: nuts()}
     if args.forced:
         variants["svi_run_forced"] = lambda: svi(True, default_threads)
+        variants["mvn_run_forced"] = lambda: mvn(True, default_threads)
         variants["nuts_forced"] = lambda: nuts(default_threads)
     load = os.getloadavg()[0]
     for fn in variants.values():  # warm-up: imports, first compilation

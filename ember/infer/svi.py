@@ -175,9 +175,14 @@ class SVI:
     # ---- many steps ---------------------------------------------------------------------------------
     #: steps per call of the recorded multi-step graph
     chunk_size = 8
+    #: about what recording a chunk costs per node of the ELBO's recorded graph (seconds), and the
+    #: share of a compiled step's time a chunked step saves: :meth:`run` records chunks only when
+    #: the steps left promise to repay the recording
+    record_s_per_node = 1.5e-3
+    chunk_saving = 0.6
 
     def run(self, num_steps: int, *args: Any, progress_bar: bool = True, num_threads: int | None = None,
-            **kwargs: Any) -> torch.Tensor:
+            chunked: bool | None = None, **kwargs: Any) -> torch.Tensor:
         """Take ``num_steps`` steps, each what :meth:`step` ``(*args, **kwargs)`` takes, and return the
         losses: a float64 tensor of shape ``[num_steps]`` (NaN for steps skipped with
         ``on_nonfinite="skip"``).
@@ -201,11 +206,16 @@ class SVI:
             threads, else by timing the first steps with one thread and the current setting),
             says so in :attr:`thread_status` and the ``ember.infer`` log, and restores the
             setting afterwards; an int is used as given.
+        :param chunked: None (default): record chunks when the steps left promise to repay the
+            recording (from the time of a few ordinary steps and the size of the ELBO's graph);
+            True: whenever they can be recorded; False: never (the step loop).
         :param kwargs: the model's and guide's keyword arguments (run's own names above are taken
             by run); a name neither the model nor the guide accepts is a ``TypeError``.
         """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"SVI.run: num_steps must be an int >= 0; got {num_steps!r}")
+        if chunked not in (None, True, False):
+            raise ValueError(f"SVI.run: chunked must be None, True or False; got {chunked!r}")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"SVI.run: num_threads must be None or an int >= 1; got {num_threads!r}")
         self._check_run_kwargs(kwargs)
@@ -216,7 +226,7 @@ class SVI:
             total=num_steps, desc="SVI", unit="step", disable=not progress_bar, dynamic_ncols=True, mininterval=0.2
         ) as bar:
             try:
-                _Run(self, args, kwargs, losses, bar, threads).go(num_steps)
+                _Run(self, args, kwargs, losses, bar, threads, chunked).go(num_steps)
             finally:
                 self.thread_status = threads.status if threads.chosen is not None else (
                     f"{torch.get_num_threads()} thread(s), the current setting (too few steps to choose)")
@@ -235,14 +245,16 @@ class SVI:
                 return
             names |= {p.name for p in ps if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
         check_kwargs("SVI.run", {k: v for k, v in kwargs.items() if k not in names},
-                     valid=sorted(names | {"progress_bar", "num_threads"}))
+                     valid=sorted(names | {"progress_bar", "num_threads", "chunked"}))
 
 
 class _Run:
     """One :meth:`SVI.run`: the steps, compiled in chunks where possible, the thread choice and the bar."""
 
-    def __init__(self, svi: SVI, args: tuple, kwargs: dict, losses: list, bar: Any, threads: ThreadChoice) -> None:
+    def __init__(self, svi: SVI, args: tuple, kwargs: dict, losses: list, bar: Any, threads: ThreadChoice,
+                 chunked: bool | None) -> None:
         self.svi, self.args, self.kwargs, self.losses, self.bar, self.threads = svi, args, kwargs, losses, bar, threads
+        self.chunked = chunked
         self._shown = 0
 
     def step(self) -> float:
@@ -308,6 +320,9 @@ class _Run:
         or None with the reason in ``compile_status``."""
         svi = self.svi
         elbo = svi._elbo
+        if self.chunked is False:
+            svi.compile_status = "step by step: chunked=False"
+            return None
         if not isinstance(elbo, CompiledLossAndGrads):
             svi.compile_status = ("eager: the loss is not JitTrace_ELBO (SVI.run records steps as one graph from "
                                   "JitTrace_ELBO's recorded ELBO)")
@@ -327,6 +342,17 @@ class _Run:
         if remaining < 3 * k:
             svi.compile_status = f"eager: {remaining} steps left after the first, too few to record and check {k}-step chunks"
             return None
+        if self.chunked is None:
+            t = time.perf_counter()
+            self.steps(3)  # ordinary (compiled) steps, timed: what a chunked step would save
+            saving = svi.chunk_saving * (time.perf_counter() - t) / 3
+            cost = svi.record_s_per_node * len(entry.gm.graph.nodes)
+            remaining -= 3
+            if saving * remaining < cost:
+                svi.compile_status = (f"step by step (JitTrace_ELBO's compiled step): {remaining} steps left are too few for "
+                                      f"{k}-step chunks to repay their recording (about {cost * 1e3:.0f} ms, saving about "
+                                      f"{saving * 1e6:.0f} µs per step); chunked=True records them anyway")
+                return None
         made = compile_steps(elbo, svi.model, svi.guide, self.args, self.kwargs, svi.optim, k, self.steps)
         if isinstance(made, str):
             svi.compile_status = f"eager: {made}"

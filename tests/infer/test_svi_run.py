@@ -49,7 +49,7 @@ def _fit(make_optim, n, use_run, model=scale_model, guide=scale_guide, args=(GUE
     torch.manual_seed(seed)
     svi = SVI(model, guide, make_optim(), elbo(), **kw)
     if use_run:
-        losses = svi.run(n, *args, progress_bar=False)
+        losses = svi.run(n, *args, progress_bar=False, chunked=True)
     else:
         losses = torch.tensor([svi.step(*args) for _ in range(n)], dtype=torch.float64)
     return svi, losses, _params()
@@ -122,7 +122,7 @@ def test_optimizer_state_loaded_into_the_same_svi_between_runs_is_used(tmp_path)
         ember.clear_param_store()
         torch.manual_seed(5)
         svi = SVI(scale_model, scale_guide, make(), JitTrace_ELBO())
-        steps = (lambda n, svi=svi: svi.run(n, GUESS, progress_bar=False).tolist()) if use_run else (
+        steps = (lambda n, svi=svi: svi.run(n, GUESS, progress_bar=False, chunked=True).tolist()) if use_run else (
             lambda n, svi=svi: [svi.step(GUESS) for _ in range(n)])
         first = steps(30)
         svi.optim.save(tmp_path / f"opt{use_run}.pt")
@@ -143,10 +143,10 @@ def test_a_second_run_reuses_the_graph_and_a_changed_learning_rate_is_recorded_a
         ember.clear_param_store()
         torch.manual_seed(3)
         svi = SVI(scale_model, scale_guide, make(), JitTrace_ELBO())
-        first = svi.run(30, GUESS, progress_bar=False) if use_run else [svi.step(GUESS) for _ in range(30)]
+        first = svi.run(30, GUESS, progress_bar=False, chunked=True) if use_run else [svi.step(GUESS) for _ in range(30)]
         graph = svi._steps
         svi.optim.optimizers[0].param_groups[0]["lr"] = 5e-3  # what a user's schedule would do between runs
-        second = svi.run(30, GUESS, progress_bar=False) if use_run else [svi.step(GUESS) for _ in range(30)]
+        second = svi.run(30, GUESS, progress_bar=False, chunked=True) if use_run else [svi.step(GUESS) for _ in range(30)]
         if use_run:
             assert graph is not None and svi._steps is not graph and svi.compile_status.startswith("compiled")
         losses.append(torch.tensor([*first, *second], dtype=torch.float64))
@@ -169,6 +169,24 @@ def test_the_step_loop_runs_with_the_reason_where_nothing_is_compiled(case, reas
     svi, got, p_got = _fit(make, n, True, elbo=elbo)
     assert svi.compile_status.startswith("eager") and reason in svi.compile_status, svi.compile_status
     _same(got, ref, p_got, p_ref)
+
+
+def test_by_default_chunks_are_recorded_only_where_the_steps_left_repay_them():
+    make = lambda: optim.SGD({"lr": 1e-3})  # noqa: E731
+    _, ref, p_ref = _fit(make, 60, False)
+    ember.clear_param_store()
+    torch.manual_seed(0)
+    svi = SVI(scale_model, scale_guide, make(), JitTrace_ELBO())
+    got = svi.run(60, GUESS, progress_bar=False)
+    assert svi.compile_status.startswith("step by step (JitTrace_ELBO's compiled step): 56 steps left are too few"), svi.compile_status
+    _same(got, ref, _params(), p_ref)
+    svi.record_s_per_node = 0.0  # recording for free: any run repays it
+    svi.run(60, GUESS, progress_bar=False)
+    assert svi.compile_status.startswith("compiled"), svi.compile_status
+    svi.run(60, GUESS, progress_bar=False, chunked=False)
+    assert svi.compile_status == "step by step: chunked=False"
+    with pytest.raises(ValueError, match="chunked must be None, True or False"):
+        svi.run(5, GUESS, chunked="yes")
 
 
 def test_a_model_that_cannot_be_compiled_runs_the_step_loop_with_jit_traces_reason():
@@ -208,7 +226,7 @@ def test_a_non_finite_loss_inside_a_chunk_names_the_site_and_leaves_the_step_loo
         svi = SVI(diverging_model, diverging_guide, make(), JitTrace_ELBO())
         with pytest.raises(NonFiniteLossError, match="'w'") as e:
             if use_run:
-                svi.run(200, progress_bar=False)
+                svi.run(200, progress_bar=False, chunked=True)
             else:
                 for _ in range(200):
                     svi.step()
@@ -233,7 +251,7 @@ def test_threads_chosen_by_size_for_a_compiled_run_and_restored():
     try:
         ember.clear_param_store()
         svi = SVI(scale_model, scale_guide, optim.SGD({"lr": 1e-3}), JitTrace_ELBO())
-        svi.run(40, GUESS, progress_bar=False)
+        svi.run(40, GUESS, progress_bar=False, chunked=True)
         assert svi.thread_status.startswith("1 thread, chosen by size"), svi.thread_status
         assert torch.get_num_threads() == 2
     finally:
@@ -318,9 +336,9 @@ def test_run_finds_the_scale_models_exact_posterior():
     ember.clear_param_store()
     torch.manual_seed(0)
     svi = SVI(scale_model, scale_guide, optim.Adam({"lr": 0.02}), JitTrace_ELBO())
-    svi.run(3000, GUESS, progress_bar=False)
+    svi.run(3000, GUESS, progress_bar=False, chunked=True)
     svi.optim.optimizers[0].param_groups[0]["lr"] = 0.002  # a smaller step to settle (a new graph is recorded)
-    svi.run(2000, GUESS, progress_bar=False)
+    svi.run(2000, GUESS, progress_bar=False, chunked=True)
     var = 1 / (1 + 1 / 0.75**2)
     assert ember.param("a").item() == pytest.approx(var * (8.5 + 9.5 / 0.75**2), abs=0.05)
     assert ember.param("b").item() == pytest.approx(var**0.5, abs=0.05)
