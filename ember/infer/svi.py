@@ -193,7 +193,8 @@ class SVI:
         AdamW or ClippedAdam, after the first step :attr:`chunk_size` steps (the ELBO's recorded
         graph and the optimizer's update, :mod:`ember.optim.functional`) are recorded as one graph,
         checked against as many ordinary steps on the same random numbers, and then run one call
-        per chunk; anything else runs the step loop. :attr:`compile_status` says which and why. A
+        per chunk, where the steps left repay the recording (see ``chunked``); anything else runs
+        the step loop. :attr:`compile_status` says which and why. A
         chunk with a non-finite loss, parameter or optimizer state commits nothing: it is rerun
         step by step, so the error (or, with ``on_nonfinite="skip"``, the warning) names the site
         and the parameters are those before the failing step, as in the step loop.
@@ -229,7 +230,7 @@ class SVI:
                 _Run(self, args, kwargs, losses, bar, threads, chunked).go(num_steps)
             finally:
                 self.thread_status = threads.status if threads.chosen is not None else (
-                    f"{torch.get_num_threads()} thread(s), the current setting (too few steps to choose)")
+                    f"not chosen: too few steps to time (torch's setting, {threads._saved} thread(s), is restored)")
         return torch.tensor(losses, dtype=torch.float64)
 
     def _check_run_kwargs(self, kwargs: dict) -> None:
