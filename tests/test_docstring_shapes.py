@@ -35,19 +35,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ROOT / "docs" / "_gen"
 
-# Names in files that other work was changing when the shape check came in (issue 18); each entry
-# names its file. The integrator states the shapes in those docstrings and empties this list (the
-# stale-entry test below says which entries are done).
-ALLOWED_WITHOUT_SHAPES = {
-    "ember.infer.mcmc.hmc.HMC.sample": "ember/infer/mcmc/hmc.py",
-    "ember.infer.mcmc.hmc.HMC.unconstrained_params": "ember/infer/mcmc/hmc.py",
-    "ember.infer.mcmc.potential.ModelPotential.compile": "ember/infer/mcmc/potential.py",
-    "ember.infer.mcmc.potential.ModelPotential.initial_point": "ember/infer/mcmc/potential.py",
-    "ember.infer.mcmc.potential.ModelPotential.potential_and_grad": "ember/infer/mcmc/potential.py",
-    "ember.infer.mcmc.util.print_summary": "ember/infer/mcmc/util.py",
-}
-
-
 def _docs_text() -> types.ModuleType:
     """docs/_gen/docs_text.py, imported from its file (docs/_gen is not a package)."""
     if str(GEN) not in sys.path:
@@ -63,17 +50,9 @@ def test_every_tensor_taking_public_name_states_shapes():
     start = time.perf_counter()
     missing = docs_text.shapeless_docstrings(docs_text.REFERENCE_MODULES)
     assert time.perf_counter() - start < 30  # a fast check (a couple of seconds), not a slow test
-    missing = [name for name in missing if name not in ALLOWED_WITHOUT_SHAPES]
     assert not missing, (
         "public names that take or return tensors without saying the shapes (state them in the docstring, "
         "or in the base class's that the method inherits):\n" + "\n".join(missing))
-
-
-def test_the_allow_list_holds_only_names_still_without_shapes():
-    docs_text = _docs_text()
-    still = set(docs_text.shapeless_docstrings(docs_text.REFERENCE_MODULES))
-    done = sorted(set(ALLOWED_WITHOUT_SHAPES) - still)
-    assert not done, f"these now state their shapes (or are gone): remove them from ALLOWED_WITHOUT_SHAPES: {done}"
 
 
 def test_the_check_covers_the_api():

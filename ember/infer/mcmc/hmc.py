@@ -473,7 +473,9 @@ class HMC:
         return None if self._state is None else torch.from_numpy(self._state.inverse_mass_matrix.copy())
 
     def unconstrained_params(self, state: HMCState) -> dict[str, torch.Tensor]:
-        """``state``'s position as unconstrained tensors by site name."""
+        """``state``'s position as unconstrained tensors by site name, each of the site's
+        unconstrained shape (its value's shape for elementwise supports; e.g. ``(K - 1,)`` for a
+        simplex of ``K``)."""
         z = torch.from_numpy(state.z.copy()).to(self.potential.dtype)
         return {s.name: z[s.offset:s.offset + s.size].reshape(s.unconstrained_shape) for s in self.potential.sites}
 
@@ -490,8 +492,9 @@ class HMC:
 
     def sample(self, params: dict | None = None) -> dict[str, torch.Tensor]:
         """Pyro's step: advance the chain :meth:`setup` started by one transition (adapting during
-        warm-up); return its unconstrained position by site. ``params`` is not read (the chain's
-        own state is the position, as in Pyro when its cache is warm)."""
+        warm-up); return its unconstrained position by site, each tensor of the site's
+        unconstrained shape. ``params`` is not read (the chain's own state is the position, as in
+        Pyro when its cache is warm)."""
         if self._state is None:
             raise RuntimeError(f"{type(self).__name__}.sample: call kernel.setup(warmup_steps, *model_args) first")
         state, info = self.transition(self._state)

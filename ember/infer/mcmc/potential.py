@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributions import biject_to
-from torch.distributions.transforms import AffineTransform, ComposeTransform, Transform
+from torch.distributions.transforms import Transform
 
+from ember.distributions.util import lean_biject_to
 from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, init_values_of, resolve_init_strategy
 from ember.poutine.messenger import Messenger
@@ -72,25 +72,6 @@ def _scalar_grad(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     global _scalar_grad
     _scalar_grad = _pick_scalar_grad()  # decided on first use, not at import
     return _scalar_grad(u, z)
-
-
-def _is_identity_affine(t: Transform) -> bool:
-    if not isinstance(t, AffineTransform):
-        return False
-    loc, scale = t.loc, t.scale
-    return (isinstance(loc, (int, float)) and loc == 0 and isinstance(scale, (int, float)) and scale == 1)
-
-
-def _unconstraining_transform(support: Any) -> Transform:
-    """``biject_to(support)`` without identity steps: torch maps ``nonnegative`` (HalfCauchy's,
-    HalfNormal's support) to ``exp`` followed by ``x + 0``, which costs five needless operations
-    (and their backward) on every evaluation of the potential."""
-    t = biject_to(support)
-    if isinstance(t, ComposeTransform):
-        parts = [p for p in t.parts if not _is_identity_affine(p)]
-        if len(parts) != len(t.parts):
-            t = parts[0] if len(parts) == 1 else ComposeTransform(parts) if parts else torch.distributions.transforms.identity_transform
-    return t
 
 
 class MCMCInitError(ValueError):
@@ -244,7 +225,7 @@ class ModelPotential:
                 raise ValueError(f"MCMC: latent site '{name}' has a non-floating value {value!r}")
             t = self.user_transforms.get(name)
             if t is None:
-                t = _unconstraining_transform(support)
+                t = lean_biject_to(support)
             shape = value.shape
             try:
                 ushape = torch.Size(t.inverse_shape(shape))
@@ -345,7 +326,8 @@ class ModelPotential:
         return -(log_joint + logdet)
 
     def potential_and_grad(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """``(U(z), dU/dz)`` with ``U`` a Python float (``inf`` where it is not finite)."""
+        """``(U(z), dU/dz)`` for the flat unconstrained position ``z`` of shape ``(D,)``: ``U`` a
+        Python float (``inf`` where it is not finite), the gradient of shape ``(D,)``."""
         if self._compiled is not None:
             out = self._compiled(z.detach().to(torch.float64))
             value = float(out[-1])
@@ -379,9 +361,9 @@ class ModelPotential:
         return value, g
 
     def compile(self, z: torch.Tensor, u: float, g: torch.Tensor) -> bool:
-        """Record the potential and its gradient at ``z`` as one graph and use it from now on
-        (see :mod:`ember.infer.mcmc.compile`); ``(u, g)`` are the eager ``U(z)`` and gradient it
-        must reproduce. Runs the model with validation off (the eager start has already checked
+        """Record the potential and its gradient at ``z`` (shape ``(D,)``) as one graph and use it
+        from now on (see :mod:`ember.infer.mcmc.compile`); ``(u, g)`` are the eager ``U(z)`` (a
+        float) and gradient (shape ``(D,)``) it must reproduce. Runs the model with validation off (the eager start has already checked
         it). Returns whether it worked; otherwise :attr:`compile_problem` says why and the model
         keeps running eagerly."""
         from ember.infer.mcmc.compile import compile_value_and_grad
@@ -402,7 +384,9 @@ class ModelPotential:
     # ---- initialisation ---------------------------------------------------------------------------
     def initial_point(self, init_strategy: Any = init_to_median, initial_params: dict | None = None,
                       max_tries: int = 100) -> tuple[torch.Tensor, float, torch.Tensor]:
-        """A starting point ``z0`` with finite potential and gradient: ``(z0, U(z0), dU/dz(z0))``.
+        """A starting point ``z0`` with finite potential and gradient: ``(z0, U(z0), dU/dz(z0))``,
+        ``z0`` and the gradient of shape ``(D,)`` (every latent's unconstrained value, flattened
+        and concatenated), ``U`` a float.
 
         ``initial_params`` (unconstrained values by site name, as in Pyro) wins over
         ``init_strategy`` for the sites it names. Random strategies are retried up to

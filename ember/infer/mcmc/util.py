@@ -109,7 +109,9 @@ def format_summary(summary_dict: dict[str, dict[str, torch.Tensor]], num_diverge
 
 
 def print_summary(samples: dict, prob: float = 0.9, group_by_chain: bool = True) -> None:
-    """Print :func:`summary` as a table (one row per element of each site)."""
+    """Print :func:`summary` as a table (one row per element of each site). ``samples[site]`` has
+    shape ``(num_chains, num_draws, *site_shape)`` with ``group_by_chain`` (the default), else
+    ``(num_draws, *site_shape)``."""
     if len(samples) == 0:
         return
     print(format_summary(summary(samples, prob, group_by_chain)))
