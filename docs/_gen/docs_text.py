@@ -17,7 +17,7 @@ REFERENCE_MODULES = [
     "ember.distributions.transforms", "ember.distributions.util", "ember.infer", "ember.infer.autoguide",
     "ember.infer.reparam", "ember.infer.mcmc", "ember.infer.distributed", "ember.infer.inspect",
     "ember.infer.abstract_infer", "ember.infer.criticism", "ember.infer.enum", "ember.infer.smcfilter",
-    "ember.infer.util", "ember.optim", "ember.optim.clipped_adam", "ember.params", "ember.nn",
+    "ember.infer.util", "ember.infer.threads", "ember.optim", "ember.optim.clipped_adam", "ember.optim.functional", "ember.params", "ember.nn",
     "ember.nn.auto_reg_nn", "ember.ops", "ember.ops.stats", "ember.ops.indexing", "ember.ops.einsum",
     "ember.ops.contract", "ember.settings", "ember.util", "ember.data", "ember.compat",
     "ember.contrib.examples",

@@ -144,12 +144,13 @@ class FunctionalUpdate:
         return True
 
     def state(self) -> list[torch.Tensor]:
-        """The optimizer state tensors, flat, in the order :meth:`update` takes them."""
+        """The optimizer state tensors, flat, in the order :meth:`update` takes them (each of its
+        parameter's shape, e.g. Adam's two moments; a shape ``()`` tensor for a step count)."""
         return [r.state[k] for r in self.rules for k in r.state_keys]
 
     def schedule(self, k: int) -> torch.Tensor:
-        """The per-step values of ``k`` steps: a 1-D tensor of ``k * sum(n_sched)`` numbers, step by
-        step (at least one number, so that the graph always has the input)."""
+        """The per-step values of ``k`` steps: a tensor of shape ``(k * sum(n_sched),)``, step by
+        step (shape ``(1,)`` when there are none, so that the graph always has the input)."""
         values: list[float] = []
         per = [r.schedule(k) for r in self.rules]
         for j in range(k):
@@ -177,7 +178,8 @@ class FunctionalUpdate:
     @torch.no_grad()
     def commit(self, params: list[torch.Tensor], state: list[torch.Tensor], k: int) -> None:
         """Write ``k`` steps' results into the parameters and the torch optimizers' state, as ``k``
-        calls of the optimizer would have left them."""
+        calls of the optimizer would have left them: ``params`` and ``state`` in the order and of
+        the shapes of the parameters and of :meth:`state`."""
         si = 0
         for r, q in zip(self.rules, params):
             r.p.copy_(q)
@@ -211,8 +213,9 @@ def _kind(optimizer: torch.optim.Optimizer, group: dict) -> str | None:
 
 
 def functional_update(optim: Any, params: list[torch.Tensor]) -> FunctionalUpdate | str:
-    """A :class:`FunctionalUpdate` for ``params`` (each already stepped once by ``optim``, so that
-    its optimizer state exists), or why the update cannot be recorded (a sentence)."""
+    """A :class:`FunctionalUpdate` for ``params`` (tensors of any shape, each already stepped once
+    by ``optim``, so that its optimizer state exists), or why the update cannot be recorded (a
+    sentence)."""
     if not isinstance(optim, PyroOptim) or type(optim).__call__ is not PyroOptim.__call__:
         return f"the optimizer {type(optim).__name__} is not an ember.optim wrapper of a torch optimizer"
     if optim._scheduler_name() is not None:
