@@ -87,3 +87,21 @@ def test_compiled_potential_covers_enumeration():
     kernel, samples = _run(None)
     assert kernel.compile_status.startswith("compiled"), kernel.compile_status
     _check_against_exact(samples)
+
+
+def test_vectorized_chains_sum_each_chains_enumerated_sites_out():
+    """Enumerated models run their chains vectorized (torch.func.vmap over the chains): each chain's
+    draws are the ones it draws when the chains run one after another."""
+    runs = {}
+    for method in ("vectorized", "sequential"):
+        ember.set_rng_seed(3)
+        mcmc = MCMC(NUTS(mixture, jit_compile=False), num_samples=15, warmup_steps=15, num_chains=2,
+                    chain_method=method, disable_progbar=True)
+        mcmc.run(DATA)
+        runs[method] = (mcmc, mcmc.get_samples(group_by_chain=True))
+    mcmc, vec = runs["vectorized"]
+    _, seq = runs["sequential"]
+    assert any("vmap" in s for s in mcmc.compile_status), mcmc.compile_status
+    for k in ("mu", "scale"):
+        assert vec[k].shape == (2, 15)
+        torch.testing.assert_close(vec[k], seq[k], rtol=1e-5, atol=1e-5)

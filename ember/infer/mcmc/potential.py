@@ -556,8 +556,10 @@ class BatchedPotential:
     """
 
     def __init__(self, single: ModelPotential, num_chains: int, max_plate_nesting: int, how: str = "plate") -> None:
-        if getattr(single, "_enum_mpn", None) is not None:  # issue 13
-            raise ValueError("the model has enumerated sites, which the batched potential does not sum out")
+        if how == "plate" and getattr(single, "_enum_mpn", None) is not None:
+            # a chain plate would have to sit left of the enumeration dims; vmap over the chains
+            # sums each chain's enumerated sites out on its own instead
+            raise ValueError("the model has enumerated sites, which a chain plate cannot hold (torch.func.vmap can)")
         if how not in ("plate", "vmap"):
             raise ValueError(f"BatchedPotential: how must be 'plate' or 'vmap', got {how!r}")
         self.how = how

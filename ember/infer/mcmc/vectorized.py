@@ -87,15 +87,19 @@ def _batched_problem(potential: ModelPotential, C: int, z0: torch.Tensor, valida
     try:
         trace = potential.trace_at(init_to_value(values=potential.constrain(z0[0]), fallback=None))
         nesting = guess_max_plate_nesting(trace)
-        batched = BatchedPotential(potential, C, nesting)
-        batched.set_event_dims(trace)
         mapped = BatchedPotential(potential, C, nesting, how="vmap")
+        batched: BatchedPotential | None = None
+        problem = "the model has enumerated sites, which a chain plate cannot hold"
+        if getattr(potential, "_enum_mpn", None) is None:
+            batched = BatchedPotential(potential, C, nesting)
+            batched.set_event_dims(trace)
     except Exception as e:  # noqa: BLE001 - a model Ember cannot batch: run it chain by chain
         return f"the model cannot be batched over chains ({type(e).__name__}: {e})"
     with validation_enabled(validate):
-        problem = batched.check(z0)
-        if problem is None:
-            return batched
+        if batched is not None:
+            problem = batched.check(z0)
+            if problem is None:
+                return batched
         problem_vmap = mapped.check(z0)
     if problem_vmap is None:
         return mapped
