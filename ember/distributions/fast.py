@@ -103,95 +103,82 @@ class Normal(TorchDistributionMixin, _td.Normal):
         return new
 
 
-class HalfCauchy(TorchDistributionMixin, _td.HalfCauchy):
+class _HalfScaleFamily(TorchDistributionMixin):
+    """What HalfCauchy and HalfNormal share: a number ``scale`` is a shared constant, folded into
+    ``log_prob``'s arithmetic (``_log_density(z, log_scale)`` with ``z = value / scale``), and
+    values below 0 get ``-inf``."""
+
+    _const_scale: float | None = None
+
+    def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
+        ts = type(scale)
+        if ts is float or ts is int:
+            self._const_scale = float(scale)
+            self.base_dist = self._const_base(float(scale))  # the scale is checked below, as the half distribution's
+            self.transforms = [_ABS]
+            distribution_init(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
+        else:
+            super().__init__(scale, validate_args=validate_args)  # type: ignore[call-arg]
+
+    def _const_base(self, scale: float) -> Any:
+        raise NotImplementedError
+
+    def _log_density(self, z: torch.Tensor, log_scale: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The log-density of ``value`` (``-inf`` below 0); ``value`` of shape
+        ``sample_shape + batch_shape`` gives that shape."""
+        if self._ember_arg_error is not None:
+            self._refuse_if_invalid()
+        if self._validate_args:
+            self._validate_sample(value)
+        if not isinstance(value, _Tensor):
+            value = torch.as_tensor(value, dtype=self.scale.dtype)
+        c = self._const_scale
+        if c is not None:
+            lp = self._log_density(value / c if c != 1.0 else value, math.log(c))
+        else:
+            scale = self.scale
+            lp = self._log_density(value / scale, scale.log())
+        return lp.masked_fill(value < 0, _NEG_INF)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """The same distribution with batch shape ``batch_shape`` (the scale broadcast to it)."""
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = super().expand(batch_shape, _instance=new)  # type: ignore[misc]
+        new._const_scale = None
+        return new
+
+
+class HalfCauchy(_HalfScaleFamily, _td.HalfCauchy):
     __doc__ = _td.HalfCauchy.__doc__ + (
         "\n\n    Shapes: ``batch_shape`` is the broadcast shape of ``scale``; ``event_shape`` is ``()``, so a draw has the "
         "parameters' broadcast shape and ``log_prob`` returns one value per element.")
 
-    def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
-        ts = type(scale)
-        if ts is float or ts is int:
-            dtype = torch.get_default_dtype()
-            scale_t = _constant(scale, dtype)
-            self._const_scale: float | None = float(scale)
-            base = _td.Cauchy.__new__(_td.Cauchy)
-            base.loc, base.scale = _constant(0.0, dtype), scale_t
-            _td.Distribution.__init__(base, _SCALAR_SHAPE, validate_args=validate_args)
-            self.base_dist = base
-            self.transforms = [_ABS]
-            distribution_init(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
-        else:
-            self._const_scale = None
-            super().__init__(scale, validate_args=validate_args)
+    def _const_base(self, scale: float) -> Any:
+        dtype = torch.get_default_dtype()
+        base = _td.Cauchy.__new__(_td.Cauchy)
+        base.loc, base.scale = _constant(0.0, dtype), _constant(scale, dtype)
+        _td.Distribution.__init__(base, _SCALAR_SHAPE, validate_args=False)
+        return base
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log(2/pi) - log(scale) - log1p((value/scale)^2)`` for ``value >= 0``, ``-inf`` below;
-        ``value`` of shape ``sample_shape + batch_shape`` gives that shape."""
-        if self._ember_arg_error is not None:
-            self._refuse_if_invalid()
-        if self._validate_args:
-            self._validate_sample(value)
-        if not isinstance(value, _Tensor):
-            value = torch.as_tensor(value, dtype=self.scale.dtype)
-        c = self._const_scale
-        if c is not None:
-            z = value / c if c != 1.0 else value
-            lp = (_LOG_2_OVER_PI - math.log(c)) - torch.log1p(z * z)
-        else:
-            scale = self.scale
-            z = value / scale
-            lp = _LOG_2_OVER_PI - scale.log() - torch.log1p(z * z)
-        return lp.masked_fill(value < 0, _NEG_INF)
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> HalfCauchy:
-        new = _instance if _instance is not None else type(self).__new__(type(self))
-        new = _td.HalfCauchy.expand(self, batch_shape, _instance=new)
-        new._const_scale = None
-        return new
+    def _log_density(self, z: torch.Tensor, log_scale: Any) -> torch.Tensor:
+        """``log(2/pi) - log(scale) - log1p(z^2)``."""
+        return (_LOG_2_OVER_PI - log_scale) - torch.log1p(z * z)
 
 
-
-class HalfNormal(TorchDistributionMixin, _td.HalfNormal):
+class HalfNormal(_HalfScaleFamily, _td.HalfNormal):
     __doc__ = _td.HalfNormal.__doc__ + (
         "\n\n    Shapes: ``batch_shape`` is the broadcast shape of ``scale``; ``event_shape`` is ``()``, so a draw has the "
         "parameters' broadcast shape and ``log_prob`` returns one value per element.")
 
-    def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
-        ts = type(scale)
-        if ts is float or ts is int:
-            self._const_scale: float | None = float(scale)
-            self.base_dist = Normal(0.0, float(scale), validate_args=False)  # the scale is checked below, as HalfNormal's
-            self.transforms = [_ABS]
-            distribution_init(self, _SCALAR_SHAPE, _SCALAR_SHAPE, validate_args=validate_args)
-        else:
-            self._const_scale = None
-            super().__init__(scale, validate_args=validate_args)
+    def _const_base(self, scale: float) -> Any:
+        return Normal(0.0, scale, validate_args=False)
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log 2 + Normal(0, scale).log_prob(value)`` for ``value >= 0``, ``-inf`` below;
-        ``value`` of shape ``sample_shape + batch_shape`` gives that shape."""
-        if self._ember_arg_error is not None:
-            self._refuse_if_invalid()
-        if self._validate_args:
-            self._validate_sample(value)
-        if not isinstance(value, _Tensor):
-            value = torch.as_tensor(value, dtype=self.scale.dtype)
-        c = self._const_scale
-        if c is not None:
-            z = value / c if c != 1.0 else value
-            lp = -0.5 * (z * z) + (_LOG_2_OVER_PI * 0.5 - math.log(c))
-        else:
-            scale = self.scale
-            z = value / scale
-            lp = -0.5 * (z * z) - scale.log() + _LOG_2_OVER_PI * 0.5
-        return lp.masked_fill(value < 0, _NEG_INF)
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> HalfNormal:
-        new = _instance if _instance is not None else type(self).__new__(type(self))
-        new = _td.HalfNormal.expand(self, batch_shape, _instance=new)
-        new._const_scale = None
-        return new
-
+    def _log_density(self, z: torch.Tensor, log_scale: Any) -> torch.Tensor:
+        """``log 2 + Normal(0, scale).log_prob(value)`` = ``-z^2/2 + log(2/pi)/2 - log(scale)``."""
+        return -0.5 * (z * z) + (_LOG_2_OVER_PI * 0.5 - log_scale)
 
 
 class Bernoulli(TorchDistributionMixin, _td.Bernoulli):
