@@ -40,7 +40,7 @@ from torch.distributions import constraints as _constraints
 from torch.distributions import transform_to
 
 from ember.infer.compile import agrees, first_runner, largest_tensor, prepare, record
-from ember.infer.threads import ThreadChoice
+from ember.infer.threads import ThreadChoice, threads_given
 from ember.infer.util import trace_params
 from ember.params import get_param_store
 from ember.poutine.misc_messengers import SubstituteMessenger
@@ -264,7 +264,7 @@ class CompiledLossAndGrads:
         rng = torch.get_rng_state()
         threads = torch.get_num_threads()
         with torch.no_grad():
-            if entry.one_thread and threads > 1:
+            if entry.one_thread and threads > 1 and not threads_given():
                 torch.set_num_threads(1)
                 try:
                     out = entry.run(*params, *tensors)
@@ -306,16 +306,19 @@ class CompiledSteps:
     state)`` without touching its inputs; :meth:`step_chunk` runs it on the current values and,
     when every number it returns is finite, commits the results."""
 
-    def __init__(self, run: Callable, how: str, k: int, entry: _Compiled, update: Any, params: list, tensors: list) -> None:
+    def __init__(self, run: Callable, how: str, k: int, entry: _Compiled, update: Any, params: list, tensors: list,
+                 optim: Any) -> None:
         self.run, self.how, self.k, self.entry, self.update = run, how, k, entry, update
-        self.params, self.tensors = params, tensors
+        self.params, self.tensors, self.optim = params, tensors, optim
         self.update_key = update.key
 
-    def valid_for(self, entry: _Compiled, params: list, tensors: list) -> bool:
+    def valid_for(self, entry: _Compiled, params: list, tensors: list, optim: Any) -> bool:
         """Whether this graph still is the step for ``entry`` (the ELBO's current graph), the same
-        parameter tensors, data of the same shapes and the same optimizer constants."""
-        return (entry is self.entry and len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
-                and self.update.ready() and self.update.key == self.update_key)
+        parameter tensors, data of the same shapes, the same optimizer object (``svi.optim`` may
+        have been replaced) and the same optimizer constants."""
+        return (entry is self.entry and optim is self.optim and len(params) == len(self.params)
+                and all(p is q for p, q in zip(params, self.params)) and self.update.ready()
+                and self.update.key == self.update_key)
 
     def step_chunk(self, tensors: list) -> torch.Tensor | None:
         """Run ``k`` steps on the current parameters and optimizer state and commit them; returns the
@@ -436,11 +439,15 @@ def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, 
             if update_gm is None:
                 return problem
             graph = _unrolled(entry.gm, update_gm, k, n_p, n_t, n_s, per, entry.grad_idx)
-            start, failed = [rng], []
+            start, failed, disagreed = [rng], [], []
 
             def problem_of(how: str, run: Callable) -> str | None:
+                # the check takes k real steps: after a step failed, or once one runner disagreed
+                # (every runner runs the same graph), trying the next would take k steps more
                 if failed:
                     return "a step failed"
+                if disagreed:
+                    return disagreed[0]
                 torch.set_rng_state(start[0])
                 with torch.no_grad():
                     out = run(*[p.detach() for p in params], *tensors, *update.state(), update.schedule(k))
@@ -453,8 +460,9 @@ def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, 
                 start[0] = torch.get_rng_state()
                 now = [p.detach() for p in stepped] + update.state()
                 if not (_close(out[0], ref) and all(_close(a, b) for a, b in zip(out[1:], now))):
-                    return (f"the {k}-step graph ({how}) disagrees with {k} calls of svi.step on the same random numbers "
-                            f"(losses {out[0][:3].tolist()}... where the steps gave {ref[:3].tolist()}...)")
+                    disagreed.append(f"the {k}-step graph ({how}) disagrees with {k} calls of svi.step on the same random "
+                                     f"numbers (losses {out[0][:3].tolist()}... where the steps gave {ref[:3].tolist()}...)")
+                    return disagreed[0]
                 return None
 
             run, how = first_runner(graph, example, problem_of)
@@ -466,4 +474,4 @@ def compile_steps(elbo: CompiledLossAndGrads, model: Callable, guide: Callable, 
     torch.set_rng_state(start[0])
     if run is None:
         return how
-    return CompiledSteps(run, how, k, entry, update, params, tensors)
+    return CompiledSteps(run, how, k, entry, update, params, tensors, optim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import time
 import warnings
 from collections.abc import Callable
@@ -213,8 +214,13 @@ class SVI:
         :param kwargs: the model's and guide's keyword arguments (run's own names above are taken
             by run); a name neither the model nor the guide accepts is a ``TypeError``.
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"SVI.run: num_steps must be an int >= 0; got {num_steps!r}")
+        try:  # any integer type (a NumPy integer too), not a bool or a float
+            n = -1 if isinstance(num_steps, bool) else operator.index(num_steps)
+        except TypeError:
+            n = -1
+        if n < 0:
+            raise ValueError(f"SVI.run: num_steps must be an integer >= 0; got {num_steps!r}")
+        num_steps = n
         if chunked not in (None, True, False):
             raise ValueError(f"SVI.run: chunked must be None, True or False; got {chunked!r}")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
@@ -290,6 +296,7 @@ class _Run:
         svi = self.svi
         end = len(self.losses) + n
         if n == 0:
+            svi.compile_status = "no steps: num_steps=0"
             return
         self.step()  # eager and checked: creates the parameters and the optimizer state, compiles the ELBO
         steps = self.compiled(end - len(self.losses))
@@ -337,7 +344,7 @@ class _Run:
         old = svi._steps
         if old is not None:
             store = get_param_store()
-            if old.valid_for(entry, [store.unconstrained(n) for n in entry.names], tensors):
+            if old.valid_for(entry, [store.unconstrained(n) for n in entry.names], tensors, svi.optim):
                 old.tensors = tensors
                 return old
         if remaining < 3 * k:

@@ -21,13 +21,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
-__all__ = ["ThreadChoice"]
+__all__ = ["ThreadChoice", "threads_given"]
 
 log = logging.getLogger("ember.infer")
+
+# True inside a ThreadChoice the user gave num_threads to: what the compiled step does on its own
+# (one thread for a graph of small tensors) must then leave the count as given
+_GIVEN: ContextVar[bool] = ContextVar("ember_threads_given", default=False)
+
+
+def threads_given() -> bool:
+    """Whether the running ``SVI.run``/``MCMC.run`` was given ``num_threads`` explicitly."""
+    return _GIVEN.get()
 
 
 def _time_per_call(fn: Callable[[], Any], n: int, budget_s: float = float("inf")) -> float:
@@ -73,9 +83,11 @@ class ThreadChoice:
         self.status = "not chosen yet"
         self.chosen: int | None = None
         self._saved: int | None = None
+        self._given_token: Any = None
 
     def __enter__(self) -> ThreadChoice:
         self._saved = torch.get_num_threads()
+        self._given_token = _GIVEN.set(self.num_threads is not None)
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
             self.chosen = self.num_threads
@@ -145,6 +157,7 @@ class ThreadChoice:
                     f"chosen by timing the first steps: {one * 1e6:.0f} µs with 1 thread, {many * 1e6:.0f} µs with {current}")
 
     def __exit__(self, *exc: Any) -> None:
+        _GIVEN.reset(self._given_token)
         if self._saved is not None and torch.get_num_threads() != self._saved:
             torch.set_num_threads(self._saved)
 

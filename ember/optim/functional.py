@@ -53,7 +53,10 @@ class _Rule:
 
     def constants(self) -> Hashable:
         """What the recorded graph holds as constants (a change means recording again)."""
-        skip = {"params", "lr"} if self.kind != "sgd" else {"params"}
+        # Adam's and ClippedAdam's lr reaches the graph through the per-step schedule; SGD's, and
+        # AdamW's in its decoupled weight decay, is a constant of the graph
+        lr_in_graph = self.kind == "sgd" or (self.group.get("decoupled_weight_decay", False) and self.group["weight_decay"] != 0)
+        skip = {"params"} if lr_in_graph else {"params", "lr"}
         return (self.kind, id(self.optimizer), self.clip_norm, self.clip_value,
                 tuple(sorted((k, repr(v)) for k, v in self.group.items() if k not in skip)))
 

@@ -5,6 +5,7 @@ count Ember chooses for the run; the progress bar; argument checks."""
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import constraints
@@ -136,8 +137,12 @@ def test_optimizer_state_loaded_into_the_same_svi_between_runs_is_used(tmp_path)
     torch.testing.assert_close(histories[1], histories[0], rtol=1e-5, atol=1e-5)
 
 
-def test_a_second_run_reuses_the_graph_and_a_changed_learning_rate_is_recorded_again():
-    make = lambda: optim.SGD({"lr": 1e-3})  # noqa: E731
+@pytest.mark.parametrize("make, recorded_again", [
+    (lambda: optim.SGD({"lr": 1e-3}), True),  # SGD's lr is a constant of the graph
+    (lambda: optim.AdamW({"lr": 1e-3, "weight_decay": 2.0}), True),  # so is AdamW's, in its weight decay
+    (lambda: optim.Adam({"lr": 1e-3}), False),  # Adam's comes with each step's schedule: the graph stays
+])
+def test_a_second_run_reuses_the_graph_or_records_it_again_when_the_learning_rate_is_in_it(make, recorded_again):
     losses = []
     for use_run in (False, True):
         ember.clear_param_store()
@@ -148,9 +153,36 @@ def test_a_second_run_reuses_the_graph_and_a_changed_learning_rate_is_recorded_a
         svi.optim.optimizers[0].param_groups[0]["lr"] = 5e-3  # what a user's schedule would do between runs
         second = svi.run(30, GUESS, progress_bar=False, chunked=True) if use_run else [svi.step(GUESS) for _ in range(30)]
         if use_run:
-            assert graph is not None and svi._steps is not graph and svi.compile_status.startswith("compiled")
+            assert graph is not None and (svi._steps is not graph) == recorded_again
+            assert svi.compile_status.startswith("compiled")
         losses.append(torch.tensor([*first, *second], dtype=torch.float64))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+
+
+def test_an_optimizer_replaced_between_runs_is_the_one_that_steps():
+    results = []
+    for use_run in (False, True):
+        ember.clear_param_store()
+        torch.manual_seed(0)
+        svi = SVI(scale_model, scale_guide, optim.Adam({"lr": 0.01}), JitTrace_ELBO())
+        for _ in range(2):
+            svi.run(30, GUESS, progress_bar=False, chunked=True) if use_run else [svi.step(GUESS) for _ in range(30)]
+            svi.optim = optim.SGD({"lr": 0.0})  # the parameters stop moving
+        results.append(_params())
+    for k in results[0]:
+        torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_that_disagrees_with_the_step_loop_costs_no_extra_steps(monkeypatch):
+    """Every runner (static runtime, TorchScript, FX) runs the same graph: after one disagrees, the
+    others are not tried (each check takes a chunk's worth of real steps)."""
+    import ember.infer.compiled_elbo as compiled_elbo
+
+    monkeypatch.setattr(compiled_elbo, "_close", lambda a, b: False)
+    ember.clear_param_store()
+    svi = SVI(scale_model, scale_guide, optim.Adam({"lr": 0.05}), JitTrace_ELBO())
+    losses = svi.run(25, GUESS, progress_bar=False, chunked=True)
+    assert losses.shape == (25,) and svi.compile_status.startswith("eager: the 8-step graph")
 
 
 @pytest.mark.parametrize("case, reason", [
@@ -305,6 +337,32 @@ def test_threads_chosen_by_timing_the_first_eager_steps_and_restored_and_explici
         torch.set_num_threads(1)
 
 
+def test_an_explicit_thread_count_holds_for_the_compiled_steps_too(monkeypatch):
+    """A compiled step of small tensors switches to one thread by itself, except inside a run
+    given num_threads: then the count is as given in every step (set once, restored once)."""
+    torch.set_num_threads(1)
+    try:
+        ember.clear_param_store()
+        svi = SVI(scale_model, scale_guide, optim.SGD({"lr": 1e-3}), JitTrace_ELBO())
+        svi.step(GUESS)  # compiles the step
+        calls = []
+        real = torch.set_num_threads
+
+        def watch(n):
+            calls.append(n)
+            real(n)
+
+        monkeypatch.setattr(torch, "set_num_threads", watch)
+        svi.run(5, GUESS, progress_bar=False, chunked=False, num_threads=2)
+        assert calls == [2, 1]  # the run's setting, then the user's restored; no step in between
+        calls.clear()
+        real(2)
+        svi.step(GUESS)  # outside a run: the compiled step takes one thread and gives it back
+        assert calls == [1, 2]
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_progress_bar_on_and_off(capsys):
     ember.clear_param_store()
     svi = SVI(scale_model, scale_guide, optim.SGD({"lr": 1e-3}), JitTrace_ELBO())
@@ -322,11 +380,13 @@ def test_arguments_are_checked():
         svi.run(10, GUESS, progres_bar=False)
     with pytest.raises(TypeError, match="unexpected keyword argument rng_key"):
         svi.run(10, GUESS, rng_key=0)
-    with pytest.raises(ValueError, match="num_steps must be an int >= 0"):
-        svi.run(-1, GUESS)
+    for bad in (-1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="num_steps must be an integer >= 0"):
+            svi.run(bad, GUESS)
+    assert svi.run(np.int64(2), GUESS, progress_bar=False).shape == (2,)
     with pytest.raises(ValueError, match="num_threads must be None or an int >= 1"):
         svi.run(5, GUESS, num_threads=0)
-    assert svi.run(0, GUESS).shape == (0,)
+    assert svi.run(0, GUESS).shape == (0,) and svi.compile_status == "no steps: num_steps=0"
     # a keyword the model takes goes to the model
     assert svi.run(3, guess=GUESS, progress_bar=False).shape == (3,)
 
