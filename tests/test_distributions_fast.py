@@ -187,3 +187,10 @@ def test_bernoulli_logits_log_prob_matches_torch_with_fewer_recorded_operations(
         return sum(n.op == "call_function" for n in gm.graph.nodes)
 
     assert count(dist.Bernoulli) * 2 < count(torch.distributions.Bernoulli)
+
+
+def test_a_delta_on_integers_has_a_real_log_density():
+    d = dist.Delta(torch.tensor([1, 2]), log_density=0.5)
+    assert d.log_density.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(d.log_prob(d.rsample()), torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(d.log_prob(torch.tensor([1, 3])), torch.tensor([0.5, float("-inf")]))

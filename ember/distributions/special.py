@@ -28,7 +28,9 @@ class Delta(TorchDistribution):
         batch_shape = v.shape[:batch_dim]
         event_shape = v.shape[batch_dim:]
         if isinstance(log_density, (int, float)):
-            log_density = torch.full(batch_shape, float(log_density), dtype=v.dtype, device=v.device)
+            # a point mass on integers (a discrete site's value) still has a real log-density
+            dtype = v.dtype if v.is_floating_point() else torch.get_default_dtype()
+            log_density = torch.full(batch_shape, float(log_density), dtype=dtype, device=v.device)
         elif log_density.shape != batch_shape:
             log_density = log_density.expand(batch_shape)
         self.v = v
@@ -59,7 +61,8 @@ class Delta(TorchDistribution):
         eq = x == v
         if self.event_dim:
             eq = eq.reshape(eq.shape[: eq.dim() - self.event_dim] + (-1,)).all(-1)
-        lp = torch.where(eq, torch.zeros((), dtype=v.dtype, device=v.device), torch.full((), float("-inf"), dtype=v.dtype, device=v.device))
+        ld = self.log_density
+        lp = torch.where(eq, torch.zeros((), dtype=ld.dtype, device=v.device), torch.full((), float("-inf"), dtype=ld.dtype, device=v.device))
         return lp + self.log_density
 
     @property
