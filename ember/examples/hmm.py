@@ -71,11 +71,12 @@ def _guide(ys: torch.Tensor, params: dict | None = None) -> None:
     pass
 
 
-def fit(ys: torch.Tensor, steps: int = 100, lr: float = 0.05) -> dict[str, Any]:
-    """Maximum likelihood by SVI with the states summed out: ``{"losses", "trans", "locs", "scale"}``."""
+def fit(ys: torch.Tensor, steps: int = 100, lr: float = 0.05, progress_bar: bool = False) -> dict[str, Any]:
+    """Maximum likelihood by SVI with the states summed out: ``{"losses", "trans", "locs", "scale"}``
+    (``trans`` of shape ``(K, K)``, ``locs`` ``(K,)``, ``scale`` ``()``)."""
     ember.clear_param_store()
     svi = SVI(model, _guide, ember.optim.Adam({"lr": lr}), TraceEnum_ELBO(max_plate_nesting=1))
-    losses = [svi.step(ys) for _ in range(steps)]
+    losses = svi.run(steps, ys, progress_bar=progress_bar).tolist()
     store = ember.get_param_store()
     return {"losses": losses, **{k: store[k].detach() for k in ("trans", "locs", "scale")}}
 
@@ -139,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     out = str(make_run_dir(args.out, "hmm"))
     print(f"run directory: {out}")
     ys, states = generate(args.num_sequences, args.length, args.seed)
-    res = fit(ys, args.steps, args.lr)
+    res = fit(ys, args.steps, args.lr, progress_bar=True)
     params = {k: res[k] for k in ("trans", "locs", "scale")}
     order = res["locs"].argsort()  # fitted states ordered by location, as the true ones are
     rank = order.argsort()

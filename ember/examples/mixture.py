@@ -63,12 +63,12 @@ def guide(data: torch.Tensor) -> None:
         ember.sample("locs", dist.Delta(locs))
 
 
-def fit_map(data: torch.Tensor, steps: int = 200, lr: float = 0.1, seed: int = 0) -> dict[str, Any]:
+def fit_map(data: torch.Tensor, steps: int = 200, lr: float = 0.1, seed: int = 0, progress_bar: bool = False) -> dict[str, Any]:
     """Fit :func:`guide` by SVI with ``TraceEnum_ELBO``: ``{"losses": [...], "weights", "scale", "locs"}``."""
     ember.set_rng_seed(seed)
     ember.clear_param_store()
     svi = SVI(model, guide, ember.optim.Adam({"lr": lr, "betas": (0.8, 0.99)}), TraceEnum_ELBO(max_plate_nesting=1))
-    losses = [svi.step(data) for _ in range(steps)]
+    losses = svi.run(steps, data, progress_bar=progress_bar).tolist()
     store = ember.get_param_store()
     return {"losses": losses, "weights": store["auto_weights"].detach(), "scale": store["auto_scale"].detach(),
             "locs": store["auto_locs"].detach()}
@@ -80,10 +80,11 @@ def map_assignments(data: torch.Tensor, values: dict[str, torch.Tensor]) -> torc
     return tr.nodes["assignment"].value
 
 
-def run_nuts(data: torch.Tensor, num_samples: int = 200, warmup_steps: int = 200, seed: int = 0) -> dict[str, torch.Tensor]:
+def run_nuts(data: torch.Tensor, num_samples: int = 200, warmup_steps: int = 200, seed: int = 0,
+             progress_bar: bool = False) -> dict[str, torch.Tensor]:
     """NUTS on :func:`model` with the assignments summed out of the potential: the draws."""
     ember.set_rng_seed(seed)
-    mcmc = MCMC(NUTS(model), num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
+    mcmc = MCMC(NUTS(model), num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=not progress_bar)
     mcmc.run(data)
     return mcmc.get_samples()
 
@@ -150,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         data = torch.tensor([-3.0, 3.0])[z] + torch.randn(args.num_data, generator=gen)
     else:
         data = TUTORIAL_DATA
-    fit = fit_map(data, args.steps, args.lr, args.seed)
+    fit = fit_map(data, args.steps, args.lr, args.seed, progress_bar=True)
     values = {k: fit[k] for k in ("weights", "scale", "locs")}
     assignment = map_assignments(data, values)
     summary: dict[str, Any] = {"final_loss": fit["losses"][-1], "weights": fit["weights"].tolist(), "scale": float(fit["scale"]),
@@ -159,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
           f"assignments {summary['assignment']}")
     draws = None
     if args.nuts_samples:
-        draws = run_nuts(data, args.nuts_samples, args.nuts_samples, args.seed)
+        draws = run_nuts(data, args.nuts_samples, args.nuts_samples, args.seed, progress_bar=True)
         summary["nuts_mean"] = {k: v.mean(0).tolist() for k, v in draws.items()}
         print(f"NUTS posterior means: {summary['nuts_mean']}")
     with open(os.path.join(out, "summary.json"), "w") as f:
