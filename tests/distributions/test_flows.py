@@ -301,3 +301,15 @@ def test_pyro_flow_tutorial_code_runs(one_thread):
     assert losses[-1] < losses[0]
     x1_flow = dist_x1.sample(torch.Size([5]))
     assert dist_x2_given_x1.condition(x1_flow).sample(torch.Size([5])).shape == (5, 1)
+
+
+@pytest.mark.parametrize("make", [lambda: T.Planar(3), lambda: T.Radial(3), lambda: T.Sylvester(3, 2), lambda: T.polynomial(3),
+                                  lambda: T.block_autoregressive(3), lambda: T.neural_autoregressive(3)])
+def test_forward_only_flows_invert_their_own_values_and_say_why_not_others(make):
+    t = make()
+    x = torch.randn(4, 3)
+    y = t(x)
+    assert t.inv(y) is x  # torch's cache: the value it produced
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, y), t.log_abs_det_jacobian(x.clone(), y))  # cached == recomputed
+    with pytest.raises(NotImplementedError, match=f"{type(t).__name__} has no closed-form inverse.*sampling direction"):
+        t.inv(y.clone())

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from ember.distributions.transforms.torch_transform import TransformModule
+from ember.distributions.transforms.torch_transform import TransformModule, _ForwardOnly
 
 __all__ = ["BlockAutoregressive", "MaskedBlockLinear", "block_autoregressive"]
 
@@ -75,7 +75,7 @@ def _log_derivative(kind: str, pre: torch.Tensor) -> torch.Tensor:
 _ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "ELU": F.elu, "LeakyReLU": lambda x: F.leaky_relu(x, 0.01)}
 
 
-class BlockAutoregressive(TransformModule):
+class BlockAutoregressive(_ForwardOnly, TransformModule):
     """A block neural autoregressive flow on ``[..., input_dim]`` with hidden layers of
     ``input_dim * h`` units for ``h`` in ``hidden_factors`` and ``activation`` in
     ``tanh``/``sigmoid``/``ELU``/``LeakyReLU`` between them. ``residual``: None, ``"normal"``
@@ -99,7 +99,6 @@ class BlockAutoregressive(TransformModule):
         self.layers = nn.ModuleList([MaskedBlockLinear(sizes[i], sizes[i + 1], input_dim) for i in range(len(sizes) - 1)])
         self.input_dim, self.activation, self.residual = input_dim, activation, residual
         self.gate = nn.Parameter(torch.randn(1)) if residual == "gated" else None
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         D = self.input_dim
@@ -123,18 +122,6 @@ class BlockAutoregressive(TransformModule):
             return a * h + (1 - a) * x, torch.logaddexp(F.logsigmoid(self.gate) + ld, F.logsigmoid(-self.gate)).sum(-1)
         return h, ld.sum(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._forward(x)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("BlockAutoregressive has no closed-form inverse; only values it produced itself (cached) can be inverted")
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
 def block_autoregressive(input_dim: int, **kwargs) -> BlockAutoregressive:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ember.distributions.transforms.basic import Permute
-from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
+from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule, _ForwardOnly
 from ember.nn.auto_reg_nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from ember.nn.dense_nn import DenseNN
 
@@ -27,13 +27,6 @@ __all__ = [
 ]
 
 
-def _not_invertible(name: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{name} has no closed-form inverse; only values it produced itself (cached) can be inverted. "
-        f"Use it in the sampling direction (e.g. a guide or TransformedDistribution.rsample)."
-    )
-
-
 def _planar(x: torch.Tensor, bias: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``y = x + u_hat tanh(w.x + b)`` with ``u_hat`` making it invertible; returns (y, log|det J|)."""
     wu = (w * u).sum(-1, keepdim=True)
@@ -44,7 +37,7 @@ def _planar(x: torch.Tensor, bias: torch.Tensor, u: torch.Tensor, w: torch.Tenso
     return y, torch.log((1 + (u_hat * psi).sum(-1)).abs())
 
 
-class Planar(TransformModule):
+class Planar(_ForwardOnly, TransformModule):
     """``y = x + u tanh(w^T x + b)`` on ``[..., input_dim]`` (``u`` adjusted so that
     ``w^T u >= -1``: invertible). ``log|det J| = log|1 + u^T psi|``. Forward only (cached inverse)."""
 
@@ -59,23 +52,12 @@ class Planar(TransformModule):
         self.u = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.w = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.input_dim = input_dim
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.bias, self.u, self.w
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = _planar(x, *self._params())
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise _not_invertible(type(self).__name__)
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else _planar(x, *self._params())[1]
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _planar(x, *self._params())
 
 
 class _ConditionalVectorFlow(ConditionalTransformModule):
@@ -110,7 +92,7 @@ class ConditionalPlanar(_ConditionalVectorFlow):
         return self._with_params(Planar, _cache_logdet=None, _params=lambda: (bias, u, w))
 
 
-class Radial(TransformModule):
+class Radial(_ForwardOnly, TransformModule):
     """``y = x + beta h(alpha, r) (x - x0)`` with ``r = |x - x0|``, ``h = 1/(alpha + r)``,
     ``alpha > 0`` and ``beta >= -alpha`` (invertible). Forward only (cached inverse)."""
 
@@ -125,7 +107,6 @@ class Radial(TransformModule):
         self.alpha_prime = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
         self.beta_prime = nn.Parameter(torch.empty(1).uniform_(-bound, bound))
         self.input_dim = input_dim
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.x0, self.alpha_prime, self.beta_prime
@@ -143,18 +124,6 @@ class Radial(TransformModule):
         ld = (x.size(-1) - 1) * torch.log1p(bh) + torch.log1p(bh + beta * h_prime * r)
         return y, ld.squeeze(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._forward(x)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise _not_invertible("Radial")
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
 class Householder(TransformModule):
@@ -200,7 +169,7 @@ class Householder(TransformModule):
         return x.new_zeros(x.shape[:-1])
 
 
-class Sylvester(Householder):
+class Sylvester(_ForwardOnly, Householder):
     """``y = x + Q R tanh(R' Q^T x + b)`` with ``Q`` orthogonal (Householder reflections) and
     ``R``, ``R'`` upper triangular with diagonals in ``(-1, 1)`` (so ``1 + R_ii R'_ii h' > 0``:
     invertible). ``log|det J| = sum_i log|1 + R_ii R'_ii (1 - tanh^2)|``. Forward only."""
@@ -216,7 +185,6 @@ class Sylvester(Householder):
         self.S_diag = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.b = nn.Parameter(torch.empty(input_dim).uniform_(-bound, bound))
         self.register_buffer("triangular_mask", torch.triu(torch.ones(input_dim, input_dim), diagonal=1))
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _R(self) -> tuple[torch.Tensor, torch.Tensor]:
         R = self.R_dense * self.triangular_mask + torch.diag(torch.tanh(self.R_diag))
@@ -232,18 +200,6 @@ class Sylvester(Householder):
         diag = (torch.diagonal(R) * torch.diagonal(S)) * (1 - act.pow(2))
         return y, torch.log1p(diag).sum(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._forward(x)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise _not_invertible("Sylvester")
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
 class BatchNorm(TransformModule):
@@ -289,7 +245,7 @@ class BatchNorm(TransformModule):
         return (-self.constrained_gamma.log() + 0.5 * torch.log(var + self.epsilon)).expand(x.shape)
 
 
-class NeuralAutoregressive(TransformModule):
+class NeuralAutoregressive(_ForwardOnly, TransformModule):
     """Neural autoregressive flow (Huang et al. 2018): ``y_j = T^-1(sum_k w_jk T(a_jk x_j + b_jk))``
     with ``a > 0`` (softplus), ``w`` on the simplex (softmax over ``k``), ``(a, w, b) =
     autoregressive_nn(x)`` (``param_dims = [hidden_units] * 3``) and the monotone activation ``T``
@@ -311,7 +267,6 @@ class NeuralAutoregressive(TransformModule):
             raise ValueError(f"NeuralAutoregressive: activation must be one of {sorted(activations)}; got {activation!r}")
         self.arn, self.hidden_units, self.activation = autoregressive_nn, hidden_units, activation
         self.T = activations[activation]() if activations[activation] is not None else None
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a_, w_, b = self.arn(x)  # each [..., H, D], in Pyro's order (A, W, b)
@@ -333,18 +288,6 @@ class NeuralAutoregressive(TransformModule):
         log_dmix = torch.logsumexp(log_w + a.log() + T.log_abs_det_jacobian(pre, t_pre), -2)
         return y, (log_dmix - T.log_abs_det_jacobian(y, mix)).sum(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._forward(x)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise _not_invertible("NeuralAutoregressive")
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
 class ConditionalRadial(_ConditionalVectorFlow):
@@ -429,7 +372,7 @@ class ConditionalNeuralAutoregressive(_ConditionalVectorFlow):
         return NeuralAutoregressive(partial(self.nn, context=context), **self.kwargs)
 
 
-class Polynomial(TransformModule):
+class Polynomial(_ForwardOnly, TransformModule):
     """Sum-of-squares polynomial flow (Jaini et al. 2019): for each coordinate ``j``,
     ``y_j = c_j + ∫_0^{x_j} sum_k (sum_r a_kr u^r)^2 du`` with the ``count_sum`` polynomials of
     degree ``count_degree`` given by ``autoregressive_nn(x)`` (``param_dims = [(count_degree + 1) *
@@ -451,7 +394,6 @@ class Polynomial(TransformModule):
         self.register_buffer("powers", powers)
         self.register_buffer("power_mask", power_mask)
         self.register_buffer("mask", power_mask.reciprocal())
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         R1, K = self.count_degree + 1, self.count_sum
@@ -463,18 +405,6 @@ class Polynomial(TransformModule):
         deriv = (coefs * xu.pow(pm - 1)).sum((-3, -2))  # sum_k P_k(x)^2
         return y, deriv.clamp_min(torch.finfo(x.dtype).tiny).log().sum(-1)
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._forward(x)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        raise _not_invertible("Polynomial")
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` for ``x`` and ``y = self(x)`` of shape ``batch_shape + (D,)``: one value per vector, of shape ``batch_shape``."""
-        c = self._cache_logdet
-        return c[1] if c is not None and c[0] is x else self._forward(x)[1]
 
 
 def polynomial(input_dim: int, hidden_dims: list[int] | None = None) -> Polynomial:

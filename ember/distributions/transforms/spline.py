@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
+from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule, _LogDetCache
 from ember.nn.auto_reg_nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from ember.nn.dense_nn import DenseNN
 
@@ -145,35 +145,6 @@ class _SplineParams:
         return [count_bins, count_bins, count_bins - 1] + ([count_bins] if order == "linear" else [])
 
 
-class _LogDetCache:
-    """``_call``, ``_inverse`` and ``log_abs_det_jacobian`` of a bijection written as one
-    ``_with_logdet(v, inverse) -> (output, log|det|)``; the last log-determinant is cached with
-    the input it belongs to."""
-
-    _cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        y, ld = self._with_logdet(x, False)
-        self._cache_logdet = (x, ld)
-        return y
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        x, ld = self._with_logdet(y, True)
-        self._cache_logdet = (x, -ld)
-        return x
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``log|det dy/dx|`` of shape ``x.shape[:x.dim() - self.event_dim]``: elementwise for :class:`Spline`
-        (``event_dim = 0``), one value per vector for :class:`SplineCoupling` (``event_dim = 1``)."""
-        c = self._cache_logdet
-        if c is not None and c[0] is x:
-            return c[1]
-        return self._with_logdet(x, False)[1]
-
-
 class Spline(_LogDetCache, TransformModule):
     """An elementwise monotone spline on ``input_dim`` independent coordinates with its own
     learnable knots per coordinate (``event_dim = 0``: ``log_abs_det_jacobian`` is elementwise)."""
@@ -190,7 +161,6 @@ class Spline(_LogDetCache, TransformModule):
         self.unnormalized_heights = nn.Parameter(torch.randn(input_dim, count_bins))
         self.unnormalized_derivatives = nn.Parameter(torch.randn(input_dim, count_bins - 1))
         self.unnormalized_lambdas = nn.Parameter(torch.rand(input_dim, count_bins)) if order == "linear" else None
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _params(self) -> tuple:
         return self.unnormalized_widths, self.unnormalized_heights, self.unnormalized_derivatives, self.unnormalized_lambdas
@@ -258,7 +228,6 @@ class SplineCoupling(_LogDetCache, TransformModule):
         self.lower_spline = None if identity else Spline(split_dim, count_bins, bound, order)
         # the hypernetwork lives at upper_spline.nn (Pyro's state_dict layout)
         self.upper_spline = ConditionalSpline(hypernet, input_dim - split_dim, count_bins, bound, order)
-        self._cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _upper_params(self, x1: torch.Tensor, context: torch.Tensor | None = None) -> tuple:
         net = self.upper_spline.nn

@@ -48,6 +48,51 @@ def clear_cache(t: Transform) -> None:
         clear_cache(t._inv)
 
 
+class _LogDetCache:
+    """``_call``, ``_inverse`` and ``log_abs_det_jacobian`` of a bijection written as one
+    ``_with_logdet(v, inverse) -> (output, log|det|)``; the last log-determinant is cached with
+    the input it belongs to (a flow computes it on the way, and the ELBO asks for it next)."""
+
+    _cache_logdet: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        y, ld = self._with_logdet(x, False)
+        self._cache_logdet = (x, ld)
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x, ld = self._with_logdet(y, True)
+        self._cache_logdet = (x, -ld)
+        return x
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log|det dy/dx|`` for ``x`` and ``y = self(x)``: shape ``x.shape[:x.dim() - self.event_dim]``
+        (elementwise for an elementwise flow, one value per vector for a flow of vectors)."""
+        c = self._cache_logdet
+        if c is not None and c[0] is x:
+            return c[1]
+        return self._with_logdet(x, False)[1]
+
+
+class _ForwardOnly(_LogDetCache):
+    """A :class:`_LogDetCache` flow without a closed-form inverse: ``_forward(x) -> (y, log|det|)``;
+    only values it produced itself can be inverted (torch's transform cache)."""
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _with_logdet(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if inverse:
+            name = type(self).__name__
+            raise NotImplementedError(
+                f"{name} has no closed-form inverse; only values it produced itself (cached) can be inverted. "
+                f"Use it in the sampling direction (e.g. a guide or TransformedDistribution.rsample).")
+        return self._forward(v)
+
+
 class ComposeTransformModule(ComposeTransform, torch.nn.ModuleList):
     """A composition of transforms (``parts``) that registers the learnable ones as submodules."""
 
