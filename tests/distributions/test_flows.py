@@ -313,3 +313,19 @@ def test_forward_only_flows_invert_their_own_values_and_say_why_not_others(make)
     torch.testing.assert_close(t.log_abs_det_jacobian(x, y), t.log_abs_det_jacobian(x.clone(), y))  # cached == recomputed
     with pytest.raises(NotImplementedError, match=f"{type(t).__name__} has no closed-form inverse.*sampling direction"):
         t.inv(y.clone())
+
+
+@pytest.mark.parametrize("make", [lambda: T.Permute(torch.tensor([1, 0]), dim=0), lambda: T.HaarTransform(dim=1),
+                                  lambda: T.DiscreteCosineTransform(dim=0),
+                                  lambda: T.AffineCoupling(1, DenseNN(1, [4], [1, 1]), dim=0)])
+def test_transforms_of_the_dims_from_dim_refuse_a_non_negative_dim(make):
+    with pytest.raises(ValueError, match=r"dim must be a negative integer \(counted from the right\); got dim="):
+        make()
+
+
+def test_transforms_of_the_dims_from_dim_take_those_dims_as_one_event():
+    x = torch.randn(5, 3, 4)
+    for t in (T.Permute(torch.tensor([2, 0, 1]), dim=-2), T.HaarTransform(dim=-2), T.DiscreteCosineTransform(dim=-2)):
+        assert t.event_dim == 2 and t.domain.reinterpreted_batch_ndims == 2
+        torch.testing.assert_close(t.log_abs_det_jacobian(x, t(x)), torch.zeros(5))
+        torch.testing.assert_close(t.inv(t(x).clone()), x, atol=1e-5, rtol=1e-5)

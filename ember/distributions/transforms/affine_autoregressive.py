@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule
+from ember.distributions.transforms.torch_transform import ConditionalTransformModule, TransformModule, _EventFromDim
 from ember.nn.auto_reg_nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from ember.nn.dense_nn import ConditionalDenseNN, DenseNN
 
@@ -113,7 +113,7 @@ class ConditionalAffineAutoregressive(ConditionalTransformModule):
         return AffineAutoregressive(cond_nn, **self.kwargs)
 
 
-class AffineCoupling(TransformModule):
+class AffineCoupling(_EventFromDim, TransformModule):
     """``y[:split] = x[:split]``, ``y[split:] = mu + exp(log sigma) * x[split:]`` with
     ``(mu, log sigma) = hypernet(x[:split])`` (each ``[..., D - split]``). Both directions are
     one pass. ``log|det J| = sum log sigma``. ``dim`` (negative) is the coupled dimension;
@@ -123,23 +123,10 @@ class AffineCoupling(TransformModule):
 
     def __init__(self, split_dim: int, hypernet: Any, *, dim: int = -1, log_scale_min_clip: float = -5.0, log_scale_max_clip: float = 3.0) -> None:
         super().__init__(cache_size=1)
-        if dim >= 0:
-            raise ValueError(f"AffineCoupling: dim must be negative; got dim={dim}")
-        self.split_dim, self.nn, self.dim = split_dim, hypernet, dim
+        self._set_dim(dim)
+        self.split_dim, self.nn = split_dim, hypernet
         self.log_scale_min_clip, self.log_scale_max_clip = log_scale_min_clip, log_scale_max_clip
         self._cached_log_scale: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def event_dim(self) -> int:  # type: ignore[override]
-        return -self.dim
-
-    @constraints.dependent_property(is_discrete=False)
-    def domain(self):
-        return constraints.independent(constraints.real, -self.dim)
-
-    @constraints.dependent_property(is_discrete=False)
-    def codomain(self):
-        return constraints.independent(constraints.real, -self.dim)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.size(self.dim)

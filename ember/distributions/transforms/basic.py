@@ -11,6 +11,7 @@ from torch.distributions import constraints as _tc
 from torch.distributions.transforms import ComposeTransform, CorrCholeskyTransform, ExpTransform, SoftplusTransform, Transform
 
 from ember.distributions import constraints
+from ember.distributions.transforms.torch_transform import _VolumePreservingFromDim
 
 __all__ = [
     "CorrMatrixCholeskyTransform", "LowerCholeskyAffine", "Normalize", "OrderedTransform", "Permute",
@@ -137,7 +138,7 @@ class Normalize(Transform):
         return y
 
 
-class Permute(Transform):
+class Permute(_VolumePreservingFromDim, Transform):
     """Permute the entries of dimension ``dim`` (default ``-1``, the event dim):
     ``y = x[..., permutation]``. Volume preserving: ``log|det J| = 0``. ``x`` keeps its shape; the
     dims from ``dim`` rightwards are one event (``event_dim = -dim``)."""
@@ -146,26 +147,12 @@ class Permute(Transform):
     volume_preserving = True
 
     def __init__(self, permutation: torch.Tensor, *, dim: int = -1, cache_size: int = 1) -> None:
-        if dim >= 0:
-            raise ValueError(f"Permute: dim must be negative (counted from the right); got dim={dim}")
+        self._set_dim(dim)
         permutation = torch.as_tensor(permutation, dtype=torch.long)
         if permutation.dim() != 1 or not torch.equal(permutation.sort().values, torch.arange(permutation.numel())):
             raise ValueError(f"Permute: permutation must be a permutation of 0..n-1; got {permutation.tolist()}")
         self.permutation = permutation
-        self.dim = dim
         super().__init__(cache_size=cache_size)
-
-    @property
-    def event_dim(self) -> int:  # type: ignore[override]
-        return -self.dim
-
-    @_tc.dependent_property(is_discrete=False)
-    def domain(self):
-        return _tc.independent(_tc.real, -self.dim)
-
-    @_tc.dependent_property(is_discrete=False)
-    def codomain(self):
-        return _tc.independent(_tc.real, -self.dim)
 
     @property
     def inv_permutation(self) -> torch.Tensor:
@@ -176,10 +163,6 @@ class Permute(Transform):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y.index_select(self.dim, self.inv_permutation.to(y.device))
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
-        return torch.zeros(x.shape[: x.dim() + self.dim], dtype=x.dtype, device=x.device)
 
     def with_cache(self, cache_size: int = 1) -> Permute:
         if self._cache_size == cache_size:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.transforms import CorrCholeskyTransform, Transform
 
-from ember.distributions.transforms.torch_transform import ComposeTransformModule
+from ember.distributions.transforms.torch_transform import ComposeTransformModule, _VolumePreservingFromDim
 
 __all__ = [
     "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "HaarTransform", "LeakyReLUTransform",
@@ -100,35 +100,20 @@ def iterated(repeats: int, base_fn: Callable[..., Any], *args: Any, **kwargs: An
     return ComposeTransformModule([base_fn(*args, **kwargs) for _ in range(repeats)])
 
 
-class DiscreteCosineTransform(Transform):
+class DiscreteCosineTransform(_VolumePreservingFromDim, Transform):
     """The orthonormal DCT-II along dimension ``dim`` (negative), its ``k``-th output weighted by
     the frequency ``(k + 1/2) ** smooth`` divided by the weights' geometric mean (as Pyro does),
     so ``log|det J| = 0``: with ``smooth = 0`` white noise stays white; with ``smooth = 1``
     Brownian noise becomes white."""
 
-    bijective = True
-
     def __init__(self, dim: int = -1, smooth: float = 0.0, cache_size: int = 0) -> None:
-        if dim >= 0:
-            raise ValueError(f"DiscreteCosineTransform: dim must be negative; got dim={dim}")
-        self.dim, self.smooth = dim, float(smooth)
+        self._set_dim(dim)
+        self.smooth = float(smooth)
         self._mats: dict = {}
         super().__init__(cache_size=cache_size)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DiscreteCosineTransform) and other.dim == self.dim and other.smooth == self.smooth
-
-    @property
-    def event_dim(self) -> int:  # type: ignore[override]
-        return -self.dim
-
-    @constraints.dependent_property(is_discrete=False)
-    def domain(self):
-        return constraints.independent(constraints.real, -self.dim)
-
-    @constraints.dependent_property(is_discrete=False)
-    def codomain(self):
-        return constraints.independent(constraints.real, -self.dim)
 
     def _weights(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """``(k + 1/2) ** smooth`` over ``k < n``, normalised to geometric mean 1."""
@@ -165,10 +150,6 @@ class DiscreteCosineTransform(Transform):
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         return self._apply(y, True)
 
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
-        return x.new_zeros(x.shape[: x.dim() + self.dim])
-
     def with_cache(self, cache_size: int = 1) -> DiscreteCosineTransform:
         if self._cache_size == cache_size:
             return self
@@ -201,32 +182,17 @@ def inverse_haar_transform(y: torch.Tensor) -> torch.Tensor:
     return torch.cat([pairs, rest], dim=-1)
 
 
-class HaarTransform(Transform):
+class HaarTransform(_VolumePreservingFromDim, Transform):
     """The orthonormal Haar wavelet transform along dimension ``dim`` (negative), after reversing
     that dimension when ``flip``; volume preserving (``log|det J| = 0``)."""
 
-    bijective = True
-
     def __init__(self, dim: int = -1, flip: bool = False, cache_size: int = 0) -> None:
-        if dim >= 0:
-            raise ValueError(f"HaarTransform: dim must be negative; got dim={dim}")
-        self.dim, self.flip = dim, bool(flip)
+        self._set_dim(dim)
+        self.flip = bool(flip)
         super().__init__(cache_size=cache_size)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HaarTransform) and other.dim == self.dim and other.flip == self.flip
-
-    @property
-    def event_dim(self) -> int:  # type: ignore[override]
-        return -self.dim
-
-    @constraints.dependent_property(is_discrete=False)
-    def domain(self):
-        return constraints.independent(constraints.real, -self.dim)
-
-    @constraints.dependent_property(is_discrete=False)
-    def codomain(self):
-        return constraints.independent(constraints.real, -self.dim)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         x = x.movedim(self.dim, -1)
@@ -239,10 +205,6 @@ class HaarTransform(Transform):
         if self.flip:
             x = x.flip(-1)
         return x.movedim(-1, self.dim)
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
-        return x.new_zeros(x.shape[: x.dim() + self.dim])
 
     def with_cache(self, cache_size: int = 1) -> HaarTransform:
         if self._cache_size == cache_size:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.distributions import constraints
 from torch.distributions.transforms import ComposeTransform, Transform
 
 __all__ = ["clear_cache", "ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "TransformModule"]
@@ -46,6 +47,38 @@ def clear_cache(t: Transform) -> None:
         clear_cache(part)
     if isinstance(t, torch.distributions.transforms._InverseTransform):
         clear_cache(t._inv)
+
+
+class _EventFromDim:
+    """A transform of the dims from ``dim`` (a negative int) rightwards, which form one event
+    (``event_dim = -dim``): call :meth:`_set_dim` in ``__init__``."""
+
+    dim: int
+
+    def _set_dim(self, dim: int) -> None:
+        if not isinstance(dim, int) or dim >= 0:
+            raise ValueError(f"{type(self).__name__}: dim must be a negative integer (counted from the right); got dim={dim!r}")
+        self.dim = dim
+
+    @property
+    def event_dim(self) -> int:  # type: ignore[override]
+        return -self.dim
+
+    @constraints.dependent_property(is_discrete=False)
+    def domain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+    @constraints.dependent_property(is_discrete=False)
+    def codomain(self):
+        return constraints.independent(constraints.real, -self.dim)
+
+
+class _VolumePreservingFromDim(_EventFromDim):
+    """An :class:`_EventFromDim` transform that preserves volume (``log|det J| = 0``)."""
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Zero, of shape ``x.shape[:dim]``: the dims from ``dim`` rightwards form one event (``event_dim = -dim``) and the transform preserves volume."""
+        return x.new_zeros(x.shape[: x.dim() + self.dim])
 
 
 class _LogDetCache:
