@@ -189,8 +189,10 @@ def test_bad_input_names_the_site() -> None:
     x, y = _data()
     with pytest.raises(ValueError, match=r"init_to_value names \['v'\].*latent sites are \['w', 's'\]"):
         AutoNormal(model, init_loc_fn=init_to_value(values={"v": 1.0}))(x, y)
-    with pytest.raises(ValueError, match="init_scale"):
-        AutoNormal(model, init_scale=-1.0)
+    for cls in (AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal, AutoNormalMessenger):
+        for bad in (-1.0, 0, True, "0.1"):
+            with pytest.raises(ValueError, match=f"{cls.__name__}: init_scale must be a positive number; got {bad!r}"):
+                cls(model, init_scale=bad)
 
 
 def test_a_guide_reused_with_a_changed_model_is_refused(tmp_path) -> None:

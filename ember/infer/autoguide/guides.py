@@ -413,6 +413,13 @@ class AutoGuide(PyroModule):
 _NO_PLATES = nullcontext()
 
 
+def _positive_init_scale(guide: Any, init_scale: Any) -> float:
+    """``init_scale`` as a float, or a ValueError naming the guide."""
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
+        raise ValueError(f"{type(guide).__name__}: init_scale must be a positive number; got {init_scale!r}")
+    return float(init_scale)
+
+
 def _plated(plates: dict, site: SiteInfo) -> ExitStack | nullcontext:
     if not site.plates:
         return _NO_PLATES
@@ -473,10 +480,8 @@ class AutoNormal(AutoGuide):
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_feasible, init_scale: float = 0.1,
                  create_plates: Callable | None = None) -> None:
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"AutoNormal: init_scale must be a positive number; got {init_scale!r}")
         super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
-        self._init_scale = float(init_scale)
+        self._init_scale = _positive_init_scale(self, init_scale)
 
     def _options(self) -> dict:
         return {}
@@ -568,6 +573,14 @@ class AutoContinuous(AutoGuide):
             dtype = torch.promote_types(dtype, p.dtype)
         return torch.cat([p.to(dtype) for p in parts])
 
+    def _build_loc_scale(self, init: dict | None) -> torch.Tensor:
+        """The parameters ``loc`` ``[D]`` (from the init strategy) and ``scale`` ``[D]`` (positive,
+        ``init_scale``) that the normal guides share; returns the initial ``loc``."""
+        loc = self._init_latent(init)
+        self.loc = PyroParam(loc, constraints.real, 1)
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+        return loc
+
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         """The distribution over the latent vector ``z`` (event shape ``[D]``)."""
         raise NotImplementedError  # each guide below defines it
@@ -651,15 +664,11 @@ class AutoDiagonalNormal(AutoContinuous):
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  create_plates: Callable | None = None) -> None:
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
         super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
-        self._init_scale = float(init_scale)
+        self._init_scale = _positive_init_scale(self, init_scale)
 
     def _build(self, init: dict | None) -> None:
-        loc = self._init_latent(init)
-        self.loc = PyroParam(loc, constraints.real, 1)
-        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+        self._build_loc_scale(init)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         return dist.Normal(self.loc, self.scale).to_event(1)
@@ -677,15 +686,11 @@ class AutoMultivariateNormal(AutoContinuous):
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  create_plates: Callable | None = None) -> None:
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
         super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
-        self._init_scale = float(init_scale)
+        self._init_scale = _positive_init_scale(self, init_scale)
 
     def _build(self, init: dict | None) -> None:
-        loc = self._init_latent(init)
-        self.loc = PyroParam(loc, constraints.real, 1)
-        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+        loc = self._build_loc_scale(init)
         self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype), constraints.real, 2)
 
     def get_scale_tril(self) -> torch.Tensor:
@@ -714,25 +719,21 @@ class AutoLowRankMultivariateNormal(AutoContinuous):
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  rank: int | None = None, create_plates: Callable | None = None) -> None:
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"{type(self).__name__}: init_scale must be a positive number; got {init_scale!r}")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"{type(self).__name__}: rank must be a positive integer; got {rank!r}")
         super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
-        self._init_scale = float(init_scale)
+        self._init_scale = _positive_init_scale(self, init_scale)
         self.rank = rank
 
     def _options(self) -> dict:
         return {"rank": self.rank}
 
     def _build(self, init: dict | None) -> None:
-        loc = self._init_latent(init)
+        loc = self._build_loc_scale(init)
         d = loc.numel()
         rank = self.rank if self.rank is not None else max(1, int(math.ceil(math.sqrt(d))))
-        self.loc = PyroParam(loc, constraints.real, 1)
         self.cov_factor = torch.nn.Parameter(torch.randn(d, rank, dtype=loc.dtype) * (0.5 / math.sqrt(rank)) if init is not None
                                              else torch.zeros(d, rank, dtype=loc.dtype))
-        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         scale = self.scale
@@ -996,11 +997,9 @@ class AutoNormalMessenger(PyroModule):
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1) -> None:
         super().__init__(name=type(self).__name__)
-        if not (isinstance(init_scale, (int, float)) and init_scale > 0):
-            raise ValueError(f"AutoNormalMessenger: init_scale must be a positive number; got {init_scale!r}")
         object.__setattr__(self, "model", model)
         self.init_loc_fn = resolve_init_strategy(init_loc_fn)
-        self._init_scale = float(init_scale)
+        self._init_scale = _positive_init_scale(self, init_scale)
         self.locs = PyroModule()
         self.scales = PyroModule()
         self._sites: dict[str, SiteInfo] = {}
