@@ -84,12 +84,21 @@ def _draws(posterior_samples: dict, who: str) -> tuple[dict, int]:
 
 
 class _SetLatents(Messenger):
-    """Set each latent sample site to ``values[name]`` (a missing one is an error naming it)."""
+    """Set each latent sample site to ``values[name]`` (a tensor of the site's shape, with any
+    batch dims the caller's plates expect); a latent site missing from ``values`` is a
+    ValueError saying :meth:`missing`. What log-likelihoods, criticism and the MCMC potential
+    share."""
 
-    def __init__(self, fn: Callable, values: dict, who: str) -> None:
+    def __init__(self, fn: Callable | None, values: dict, who: str) -> None:
         super().__init__(fn)
         self.values = values
         self.who = who
+
+    def missing(self, name: str) -> str:
+        """The error for a latent site ``name`` that ``values`` lacks."""
+        return (f"{self.who}: the model's latent site '{name}' has no posterior draws (given: {sorted(self.values)}); "
+                f"pass a draw for every latent site (e.g. mcmc.get_samples(), or Predictive(model, guide=guide, "
+                f"num_samples=N, return_sites=[...every latent...])())")
 
     def _pyro_sample(self, msg: Any) -> None:
         if msg.is_observed:
@@ -97,11 +106,7 @@ class _SetLatents(Messenger):
         try:
             msg.value = self.values[msg.name]
         except KeyError:
-            raise ValueError(
-                f"{self.who}: the model's latent site '{msg.name}' has no posterior draws (given: {sorted(self.values)}); "
-                f"pass a draw for every latent site (e.g. mcmc.get_samples(), or Predictive(model, guide=guide, "
-                f"num_samples=N, return_sites=[...every latent...])())"
-            ) from None
+            raise ValueError(self.missing(msg.name)) from None
         msg.done = True
 
 

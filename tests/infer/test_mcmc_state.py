@@ -259,3 +259,16 @@ def test_pyro_options_without_effect_warn_once_naming_them():
         NUTS(scale, jit_options={})  # once
         MCMC(NUTS(scale), 10, mp_context="spawn")
         NUTS(scale, max_plate_nesting=None, ignore_jit_warnings=False)  # defaults: nothing to say
+
+
+def test_a_latent_that_appears_after_the_first_run_is_named():
+    calls = []
+
+    def model():
+        calls.append(1)
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        if len(calls) > 3:  # random control flow that adds a latent later on
+            pyro.sample("late", dist.Normal(x, 1.0))
+
+    with pytest.raises(ValueError, match="MCMC: latent site 'late' did not appear when the model was first run"):
+        MCMC(NUTS(model, jit_compile=False), num_samples=3, warmup_steps=3, disable_progbar=True).run()

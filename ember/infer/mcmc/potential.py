@@ -28,6 +28,7 @@ from torch.distributions.transforms import Transform
 from ember.distributions.util import lean_biject_to
 from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, init_values_of, resolve_init_strategy
+from ember.infer.util import _SetLatents
 from ember.poutine.messenger import Messenger
 from ember.poutine.misc_messengers import SubstituteMessenger
 from ember.poutine.trace_messenger import TraceMessenger
@@ -131,25 +132,16 @@ class _ChooseInit(Messenger):
         msg.done = True
 
 
-class _Substitute(Messenger):
+class _Substitute(_SetLatents):
     """Substitute the latents from ``values`` and add up every site's log-density (the hot path)."""
 
     def __init__(self, values: dict) -> None:
-        super().__init__()
-        self.values = values
+        super().__init__(None, values, "MCMC")
         self.log_joint: Any = None
 
-    def _pyro_sample(self, msg: Message) -> None:
-        if msg.is_observed:
-            return
-        try:
-            msg.value = self.values[msg.name]
-        except KeyError:
-            raise ValueError(
-                f"MCMC: latent site '{msg.name}' did not appear when the model was first run; HMC and NUTS need the same "
-                f"latent sites every time (random control flow that adds latents is not supported)"
-            ) from None
-        msg.done = True
+    def missing(self, name: str) -> str:
+        return (f"MCMC: latent site '{name}' did not appear when the model was first run; HMC and NUTS need the same "
+                f"latent sites every time (random control flow that adds latents is not supported)")
 
     def _pyro_post_sample(self, msg: Message) -> None:
         site_log_prob(msg)
@@ -512,18 +504,14 @@ class FunctionPotential:
 CHAIN_PLATE = "_ember_mcmc_chains"
 
 
-class _BatchedSubstitute(Messenger):
+class _BatchedSubstitute(_Substitute):
     """Substitute the latents of ``C`` chains (values shaped with the chain dim at ``chain_dim``)
     and add up each site's log-density per chain into ``log_joint`` (``[C]``)."""
 
     def __init__(self, values: dict, num_chains: int, chain_dim: int) -> None:
-        super().__init__()
-        self.values = values
+        super().__init__(values)
         self.num_chains = num_chains
         self.chain_dim = chain_dim
-        self.log_joint: Any = None
-
-    _pyro_sample = _Substitute._pyro_sample
 
     def _pyro_post_sample(self, msg: Message) -> None:
         lp = site_log_prob(msg)
