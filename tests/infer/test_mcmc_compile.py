@@ -300,3 +300,29 @@ def test_linalg_error_in_the_eager_model_is_an_infinite_potential():
         mp.initial_point(pyro.infer.init_to_value(values={"s": torch.tensor(0.0)}))
         u, g = _eager(mp, torch.tensor([-3.0]))  # not positive definite there: no density
     assert u == math.inf and torch.equal(g, torch.zeros(1))
+
+
+def test_a_compiled_graph_that_disagrees_with_the_model_is_refused_with_the_numbers(monkeypatch):
+    """The check of the compiled potential against the eager one, single and batched: a
+    disagreement keeps the model eager and says what differed."""
+    import ember.infer.mcmc.compile as mcmc_compile
+    from ember.infer.mcmc.compile import compile_batched_value_and_grad
+
+    monkeypatch.setattr(mcmc_compile, "agrees", lambda a, b: False)
+
+    def u(z):
+        return 0.5 * (z * z).sum()
+
+    def check(z):
+        return float(u(z)), z.clone()
+
+    compiled, why = compile_value_and_grad(u, torch.zeros(3), check)
+    assert compiled is None and "the compiled graph" in why and "where the model gives" in why
+
+    def ub(z):
+        return 0.5 * (z * z).sum(-1)
+
+    compiled, why = compile_batched_value_and_grad(ub, torch.zeros(2, 3), lambda z: (ub(z), z.clone()))
+    assert compiled is None and "the compiled batched graph" in why and "different potentials or gradients" in why
+    compiled, why = compile_value_and_grad(u, torch.zeros(3), lambda z: (math.inf, z))
+    assert compiled is None and "not finite at the points to check" in why

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -64,39 +65,13 @@ def compile_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch
         g, u = value_and_grad(z.to(dtype))
         return torch.cat([g.reshape(-1), u.reshape(1)]).to(io_dtype)
 
-    # the points to check at: z0, and a nearby point (a different branch of Python-side logic
-    # that escaped the recording, e.g. through NumPy, would show there)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    z1 = z0 + 0.1 * torch.randn(z0.shape, generator=gen, dtype=z0.dtype).to(z0.device)
-    points = []
-    for z in (z0, z1):
-        try:
-            u, g = check(z)
-        except Exception:  # noqa: BLE001 - the eager model fails here: no reference at this point
-            continue
-        if math.isfinite(u) and bool(torch.isfinite(g).all()):
-            points.append((z.to(io_dtype), u, g))
-    if not points:
-        return None, "the potential or its gradient is not finite at the point to check the compiled graph at"
-    z_io = z0.to(io_dtype)
+    def differs(how: str, out: torch.Tensor, u_ref: Any, g_ref: torch.Tensor) -> str | None:
+        value = float(out[-1])
+        if math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) and agrees(out[:-1].to(g_ref.dtype), g_ref):
+            return None
+        return f"the compiled graph ({how}) gives U={value:.6g} where the model gives {u_ref:.6g}, or a different gradient"
 
-    def problem_of(how: str, run: Callable) -> str | None:
-        outputs = []
-        for z, u_ref, g_ref in points:
-            with torch.no_grad():
-                out = run(z)
-            outputs.append((out, out.clone()))
-            value = float(out[-1])
-            if not (math.isclose(value, u_ref, rel_tol=1e-4, abs_tol=1e-4) and agrees(out[:-1].to(g_ref.dtype), g_ref)):
-                return f"the compiled graph ({how}) gives U={value:.6g} where the model gives {u_ref:.6g}, or a different gradient"
-        # the samplers keep earlier results: a runner must not write a later result into them
-        with torch.no_grad():
-            run(z_io * 0.5 + 0.25)
-        if not all(torch.equal(out, kept) for out, kept in outputs):
-            return f"the compiled graph ({how}) reuses its output buffer"
-        return None
-
-    return compile_graph(packed, (z_io,), problem_of, who="the model", what="the latent values")
+    return _compile_checked(packed, z0, check, io_dtype, differs)
 
 
 def compile_batched_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor,
@@ -122,20 +97,37 @@ def compile_batched_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z
         g, (_, u) = value_and_grad(z.to(dtype))
         return torch.cat([g.reshape(-1), u.reshape(-1)]).to(io_dtype)
 
+    n = z0.numel()
+
+    def differs(how: str, out: torch.Tensor, u_ref: Any, g_ref: torch.Tensor) -> str | None:
+        if agrees(out[n:].to(u_ref.dtype), u_ref) and agrees(out[:n].reshape(g_ref.shape).to(g_ref.dtype), g_ref):
+            return None
+        return f"the compiled batched graph ({how}) gives different potentials or gradients from the model"
+
+    return _compile_checked(packed, z0, check, io_dtype, differs)
+
+
+def _compile_checked(packed: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, check: Callable[[torch.Tensor], tuple],
+                     io_dtype: torch.dtype, differs: Callable[[str, torch.Tensor, Any, torch.Tensor], str | None]
+                     ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """Record ``packed`` at ``z0`` (in ``io_dtype``) and return the fastest runner whose output
+    ``differs(how, out, U, grad)`` finds equal to the eager ``check(z) -> (U, grad)`` at ``z0`` and
+    at a nearby point (a different branch of Python-side logic that escaped the recording, e.g.
+    through NumPy, would show there), and which does not write a later result into an earlier
+    output (the samplers keep earlier results)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    z1 = z0 + 0.1 * torch.randn(z0.shape, generator=gen, dtype=z0.dtype)
+    z1 = z0 + 0.1 * torch.randn(z0.shape, generator=gen, dtype=z0.dtype).to(z0.device)
     points = []
     for z in (z0, z1):
         try:
             u, g = check(z)
         except Exception:  # noqa: BLE001 - the eager model fails here: no reference at this point
             continue
-        if bool(torch.isfinite(u).all()) and bool(torch.isfinite(g).all()):
+        if bool(torch.isfinite(torch.as_tensor(u)).all()) and bool(torch.isfinite(g).all()):
             points.append((z.to(io_dtype), u, g))
     if not points:
         return None, "the potential or its gradient is not finite at the points to check the compiled graph at"
     z_io = z0.to(io_dtype)
-    n = z0.numel()
 
     def problem_of(how: str, run: Callable) -> str | None:
         outputs = []
@@ -143,8 +135,9 @@ def compile_batched_value_and_grad(fn: Callable[[torch.Tensor], torch.Tensor], z
             with torch.no_grad():
                 out = run(z)
             outputs.append((out, out.clone()))
-            if not (agrees(out[n:].to(u_ref.dtype), u_ref) and agrees(out[:n].reshape(g_ref.shape).to(g_ref.dtype), g_ref)):
-                return f"the compiled batched graph ({how}) gives different potentials or gradients from the model"
+            problem = differs(how, out, u_ref, g_ref)
+            if problem is not None:
+                return problem
         with torch.no_grad():
             run(z_io * 0.5 + 0.25)
         if not all(torch.equal(out, kept) for out, kept in outputs):
