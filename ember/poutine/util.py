@@ -89,19 +89,9 @@ def enum_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> l
     if num_samples is None:
         num_samples = -1
     support = fn.enumerate_support()
-    extended = []
-    for i, value in enumerate(support):
-        if 0 <= num_samples <= i:
-            break
-        site = msg.copy()
-        site.value = value
-        site.done = True
-        site.stop = False
-        site.continuation = None
-        new = trace.copy()
-        new.nodes[msg.name] = site
-        extended.append(new)
-    return extended
+    if num_samples >= 0:
+        support = support[:num_samples]
+    return [_with_site(trace, msg, value) for value in support]
 
 
 def mc_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> list[Trace]:
@@ -109,17 +99,19 @@ def mc_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> lis
     draw of its distribution (a Monte Carlo alternative to :func:`enum_extend`)."""
     if num_samples is None:
         num_samples = 1
-    extended = []
-    for _ in range(num_samples):
-        site = msg.copy()
-        site.value = site.fn(*site.args, **site.kwargs)
-        site.done = True
-        site.stop = False
-        site.continuation = None
-        new = trace.copy()
-        new.nodes[msg.name] = site
-        extended.append(new)
-    return extended
+    return [_with_site(trace, msg, msg.fn(*msg.args, **msg.kwargs)) for _ in range(num_samples)]
+
+
+def _with_site(trace: Trace, msg: Message, value: Any) -> Trace:
+    """A copy of ``trace`` with a copy of site ``msg`` added at ``value`` (done, to be replayed)."""
+    site = msg.copy()
+    site.value = value
+    site.done = True
+    site.stop = False
+    site.continuation = None
+    new = trace.copy()
+    new.nodes[msg.name] = site
+    return new
 
 
 def _dist_device_dtype(fn: Any) -> tuple:
