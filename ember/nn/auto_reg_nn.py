@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ember.nn.dense_nn import _run_layers
+
 __all__ = ["AutoRegressiveNN", "ConditionalAutoRegressiveNN", "MaskedLinear", "create_mask", "sample_mask_indices"]
 
 
@@ -107,16 +109,7 @@ class ConditionalAutoRegressiveNN(nn.Module):
         """``inputs`` of shape ``(..., input_dim)`` and ``context`` of shape ``(..., context_dim)`` to
         the parameters: each of shape ``(..., input_dim)`` when every ``param_dims`` entry is 1, else
         ``(..., param_dim, input_dim)`` (a tensor for one parameter, a tuple for several)."""
-        if self.context_dim:
-            if context is None:
-                raise ValueError(f"{type(self).__name__}: this network needs a context of size {self.context_dim}")
-            context = context.expand(inputs.shape[:-1] + context.shape[-1:])
-            h = torch.cat([context, inputs], dim=-1)
-        else:
-            h = inputs
-        for layer in self.layers[:-1]:
-            h = self.f(layer(h))
-        h = self.layers[-1](h)
+        h = _run_layers(self, inputs, context)
         if self.skip_layer is not None:
             h = h + self.skip_layer(inputs)
         if self.output_multiplier == 1:

@@ -37,16 +37,7 @@ class ConditionalDenseNN(nn.Module):
         """``inputs`` of shape ``(..., input_dim)`` and ``context`` of shape ``(..., context_dim)``
         (expanded to the inputs' batch dims) to one tensor of shape ``(..., param_dim)`` per entry of
         ``param_dims`` (a tensor when there is one, a tuple otherwise)."""
-        if self.context_dim:
-            if context is None:
-                raise ValueError(f"{type(self).__name__}: this network needs a context of size {self.context_dim}")
-            context = context.expand(inputs.shape[:-1] + context.shape[-1:])
-            h = torch.cat([context, inputs], dim=-1)
-        else:
-            h = inputs
-        for layer in self.layers[:-1]:
-            h = self.f(layer(h))
-        h = self.layers[-1](h)
+        h = _run_layers(self, inputs, context)
         if self.count_params == 1:
             return h
         return tuple(h.split(self.param_dims, dim=-1))
@@ -62,3 +53,19 @@ class DenseNN(ConditionalDenseNN):
         """``inputs`` of shape ``(..., input_dim)`` to one tensor of shape ``(..., param_dim)`` per entry
         of ``param_dims`` (a tensor when there is one, a tuple otherwise)."""
         return super().forward(inputs, None)
+
+
+def _run_layers(net: nn.Module, inputs: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """``net.layers`` (``nn.Linear``, ``net.f`` between them) on ``inputs`` ``(..., input_dim)``,
+    with ``context`` ``(..., context_dim)`` expanded to the inputs' batch dims and put in front
+    when ``net.context_dim``: the output of the last layer, ``(..., out_features)``."""
+    if net.context_dim:
+        if context is None:
+            raise ValueError(f"{type(net).__name__}: this network needs a context of size {net.context_dim}")
+        context = context.expand(inputs.shape[:-1] + context.shape[-1:])
+        h = torch.cat([context, inputs], dim=-1)
+    else:
+        h = inputs
+    for layer in net.layers[:-1]:
+        h = net.f(layer(h))
+    return net.layers[-1](h)

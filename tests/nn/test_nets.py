@@ -55,3 +55,14 @@ def test_conditional_nets():
     a, b = d(torch.randn(5, 3), torch.randn(2))
     assert a.shape == (5, 2) and b.shape == (5, 3)
     assert DenseNN(3, [4], param_dims=[6])(torch.randn(5, 3)).shape == (5, 6)
+
+
+def test_conditional_networks_without_their_context_say_so():
+    from ember.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
+
+    x = torch.randn(5, 3)
+    for net in (ConditionalDenseNN(3, 2, [8], param_dims=[1, 1]), ConditionalAutoRegressiveNN(3, 2, [8])):
+        with pytest.raises(ValueError, match=f"{type(net).__name__}: this network needs a context of size 2"):
+            net(x)
+        out = net(x, context=torch.randn(2))  # a context without batch dims is expanded to the inputs'
+        assert all(o.shape[0] == 5 for o in (out if isinstance(out, tuple) else (out,)))
