@@ -67,6 +67,8 @@ from ember.primitives import enable_validation, get_param_store
 from ember.runtime import is_validation_enabled
 
 __all__ = [
+    "pyplot",
+    "report_plot",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
     "LOCK_NAME",
@@ -113,6 +115,23 @@ class UsageError(ValueError):
 
 class RunWriteError(UsageError):
     """Writing a run's file failed (no space, read-only, permission): one line naming the file and the cause."""
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-writing Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def report_plot(path: str, made: bool) -> None:
+    """Say where the figure is, or that there is none because matplotlib is missing."""
+    print(f"  plot: {path}" if made else "  (no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')")
 
 
 def _describe_os_error(e: OSError) -> str:

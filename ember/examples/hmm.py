@@ -27,7 +27,7 @@ import torch
 import ember
 import ember.distributions as dist
 from ember.examples._main import run_main
-from ember.examples._runs import UsageError, make_run_dir
+from ember.examples._runs import UsageError, make_run_dir, pyplot, report_plot
 from ember.infer import SVI, TraceEnum_ELBO, config_enumerate, infer_discrete
 from ember.poutine import trace
 
@@ -98,12 +98,9 @@ def plot(path: str, ys: torch.Tensor, states: torch.Tensor, decoded: torch.Tenso
     """``hmm.png``: the first sequence's observations with the true and the decoded states' locations
     (``ys``, ``states``, ``decoded`` of shape ``(N, T)``; ``fitted_locs`` of shape ``(K,)``, in the
     order of the true states), and the loss by step. False when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1]})
     t = torch.arange(ys.shape[1])
@@ -155,10 +152,7 @@ def main(args: argparse.Namespace) -> int:
           f"{summary['loglik_fitted']:.1f} (fitted) vs {summary['loglik_true']:.1f} (true parameters)")
     if not getattr(args, "no_plot", False):
         path = os.path.join(out, "hmm.png")
-        if plot(path, ys, states, decoded, res["locs"][order], res["losses"]):
-            print(f"  plot: {path}")
-        else:
-            print("  (no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')")
+        report_plot(path, plot(path, ys, states, decoded, res["locs"][order], res["losses"]))
     return 0
 
 

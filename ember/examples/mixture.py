@@ -29,7 +29,7 @@ import torch
 import ember
 import ember.distributions as dist
 from ember.examples._main import run_main
-from ember.examples._runs import UsageError, make_run_dir
+from ember.examples._runs import UsageError, make_run_dir, pyplot, report_plot
 from ember.infer import MCMC, NUTS, SVI, TraceEnum_ELBO, config_enumerate, infer_discrete
 from ember.poutine import condition, trace
 
@@ -95,12 +95,9 @@ def plot(path: str, data: torch.Tensor, values: dict[str, torch.Tensor], assignm
     under the MAP mixture density (``values``: weights ``(K,)``, scale ``()``, locs ``(K,)``), and,
     with NUTS ``draws`` (locs ``(S, K)``), the posterior of the two locations. False when
     matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     ncols = 2 if draws is not None else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.8), squeeze=False)
@@ -167,10 +164,7 @@ def main(args: argparse.Namespace) -> int:
         json.dump(summary, f, indent=2)
     if not getattr(args, "no_plot", False):
         path = os.path.join(out, "mixture.png")
-        if plot(path, data, values, assignment, draws):
-            print(f"  plot: {path}")
-        else:
-            print("  (no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')")
+        report_plot(path, plot(path, data, values, assignment, draws))
     return 0
 
 

@@ -71,3 +71,14 @@ def test_the_enumeration_examples_refuse_bad_sizes_in_one_line(tmp_path):
 
     r = subprocess.run([sys.executable, "-m", "ember", "hmm", "--length", "1", "--out", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "--length >= 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_without_matplotlib_the_examples_say_how_to_get_the_plot(tmp_path, capsys, monkeypatch):
+    from ember.cli import build_parser
+    from ember.examples import hmm
+
+    monkeypatch.setattr(hmm, "pyplot", lambda: None)
+    args = build_parser().parse_args(["hmm", "--steps", "2", "--num-sequences", "2", "--length", "5", "--out", str(tmp_path)])
+    assert args.run(args) == 0
+    assert "(no plot: matplotlib is not installed; pip install 'ember-ppl[plots]')" in capsys.readouterr().out
+    assert not (tmp_path / "hmm.png").exists()
