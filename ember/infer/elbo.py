@@ -245,7 +245,8 @@ class ELBO:
     # ---- particles -------------------------------------------------------------------------
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
         with torch.no_grad():
-            model_trace, guide_trace = get_importance_trace(model, guide, args, kwargs, validate=False)
+            # with Ember's checks as they are: a model/guide mismatch is reported here as it would be later
+            model_trace, guide_trace = get_importance_trace(model, guide, args, kwargs)
         return guess_max_plate_nesting(model_trace, guide_trace)
 
     def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[Trace, Trace]]:

@@ -215,10 +215,14 @@ class TraceEnum_ELBO(ELBO):
     def __init__(self, *args: Any, strict_enumeration_warning: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, strict_enumeration_warning=strict_enumeration_warning, **kwargs)
         self._warn_no_enumeration = strict_enumeration_warning
+        self._vectorizable: bool | None = None  # decided on the first vectorized call (_get_traces)
 
     def _guess_mpn(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
         if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
+            # every call needs the nesting, so the look at the model's plates draws nothing from the
+            # caller's random stream: the draws are those of an ELBO that was told max_plate_nesting
+            with torch.random.fork_rng(devices=[]):
+                self.max_plate_nesting = self._guess_max_plate_nesting(model, guide, args, kwargs)
         mpn = self.max_plate_nesting
         if isinstance(mpn, float):
             if mpn != int(mpn) or mpn < 0:
@@ -226,9 +230,28 @@ class TraceEnum_ELBO(ELBO):
             mpn = int(mpn)
         return mpn
 
+    def _score_sites(self, guide: Callable, args: tuple, kwargs: dict) -> list[str]:
+        """The guide's latent sites that are neither reparameterized nor enumerated (score-function
+        sites), from one look at the guide that draws nothing from the caller's random stream."""
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            tm = TraceMessenger(guide)
+            tm(*args, **kwargs)
+        return [n for n, st in tm.trace.nodes.items() if st.type == "sample" and is_guide_latent(st)
+                and not st.fn.has_rsample and not st.infer.get("enumerate")]
+
     def _get_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[tuple[Trace, Trace]]:
         mpn = self._guess_mpn(model, guide, args, kwargs)
-        if self.vectorize_particles and self.num_particles > 1:
+        if self.vectorize_particles and self.num_particles > 1 and self._vectorizable is None:
+            # a score-function site's surrogate takes its particle's whole cost; in one vectorized
+            # trace that cost would be every particle's (unbiased, but with a variance that grows
+            # with the number of particles), so such guides run their particles one by one
+            score = self._score_sites(guide, args, kwargs)
+            self._vectorizable = not score
+            if score:
+                warnings.warn(f"TraceEnum_ELBO: the guide's sites {score} are neither reparameterized nor enumerated, so "
+                              f"the particles run one after another instead of vectorized (mark them for enumeration, "
+                              f"config_enumerate(guide), to sum them out exactly)", UserWarning, stacklevel=4)
+        if self.vectorize_particles and self.num_particles > 1 and self._vectorizable:
             dim = -mpn - 1
             name, num = "num_particles_vectorized", self.num_particles
             yield from self._iter_traces(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, mpn + 1)

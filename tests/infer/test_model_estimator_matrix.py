@@ -38,7 +38,7 @@ from torch.distributions import constraints
 import ember as pyro
 import ember.distributions as dist
 from ember import poutine
-from ember.infer import JitTrace_ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from ember.infer import JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from ember.infer.renyi_elbo import RenyiELBO
 from ember.infer.trace_elbo import JitTraceMeanField_ELBO
 from ember.infer.tracegraph_elbo import JitTraceGraph_ELBO
@@ -95,6 +95,11 @@ ESTIMATORS = [
     # alpha = 0 (IWAE): its expectation is not the ELBO's, so the ELBO-expectation tests below skip it
     Estimator("RenyiELBO", functools.partial(RenyiELBO, num_particles=1), mc_loss=False, full_score_cost=False,
               averages_particles=False, per_datum_cost=False),
+    # no site is enumerated in these cases: each score-function site takes its particle's whole cost,
+    # and a guide with one runs its particles one by one (warning), so the vectorized cells leave it out
+    # (test_trace_enum_runs_score_function_particles_one_by_one checks that path)
+    Estimator("TraceEnum_ELBO", functools.partial(TraceEnum_ELBO, strict_enumeration_warning=False), full_score_cost=False,
+              vectorizable=False),
 ]
 EST_BY_NAME = {e.name: e for e in ESTIMATORS}
 
@@ -1374,3 +1379,24 @@ def test_invalid_pair(est: Estimator, model: Callable, guide: Callable, kind: ty
             warnings.simplefilter("ignore")  # a model-but-not-guide warning may come first
             with pytest.raises(kind, match=pattern):
                 elbo.loss_and_grads(model, guide, X4)
+
+
+def test_trace_enum_runs_score_function_particles_one_by_one():
+    """TraceEnum_ELBO asked to vectorize the particles of a guide with a score-function site
+    (neither reparameterized nor enumerated) warns and runs them one by one: the same gradient
+    as vectorize_particles=False on the same seed, and near the exact one."""
+    theta = DISC_THETA.clone().requires_grad_(True)
+    _disc_neg_elbo(theta).backward()
+    grads = {}
+    for vec in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(7)
+        elbo = TraceEnum_ELBO(num_particles=400, vectorize_particles=vec, max_plate_nesting=1, strict_enumeration_warning=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elbo.loss_and_grads(disc_model, disc_guide, DISC_X)
+        assert any("sites ['z'] are neither reparameterized nor enumerated" in str(w.message) for w in caught) == vec
+        grads[vec] = _params()["theta"].grad.clone()
+    torch.testing.assert_close(grads[True], grads[False])
+    tol = 4 * _disc_particle_grad_sd(DISC_THETA) / math.sqrt(400)
+    assert bool(((grads[True] - theta.grad).abs() <= tol).all())
