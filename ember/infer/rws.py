@@ -12,12 +12,23 @@ from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
 from ember.infer.renyi_elbo import particle_terms
 from ember.infer.util import in_plate
 from ember.poutine.condition_messenger import UnconditionMessenger
+from ember.poutine.messenger import Messenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
-from ember.runtime import is_guide_latent
+from ember.runtime import Message, is_guide_latent
 
 __all__ = ["ReweightedWakeSleep"]
+
+
+class _FixedDraws(Messenger):
+    """The guide's draws reach the rest of the guide detached: reweighted wake-sleep never
+    differentiates a draw, also where a later site's parameters are computed from an earlier draw
+    (``q(u) q(z | u)``: the gradient of ``log q(z | u)`` is taken at ``u`` fixed)."""
+
+    def _postprocess_message(self, msg: Message) -> None:
+        if msg.type == "sample" and not msg.is_observed and isinstance(msg.value, torch.Tensor):
+            msg.value = msg.value.detach()
 
 
 class ReweightedWakeSleep(ELBO):
@@ -68,7 +79,7 @@ class ReweightedWakeSleep(ELBO):
             pdim = -int(self.max_plate_nesting) - 1
             model = in_plate(model, "num_particles_vectorized", self.num_particles, pdim)
             guide = in_plate(guide, "num_particles_vectorized", self.num_particles, pdim)
-        guide_tm = TraceMessenger(guide)
+        guide_tm = TraceMessenger(_FixedDraws(guide))
         guide_tm(*args, **kwargs)
         guide_trace = guide_tm.trace
         for site in guide_trace.nodes.values():

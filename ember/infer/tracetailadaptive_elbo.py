@@ -8,8 +8,11 @@ from typing import Any
 
 import torch
 
-from ember.infer.renyi_elbo import _CoupledParticlesELBO, collect_particles, log_weights, per_particle
+from ember.infer.renyi_elbo import _CoupledParticlesELBO, collect_particles, per_particle
 from ember.infer.trace_elbo import Trace_ELBO
+from ember.infer.util import in_plate
+from ember.poutine.replay_messenger import ReplayMessenger
+from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, scale_and_mask
 from ember.runtime import is_guide_latent
 
@@ -26,12 +29,17 @@ def tail_adaptive_weights(log_w: torch.Tensor, beta: float) -> torch.Tensor:
     return g / g.sum()
 
 
-def _path_log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log w, log w with the guide's parameters held fixed in log q)``, each ``[n]``: in the
-    second, only the path through the draws ``z = T_phi(eps)`` carries gradient."""
-    log_w, _ = log_weights(model_trace, guide_trace, particle_dim, n)
+def _direct_log_q(guide: Callable, guide_trace: Trace, args: tuple, kwargs: dict, particle_dim: int, n: int) -> torch.Tensor:
+    """``[n]``: each particle's ``log q_phi(z)`` with every draw held fixed, its inputs included (the
+    guide replayed at its own detached values): its gradient is the direct part of
+    ``d log q / d phi``, the dependence on the guide's parameters alone. In a guide whose later
+    sites depend on earlier draws (``q(u) q(z | u)``), the draw ``u`` in ``q(z | u)`` is held fixed
+    too, so the path through ``u`` stays in the gradient as it should."""
+    fixed = guide_trace.copy().detach_()
+    tm = TraceMessenger(ReplayMessenger(in_plate(guide, "num_particles_vectorized", n, particle_dim), trace=fixed))
+    tm(*args, **kwargs)
     direct: Any = 0.0
-    for name, site in guide_trace.nodes.items():
+    for name, site in tm.trace.nodes.items():
         if not is_guide_latent(site):
             continue
         if not site.fn.has_rsample:
@@ -39,12 +47,11 @@ def _path_log_weights(model_trace: Trace, guide_trace: Trace, particle_dim: int 
                 f"TraceTailAdaptive_ELBO: guide site '{name}' ({type(site.fn).__name__}) is not reparameterizable; "
                 f"this objective needs every guide site to have rsample (use RenyiELBO or Trace_ELBO instead)"
             )
-        # log q_phi(z) at z fixed: its gradient is the direct (score) part of d log q / d phi
-        lq = scale_and_mask(site.fn.log_prob(site.value.detach()), site.scale, site.mask)
+        lq = scale_and_mask(site.fn.log_prob(site.value), site.scale, site.mask)
         direct = direct + per_particle(lq, particle_dim, n)
     if not isinstance(direct, torch.Tensor):
-        return log_w, log_w
-    return log_w, log_w + direct - direct.detach()
+        return torch.zeros(n)
+    return direct
 
 
 class TraceTailAdaptive_ELBO(_CoupledParticlesELBO, Trace_ELBO):
@@ -78,9 +85,13 @@ class TraceTailAdaptive_ELBO(_CoupledParticlesELBO, Trace_ELBO):
         self.tail_adaptive_beta = float(tail_adaptive_beta)
 
     def _terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
-        parts, traces = collect_particles(self, model, guide, args, kwargs, terms=_path_log_weights)
+        parts, traces = collect_particles(self, model, guide, args, kwargs)
         log_w = torch.cat([w for w, _ in parts])
-        path_log_w = torch.cat([w for _, w in parts])
+        n = self.num_particles
+        direct = _direct_log_q(guide, traces[0][1], args, kwargs, -int(self.max_plate_nesting) - 1, n)
+        # in log w only the path through the draws carries gradient: + direct - direct.detach()
+        # cancels the gradient of log q's direct dependence on the guide's parameters
+        path_log_w = log_w + direct - direct.detach()
         loss = -log_w.mean()
         gamma = tail_adaptive_weights(log_w.detach(), self.tail_adaptive_beta)
         surrogate = -(gamma * path_log_w).sum()

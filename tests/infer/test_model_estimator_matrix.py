@@ -15,7 +15,9 @@ cell (pair × estimator × {1, 3, 3 vectorized} particles) checks, on the same r
 Beside the cells: agreement between estimators where the by-hand checks do not imply it; the
 analytic-KL estimator by hand; the auxiliary-site rule (issue 11 point 3) for every estimator;
 expectations against closed forms (a conjugate Normal model, discrete latents by enumeration);
-whether the compiled estimator compiles static models; invalid pairs and their error or warning.
+whether the compiled estimator compiles static models; invalid pairs and their error or warning;
+and the coupled-particle estimators (``TraceTailAdaptive_ELBO``, ``ReweightedWakeSleep``), whose
+gradients are not the ELBO's, each over every case against its own gradient by hand.
 Known bugs are strict xfails whose reason states the bug.
 
 Adding an estimator later means adding one ``Estimator`` to ``ESTIMATORS`` (and saying, with its
@@ -1400,3 +1402,143 @@ def test_trace_enum_runs_score_function_particles_one_by_one():
     torch.testing.assert_close(grads[True], grads[False])
     tol = 4 * _disc_particle_grad_sd(DISC_THETA) / math.sqrt(400)
     assert bool(((grads[True] - theta.grad).abs() <= tol).all())
+
+
+# =========================================================================================
+# The coupled-particle estimators: TraceTailAdaptive_ELBO and ReweightedWakeSleep
+# =========================================================================================
+# Neither fits the cells above: their gradients are not the ELBO's (the tail-adaptive gradient
+# weights each particle by its rank; reweighted wake-sleep gives the model and the guide different
+# objectives, with the draws held fixed) and RWS's loss is a pair. So each gets its own cell over
+# every case, with an oracle by hand from the per-particle losses L_k = -(log p - log q) of BY_HAND.
+from ember.infer import ReweightedWakeSleep, TraceTailAdaptive_ELBO  # noqa: E402
+
+K_COUPLED = 3
+
+
+def _per_particle_values(case: Case, elbo: Any, seed: int, vectorized: bool) -> list[dict]:
+    """The guide's values of each of the estimator's ``K_COUPLED`` particles on ``seed``, one dict
+    per particle (a vectorized draw is cut along the particle dim, kept as a dim of size 1, which the
+    by-hand losses treat as one particle)."""
+    pyro.set_rng_seed(seed)
+    if not vectorized:
+        return [_guide_values(poutine.trace(case.guide).get_trace(*case.args)) for _ in range(K_COUPLED)]
+    pdim = -int(elbo.max_plate_nesting) - 1
+    with pyro.plate("num_particles_vectorized", K_COUPLED, dim=pdim):
+        tr = poutine.trace(case.guide).get_trace(*case.args)
+    out = []
+    for k in range(K_COUPLED):
+        values = {}
+        for name, site in tr.nodes.items():
+            if site["type"] == "sample":
+                v = site["value"]
+                d = v.dim() - len(site["fn"].event_shape) + pdim  # the particle dim, left of the plates and event dims
+                values[name] = v.narrow(d, k, 1) if d >= 0 else v
+            elif site["type"] == "subsample":
+                values[name] = site["value"]  # the indices, shared by every particle
+        out.append(values)
+    return out
+
+
+def _detached(values: dict) -> dict:
+    return {k: v.detach() for k, v in values.items()}
+
+
+def _model_and_guide_params(case: Case) -> tuple[set, set]:
+    guide_tr = poutine.trace(case.guide).get_trace(*case.args)
+    model_tr = poutine.trace(poutine.replay(case.model, trace=guide_tr)).get_trace(*case.args)
+    store = pyro.get_param_store()
+
+    def names(tr: Any) -> set:
+        return {name for name, site in tr.nodes.items() if site["type"] == "param" and name in store}
+
+    return names(model_tr), names(guide_tr)
+
+
+def _grad_or_zero(out: torch.Tensor, params: dict) -> dict:
+    names = list(params)
+    grads = torch.autograd.grad(out, [params[n] for n in names], allow_unused=True, retain_graph=True)
+    return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
+
+
+def _coupled_cell(case: Case, elbo: Any) -> tuple[float, dict]:
+    """Warm up ``elbo`` on ``case``, check loss ≈ differentiable_loss ≈ loss_and_grads and the stored
+    gradients against autograd's of differentiable_loss; return the loss on seed 31 and its gradients."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        elbo.loss_and_grads(case.model, case.guide, *case.args)
+    assert not caught, f"{type(elbo).__name__} on the valid pair '{case.name}' warned: {[str(w.message) for w in caught]}"
+    _zero_grads()
+    seed = 31
+    pyro.set_rng_seed(seed)
+    loss = elbo.loss(case.model, case.guide, *case.args)
+    pyro.set_rng_seed(seed)
+    surrogate = elbo.differentiable_loss(case.model, case.guide, *case.args)
+    auto = _grad_or_zero(surrogate, _params())
+    value, grads = _loss_grads_on_seed(elbo, case, seed)
+    total = sum(loss) if isinstance(loss, tuple) else loss
+    _close(surrogate.detach(), total, "differentiable_loss vs loss")
+    _close(torch.tensor(value), torch.tensor(loss), "loss_and_grads vs loss")
+    for n, g in grads.items():
+        g = torch.zeros_like(auto[n]) if g is None else g
+        assert bool(torch.isfinite(g).all()), f"parameter '{n}' has a non-finite gradient {g}"
+        _close(g, auto[n], f"gradient of '{n}': loss_and_grads vs autograd of differentiable_loss", rtol=1e-4, atol=1e-5)
+    return value, grads
+
+
+def _tail_adaptive_cases() -> list:
+    return [pytest.param(c, id=c.name) for c in CASES if c.reparam and c.vectorizable]
+
+
+@pytest.mark.parametrize("case", _tail_adaptive_cases())
+def test_tail_adaptive_cell(case: Case) -> None:
+    """TraceTailAdaptive_ELBO on every reparameterized pair: its loss is the mean of the particles'
+    -(log p - log q) by hand, and its gradient is, by hand, sum_k gamma_k d(L_k) with log q's
+    direct dependence on the guide's parameters removed (the draws' path only), gamma_k
+    proportional to (the fraction of particles with log w >= log w_k) ** beta."""
+    elbo = TraceTailAdaptive_ELBO(num_particles=K_COUPLED, vectorize_particles=True)
+    value, grads = _coupled_cell(case, elbo)
+    per = _per_particle_values(case, elbo, 31, vectorized=True)
+    hand = BY_HAND[case.name]
+    losses = torch.stack([hand(v, *case.args) for v in per])  # L_k = -log w_k, with graphs
+    _close(value, losses.mean(), f"TraceTailAdaptive_ELBO loss on '{case.name}' vs by hand")
+    log_w = -losses.detach()
+    tail = torch.stack([(log_w >= lw).to(log_w.dtype).mean() for lw in log_w])
+    gamma = tail ** elbo.tail_adaptive_beta
+    gamma = gamma / gamma.sum()
+    model_params, guide_params = _model_and_guide_params(case)
+    params = _params()
+    full = _grad_or_zero((gamma * losses).sum(), params)
+    direct = _grad_or_zero((gamma * torch.stack([hand(_detached(v), *case.args) for v in per])).sum(), params)
+    for n in params:
+        expected = full[n] - (direct[n] if n in guide_params and n not in model_params else 0.0)
+        _close(torch.zeros_like(expected) if grads[n] is None else grads[n], expected, f"tail-adaptive gradient of '{n}' on '{case.name}' vs by hand", rtol=1e-4, atol=1e-5)
+
+
+def test_tail_adaptive_refuses_score_function_guides() -> None:
+    for case in CASES:
+        if case.reparam or not case.vectorizable:
+            continue
+        elbo = TraceTailAdaptive_ELBO(num_particles=K_COUPLED)
+        with pytest.raises(ValueError, match=r"guide site '\w+' \(\w+\) is not reparameterizable"):
+            elbo.loss_and_grads(case.model, case.guide, *case.args)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+def test_reweighted_wake_sleep_cell(case: Case) -> None:
+    """ReweightedWakeSleep on every pair (discrete and dynamic ones too: its draws are never
+    differentiated): wake-theta is -log mean_k w_k by hand; the model's parameters get its
+    gradient, sum_k w~_k dL_k with the draws fixed, and the guide's get -sum_k w~_k dL_k (the
+    gradient of -sum_k w~_k log q(z_k)), w~ the normalised weights."""
+    elbo = ReweightedWakeSleep(num_particles=K_COUPLED, vectorize_particles=case.vectorizable)
+    (theta, _phi), grads = _coupled_cell(case, elbo)
+    per = [_detached(v) for v in _per_particle_values(case, elbo, 31, vectorized=case.vectorizable)]
+    losses = torch.stack([BY_HAND[case.name](v, *case.args) for v in per])
+    _close(theta, -(torch.logsumexp(-losses.detach(), 0) - math.log(K_COUPLED)), f"wake-theta loss on '{case.name}' vs by hand")
+    weights = torch.softmax(-losses.detach(), 0)
+    model_params, guide_params = _model_and_guide_params(case)
+    assert not model_params & guide_params
+    by_hand = _grad_or_zero((weights * losses).sum(), _params())
+    for n, g in by_hand.items():
+        expected = g if n in model_params else -g
+        _close(torch.zeros_like(g) if grads[n] is None else grads[n], expected, f"RWS gradient of '{n}' on '{case.name}' vs by hand", rtol=1e-4, atol=1e-5)
