@@ -68,18 +68,36 @@ def test_one_particle_equals_trace_elbo_on_the_same_draw():
         assert torch.allclose(ga, gb)
 
 
-def test_iwae_bound_increases_with_particles_towards_log_evidence():
-    guide()
+def _iwae_means(ks: tuple, reps: dict) -> list[float]:
     means = []
-    for k in (1, 4, 16, 64, 1024):
+    for k in ks:
         elbo = RenyiELBO(alpha=0.0, num_particles=k, vectorize_particles=k > 1)
         pyro.set_rng_seed(k)
-        reps = 400 if k < 1024 else 40
-        means.append(sum(-elbo.loss(model, guide) for _ in range(reps)) / reps)
-    assert means[0] == pytest.approx(_exact_elbo(0.0, 1.0), abs=0.15)
+        means.append(sum(-elbo.loss(model, guide) for _ in range(reps[k])) / reps[k])
+    return means
+
+
+def test_iwae_bound_increases_with_particles():
+    """With a poor guide (q = N(-1, 0.5^2), the posterior N(0.35, 0.5^2)) the bound climbs by 1.8,
+    0.95, 0.48 and 0.34 from 1 to 4, 16, 64 and 1,024 particles: each step five or more standard
+    errors of the Monte-Carlo means (0.13, 0.09, 0.06, 0.04, 0.05), and every mean at least 0.18
+    below the log evidence."""
+    guide()
+    pyro.get_param_store()["m"] = torch.tensor(-1.0)
+    pyro.get_param_store()["s"] = torch.tensor(0.5)
+    means = _iwae_means((1, 4, 16, 64, 1024), {1: 400, 4: 400, 16: 400, 64: 400, 1024: 40})
     assert all(a < b for a, b in zip(means, means[1:])), means
-    assert all(m < LOG_EVIDENCE + 0.01 for m in means), (means, LOG_EVIDENCE)
-    assert means[-1] == pytest.approx(LOG_EVIDENCE, abs=0.02)
+    assert all(m < LOG_EVIDENCE for m in means), (means, LOG_EVIDENCE)
+
+
+def test_iwae_bound_is_the_elbo_for_one_particle_and_the_log_evidence_for_many():
+    """With q = N(0, 1): one particle's mean bound is the ELBO in closed form (-5.16; standard
+    error 0.06 over 2,000 draws), and 1,024 particles' is the log evidence (-4.095; standard
+    error 0.004 over 40 draws)."""
+    guide()
+    one, many = _iwae_means((1, 1024), {1: 2000, 1024: 40})
+    assert one == pytest.approx(_exact_elbo(0.0, 1.0), abs=0.25)
+    assert many == pytest.approx(LOG_EVIDENCE, abs=0.02)
 
 
 def test_alpha_between_elbo_and_evidence():
