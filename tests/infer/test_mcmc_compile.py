@@ -326,3 +326,74 @@ def test_a_compiled_graph_that_disagrees_with_the_model_is_refused_with_the_numb
     assert compiled is None and "the compiled batched graph" in why and "different potentials or gradients" in why
     compiled, why = compile_value_and_grad(u, torch.zeros(3), lambda z: (math.inf, z))
     assert compiled is None and "not finite at the points to check" in why
+
+
+# ---- the graph pass: transposed products computed in the layout they are read in -------------------
+def _transposed_products(gm: torch.fx.GraphModule) -> int:
+    from ember.infer.compile import _is_matrix_transpose
+
+    mm = torch.ops.aten.mm.default
+    return sum(1 for n in gm.graph.nodes if _is_matrix_transpose(n) and getattr(n.args[0], "target", None) is mm)
+
+
+def test_sink_transposes_rewrites_a_vmapped_product_and_keeps_its_value():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ember.infer.compile import prepare
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=gen)
+    w = torch.randn(4, 3, generator=gen)
+
+    def f(w):  # a batched x @ w, as vectorized chains make it: mm(x, w.T).T
+        logits = torch.func.vmap(lambda wi: x @ wi)(w)
+        shared = w @ w.T  # a product read twice stays as it is
+        return torch.nn.functional.softplus(logits).sum(-1) + shared.T.sum(0) + shared.sum(1)
+
+    gm = make_fx(f)(w)
+    assert _transposed_products(gm) >= 1
+    assert prepare(gm, who="the test") is None
+    assert _transposed_products(gm) == 1  # the shared one
+    torch.testing.assert_close(gm(w), f(w))
+    # and the logits, once a strided view, are now a contiguous [4, 50]
+    logits = [n for n in gm.graph.nodes if n.target is torch.ops.aten.mm.default and n.meta["val"].shape == (4, 50)]
+    assert len(logits) == 1
+
+
+def test_sink_transposes_keeps_random_draws():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ember.infer.compile import prepare
+
+    x = torch.randn(5, 3)
+
+    def f(w):
+        torch.randn(3)  # unused, but it advances the generator: a compiled ELBO keeps it
+        return (x @ w.T).T.sum() + torch.randn(()) * 0
+
+    gm = make_fx(f)(torch.randn(2, 3))
+    assert prepare(gm, who="the test", allow_random=True) is None
+    assert sum(1 for n in gm.graph.nodes if n.target is torch.ops.aten.randn.default) == 2
+    assert _transposed_products(gm) == 0
+
+
+def test_vectorized_regression_potential_has_no_transposed_product():
+    # the pass is what makes 4 vectorized chains of the regression cheap (benchmarks/README.md)
+    import ember.infer.compile as compile_mod
+
+    recorded = []
+    original = compile_mod.first_runner
+
+    def spy(gm, example, problem_of):
+        recorded.append(gm)
+        return original(gm, example, problem_of)
+
+    x, yb = bench.logreg_data(0, n=200)
+    try:
+        compile_mod.first_runner = spy
+        mcmc = MCMC(NUTS(logreg), num_samples=5, warmup_steps=5, num_chains=3, disable_progbar=True)
+        mcmc.run(torch.from_numpy(x), torch.from_numpy(yb))
+    finally:
+        compile_mod.first_runner = original
+    assert "torch.func.vmap" in mcmc.compile_status[0] and mcmc.compile_status[0].startswith("compiled")
+    assert recorded and all(_transposed_products(gm) == 0 for gm in recorded)
