@@ -55,7 +55,13 @@ from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, Mix
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
-from ember.distributions.torch_dist import Distribution, MaskedDistribution, TorchDistribution, TorchDistributionMixin
+from ember.distributions.torch_dist import (
+    Distribution,
+    ExpandedDistribution,
+    MaskedDistribution,
+    TorchDistribution,
+    TorchDistributionMixin,
+)
 from ember.distributions.transforms import biject_to, transform_to
 
 
@@ -75,7 +81,7 @@ __all__ = [
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",
     "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "VonMises3D",
-    "Delta", "Distribution", "Empirical", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
+    "Delta", "Distribution", "Empirical", "ExpandedDistribution", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
     "biject_to", "constraints", "enable_validation", "is_validation_enabled", "kl_divergence", "register_kl",
     "transform_to", "transforms",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.distributions as _td
 from torch.distributions import constraints
 
-__all__ = ["Distribution", "TorchDistributionMixin", "TorchDistribution", "MaskedDistribution"]
+__all__ = ["Distribution", "TorchDistributionMixin", "TorchDistribution", "MaskedDistribution", "ExpandedDistribution"]
 
 
 def as_bool_mask(mask: Any, who: str) -> Any:
@@ -123,10 +123,25 @@ class TorchDistributionMixin:
         """The shape of a draw: ``sample_shape + batch_shape + event_shape``."""
         return torch.Size(sample_shape) + self.batch_shape + self.event_shape
 
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """The same distribution with batch shape ``batch_shape`` (``batch_shape`` must end in this
+        distribution's batch shape, where a size-1 dim may grow; the event shape is unchanged).
+        A class with an ``expand`` of its own (every torch class) uses it; one without (a
+        distribution written by hand that sets ``batch_shape`` in ``__init__``, ``Empirical``) is
+        wrapped in an :class:`ExpandedDistribution`, which broadcasts its draws and log-densities."""
+        parent = super().expand  # type: ignore[misc]
+        if getattr(parent, "__func__", None) is _td.Distribution.expand:
+            return ExpandedDistribution(self, batch_shape)
+        return parent(batch_shape, _instance)
+
     def expand_by(self, sample_shape: Any) -> TorchDistributionMixin:
         """The same distribution with ``sample_shape`` prepended to its batch shape: batch
         shape ``sample_shape + batch_shape``, event shape unchanged (no copy of the parameters)."""
-        return self.expand(torch.Size(sample_shape) + self.batch_shape)
+        batch_shape = torch.Size(sample_shape) + self.batch_shape
+        try:
+            return self.expand(batch_shape)
+        except NotImplementedError:
+            return ExpandedDistribution(self, batch_shape)
 
     def to_event(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
         """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims (all of them when None) as
@@ -227,6 +242,103 @@ class MaskedDistribution(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base_dist.variance
+
+
+def _expansion(base_shape: torch.Size, shape: torch.Size, who: str) -> tuple[int, list[int]]:
+    """How ``base_shape`` broadcasts to ``shape`` (right-aligned): the number of new leading dims,
+    and the positions (in ``base_shape``) of the size-1 dims that grow. Raises ``ValueError``
+    naming both shapes when ``shape`` is not an expansion of ``base_shape``."""
+    lead = len(shape) - len(base_shape)
+    if lead < 0 or any(b != 1 and b != s for b, s in zip(base_shape, shape[lead:])):
+        raise ValueError(
+            f"{who}: cannot expand batch shape {tuple(base_shape)} to {tuple(shape)}: the new shape must "
+            f"end in the old one, where only size-1 dims may grow"
+        )
+    grown = [j for j, (b, s) in enumerate(zip(base_shape, shape[lead:])) if b == 1 and s != 1]
+    return lead, grown
+
+
+class ExpandedDistribution(TorchDistribution):
+    """``base_dist`` with its batch shape expanded to ``batch_shape`` (Pyro's
+    ``ExpandedDistribution``; what ``.expand`` returns for a distribution with no ``expand`` of its
+    own). The copies along the new dims are independent: ``sample`` draws each of them, and
+    ``log_prob`` is ``base_dist``'s log-density broadcast to the new batch shape.
+
+    Shapes: ``batch_shape`` is the given ``batch_shape``, which must end in ``base_dist.batch_shape``
+    (where size-1 dims may grow); ``event_shape`` is ``base_dist.event_shape``. ``sample(sample_shape)``
+    has shape ``sample_shape + batch_shape + event_shape``; ``log_prob`` of a value of that shape has
+    shape ``sample_shape + batch_shape``."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base_dist: _td.Distribution, batch_shape: Any = torch.Size()) -> None:
+        batch_shape = torch.Size(batch_shape)
+        who = f"ExpandedDistribution of {type(base_dist).__name__}"
+        self._lead, self._grown = _expansion(base_dist.batch_shape, batch_shape, who)
+        self.base_dist = base_dist
+        super().__init__(batch_shape, base_dist.event_shape, validate_args=False)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> ExpandedDistribution:
+        batch_shape = torch.Size(batch_shape)
+        _expansion(self.batch_shape, batch_shape, f"ExpandedDistribution of {type(self.base_dist).__name__}")
+        return ExpandedDistribution(self.base_dist, batch_shape)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base_dist.has_rsample
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return self.base_dist.has_enumerate_support
+
+    @constraints.dependent_property
+    def support(self):
+        return self.base_dist.support
+
+    def _draw(self, draw: Any, sample_shape: Any) -> torch.Tensor:
+        # draw sample_shape + new leading dims + the grown dims' sizes from the base, then move each
+        # grown size into the place of the base's size-1 dim (which is dropped by the reshape)
+        sample_shape = torch.Size(sample_shape)
+        lead_shape = self.batch_shape[: self._lead]
+        grown_sizes = tuple(self.batch_shape[self._lead + j] for j in self._grown)
+        x = draw(sample_shape + lead_shape + grown_sizes)
+        if self._grown:
+            p, m, k = len(sample_shape) + self._lead, len(grown_sizes), len(self.base_dist.batch_shape)
+            where = {j: p + i for i, j in enumerate(self._grown)}
+            batch = [where.get(j, p + m + j) for j in range(k)]
+            dropped = [p + m + j for j in self._grown]
+            order = list(range(p)) + batch + list(range(p + m + k, x.dim())) + dropped
+            x = x.permute(order)
+        return x.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self._draw(self.base_dist.sample, sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self._draw(self.base_dist.rsample, sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``base_dist.log_prob(value)`` broadcast to ``value``'s sample and batch dims and
+        ``batch_shape``: shape ``sample_shape + batch_shape``."""
+        lp = self.base_dist.log_prob(value)
+        shape = torch.broadcast_shapes(self.batch_shape, value.shape[: value.dim() - len(self.event_shape)], lp.shape)
+        return lp.expand(shape)
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        """The base's support, of shape ``(K,) + batch_shape + event_shape`` (size-1 batch dims
+        when ``expand`` is False)."""
+        values = self.base_dist.enumerate_support(expand=False)
+        n_base = len(self.base_dist.batch_shape)
+        values = values.reshape(values.shape[:1] + (1,) * len(self.batch_shape) + values.shape[1 + n_base :])
+        return values.expand(values.shape[:1] + self.batch_shape + self.event_shape) if expand else values
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base_dist.mean.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base_dist.variance.expand(self.batch_shape + self.event_shape)
 
 
 class _DistributionMeta(type(_td.Distribution)):  # type: ignore[misc]
