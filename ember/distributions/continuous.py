@@ -335,7 +335,10 @@ class SkewLogistic(_ParamsMixin, TorchDistribution):
 
 class MultivariateStudentT(TorchDistribution):
     """Student's t in ``d`` dims: ``loc + scale_tril @ z / sqrt(w / df)`` with ``z ~ N(0, I)``,
-    ``w ~ Chi2(df)``. ``df``: ``[*batch]``; ``loc``: ``[*batch, d]``; ``scale_tril``: ``[*batch, d, d]``."""
+    ``w ~ Chi2(df)``. ``df``: ``[*batch]``; ``loc``: ``[*batch, d]``; ``scale_tril``: ``[*batch, d, d]``.
+
+    As in Pyro, ``covariance_matrix`` is the scale matrix ``scale_tril @ scale_tril.T``, not the
+    covariance (which is ``df / (df - 2)`` times it), and ``precision_matrix`` is its inverse."""
 
     arg_constraints = {"df": constraints.positive, "loc": constraints.real_vector, "scale_tril": constraints.lower_cholesky}
     support = constraints.real_vector
@@ -361,8 +364,17 @@ class MultivariateStudentT(TorchDistribution):
 
     @property
     def covariance_matrix(self) -> torch.Tensor:
-        cov = self.scale_tril @ self.scale_tril.transpose(-1, -2)
-        return cov * (self.df / (self.df - 2)).unsqueeze(-1).unsqueeze(-1)
+        """The scale matrix ``scale_tril @ scale_tril.T`` (``[*batch, d, d]``), as in Pyro. NB: this
+        is not the covariance of the distribution, which is ``df / (df - 2)`` times it (for
+        ``df > 2``)."""
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+    @property
+    def precision_matrix(self) -> torch.Tensor:
+        """The inverse of :attr:`covariance_matrix` (the scale matrix; not the inverse covariance):
+        ``[*batch, d, d]``."""
+        eye = torch.eye(self.event_shape[0], dtype=self.scale_tril.dtype, device=self.scale_tril.device)
+        return torch.cholesky_solve(eye.expand_as(self.scale_tril), self.scale_tril)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
