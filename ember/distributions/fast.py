@@ -72,7 +72,8 @@ class Normal(TorchDistributionMixin, _td.Normal):
         if self._validate_args:
             self._validate_sample(value)
         const = self._const
-        if const is not None and isinstance(value, _Tensor):
+        if const is not None and isinstance(value, _Tensor) and const[1] > 0.0:
+            # (a scale <= 0, possible with validation off, takes the tensor path: nan, as torch gives)
             loc, scale = const
             if loc is None:
                 z = value - self.loc
@@ -136,7 +137,7 @@ class _HalfScaleFamily(TorchDistributionMixin):
         if not isinstance(value, _Tensor):
             value = torch.as_tensor(value, dtype=self.scale.dtype)
         c = self._const_scale
-        if c is not None:
+        if c is not None and c > 0.0:  # a scale <= 0 (validation off) takes the tensor path: nan, as torch
             lp = self._log_density(value / c if c != 1.0 else value, math.log(c))
         else:
             scale = self.scale
