@@ -21,6 +21,7 @@ from torch.distributions import kl_divergence, register_kl
 
 from ember.distributions import (  # noqa: F401  (registers biject_to for the extra constraints)
     constraints,
+    kl,  # noqa: F401  (registers Pyro's KL divergences)
     transforms,
     util,  # noqa: F401  (dist.util, as in Pyro)
 )

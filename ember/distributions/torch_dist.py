@@ -147,20 +147,34 @@ class TorchDistributionMixin:
         """Treat the rightmost ``reinterpreted_batch_ndims`` batch dims (all of them when None) as
         event dims: batch shape ``(B1, B2)`` and event shape ``(E,)`` become batch shape ``(B1,)``
         and event shape ``(B2, E)`` with ``to_event(1)``, and ``log_prob`` sums over the moved
-        dims (an ``Independent`` distribution)."""
-        if reinterpreted_batch_ndims is None:
-            reinterpreted_batch_ndims = len(self.batch_shape)
-        if reinterpreted_batch_ndims == 0:
+        dims (an ``Independent`` distribution). Nested ``Independent`` wrappers are merged into one;
+        a negative ``n`` moves the last ``-n`` reinterpreted event dims back to the batch
+        (``d.to_event(1).to_event(-1)`` is ``d``), as in Pyro."""
+        n = len(self.batch_shape) if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        if n == 0:
             return self
-        if not 0 < reinterpreted_batch_ndims <= len(self.batch_shape):
+        if n > len(self.batch_shape):
             raise ValueError(
-                f"{type(self).__name__}.to_event({reinterpreted_batch_ndims}): the distribution has only "
+                f"{type(self).__name__}.to_event({n}): the distribution has only "
                 f"{len(self.batch_shape)} batch dims (batch_shape {tuple(self.batch_shape)}, event_shape "
                 f"{tuple(self.event_shape)}). Did you mean .expand_by(...) first?"
             )
+        # unwrap Independents, as Pyro does: one Independent around the innermost distribution
+        base, total = self, n
+        while isinstance(base, _td.Independent):
+            total += base.reinterpreted_batch_ndims
+            base = base.base_dist
+        if total < 0:
+            raise ValueError(
+                f"{type(self).__name__}.to_event({n}): only {total - n} of its event dims (event_shape "
+                f"{tuple(self.event_shape)}) were reinterpreted batch dims; a negative argument can move only "
+                f"those back to the batch, not {type(base).__name__}'s own event_shape {tuple(base.event_shape)}"
+            )
+        if total == 0:
+            return base
         from ember.distributions import Independent
 
-        return Independent(self, reinterpreted_batch_ndims)
+        return Independent(base, total)
 
     def independent(self, reinterpreted_batch_ndims: int | None = None) -> TorchDistributionMixin:
         """Old name of :meth:`to_event` (same shapes)."""
