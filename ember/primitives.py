@@ -67,7 +67,7 @@ def _not_a_distribution(name: str, fn: Any) -> TypeError:
     return TypeError(f"sample site '{name}': expected a distribution (e.g. dist.Normal(0., 1.)), got {fn!r}.{hint}")
 
 
-def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None = None, **kwargs: Any) -> torch.Tensor:
+def sample(name: str, fn: Any, *args: Any, obs: Any = None, obs_mask: Any = None, infer: dict | None = None, **kwargs: Any) -> torch.Tensor:
     """Draw a value named ``name`` from distribution ``fn`` (or, with ``obs``, observe
     ``obs`` under it). Handlers may intercept the site: ``condition`` fixes its value,
     ``trace`` records it, ``replay`` reuses a recorded value, ...
@@ -79,7 +79,15 @@ def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None =
     have expanded the distribution (each plate's dim, at its subsample size, where the batch
     shape has 1 or nothing); an ``obs`` must broadcast to that shape without growing it. Under
     vectorized particles, samples or chains, more batch dims appear on the left.
+
+    ``obs_mask`` (a bool tensor broadcastable to the batch shape) observes ``obs`` only where it is
+    True and imputes the rest, as Pyro does, with three sites: ``name + "_observed"`` (observed,
+    its log-density masked to the True entries), ``name + "_unobserved"`` (a latent the guide
+    should sample, masked to the False entries) and ``name`` (a deterministic site: ``obs`` where
+    the mask is True, the imputed draw elsewhere), whose value is returned.
     """
+    if obs_mask is not None:
+        return _masked_observe(name, fn, obs, obs_mask, infer, args, kwargs)
     if obs is not None and not isinstance(obs, torch.Tensor):
         try:
             obs = _obs_to_tensor(obs, fn)
@@ -104,6 +112,30 @@ def sample(name: str, fn: Any, *args: Any, obs: Any = None, infer: dict | None =
     msg = Message("sample", name, fn, args, kwargs, obs, obs is not None, infer)
     apply_stack(msg)
     return msg.value
+
+
+def _masked_observe(name: str, fn: Any, obs: Any, obs_mask: Any, infer: dict | None, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``sample(name, fn, obs=obs, obs_mask=obs_mask)``: split into an observed, an unobserved and a
+    deterministic site (see :func:`sample`)."""
+    from ember.poutine.scale_messenger import MaskMessenger
+
+    if not isinstance(obs_mask, torch.Tensor) or obs_mask.dtype != torch.bool:
+        what = f"a tensor of dtype {obs_mask.dtype}" if isinstance(obs_mask, torch.Tensor) else f"{type(obs_mask).__name__} {obs_mask!r:.60}"
+        raise TypeError(f"sample site '{name}': obs_mask must be a bool tensor (True: observed, False: imputed); got {what}")
+    event_dim = len(getattr(fn, "event_shape", ()))
+    with MaskMessenger(mask=obs_mask):
+        observed = sample(f"{name}_observed", fn, *args, obs=obs, infer=infer, **kwargs)
+    with MaskMessenger(mask=~obs_mask):
+        unobserved = sample(f"{name}_unobserved", fn, *args, infer=infer, **kwargs)
+    batch_mask = obs_mask.reshape(obs_mask.shape + (1,) * event_dim)
+    try:
+        value = torch.where(batch_mask, observed, unobserved)
+    except RuntimeError as e:
+        raise ValueError(
+            f"sample site '{name}': obs_mask of shape {tuple(obs_mask.shape)} does not broadcast with the site's value of "
+            f"shape {tuple(unobserved.shape)} (event shape {tuple(fn.event_shape)}); the mask covers the batch dims only"
+        ) from e
+    return deterministic(name, value, event_dim=event_dim)
 
 
 class _ParamGetter:
