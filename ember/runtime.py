@@ -74,8 +74,10 @@ one vocabulary every estimator, sampler and predictor uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, NamedTuple
+
+import torch
 
 __all__ = [
     "Message",
@@ -83,6 +85,8 @@ __all__ = [
     "get_stack",
     "is_validation_enabled",
     "NonlocalExit",
+    "ScoreParts",
+    "scale_and_mask",
     "is_sample",
     "is_observed",
     "is_latent",
@@ -222,6 +226,45 @@ class Message:
         except KeyError:
             return default
 
+    def __delitem__(self, key: str) -> None:
+        if key in _FIELD_SET:
+            if key not in self:
+                raise KeyError(key)
+            setattr(self, key, _DEFAULTS[key]() if callable(_DEFAULTS[key]) else _DEFAULTS[key])
+        elif self._extra is not None and key in self._extra:
+            del self._extra[key]
+        else:
+            raise KeyError(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """``dict.pop``: remove ``key`` and return its value (a field goes back to its default:
+        ``infer`` to ``{}``, ``scale`` to ``1.0``, ``value`` and the filled-in scores to None)."""
+        if len(default) > 1:
+            raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
+        if key not in self:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self[key]
+        return value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``dict.setdefault``: ``self[key]`` if present, else set it to ``default`` and return that."""
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def values(self) -> list:
+        return [self[k] for k in self.keys()]
+
     def keys(self) -> list:
         ks = [k for k in _PUBLIC_FIELDS if k in self]
         if self._extra:
@@ -249,9 +292,47 @@ class Message:
 
 
 _FIELD_SET = frozenset(f for f in _FIELDS if not f.startswith("_"))
+# what ``del msg[field]`` restores (callables make a fresh container)
+_DEFAULTS: dict = {
+    "type": None, "name": None, "fn": None, "args": (), "kwargs": dict, "value": None, "is_observed": False,
+    "infer": dict, "scale": 1.0, "mask": None, "cond_indep_stack": (), "done": False, "stop": False,
+    "continuation": None, "log_prob": None, "unscaled_log_prob": None, "log_prob_sum": None, "score_parts": None,
+}
+MutableMapping.register(Message)  # isinstance(msg, MutableMapping), as Pyro's dict messages are
 _PUBLIC_FIELDS = tuple(f for f in _FIELDS if not f.startswith("_"))
 # keys that "exist" only once they have been filled in
 _OPTIONAL_KEYS = frozenset({"log_prob", "unscaled_log_prob", "log_prob_sum", "score_parts"})
+
+
+def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> torch.Tensor:
+    """Zero ``tensor`` where ``mask`` is False (never NaN * 0) and multiply by ``scale``."""
+    if mask is not None and mask is not True:
+        if mask is False:
+            tensor = torch.zeros_like(tensor)
+        else:
+            tensor = torch.where(mask, tensor, tensor.new_zeros(()))
+    if not (type(scale) is float and scale == 1.0):
+        tensor = tensor * scale
+    return tensor
+
+
+class ScoreParts(NamedTuple):
+    """A sample site's terms of a gradient estimator (Pyro's ``ScoreParts``), in ``site["score_parts"]``
+    once ``Trace.compute_score_parts`` ran: ``log_prob`` (scaled and masked, the batch shape),
+    ``score_function`` (the unscaled, unmasked log-density of a site without ``rsample``, else 0) and
+    ``entropy_term`` (the scaled, masked log-density of a site with ``rsample``, else 0)."""
+
+    log_prob: Any
+    score_function: Any
+    entropy_term: Any
+
+    def scale_and_mask(self, scale: Any = 1.0, mask: Any = None) -> ScoreParts:
+        """Scale and mask ``log_prob`` and ``entropy_term`` (a tensor or 0); ``score_function`` is
+        never scaled or masked."""
+        ent = self.entropy_term
+        if isinstance(ent, torch.Tensor):
+            ent = scale_and_mask(ent, scale, mask)
+        return ScoreParts(scale_and_mask(self.log_prob, scale, mask), self.score_function, ent)
 
 
 class NonlocalExit(Exception):

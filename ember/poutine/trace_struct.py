@@ -9,22 +9,10 @@ from typing import Any
 
 import torch
 
-from ember.runtime import Message, is_guide_latent, is_validation_enabled
+from ember.runtime import Message, ScoreParts, is_guide_latent, is_validation_enabled, scale_and_mask
 from ember.runtime import is_subsample as site_is_subsample
 
 __all__ = ["Trace", "site_is_subsample", "scale_and_mask", "site_log_prob"]
-
-
-def scale_and_mask(tensor: torch.Tensor, scale: Any = 1.0, mask: Any = None) -> torch.Tensor:
-    """Zero ``tensor`` where ``mask`` is False (never NaN * 0) and multiply by ``scale``."""
-    if mask is not None and mask is not True:
-        if mask is False:
-            tensor = torch.zeros_like(tensor)
-        else:
-            tensor = torch.where(mask, tensor, tensor.new_zeros(()))
-    if not (type(scale) is float and scale == 1.0):
-        tensor = tensor * scale
-    return tensor
 
 
 def site_log_prob(site: Message) -> torch.Tensor:
@@ -94,7 +82,13 @@ class Trace:
             if old.type != msg.type:
                 raise RuntimeError(f"site '{name}' is already in the trace as a {old.type} site; it cannot also be a {msg.type} site")
             if msg.type == "subsample":
-                return  # the same plate entered again in one run: keep its first indices
+                # (the same plate object entered again draws no new indices: no second message)
+                raise RuntimeError(
+                    f"Multiple plates named '{name}' in one run (two different plate objects, sizes "
+                    f"{old.fn.size} and {msg.fn.size}). A trace keeps one set of indices per plate name, so replaying "
+                    f"it would give the second plate the first one's indices. Give each plate its own name, or create "
+                    f"the plate once and enter that object again (p = plate('{name}', ...); with p: ...; with p: ...)."
+                )
             if msg.type != "param":
                 raise RuntimeError(
                     f"Multiple {msg.type} sites named '{name}'. Every sample site in one run of a model "
@@ -193,15 +187,17 @@ class Trace:
         return total
 
     def compute_score_parts(self) -> None:
-        """Pyro-compatible: ``site.score_parts = (log_prob, score_function, entropy_term)``."""
+        """Fill ``site.score_parts`` of every sample site with a :class:`~ember.runtime.ScoreParts`
+        ``(log_prob, score_function, entropy_term)``, as Pyro does: a distribution with ``rsample``
+        gives ``(log_prob, 0, log_prob)``, one without ``(log_prob, unscaled log_prob, 0)``; ``log_prob``
+        and ``entropy_term`` are scaled and masked, ``score_function`` is not."""
         self.compute_log_prob()
         for site in self.nodes.values():
             if site.type == "sample" and site.log_prob is not None and site.score_parts is None:
-                if site.is_observed or getattr(site.fn, "has_rsample", False):
-                    sf = 0
+                if getattr(site.fn, "has_rsample", False):
+                    site.score_parts = ScoreParts(site.log_prob, 0, site.log_prob)
                 else:
-                    sf = scale_and_mask(site.unscaled_log_prob, 1.0, site.mask)
-                site.score_parts = (site.log_prob, sf, 0)
+                    site.score_parts = ScoreParts(site.log_prob, site.unscaled_log_prob, 0)
 
     def _check_log_prob_shape(self, name: str, site: Message, lp: torch.Tensor, max_plate_nesting: float = math.inf) -> None:
         """Pyro's rule: every dim a plate declares has the plate's size (or 1) in the log_prob;
@@ -241,27 +237,49 @@ class Trace:
 
     # ---- display -----------------------------------------------------------------------
     def format_shapes(self, title: str = "Trace Shapes:", last_site: str | None = None) -> str:
-        """A table of the shapes at each site: distribution batch|event shape, value shape,
-        log_prob shape, and the plates the site is in."""
-        rows = [(title, "", "", "", "")]
-        rows.append(("site", "batch|event", "value", "log_prob", "plates"))
+        """Pyro's table of shapes, up to ``last_site``: each param's shape, then for each sample site
+        (plates' index sites included, as in Pyro) its distribution's ``batch | event`` shape, its
+        value's, and its log_prob's once computed. Batch dims are right-aligned, event dims
+        left-aligned after the ``|``."""
+        if not self.nodes:
+            return title
+        rows: list = [(title, [], []), ("Param Sites:", [], [])]
+        for name, site in self._nodes_until(last_site):
+            if site.type == "param":
+                rows.append((name, _dims(getattr(site.value, "shape", ())), []))
+        rows.append(("Sample Sites:", [], []))
+        any_log_prob = any(s.type == "sample" and s.log_prob is not None for _, s in self._nodes_until(last_site))
+        for name, site in self._nodes_until(last_site):
+            if site.type not in ("sample", "subsample"):
+                continue
+            fn_event = tuple(getattr(site.fn, "event_shape", ())) if site.type == "sample" else ()
+            fn_batch = tuple(getattr(site.fn, "batch_shape", ())) if site.type == "sample" else ()
+            rows.append((f"{name} dist", _dims(fn_batch) + ["|"], _dims(fn_event)))
+            shape = tuple(getattr(site.value, "shape", ()))
+            cut = len(shape) - len(fn_event)
+            rows.append(("value", _dims(shape[:cut]) + ["|"], _dims(shape[cut:])))
+            lp = site.log_prob if site.type == "sample" else None
+            if lp is not None or (site.type == "subsample" and any_log_prob):
+                rows.append(("log_prob", _dims(getattr(lp, "shape", ())) + ["|"], []))
+        return _right_justified_table(rows)
+
+    def _nodes_until(self, last_site: str | None) -> Iterator:
         for name, site in self.nodes.items():
-            if site.type == "param" and isinstance(site.value, torch.Tensor):
-                rows.append((f"{name} (param)", "", _shape_str(site.value.shape), "", ""))
-            elif site.type == "sample":
-                fn = site.fn
-                try:
-                    dshape = f"{_shape_str(fn.batch_shape)}|{_shape_str(fn.event_shape)}"
-                except Exception:
-                    dshape = "?"
-                v = site.value
-                vshape = _shape_str(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                lp = site.log_prob
-                lshape = _shape_str(lp.shape) if isinstance(lp, torch.Tensor) else ""
-                plates = " ".join(f"{f.name}[{f.dim}]={f.size}" for f in site.cond_indep_stack)
-                obs = " (obs)" if site.is_observed else ""
-                rows.append((f"{name}{obs}", dshape, vshape, lshape, plates))
-            if last_site is not None and name == last_site:
-                break
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+            yield name, site
+            if name == last_site:
+                return
+
+
+def _dims(shape: Any) -> list:
+    return [str(int(s)) for s in shape]
+
+
+def _right_justified_table(rows: list) -> str:
+    """Rows ``(name, middle cells, right cells)`` as text: the middle cells (batch dims, then
+    ``|``) right-aligned as a group, the right ones (event dims) left-aligned; every cell
+    right-justified in its column, the columns one space apart."""
+    n_mid = max(len(m) for _, m, _ in rows)
+    n_right = max(len(r) for _, _, r in rows)
+    grid = [[name] + [""] * (n_mid - len(mid)) + mid + right + [""] * (n_right - len(right)) for name, mid, right in rows]
+    widths = [max(len(row[j]) for row in grid) for j in range(len(grid[0]))]
+    return "\n".join(" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in grid)

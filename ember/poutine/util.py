@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,14 +59,27 @@ def prune_subsample_sites(trace: Trace) -> Trace:
     return pruned
 
 
-def _is_fresh_sample(trace: Trace, msg: Message) -> bool:
+def _as_message(msg: Any, who: str) -> Message:
+    """``msg`` as a :class:`Message`: a Message as it is, a Pyro-style dict message (with at least
+    ``type`` and ``name``) copied into one."""
+    if isinstance(msg, Message):
+        return msg
+    if isinstance(msg, Mapping) and "type" in msg and "name" in msg:
+        new = Message(msg["type"], msg["name"])
+        new.update({k: v for k, v in msg.items() if k not in ("type", "name")})
+        return new
+    raise TypeError(f"{who}: expected a site message (an ember Message, or a dict with 'type' and 'name'); got {type(msg).__name__} {msg!r:.80}")
+
+
+def _is_fresh_sample(trace: Trace, msg: Any) -> bool:
+    msg = _as_message(msg, "escape_fn")
     return msg.type == "sample" and not msg.is_observed and msg.name not in trace.nodes
 
 
 def discrete_escape(trace: Trace, msg: Message) -> bool:
     """Whether ``msg`` is an unobserved sample site, not yet in ``trace``, whose distribution
     can enumerate its support (the sites :func:`ember.poutine.queue` branches on by default)."""
-    return _is_fresh_sample(trace, msg) and bool(getattr(msg.fn, "has_enumerate_support", False))
+    return _is_fresh_sample(trace, msg) and bool(getattr(_as_message(msg, "discrete_escape").fn, "has_enumerate_support", False))
 
 
 def all_escape(trace: Trace, msg: Message) -> bool:
@@ -80,6 +94,7 @@ def enum_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> l
     ``msg.fn.enumerate_support()`` gives the values: a tensor ``[support_size, *batch_shape,
     *event_shape]``; copy ``i`` holds its ``i``-th entry. A site whose distribution cannot enumerate raises ``TypeError``.
     """
+    msg = _as_message(msg, "enum_extend")
     fn = msg.fn
     if not getattr(fn, "has_enumerate_support", False):
         raise TypeError(
@@ -97,6 +112,7 @@ def enum_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> l
 def mc_extend(trace: Trace, msg: Message, num_samples: int | None = None) -> list[Trace]:
     """``num_samples`` (default 1) copies of ``trace``, each with site ``msg`` added at a fresh
     draw of its distribution (a Monte Carlo alternative to :func:`enum_extend`)."""
+    msg = _as_message(msg, "mc_extend")
     if num_samples is None:
         num_samples = 1
     return [_with_site(trace, msg, msg.fn(*msg.args, **msg.kwargs)) for _ in range(num_samples)]
