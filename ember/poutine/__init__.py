@@ -15,16 +15,15 @@ from ember.poutine.misc_messengers import (
     EscapeMessenger,
     InferConfigMessenger,
     LiftMessenger,
-    SubstituteMessenger,
     escape,
     infer_config,
     lift,
-    substitute,
 )
 from ember.poutine.plate_messenger import CondIndepStackFrame, PlateMessenger
 from ember.poutine.replay_messenger import ReplayMessenger, replay
 from ember.poutine.scale_messenger import MaskMessenger, ScaleMessenger, mask, scale
 from ember.poutine.seed_messenger import SeedMessenger, seed
+from ember.poutine.substitute_messenger import SubstituteMessenger, substitute
 from ember.poutine.trace_messenger import TraceMessenger, trace
 from ember.poutine.trace_struct import Trace
 from ember.runtime import NonlocalExit

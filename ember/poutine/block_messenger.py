@@ -28,6 +28,8 @@ def _make_default_hide_fn(hide_all, expose_all, hide, expose, hide_types, expose
 
     def hide_fn(msg: Message) -> bool:
         name, t = msg.name, msg.type
+        if t == "sample" and msg.is_observed:
+            t = "observe"  # Pyro's type filters see an observed sample site as "observe"
         if name in hide or t in hide_types:
             return True
         return hide_rest and name not in expose and t not in expose_types
@@ -40,7 +42,9 @@ class BlockMessenger(Messenger):
 
     By default everything is hidden. ``hide=[names]`` / ``hide_types=[types]`` hide just
     those; ``expose=[names]`` / ``expose_types=[types]`` hide everything else;
-    ``hide_fn(msg) -> bool`` or ``expose_fn(msg) -> bool`` decide per message.
+    ``hide_fn(msg) -> bool`` or ``expose_fn(msg) -> bool`` decide per message. For the type
+    filters, as in Pyro, an observed sample site has the type ``"observe"`` (so
+    ``hide_types=["sample"]`` hides the latent sites only, ``hide_types=["observe"]`` the data).
     """
 
     def __init__(

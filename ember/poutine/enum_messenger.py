@@ -132,6 +132,13 @@ class EnumMessenger(Messenger):
         if enumerate_ != "parallel" or msg.done or msg.is_observed:
             self._check_dependencies(msg, False)
             return
+        num_samples = msg.infer.get("num_samples")
+        if num_samples is not None:
+            raise NotImplementedError(
+                f"Site '{msg.name}' has infer={{'enumerate': 'parallel', 'num_samples': {num_samples!r}}}: Monte-Carlo "
+                f"enumeration (Pyro's num_samples, drawing samples along the enumeration dim) is not supported; "
+                f"enumerate exactly (drop num_samples), as for config_enumerate(num_samples=...)."
+            )
         fn = msg.fn
         if not getattr(fn, "has_enumerate_support", False):
             raise ValueError(

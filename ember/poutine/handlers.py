@@ -18,10 +18,11 @@ from ember.poutine.block_messenger import block
 from ember.poutine.broadcast_messenger import broadcast
 from ember.poutine.condition_messenger import condition, do, uncondition
 from ember.poutine.messenger import Messenger
-from ember.poutine.misc_messengers import escape, infer_config, lift, substitute
+from ember.poutine.misc_messengers import escape, infer_config, lift
 from ember.poutine.replay_messenger import replay
 from ember.poutine.scale_messenger import mask, scale
 from ember.poutine.seed_messenger import seed
+from ember.poutine.substitute_messenger import substitute
 from ember.poutine.trace_messenger import trace
 from ember.poutine.util import discrete_escape, enum_extend
 from ember.runtime import NonlocalExit

@@ -1,4 +1,4 @@
-"""``substitute``, ``lift``, ``escape`` and ``infer_config``."""
+"""``lift``, ``escape``, ``infer_config``, and Ember's internal value substitution."""
 
 from __future__ import annotations
 
@@ -9,35 +9,17 @@ from ember.poutine.messenger import Messenger, _WarnsUnusedNames
 from ember.runtime import Message, NonlocalExit
 
 
-class SubstituteMessenger(_WarnsUnusedNames, Messenger):
-    """Give param sites (and unobserved sample sites) the values in ``data`` (or those
-    ``substitute_fn(msg)`` returns, when not None). Substituted param values are used
-    as they are: no constraint is applied."""
+class _SubstituteValuesMessenger(_WarnsUnusedNames, Messenger):
+    """Ember's internal substitution (MCMC potentials, compiled ELBOs, reparameterizers): give param
+    sites *and unobserved sample sites* the values in ``data``, used as they are. The public
+    :func:`ember.poutine.substitute` is Pyro's: param sites only."""
 
-    def __init__(self, fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None, warn_unused: bool = False) -> None:
+    def __init__(self, fn: Callable | None = None, data: dict | None = None) -> None:
         super().__init__(fn)
-        if data is not None and substitute_fn is not None:
-            raise ValueError("substitute: give data= or substitute_fn=, not both")
         self.data = data if data is not None else {}
-        self.substitute_fn = substitute_fn
-        if warn_unused and substitute_fn is None:
-            self._watch_names(self.data, "substitute")
-
-    def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
-        if self._unused is not None and exc[0] is None:
-            self._report_unused()
-
-    def _value_for(self, msg: Message) -> Any:
-        if self.substitute_fn is not None:
-            return self.substitute_fn(msg)
-        value = self.data.get(msg.name)
-        if value is not None and self._unused is not None:
-            self._used(msg.name)
-        return value
 
     def _pyro_param(self, msg: Message) -> None:
-        value = self._value_for(msg)
+        value = self.data.get(msg.name)
         if value is not None:
             msg.value = value
             msg.done = True
@@ -45,18 +27,15 @@ class SubstituteMessenger(_WarnsUnusedNames, Messenger):
     def _pyro_sample(self, msg: Message) -> None:
         if msg.is_observed:
             return
-        value = self._value_for(msg)
+        value = self.data.get(msg.name)
         if value is not None:
             msg.value = value
             msg.done = True
 
 
-def substitute(fn: Callable | None = None, data: dict | None = None, substitute_fn: Callable | None = None) -> SubstituteMessenger:
-    """Give param sites (and unobserved sample sites) the values in ``data``, a dict site name ->
-    tensor (or those ``substitute_fn(msg)`` returns when not None), used as they are: no
-    constraint is applied. Names in ``data`` that no site uses warn once.
-    A handler: ``substitute(fn, data=...)``, a decorator or a context manager."""
-    return SubstituteMessenger(fn, data=data, substitute_fn=substitute_fn, warn_unused=True)
+# Transitional: ember.infer imports the internal handler under this name; it should import
+# _SubstituteValuesMessenger (the public SubstituteMessenger is ember.poutine.substitute_messenger's).
+SubstituteMessenger = _SubstituteValuesMessenger
 
 
 class LiftMessenger(Messenger):

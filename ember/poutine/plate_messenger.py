@@ -139,7 +139,12 @@ class PlateMessenger(Messenger):
         elif subsample_size is not None:
             if not isinstance(subsample_size, numbers.Integral) or subsample_size <= 0:
                 raise ValueError(f"plate '{name}': subsample_size must be a positive integer; got {subsample_size!r}")
-            subsample_size = min(int(subsample_size), int(size))
+            if subsample_size > size:
+                raise ValueError(
+                    f"plate '{name}': subsample_size={int(subsample_size)} is larger than the plate's size {int(size)}; "
+                    f"a plate draws at most all of its {int(size)} indices (use subsample_size <= size, or drop it)"
+                )
+            subsample_size = int(subsample_size)
         else:
             subsample_size = int(size)
         self.size = int(size)
