@@ -66,3 +66,7 @@ __all__ += ["markov"]
 from ember.infer.inspect import render_model  # noqa: E402
 
 __all__ += ["render_model"]
+
+from ember.primitives import barrier  # noqa: E402
+
+__all__ += ["barrier"]

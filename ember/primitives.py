@@ -319,3 +319,18 @@ def subsample(data: torch.Tensor, event_dim: int) -> torch.Tensor:
 
 
 __all__ += ["plate_stack", "subsample"]
+
+
+def barrier(data: Any) -> Any:
+    """Pyro's ``barrier`` (for ``poutine.collapse``'s lazy values): an effect site of type
+    ``"barrier"`` that returns ``data`` as it is (Ember's values are never lazy)."""
+    from ember.poutine.runtime import effectful
+
+    return effectful(_identity, type="barrier")(data)
+
+
+def _identity(data: Any) -> Any:
+    return data
+
+
+__all__ += ["barrier"]

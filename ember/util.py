@@ -50,8 +50,10 @@ __all__ = [
     "ignore_jit_warnings",
     "jit_iter",
     "optional",
+    "save_visualization",
     "set_rng_seed",
     "set_rng_state",
+    "site_is_subsample",
     "timed",
     "torch_float",
     "torch_isinf",
@@ -373,3 +375,34 @@ class timed:
 def torch_float(x: Any) -> Any:
     """``x.float()`` for a tensor (same shape, float32), ``float(x)`` otherwise."""
     return x.float() if isinstance(x, torch.Tensor) else float(x)
+
+
+def site_is_subsample(site: Any) -> bool:
+    """Whether ``site`` holds the indices a plate drew (Pyro's ``pyro.util.site_is_subsample``; in
+    Ember such sites have the message type ``"subsample"``)."""
+    from ember.runtime import is_subsample
+
+    return is_subsample(site)
+
+
+def save_visualization(trace: Any, graph_output: str) -> None:
+    """Draw the latent (white) and observed (grey) sample sites of ``trace`` and its edges (a
+    ``"dense"`` trace's dependencies; a flat trace has none) with graphviz to ``graph_output``
+    (a file name without extension; graphviz adds ``.pdf``). Needs the ``graphviz`` package
+    and its ``dot`` program."""
+    try:
+        import graphviz
+    except ImportError as e:
+        raise ImportError(
+            "save_visualization needs the graphviz Python package (pip install graphviz) and the dot program "
+            "(apt-get install graphviz, brew install graphviz or conda install graphviz)"
+        ) from e
+    g = graphviz.Digraph()
+    for name, site in trace.nodes.items():
+        if site.type == "sample":
+            fill = "grey" if site.is_observed else "white"
+            g.node(name, label=name, shape="ellipse", style="filled", fillcolor=fill)
+    for a, b in trace.edges:
+        if trace.nodes[a].type == "sample" and trace.nodes[b].type == "sample":
+            g.edge(a, b)
+    g.render(graph_output, view=False, cleanup=True)

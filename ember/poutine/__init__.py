@@ -91,3 +91,9 @@ from ember.poutine.enum_messenger import EnumMessenger, enum  # noqa: E402
 from ember.poutine.markov_messenger import MarkovMessenger, markov  # noqa: E402
 
 __all__ += ["EnumMessenger", "MarkovMessenger", "enum", "markov"]
+
+# Pyro's equalize, collapse (refused: needs funsor) and the validation switch
+from ember.poutine.equalize_messenger import EqualizeMessenger, collapse, equalize  # noqa: E402
+from ember.poutine.util import enable_validation, is_validation_enabled  # noqa: E402
+
+__all__ += ["EqualizeMessenger", "collapse", "enable_validation", "equalize", "is_validation_enabled"]

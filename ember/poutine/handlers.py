@@ -127,3 +127,7 @@ from ember.poutine.enum_messenger import enum  # noqa: E402
 from ember.poutine.markov_messenger import markov  # noqa: E402
 
 __all__ += ["enum", "markov"]
+
+from ember.poutine.equalize_messenger import collapse, equalize  # noqa: E402
+
+__all__ += ["collapse", "equalize"]

@@ -61,6 +61,8 @@ class Trace:
     def __init__(self, graph_type: str = "flat") -> None:
         self.nodes: OrderedDict[str, Message] = OrderedDict()
         self.graph_type = graph_type
+        self._succ: dict = {}
+        self._pred: dict = {}
         # How many batch dims (from the right) the log-density shape check covers (Pyro's
         # window). The ELBOs set it (infinite unless the user gives max_plate_nesting); left at
         # None it is the deepest plate dim of the trace, as Pyro's MCMC and Importance guess it.
@@ -99,6 +101,38 @@ class Trace:
 
     def remove_node(self, name: str) -> None:
         del self.nodes[name]
+        for p in self._pred.pop(name, ()):
+            self._succ[p].discard(name)
+        for q in self._succ.pop(name, ()):
+            self._pred[q].discard(name)
+
+    # ---- edges (Pyro's graph API; Ember's traces record none themselves) -----------------
+    def add_edge(self, site1: str, site2: str) -> None:
+        """Record that site ``site2`` depends on site ``site1``."""
+        for n in (site1, site2):
+            if n not in self.nodes:
+                raise KeyError(f"add_edge: no site '{n}' in the trace (sites: {list(self.nodes)[:10]})")
+        self._succ.setdefault(site1, set()).add(site2)
+        self._pred.setdefault(site2, set()).add(site1)
+
+    @property
+    def edges(self) -> Iterator[tuple]:
+        """The recorded edges ``(site1, site2)``: none unless added with :meth:`add_edge`."""
+        for a, succ in self._succ.items():
+            for b in succ:
+                yield a, b
+
+    def predecessors(self, site_name: str) -> set:
+        """The sites with an edge into ``site_name``."""
+        if site_name not in self.nodes:
+            raise KeyError(f"predecessors: no site '{site_name}' in the trace")
+        return self._pred.get(site_name, set())
+
+    def successors(self, site_name: str) -> set:
+        """The sites with an edge from ``site_name``."""
+        if site_name not in self.nodes:
+            raise KeyError(f"successors: no site '{site_name}' in the trace")
+        return self._succ.get(site_name, set())
 
     # ---- mapping protocol --------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -116,6 +150,8 @@ class Trace:
     def copy(self) -> Trace:
         new = Trace(self.graph_type)
         new.nodes = OrderedDict((k, v.copy()) for k, v in self.nodes.items())
+        new._succ = {k: set(v) for k, v in self._succ.items()}
+        new._pred = {k: set(v) for k, v in self._pred.items()}
         return new
 
     def detach_(self) -> Trace:

@@ -281,3 +281,71 @@ def test_score_parts_are_pyros_namedtuple():
     assert b.entropy_term == 0 and torch.equal(b.score_function, tr.nodes["b"].unscaled_log_prob)  # never scaled
     half = n.scale_and_mask(0.5, torch.tensor([False]))
     assert half.log_prob.tolist() == [0.0] and half.score_function == 0
+
+
+# ---------------------------------------------------------------- 8. names Pyro has
+def test_equalize_gives_later_matching_sites_the_first_value():
+    def m():
+        a = pyro.sample("a_std", dist.Normal(0.0, 1.0))
+        b = pyro.sample("b_std", dist.Normal(5.0, 3.0))
+        c = pyro.sample("c", dist.Normal(0.0, 1.0))
+        return a, b, c
+
+    tr = poutine.trace(poutine.equalize(m, ".+_std")).get_trace()
+    a, b, c = tr.nodes["_RETURN"].value
+    assert a is b and c is not a
+    assert tr.nodes["b_std"].is_observed and tr.nodes["b_std"].infer == {"_deterministic": True}
+    tr.compute_log_prob()
+    assert tr.nodes["b_std"].log_prob.item() == 0.0
+    kept = poutine.trace(poutine.equalize(m, ["a_std", "b_std"], keep_dist=True)).get_trace()
+    kept.compute_log_prob()
+    v = kept.nodes["a_std"].value.item()
+    assert kept.nodes["b_std"].log_prob.item() == pytest.approx(-((v - 5.0) ** 2) / 18 - math.log(3.0) - HALF_LOG_2PI, abs=1e-5)
+
+
+def test_collapse_is_refused_with_the_reason():
+    with pytest.raises(NotImplementedError, match="funsor"):
+        poutine.collapse(abc)
+
+
+def test_validation_switch_barrier_and_site_is_subsample():
+    from ember.util import site_is_subsample
+
+    assert poutine.is_validation_enabled()
+    poutine.enable_validation(False)
+    try:
+        assert not poutine.is_validation_enabled()
+    finally:
+        poutine.enable_validation(True)
+    data = torch.ones(2)
+    assert pyro.barrier(data) is data
+
+    def m():
+        with pyro.plate("p", 4, subsample_size=2):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+        return pyro.barrier(torch.zeros(1))
+
+    tr = poutine.trace(m).get_trace()
+    assert site_is_subsample(tr.nodes["p"]) and not site_is_subsample(tr.nodes["z"])
+
+
+def test_trace_edges_predecessors_successors():
+    tr = poutine.trace(abc).get_trace()
+    assert list(tr.edges) == [] and tr.predecessors("a") == set()
+    tr.add_edge("a", "b")
+    assert list(tr.edges) == [("a", "b")] and tr.successors("a") == {"b"} and tr.predecessors("b") == {"a"}
+    cp = tr.copy()
+    tr.remove_node("a")
+    assert list(tr.edges) == [] and tr.predecessors("b") == set() and list(cp.edges) == [("a", "b")]
+    with pytest.raises(KeyError, match="no site 'q'"):
+        tr.successors("q")
+
+
+def test_save_visualization_without_graphviz_says_what_to_install(monkeypatch):
+    import sys
+
+    from ember.util import save_visualization
+
+    monkeypatch.setitem(sys.modules, "graphviz", None)
+    with pytest.raises(ImportError, match="pip install graphviz"):
+        save_visualization(poutine.trace(abc).get_trace(), "/tmp/unused")
