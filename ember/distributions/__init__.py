@@ -27,6 +27,7 @@ from ember.distributions import (  # noqa: F401  (registers biject_to for the ex
 )
 from ember.distributions.conditional import ConditionalDistribution, ConditionalTransformedDistribution
 from ember.distributions.continuous import (
+    AffineBeta,
     AsymmetricLaplace,
     FoldedDistribution,
     ImproperUniform,
@@ -35,6 +36,7 @@ from ember.distributions.continuous import (
     OrderedLogistic,
     SkewLogistic,
     SoftAsymmetricLaplace,
+    SoftLaplace,
     TruncatedNormal,
 )
 from ember.distributions.directional import ProjectedNormal, SineBivariateVonMises, SineSkewed, VonMises3D
@@ -50,9 +52,14 @@ from ember.distributions.discrete import (
 )
 from ember.distributions.empirical import Empirical
 from ember.distributions.hmm import DiscreteHMM, GaussianHMM
-from ember.distributions.lkj import LKJ
+from ember.distributions.lkj import LKJ, LKJCorrCholesky
 from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
 from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, MixtureOfDiagNormalsSharedCovariance
+from ember.distributions.nanmasked import NanMaskedMultivariateNormal, NanMaskedNormal
+from ember.distributions.relaxed_straight_through import (
+    RelaxedBernoulliStraightThrough,
+    RelaxedOneHotCategoricalStraightThrough,
+)
 from ember.distributions.special import Delta, Unit
 from ember.distributions.torch import *  # noqa: F401,F403
 from ember.distributions.torch import TORCH_NAMES as _TORCH_NAMES
@@ -64,6 +71,13 @@ from ember.distributions.torch_dist import (
     TorchDistributionMixin,
 )
 from ember.distributions.transforms import biject_to, transform_to
+from ember.distributions.transforms.torch_transform import (
+    ComposeTransformModule,
+    ConditionalTransform,
+    ConditionalTransformModule,
+    TransformModule,
+)
+from ember.distributions.util import validation_enabled
 
 
 def enable_validation(is_validate: bool = True) -> None:
@@ -77,6 +91,9 @@ def is_validation_enabled() -> bool:
 
 
 __all__ = [
+    "AffineBeta", "ComposeTransformModule", "ConditionalTransform", "ConditionalTransformModule", "LKJCorrCholesky",
+    "NanMaskedMultivariateNormal", "NanMaskedNormal", "RelaxedBernoulliStraightThrough",
+    "RelaxedOneHotCategoricalStraightThrough", "SoftLaplace", "TransformModule", "validation_enabled",
     "LKJ", "AsymmetricLaplace", "BetaBinomial", "ConditionalDistribution", "ConditionalTransformedDistribution", "DirichletMultinomial", "ExtendedBetaBinomial", "ExtendedBinomial",
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals", "MixtureOfDiagNormalsSharedCovariance",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch.distributions.constraints import *  # noqa: F401,F403
-from torch.distributions.constraints import Constraint, _GreaterThan, _LowerCholesky, positive_definite
+from torch.distributions.constraints import Constraint, _GreaterThan, _LowerCholesky, corr_cholesky, positive_definite
 from torch.distributions.constraints import __all__ as _torch_all
 
 __all__ = list(_torch_all) + [
-    "corr_matrix", "integer", "ordered_vector", "positive_ordered_vector", "softplus_lower_cholesky",
+    "corr_cholesky_constraint", "corr_matrix", "integer", "ordered_vector", "positive_ordered_vector", "softplus_lower_cholesky",
     "softplus_positive", "sphere", "unit_lower_cholesky",
 ]
 
@@ -100,3 +100,4 @@ corr_matrix = _CorrMatrix()
 softplus_positive = _SoftplusPositive()
 softplus_lower_cholesky = _SoftplusLowerCholesky()
 unit_lower_cholesky = _UnitLowerCholesky()
+corr_cholesky_constraint = corr_cholesky  # Pyro's deprecated name for the same constraint

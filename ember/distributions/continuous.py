@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from ember.distributions.torch import Categorical, Chi2, TransformedDistribution
+from ember.distributions.torch import Beta, Categorical, Chi2, TransformedDistribution
 from ember.distributions.torch_dist import TorchDistribution
 
 __all__ = [
-    "AsymmetricLaplace", "FoldedDistribution", "ImproperUniform", "Logistic", "MultivariateStudentT",
-    "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
+    "AffineBeta", "AsymmetricLaplace", "FoldedDistribution", "ImproperUniform", "Logistic", "MultivariateStudentT",
+    "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "SoftLaplace", "TruncatedNormal",
 ]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -292,6 +292,128 @@ class Logistic(_ParamsMixin, TorchDistribution):
     def variance(self) -> torch.Tensor:
         return self.scale.pow(2) * (math.pi**2 / 3)
 
+    def entropy(self) -> torch.Tensor:
+        """``log(scale) + 2``, of shape ``batch_shape``."""
+        return self.scale.log() + 2
+
+
+class SoftLaplace(_ParamsMixin, TorchDistribution):
+    """A smooth, log-convex density with Laplace-like (exponential) tails:
+    ``p(x) = 1 / (pi * scale * cosh(z))`` with ``z = (x - loc) / scale`` (the hyperbolic secant
+    distribution), so ``log p = log(2/pi) - log(scale) - logaddexp(z, -z)``. Mean ``loc``, variance
+    ``(pi scale / 2)^2``; reparameterized through its quantile ``loc + scale log(tan(pi u / 2))``.
+
+    Shapes: ``batch_shape`` is the broadcast shape of ``loc`` and ``scale``; ``event_shape`` is ``()``."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    has_rsample = True
+    _params = ("loc", "scale")
+
+    def __init__(self, loc: Any, scale: Any, *, validate_args: bool | None = None) -> None:
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        z = (value - self.loc) / self.scale
+        return math.log(2 / math.pi) - self.scale.log() - torch.logaddexp(z, -z)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.icdf(_uniform(self._extended_shape(sample_shape), self.loc))
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """``(2/pi) atan(exp(z))``, elementwise: ``value`` broadcasts with ``batch_shape``."""
+        return torch.atan(torch.exp((value - self.loc) / self.scale)) * (2 / math.pi)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """``loc + scale log(tan(pi value / 2))``, elementwise: ``value`` broadcasts with ``batch_shape``."""
+        return self.loc + self.scale * torch.log(torch.tan(torch.as_tensor(value) * (math.pi / 2)))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.scale * (math.pi / 2)).pow(2)
+
+
+class AffineBeta(TransformedDistribution):
+    """``loc + scale * X`` with ``X ~ Beta(concentration1, concentration0)``: a Beta on the interval
+    ``(loc, loc + scale)``. Draws are kept a machine epsilon (times ``scale``) inside the interval,
+    so that log-densities and gradients at them stay finite (as Pyro does).
+
+    Shapes: ``batch_shape`` is the broadcast shape of ``concentration1``, ``concentration0``, ``loc``
+    and ``scale``; ``event_shape`` is ``()``."""
+
+    arg_constraints = {"concentration1": constraints.positive, "concentration0": constraints.positive,
+                       "loc": constraints.real, "scale": constraints.positive}
+
+    def __init__(self, concentration1: Any, concentration0: Any, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
+        c1, c0, loc, scale = broadcast_all(concentration1, concentration0, loc, scale)
+        base = Beta(c1, c0, validate_args=validate_args)
+        super().__init__(base, torch.distributions.AffineTransform(loc=loc, scale=scale), validate_args=validate_args)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> AffineBeta:
+        """The same distribution with batch shape ``batch_shape`` (each parameter expanded to it)."""
+        b = torch.Size(batch_shape)
+        return AffineBeta(self.concentration1.expand(b), self.concentration0.expand(b), self.loc.expand(b),
+                          self.scale.expand(b), validate_args=self._validate_args)
+
+    def _inside(self, x: torch.Tensor) -> torch.Tensor:
+        eps = torch.finfo(x.dtype).eps * self.scale
+        return torch.min(torch.max(x, self.low + eps), self.high - eps)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self._inside(super().rsample(sample_shape))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.interval(self.low, self.high)
+
+    @property
+    def concentration1(self) -> torch.Tensor:
+        return self.base_dist.concentration1
+
+    @property
+    def concentration0(self) -> torch.Tensor:
+        return self.base_dist.concentration0
+
+    @property
+    def sample_size(self) -> torch.Tensor:
+        """``concentration1 + concentration0`` (shape ``batch_shape``)."""
+        return self.concentration1 + self.concentration0
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return torch.as_tensor(self.transforms[0].loc)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.as_tensor(self.transforms[0].scale)
+
+    @property
+    def low(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def high(self) -> torch.Tensor:
+        return self.loc + self.scale
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc + self.scale * self.base_dist.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scale.pow(2) * self.base_dist.variance
+
 
 class SkewLogistic(_ParamsMixin, TorchDistribution):
     """The skewed (type I generalized) logistic: ``CDF(x) = sigmoid(z)^asymmetry`` with
@@ -315,9 +437,12 @@ class SkewLogistic(_ParamsMixin, TorchDistribution):
         return a.log() - self.scale.log() - z - (a + 1) * F.softplus(-z)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        u = _uniform(self._extended_shape(sample_shape), self.loc)
-        # sigmoid(z)^a = u  =>  z = -log(u^(-1/a) - 1)
-        z = -torch.log(torch.expm1(-u.log() / self.asymmetry))
+        return self.icdf(_uniform(self._extended_shape(sample_shape), self.loc))
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """The quantile of probability ``value``, elementwise (``value`` broadcasts with
+        ``batch_shape``): ``sigmoid(z)^a = u`` gives ``z = -log(u^(-1/a) - 1)``."""
+        z = -torch.log(torch.expm1(-torch.as_tensor(value).log() / self.asymmetry))
         return self.loc + self.scale * z
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:

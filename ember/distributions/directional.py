@@ -122,9 +122,29 @@ class ProjectedNormal(TorchDistribution):
         log_int = log_i1 + torch.log(j)
         return -0.5 * d * _LOG_2PI - 0.5 * mu.pow(2).sum(-1) + log_int
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """The centroid on the sphere, ``concentration / |concentration|`` (``[*batch, d]``), as
+        Pyro defines it (the point minimizing the expected squared geodesic distance); a zero
+        concentration gives ``(1, 0, ..., 0)``."""
+        return _safe_normalize(self.concentration)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """``concentration / |concentration|`` (``[*batch, d]``), ``(1, 0, ..., 0)`` for zero."""
+        return _safe_normalize(self.concentration)
+
     def expand(self, batch_shape: Any, _instance: Any = None) -> ProjectedNormal:
         batch_shape = torch.Size(batch_shape)
         return ProjectedNormal(self.concentration.expand(batch_shape + self.event_shape), validate_args=self._validate_args)
+
+
+def _safe_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / |x|`` along the last dim, with the zero vector sent to ``(1, 0, ..., 0)``."""
+    norm = x.norm(dim=-1, keepdim=True)
+    first = torch.zeros_like(x)
+    first[..., 0] = 1
+    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), first)
 
 
 def _log_bessel_i(order: torch.Tensor, x: torch.Tensor, terms: int = 120) -> torch.Tensor:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from ember.distributions.torch import LKJCholesky
 from ember.distributions.torch_dist import TorchDistribution
 from ember.distributions.transforms.basic import CorrMatrixCholeskyTransform
 
-__all__ = ["LKJ"]
+__all__ = ["LKJ", "LKJCorrCholesky"]
 
 
 class LKJ(TorchDistribution):
@@ -47,3 +48,22 @@ class LKJ(TorchDistribution):
     def expand(self, batch_shape: Any, _instance: Any = None) -> LKJ:
         batch_shape = torch.Size(batch_shape)
         return LKJ(self.dim, self.concentration.expand(batch_shape), validate_args=self._validate_args)
+
+
+class LKJCorrCholesky(LKJCholesky):
+    """Pyro's deprecated name for :class:`LKJCholesky` with its old argument names:
+    ``LKJCorrCholesky(d, eta)`` is ``LKJCholesky(d, concentration=eta)`` (it warns with a
+    ``FutureWarning``, as Pyro does).
+
+    Shapes: ``batch_shape`` is the shape of ``eta``; ``event_shape`` is ``(d, d)``: a draw is the
+    lower Cholesky factor of a ``d x d`` correlation matrix."""
+
+    def __init__(self, d: int, eta: Any, validate_args: bool | None = None) -> None:
+        warnings.warn("LKJCorrCholesky(d, eta) is deprecated; use LKJCholesky(dim, concentration) instead",
+                      FutureWarning, stacklevel=2)
+        super().__init__(d, concentration=eta, validate_args=validate_args)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> LKJCorrCholesky:
+        """The same distribution with batch shape ``batch_shape`` (``eta`` expanded to it)."""
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        return super().expand(batch_shape, _instance=new)

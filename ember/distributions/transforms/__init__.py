@@ -48,7 +48,9 @@ from ember.distributions.transforms.elementwise import (
     LeakyReLUTransform,
     PositivePowerTransform,
     SimplexToOrderedTransform,
+    elu,
     iterated,
+    leaky_relu,
 )
 from ember.distributions.transforms.generalized_channel_permute import (
     ConditionalGeneralizedChannelPermute,
@@ -110,7 +112,7 @@ __all__ = list(_torch_all) + [
     "conditional_radial", "matrix_exponential",
     "ConditionalGeneralizedChannelPermute", "GeneralizedChannelPermute", "conditional_generalized_channel_permute",
     "generalized_channel_permute",
-    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "HaarTransform", "PositivePowerTransform", "SimplexToOrderedTransform", "ELUTransform", "LeakyReLUTransform", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
+    "AffineAutoregressive", "AffineCoupling", "BatchNorm", "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "HaarTransform", "PositivePowerTransform", "SimplexToOrderedTransform", "ELUTransform", "LeakyReLUTransform", "elu", "leaky_relu", "iterated", "BlockAutoregressive", "block_autoregressive", "ComposeTransformModule", "ConditionalAffineAutoregressive",
     "ConditionalAffineCoupling", "ConditionalPlanar", "ConditionalSpline", "ConditionalSplineAutoregressive",
     "ConditionalTransform", "ConditionalTransformModule", "CorrMatrixCholeskyTransform", "Householder", "LowerCholeskyAffine",
     "NeuralAutoregressive", "Normalize", "OrderedTransform", "Permute", "Planar", "Radial", "SoftplusLowerCholeskyTransform",

@@ -17,7 +17,8 @@ from ember.distributions.transforms.torch_transform import ComposeTransformModul
 
 __all__ = [
     "CholeskyTransform", "CorrLCholeskyTransform", "DiscreteCosineTransform", "ELUTransform", "HaarTransform", "LeakyReLUTransform",
-    "PositivePowerTransform", "SimplexToOrderedTransform", "haar_transform", "inverse_haar_transform", "iterated",
+    "PositivePowerTransform", "SimplexToOrderedTransform", "elu", "haar_transform", "inverse_haar_transform", "iterated",
+    "leaky_relu",
 ]
 
 CorrLCholeskyTransform = CorrCholeskyTransform  # Pyro's name for the same map
@@ -285,3 +286,14 @@ class PositivePowerTransform(Transform):
         if self._cache_size == cache_size:
             return self
         return PositivePowerTransform(self.exponent, cache_size=cache_size)
+
+
+def elu() -> ELUTransform:
+    """An :class:`ELUTransform` (Pyro's helper, like the flows' lower-case builders): elementwise,
+    ``y`` has the shape of ``x``."""
+    return ELUTransform()
+
+
+def leaky_relu() -> LeakyReLUTransform:
+    """A :class:`LeakyReLUTransform` (Pyro's helper): elementwise, ``y`` has the shape of ``x``."""
+    return LeakyReLUTransform()
