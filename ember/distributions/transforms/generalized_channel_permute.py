@@ -83,9 +83,12 @@ class GeneralizedChannelPermute(TransformModule):
 
 
 class ConditionalGeneralizedChannelPermute(ConditionalTransformModule):
-    """:class:`GeneralizedChannelPermute` whose ``L`` and ``U`` come from ``nn(context)``
-    (``param_dims = [C * C, C * C]``). Maps images of shape ``(..., C, H, W)``; ``context`` has
-    shape ``(..., context_dim)``."""
+    """:class:`GeneralizedChannelPermute` whose LU parameters come from ``nn(context)``, as in Pyro:
+    ``nn`` returns ``C * C`` numbers (e.g. ``DenseNN(context_dim, [20], param_dims=[C * C])``),
+    read as a ``C x C`` matrix ``LU`` whose strict lower triangle (plus the identity) is ``L`` and
+    whose upper triangle, diagonal included, is ``U``; ``W = P L U``. Maps images of shape
+    ``(..., C, H, W)``; ``context`` has shape ``(..., context_dim)`` (its batch dims broadcast
+    with the images')."""
 
     domain = constraints.independent(constraints.real, 3)
     codomain = constraints.independent(constraints.real, 3)
@@ -99,16 +102,22 @@ class ConditionalGeneralizedChannelPermute(ConditionalTransformModule):
         self.register_buffer("permutation", torch.eye(channels)[perm])
 
     def condition(self, context: torch.Tensor) -> GeneralizedChannelPermute:
-        lower, upper = self.nn(context)
+        LU = self.nn(context)
+        if isinstance(LU, (tuple, list)) and len(LU) == 1:
+            LU = LU[0]
         C = self.channels
-        eye = torch.eye(C, dtype=lower.dtype, device=lower.device)
-        L_raw = lower.reshape(lower.shape[:-1] + (C, C))
-        U_raw = upper.reshape(upper.shape[:-1] + (C, C)) + eye  # start near the identity
+        if not isinstance(LU, torch.Tensor) or LU.dim() < 1 or LU.size(-1) != C * C:
+            got = f"shape {tuple(LU.shape)}" if isinstance(LU, torch.Tensor) else f"{type(LU).__name__} of {len(LU)}" if isinstance(LU, (tuple, list)) else type(LU).__name__
+            raise ValueError(
+                f"ConditionalGeneralizedChannelPermute: nn(context) must return one tensor of shape (..., {C * C}) "
+                f"(C * C LU parameters for C = {C} channels, e.g. DenseNN(..., param_dims=[{C * C}])); got {got}"
+            )
+        LU = LU.reshape(LU.shape[:-1] + (C, C))
         t = GeneralizedChannelPermute.__new__(GeneralizedChannelPermute)
         TransformModule.__init__(t, cache_size=1)
         t.channels = C
-        P = self.permutation.to(lower.dtype)
-        t._params = lambda: (P, L_raw, U_raw)  # type: ignore[method-assign]
+        P = self.permutation.to(LU.dtype)
+        t._params = lambda: (P, LU, LU)  # type: ignore[method-assign]
         return t
 
 
@@ -119,8 +128,8 @@ def generalized_channel_permute(channels: int = 3, permutation: torch.Tensor | N
 
 
 def conditional_generalized_channel_permute(context_dim: int, channels: int = 3, hidden_dims: list[int] | None = None) -> ConditionalGeneralizedChannelPermute:
-    """A :class:`ConditionalGeneralizedChannelPermute` with a ``DenseNN`` from the context (default hidden ``[10 * channels]``)."""
-    hidden = [channels * 10] if hidden_dims is None else list(hidden_dims)
-    return ConditionalGeneralizedChannelPermute(DenseNN(context_dim, hidden, param_dims=[channels * channels, channels * channels]), channels)
-
-
+    """A :class:`ConditionalGeneralizedChannelPermute` with Pyro's network: ``DenseNN(context_dim,
+    hidden_dims, param_dims=[channels * channels])``, hidden ``[10 * channels, 10 * channels]`` by
+    default (so Pyro's state_dicts load). Inputs ``(..., channels, H, W)``, context ``(..., context_dim)``."""
+    hidden = [channels * 10, channels * 10] if hidden_dims is None else list(hidden_dims)
+    return ConditionalGeneralizedChannelPermute(DenseNN(context_dim, hidden, param_dims=[channels * channels]), channels)
