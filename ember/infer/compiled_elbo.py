@@ -43,7 +43,7 @@ from ember.infer.compile import agrees, first_runner, largest_tensor, prepare, r
 from ember.infer.threads import ThreadChoice, threads_given
 from ember.infer.util import trace_params
 from ember.params import get_param_store
-from ember.poutine.misc_messengers import SubstituteMessenger
+from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.primitives import validation_enabled
 from ember.runtime import _STACK, Message, apply_stack
@@ -184,7 +184,7 @@ class CompiledLossAndGrads:
             # the parameters' unconstrained values come in as graph inputs, through a handler
             values = {n: (u if t is None else t(u)) for n, u, t in zip(names, flat[:k], transforms)}
             a, kw = rebuild(list(flat[k:]))
-            with SubstituteMessenger(data=values):
+            with _SubstituteValuesMessenger(data=values):
                 loss, surrogate = self._loss_and_surrogate(model, guide, a, kw)
             return surrogate, (loss.detach(), tuple(v.detach() for v in values.values()))
 

@@ -371,10 +371,10 @@ def enumerated_log_joint(model: Callable, args: tuple, kwargs: dict, values: dic
     """``log Σ_z p(x, z, values)``: the log joint of ``model`` with the sites in ``values`` set to
     those values and its sites marked for parallel enumeration summed out (a scalar tensor,
     differentiable in ``values``). What HMC and NUTS move on for a model with enumerated sites."""
-    from ember.poutine.misc_messengers import SubstituteMessenger
+    from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 
     mpn = max_plate_nesting
-    tm = TraceMessenger(EnumMessenger(SubstituteMessenger(model, data=values), first_available_dim=-mpn - 1))
+    tm = TraceMessenger(EnumMessenger(_SubstituteValuesMessenger(model, data=values), first_available_dim=-mpn - 1))
     tm(*args, **kwargs)
     tr = tm.trace
     tr.max_plate_nesting = mpn

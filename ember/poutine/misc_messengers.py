@@ -33,10 +33,6 @@ class _SubstituteValuesMessenger(_WarnsUnusedNames, Messenger):
             msg.done = True
 
 
-# Transitional: ember.infer imports the internal handler under this name; it should import
-# _SubstituteValuesMessenger (the public SubstituteMessenger is ember.poutine.substitute_messenger's).
-SubstituteMessenger = _SubstituteValuesMessenger
-
 
 class LiftMessenger(Messenger):
     """Turn param sites into sample sites drawn from ``prior``: a distribution (for

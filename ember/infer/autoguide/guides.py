@@ -763,7 +763,7 @@ class AutoLaplaceApproximation(AutoContinuous):
 
     def negative_log_density(self, z: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``-log p(T(z), data) - log |det dT/dz|`` for a latent vector ``z`` ``[D]`` (a scalar)."""
-        from ember.poutine.misc_messengers import SubstituteMessenger
+        from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 
         values, logdet = {}, 0.0
         for s, u in self._unpack(z, plated=False):
@@ -772,7 +772,7 @@ class AutoLaplaceApproximation(AutoContinuous):
             if not s.identity:
                 logdet = logdet + s.transform.log_abs_det_jacobian(u, v).sum()
         with BlockMessenger():
-            tr = TraceMessenger(SubstituteMessenger(self.model, data=values)).get_trace(*args, **kwargs)
+            tr = TraceMessenger(_SubstituteValuesMessenger(self.model, data=values)).get_trace(*args, **kwargs)
         tr.compute_log_prob()
         lp = sum(site.log_prob_sum for site in tr.nodes.values() if site.type == "sample" and site.log_prob_sum is not None)
         return -(lp + logdet)

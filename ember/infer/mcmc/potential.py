@@ -30,7 +30,7 @@ from ember.infer.elbo import describe_site, first_nonfinite_site
 from ember.infer.initialization import init_to_median, init_to_value, init_values_of, resolve_init_strategy
 from ember.infer.util import _SetLatents
 from ember.poutine.messenger import Messenger
-from ember.poutine.misc_messengers import SubstituteMessenger
+from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import site_log_prob
 from ember.runtime import Message, is_latent, is_validation_enabled
@@ -429,7 +429,7 @@ class ModelPotential:
         with torch.no_grad():
             values, _ = self._values_and_logdet(z)
             try:
-                with TraceMessenger() as tm, SubstituteMessenger(data=values):
+                with TraceMessenger() as tm, _SubstituteValuesMessenger(data=values):
                     self.model(*self.args, **self.kwargs)
                 tm.trace.compute_log_prob()
             except (ValueError, RuntimeError) as e:

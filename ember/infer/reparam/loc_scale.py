@@ -95,9 +95,9 @@ class LocScaleReparam(Reparam):
             if is_observed:
                 x = sample(aux, decentered_fn, obs=x_given)
             else:
-                from ember.poutine.misc_messengers import SubstituteMessenger
+                from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 
-                with SubstituteMessenger(data={aux: x_given}):
+                with _SubstituteValuesMessenger(data={aux: x_given}):
                     x = sample(aux, decentered_fn)
         new_value = loc + scale ** (1 - c) * (x - c * loc)
         event_dim = len(fn.event_shape)

@@ -49,9 +49,9 @@ class TransformReparam(Reparam):
         elif is_observed:
             x = sample(aux, base_fn, obs=x_given)
         else:
-            from ember.poutine.misc_messengers import SubstituteMessenger
+            from ember.poutine.misc_messengers import _SubstituteValuesMessenger
 
-            with SubstituteMessenger(data={aux: x_given}):
+            with _SubstituteValuesMessenger(data={aux: x_given}):
                 x = sample(aux, base_fn)
         y = x
         ldj: Any = 0.0
