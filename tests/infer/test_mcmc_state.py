@@ -187,7 +187,8 @@ def test_pyro_setup_sample_surface():
     d = kernel.diagnostics()
     assert set(d) == {"divergences", "acceptance rate"} and 0 < d["acceptance rate"] <= 1
     assert list(kernel.logging()) == ["step size", "acc. prob"]
-    assert kernel.inverse_mass_matrix.shape == (1,)
+    ((names, minv),) = kernel.inverse_mass_matrix.items()  # Pyro's layout: {(site names...): M^-1}
+    assert names == ("weight",) and minv.shape == (1,)
     kernel.cleanup()
     with pytest.raises(RuntimeError, match="call kernel.setup"):
         kernel.sample(params)
@@ -272,3 +273,18 @@ def test_a_latent_that_appears_after_the_first_run_is_named():
 
     with pytest.raises(ValueError, match="MCMC: latent site 'late' did not appear when the model was first run"):
         MCMC(NUTS(model, jit_compile=False), num_samples=3, warmup_steps=3, disable_progbar=True).run()
+
+
+@pytest.mark.parametrize("full_mass", [False, True])
+def test_kernel_inverse_mass_matrix_after_a_run_is_pyros_dict(full_mass):
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    kernel = NUTS(model, full_mass=full_mass)
+    assert kernel.inverse_mass_matrix is None
+    mcmc = MCMC(kernel, num_samples=10, warmup_steps=30, num_chains=2, disable_progbar=True)
+    mcmc.run()
+    ((names, minv),) = kernel.inverse_mass_matrix.items()
+    assert names == ("a", "b") and minv.shape == ((3, 3) if full_mass else (3,))
+    torch.testing.assert_close(minv, mcmc.inverse_mass_matrices[-1])  # the last chain's, as Pyro's adapter keeps

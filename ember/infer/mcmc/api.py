@@ -121,6 +121,7 @@ class _Recorder:
         m.states.append(state)
         m.step_sizes.append(state.step_size)
         m.inverse_mass_matrices.append(torch.from_numpy(state.inverse_mass_matrix.copy()).to(m._potential.dtype))
+        m.kernel._last_state = state
         m.wall_times.append(self.wall_time)
         m._warmup_grad_evals.append(self.warmup_grads)
         m._divergences.append(self.divergent)

@@ -265,6 +265,7 @@ class HMC:
         # only for Pyro's stateful surface (setup/sample): the one chain it drives
         self._initial_params: dict | None = None
         self._state: HMCState | None = None
+        self._last_state: HMCState | None = None  # of MCMC.run's last chain (inverse_mass_matrix)
 
     @classmethod
     def _valid_kwargs(cls) -> list[str]:
@@ -468,9 +469,16 @@ class HMC:
         self._initial_params = params
 
     @property
-    def inverse_mass_matrix(self) -> torch.Tensor | None:
-        """The inverse mass matrix of the chain :meth:`setup` drives (Pyro's attribute)."""
-        return None if self._state is None else torch.from_numpy(self._state.inverse_mass_matrix.copy())
+    def inverse_mass_matrix(self) -> dict[tuple[str, ...], torch.Tensor] | None:
+        """Pyro's attribute: ``{(site names...): M^-1}``, the inverse mass matrix over the
+        unconstrained latents in the order of the flat vector, ``[D]`` (diagonal) or ``[D, D]``
+        (``full_mass``): of the chain :meth:`setup` drives, or else of the last chain
+        ``MCMC.run`` sampled (None before either)."""
+        state = self._state if self._state is not None else self._last_state
+        if state is None or self.potential is None:
+            return None
+        names = tuple(s.name for s in getattr(self.potential, "sites", ()))
+        return {names: torch.from_numpy(state.inverse_mass_matrix.copy()).to(self.potential.dtype)}
 
     def unconstrained_params(self, state: HMCState) -> dict[str, torch.Tensor]:
         """``state``'s position as unconstrained tensors by site name, each of the site's

@@ -91,6 +91,7 @@ def run_parallel(mcmc: Any, args: tuple, kwargs: dict) -> None:
         mcmc.states.append(r["state"])
         mcmc.step_sizes.append(r["state"].step_size)
         mcmc.inverse_mass_matrices.append(torch.from_numpy(r["state"].inverse_mass_matrix.copy()).to(potential.dtype))
+        mcmc.kernel._last_state = r["state"]
         mcmc.wall_times.append(r["wall"])
         mcmc._warmup_grad_evals.append(r["warmup_grads"])
         mcmc._divergences.append(r["divergences"])
