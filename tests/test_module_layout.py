@@ -39,6 +39,11 @@ LAYOUT = {
         "Normal", "Bernoulli", "Categorical", "Beta", "Gamma", "Dirichlet", "MultivariateNormal", "Independent",
         "TransformedDistribution", "Uniform", "Poisson", "Binomial", "LKJCholesky",
     ],
+    "ember.distributions.score_parts": ["ScoreParts"],
+    "ember.distributions.kl": ["register_kl"],  # and torch's kl_divergence (whose source raises for unregistered pairs)
+    "ember.distributions.torch_transform": ["TransformModule", "ComposeTransformModule"],
+    "ember.distributions": ["ExpandedDistribution", "TransformModule", "ComposeTransformModule", "ConditionalTransformModule",
+                            "validation_enabled", "SoftLaplace", "AffineBeta", "NanMaskedNormal", "NanMaskedMultivariateNormal"],
     "ember.distributions.util": ["broadcast_shape", "scale_and_mask", "sum_rightmost", "sum_leftmost", "is_identically_zero", "is_identically_one"],
     "ember.distributions.constraints": ["positive", "real", "simplex", "interval", "ordered_vector", "corr_cholesky", "lower_cholesky", "boolean"],
     "ember.distributions.transforms": ["ExpTransform", "AffineTransform", "ComposeTransform", "Permute", "SoftplusTransform"],
