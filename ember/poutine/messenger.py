@@ -22,18 +22,45 @@ class _EveryType:
         return self.fn
 
 
+class _Layered:
+    """A dispatch table for a subclass that adds ``_pyro_<type>`` hooks to a handler overriding
+    ``_process_message`` / ``_postprocess_message`` itself (a user's ``TraceMessenger`` subclass with
+    its own ``_pyro_post_sample``, as Pyro allows): the subclass's hook for its types, the
+    inherited method for the rest."""
+
+    __slots__ = ("table", "fn")
+
+    def __init__(self, table: dict, fn: Callable) -> None:
+        self.table = table
+        self.fn = fn
+
+    def get(self, _type: str, _default: Any = None) -> Callable:
+        return self.table.get(_type, self.fn)
+
+
+def _hooks(cls: type, prefix: str, stop: type | None = None) -> dict:
+    """``{type: hook}`` of the ``prefix<type>`` methods of ``cls`` (those of the classes above
+    ``stop`` in its MRO left out)."""
+    table: dict = {}
+    for klass in cls.__mro__:
+        if klass is stop:
+            break
+        for attr in klass.__dict__:
+            if attr.startswith(prefix) and callable(getattr(cls, attr)):
+                mtype = attr[len(prefix):]
+                if prefix == "_pyro_" and mtype.startswith("post_"):
+                    continue
+                table.setdefault(mtype, getattr(cls, attr))
+    return table
+
+
 def _build_dispatch(cls: type, prefix: str, override: str) -> Any:
     method = getattr(cls, override)
     if method is not getattr(Messenger, override):
-        return _EveryType(method)
-    table = {}
-    for attr in dir(cls):
-        if attr.startswith(prefix) and callable(getattr(cls, attr)):
-            mtype = attr[len(prefix) :]
-            if prefix == "_pyro_" and mtype.startswith("post_"):
-                continue
-            table[mtype] = getattr(cls, attr)
-    return table
+        owner = next(k for k in cls.__mro__ if override in k.__dict__)
+        added = _hooks(cls, prefix, stop=owner)
+        return _Layered(added, method) if added else _EveryType(method)
+    return _hooks(cls, prefix)
 
 
 class _WarnsUnusedNames:

@@ -71,6 +71,12 @@ class TraceMessenger(Messenger):
         elif not self.param_only and msg.name is not None:
             self.trace._add_site(msg)
 
+    # Pyro's hooks, for subclasses that extend them (``super()._pyro_post_sample(msg)``): recording
+    def _pyro_post_sample(self, msg: Message) -> None:
+        TraceMessenger._postprocess_message(self, msg)
+
+    _pyro_post_param = _pyro_post_sample
+
 
 def trace(fn: Callable | None = None, graph_type: str | None = None, param_only: bool | None = None) -> TraceMessenger:
     """Record the sites of ``fn``'s execution; see :class:`TraceMessenger`."""

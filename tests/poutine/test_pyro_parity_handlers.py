@@ -349,3 +349,25 @@ def test_save_visualization_without_graphviz_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "graphviz", None)
     with pytest.raises(ImportError, match="pip install graphviz"):
         save_visualization(poutine.trace(abc).get_trace(), "/tmp/unused")
+
+
+def test_a_trace_messenger_subclass_hook_runs_and_super_records():
+    """A Pyro-style subclass of TraceMessenger adding ``_pyro_post_sample`` (calling super) has its
+    hook run for sample sites while param sites are recorded as before (Ember's TraceMessenger
+    overrides ``_postprocess_message``, which used to hide the subclass's hook)."""
+    from ember.poutine.trace_messenger import TraceMessenger
+
+    class Tagging(TraceMessenger):
+        def _pyro_post_sample(self, msg):
+            msg["infer"]["tag"] = True
+            super()._pyro_post_sample(msg)
+
+    def model():
+        pyro.param("w", torch.tensor(1.0))
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    with Tagging() as t:
+        model()
+    assert {n: (s["type"], s["infer"].get("tag")) for n, s in t.trace.nodes.items()} == {
+        "w": ("param", None), "a": ("sample", True), "b": ("sample", True)}
