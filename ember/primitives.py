@@ -214,14 +214,38 @@ def _set_module_tensor(m: torch.nn.Module, path: str, value: torch.Tensor) -> No
 
 
 def factor(name: str, log_factor: Any, *, has_rsample: bool | None = None) -> None:
-    """Add ``log_factor`` (a tensor, batched along active plates) to the model's
-    log-density as an observed site named ``name``."""
+    """Add ``log_factor`` (a tensor, batched along active plates) to the log-density as an
+    observed ``Unit`` site named ``name`` (marked ``infer={"is_auxiliary": True}``, as in Pyro).
+
+    In a model it is a term of ``log p``; in a guide a term of ``log q``, subtracted in every
+    ELBO. A guide factor must say how its gradient is estimated: ``has_rsample=True`` when it
+    arises from reparameterized sampling (differentiated pathwise), ``False`` otherwise (a
+    score-function term); without it the ELBOs' model/guide check raises ``ValueError``."""
     from ember.distributions import Unit
 
     if not isinstance(log_factor, torch.Tensor):
         log_factor = torch.as_tensor(log_factor, dtype=torch.get_default_dtype())
+    if has_rsample is not None and not isinstance(has_rsample, bool):
+        raise TypeError(f"factor('{name}'): has_rsample must be True, False or None; got {has_rsample!r}")
     unit = Unit(log_factor)
-    sample(name, unit, obs=unit.sample())
+    if has_rsample is not None:
+        _set_has_rsample(unit, has_rsample)
+    sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True})
+
+
+def _set_has_rsample(unit: Any, has_rsample: bool) -> Any:
+    """Set ``has_rsample`` on ``unit`` as an instance attribute (its presence says it was given)
+    and keep it on the copies a plate's broadcast makes with ``expand``, which builds a plain
+    ``Unit`` (until ``Unit`` takes ``has_rsample=`` itself)."""
+    unit.has_rsample = has_rsample
+    if "has_rsample" not in unit.expand(unit.batch_shape).__dict__:
+        plain_expand = unit.expand
+
+        def expand(batch_shape: Any, _instance: Any = None) -> Any:
+            return _set_has_rsample(plain_expand(batch_shape, _instance), has_rsample)
+
+        unit.expand = expand
+    return unit
 
 
 def deterministic(name: str, value: torch.Tensor, event_dim: int | None = None) -> torch.Tensor:

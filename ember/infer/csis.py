@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import check_model_guide_match
+from ember.infer.elbo import check_model_guide_match, is_guide_term
 from ember.infer.importance import Importance
 from ember.infer.util import trace_params
 from ember.poutine.condition_messenger import UnconditionMessenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
-from ember.runtime import is_guide_latent, is_validation_enabled
+from ember.runtime import is_validation_enabled
 
 __all__ = ["CSIS"]
 
@@ -83,7 +83,7 @@ class CSIS(Importance):
         for model_trace in batch:
             guide_trace = self._matched_guide_trace(model_trace, args, kwargs)
             for site in guide_trace.nodes.values():
-                if is_guide_latent(site) and site.log_prob_sum is not None:
+                if is_guide_term(site) and site.log_prob_sum is not None:
                     total = total - site.log_prob_sum
         if not isinstance(total, torch.Tensor):
             total = torch.tensor(float(total))

@@ -13,10 +13,42 @@ from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
-from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
+from ember.runtime import Message, is_deterministic, is_factor, is_latent, is_observed, is_validation_enabled
 from ember.util import check_kwargs
 
-__all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor"]
+__all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor", "is_guide_term"]
+
+
+def is_guide_term(site: Message) -> bool:
+    """A guide site whose log-density is a term of ``log q``: every scored sample site of the
+    guide, its latents and auxiliaries and also its ``factor`` sites and observations (as in
+    Pyro). A guide factor's ``has_rsample`` says how its gradient is estimated: pathwise
+    (``True``) or as a score function (``False``). Deterministic sites are never scored."""
+    return site.type == "sample" and not is_deterministic(site)
+
+
+def _check_guide_observations(guide_trace: Trace, model_sites: set) -> None:
+    """Refuse a guide ``factor`` without ``has_rsample``; warn about real observations in the guide."""
+    observed = []
+    for name, site in guide_trace.nodes.items():
+        if not is_observed(site) or is_deterministic(site):
+            continue
+        if is_factor(site):
+            if "has_rsample" not in site.fn.__dict__:
+                raise ValueError(
+                    f"At guide site factor('{name}', ...): missing specification of has_rsample. A guide factor is a "
+                    f"term of log q; pass has_rsample=True if it arises from reparameterized sampling (pathwise "
+                    f"gradient) or has_rsample=False otherwise (score-function gradient)."
+                )
+        elif name not in model_sites:
+            observed.append(name)
+    if observed:
+        warnings.warn(
+            f"The guide observes site(s) {observed} that the model does not have. Their log-density is subtracted from "
+            f"the ELBO as a term of log q (as in Pyro); if they are data, observe them in the model instead.",
+            UserWarning,
+            stacklevel=5,
+        )
 
 
 class NonFiniteLossError(ValueError):
@@ -28,12 +60,14 @@ def _frames_str(frames: Any) -> str:
 
 
 def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
-    """Warn about latent sites present in only one of model and guide; raise on plate
-    size clashes and on event-shape mismatches between a guide's value and the model's
-    distribution at the same site."""
+    """Warn about latent sites present in only one of model and guide, and about observations
+    in the guide; raise on a guide ``factor`` without ``has_rsample``, on plate size clashes and
+    on event-shape mismatches between a guide's value and the model's distribution at the same
+    site."""
     model_latents = {n for n, s in model_trace.nodes.items() if is_latent(s)}
     guide_latents = {n for n, s in guide_trace.nodes.items() if is_latent(s)}
     model_sites = {n for n, s in model_trace.nodes.items() if s.type == "sample"}
+    _check_guide_observations(guide_trace, model_sites)
     observed_in_model = sorted(n for n in guide_latents if n in model_sites and is_observed(model_trace.nodes[n]))
     if observed_in_model:
         warnings.warn(

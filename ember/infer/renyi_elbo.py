@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
+from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite, is_guide_term
 from ember.poutine.trace_struct import Trace, scale_and_mask
-from ember.runtime import is_guide_latent
 
 __all__ = ["RenyiELBO", "collect_particles", "log_weights", "particle_terms"]
 
@@ -41,7 +40,7 @@ def particle_terms(model_trace: Trace, guide_trace: Trace, particle_dim: int | N
         if site.type == "sample" and site.log_prob is not None:
             log_p = log_p + per_particle(site.log_prob, particle_dim, n)
     for site in guide_trace.nodes.values():
-        if is_guide_latent(site) and site.log_prob is not None:
+        if is_guide_term(site) and site.log_prob is not None:
             log_q = log_q + per_particle(site.log_prob, particle_dim, n)
             if not site.fn.has_rsample:
                 term = per_particle(scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), particle_dim, n)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite
+from ember.infer.elbo import ELBO, NonFiniteLossError, describe_nonfinite, is_guide_term
 from ember.infer.renyi_elbo import particle_terms
 from ember.infer.util import in_plate
 from ember.poutine.condition_messenger import UnconditionMessenger
@@ -128,7 +128,7 @@ class ReweightedWakeSleep(ELBO):
         guide_trace.compute_log_prob()
         total: Any = 0.0
         for site in guide_trace.nodes.values():
-            if is_guide_latent(site) and site.log_prob_sum is not None:
+            if is_guide_term(site) and site.log_prob_sum is not None:
                 total = total + site.log_prob_sum
         return -total / n
 

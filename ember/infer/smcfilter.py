@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
+from ember.infer.elbo import is_guide_term
 from ember.infer.renyi_elbo import per_particle
 from ember.infer.util import in_plate
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
-from ember.runtime import is_guide_latent
 
 __all__ = ["SMCFilter", "SMCFailed"]
 
@@ -104,7 +104,7 @@ class SMCFilter:
                 if site.type == "sample" and site.log_prob is not None:
                     log_w = log_w + per_particle(site.log_prob, dim, n)
             for site in guide_trace.nodes.values():
-                if is_guide_latent(site) and site.log_prob is not None:
+                if is_guide_term(site) and site.log_prob is not None:
                     log_w = log_w - per_particle(site.log_prob, dim, n)
             self._update_weights(log_w)
 

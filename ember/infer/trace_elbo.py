@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from ember.infer.compiled_elbo import CompiledLossAndGrads
-from ember.infer.elbo import ELBO, MultiFrameTensor
+from ember.infer.elbo import ELBO, MultiFrameTensor, is_guide_term
 from ember.poutine.trace_struct import Trace, scale_and_mask
-from ember.runtime import is_guide_latent, is_latent, is_validation_enabled
+from ember.runtime import is_latent, is_validation_enabled
 
 __all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
 
@@ -18,8 +18,9 @@ __all__ = ["Trace_ELBO", "JitTrace_ELBO", "TraceMeanField_ELBO"]
 def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, list]:
     """The ELBO of one particle and the guide sites that need a score-function term.
 
-    Every guide latent counts, auxiliary ones included: an auxiliary site's −log q belongs to
-    the loss and (below) to the score-function costs of every estimator."""
+    Every guide term counts (:func:`ember.infer.elbo.is_guide_term`): latents, auxiliary sites,
+    factors and observations; each one's −log q belongs to the loss and (below) to the
+    score-function costs of every estimator."""
     elbo: Any = None
     for site in model_trace.nodes.values():
         if site.type == "sample":
@@ -28,7 +29,7 @@ def _model_and_guide_terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any,
                 elbo = lps if elbo is None else elbo + lps
     nonreparam = []
     for site in guide_trace.nodes.values():
-        if is_guide_latent(site):
+        if is_guide_term(site):
             lps = site.log_prob_sum
             if lps is None:
                 continue
@@ -45,7 +46,7 @@ def _compute_log_r(model_trace: Trace, guide_trace: Trace) -> MultiFrameTensor:
         if site.type == "sample" and site.log_prob is not None:
             log_r.add(site.cond_indep_stack, site.log_prob.detach())
     for site in guide_trace.nodes.values():
-        if site.log_prob is not None and is_guide_latent(site):
+        if site.log_prob is not None and is_guide_term(site):
             log_r.add(site.cond_indep_stack, -site.log_prob.detach())
     return log_r
 
@@ -127,7 +128,7 @@ class TraceMeanField_ELBO(Trace_ELBO):
         nonreparam = []
         analytic = set()
         for name, gsite in guide_trace.nodes.items():
-            if not is_guide_latent(gsite):
+            if not is_guide_term(gsite):
                 continue
             msite = model_trace.nodes.get(name)
             if gsite.fn.has_rsample and msite is not None and is_latent(msite) and is_latent(gsite):

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ember.infer.compiled_elbo import CompiledLossAndGrads
-from ember.infer.elbo import ELBO, check_model_guide_match
+from ember.infer.elbo import ELBO, check_model_guide_match, is_guide_term
 from ember.infer.enum import _sequential_escape
 from ember.infer.trace_elbo import _loss_and_surrogate
 from ember.infer.util import in_plate
@@ -325,7 +325,7 @@ class TraceEnum_ELBO(ELBO):
         nonreparam = []
         seq_log_weight: Any = 0.0  # log q of the sequentially enumerated values of this trace
         for site, ordinal, owners in enum_sites(guide_trace, ginfo):
-            if not is_guide_latent(site):
+            if not is_guide_term(site):
                 continue
             tensor, dims = _named(site, site.log_prob, owners, mpn, ordinal)
             costs.append((ordinal, -tensor, dims, True))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ember.infer.compiled_elbo import CompiledLossAndGrads
-from ember.infer.elbo import ELBO, MultiFrameTensor
+from ember.infer.elbo import ELBO, MultiFrameTensor, is_guide_term
 from ember.infer.trace_elbo import _loss_and_surrogate, _model_and_guide_terms
 from ember.poutine.trace_struct import Trace, scale_and_mask
 from ember.runtime import is_guide_latent
@@ -58,7 +58,7 @@ class TraceGraph_ELBO(ELBO):
 
     def _downstream(self, model_trace: Trace, guide_trace: Trace) -> list:
         """For each non-reparameterized guide site: (site, MultiFrameTensor of its downstream costs)."""
-        guide_names = [n for n, s in guide_trace.nodes.items() if is_guide_latent(s)]  # auxiliary sites too
+        guide_names = [n for n, s in guide_trace.nodes.items() if is_guide_term(s)]  # auxiliaries, factors too
         gpos = {n: i for i, n in enumerate(guide_names)}
         model_sites = [(n, s) for n, s in model_trace.nodes.items() if s.type == "sample" and s.log_prob is not None]
         # first model position whose value comes from guide position >= i
@@ -78,12 +78,13 @@ class TraceGraph_ELBO(ELBO):
             site = guide_trace.nodes[name]
             if site.fn.has_rsample:
                 continue
-            i = gpos[name]
+            # a factor or observation scores values drawn before it: its downstream is the whole particle
+            i = gpos[name] if is_guide_latent(site) else 0
             costs = MultiFrameTensor()
             for n in guide_names[i:]:
                 g = guide_trace.nodes[n]
                 costs.add(g.cond_indep_stack, -g.log_prob.detach())
-            for _n, s in model_sites[first_model_pos_from[i]:]:
+            for _n, s in model_sites[first_model_pos_from[i] if i else 0:]:
                 costs.add(s.cond_indep_stack, s.log_prob.detach())
             out.append((site, costs))
         return out

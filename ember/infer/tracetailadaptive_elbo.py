@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
+from ember.infer.elbo import is_guide_term
 from ember.infer.renyi_elbo import _CoupledParticlesELBO, collect_particles, per_particle
 from ember.infer.trace_elbo import Trace_ELBO
 from ember.infer.util import in_plate
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace, scale_and_mask
-from ember.runtime import is_guide_latent
 
 __all__ = ["TraceTailAdaptive_ELBO"]
 
@@ -40,7 +40,7 @@ def _direct_log_q(guide: Callable, guide_trace: Trace, args: tuple, kwargs: dict
     tm(*args, **kwargs)
     direct: Any = 0.0
     for name, site in tm.trace.nodes.items():
-        if not is_guide_latent(site):
+        if not is_guide_term(site):
             continue
         if not site.fn.has_rsample:
             raise ValueError(

@@ -142,7 +142,7 @@ def _branchy_guide(guess):
     a = pyro.param("a", torch.tensor(guess))
     w = pyro.sample("weight", dist.Normal(a, 1.0))
     if w > 9.0:  # control flow on a sampled value
-        pyro.factor("f", torch.zeros(()))
+        pyro.factor("f", torch.zeros(()), has_rsample=True)  # a guide factor says how it is differentiated
     return w
 
 
