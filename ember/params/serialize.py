@@ -292,6 +292,21 @@ _SINGLETONS = {
     for name in dir(constraints)
     if not name.startswith("_") and isinstance(getattr(constraints, name), constraints.Constraint)
 }
+
+def _add_ember_singletons() -> None:
+    """Ember's own singletons (``softplus_positive``, ``unit_lower_cholesky``, ...): autoguide scales
+    use them, and ``softplus_positive`` must not be saved as the ``greater_than(0)`` it subclasses."""
+    from ember.distributions import constraints as ember_constraints
+
+    known = {id(v) for v in _SINGLETONS.values()}
+    for name in dir(ember_constraints):
+        c = getattr(ember_constraints, name)
+        if not name.startswith("_") and isinstance(c, constraints.Constraint) and id(c) not in known:
+            _SINGLETONS[name] = c
+            known.add(id(c))
+
+
+_add_ember_singletons()
 _SINGLETON_NAMES = {id(v): k for k, v in _SINGLETONS.items()}
 
 

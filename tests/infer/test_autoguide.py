@@ -369,7 +369,7 @@ def test_auto_normal_messenger_saves_and_loads(tmp_path) -> None:
     again = AutoNormalMessenger(model).load(path)
     after = again.median()
     assert set(after) == {"w", "s"} and all(torch.equal(before[k], after[k]) for k in before)
-    assert "AutoNormalMessenger.locs.w" in ember.get_param_store()
+    assert "locs.w" in ember.get_param_store()
 
 
 def test_importable_as_pyro_lays_it_out() -> None:

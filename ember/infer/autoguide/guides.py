@@ -37,6 +37,7 @@ import torch
 from torch.distributions import constraints
 
 import ember.distributions as dist
+from ember.distributions import constraints as ember_constraints
 from ember.distributions.util import lean_biject_to, sum_rightmost
 from ember.infer.initialization import (
     InitMessenger,
@@ -76,6 +77,30 @@ __all__ = [
 ]
 
 _FILE_KIND = "ember.autoguide"
+# version 2: Pyro's parameter layout (softplus scales, plain ``loc``, AutoIAFNormal's ``transform``)
+_FILE_VERSION = 2
+
+
+def _upgrade_state(guide: Any, state: dict, version: Any, where: str) -> dict:
+    """A saved state_dict in the current layout. Version 1 files (Ember before Pyro's layout) held
+    exp-constrained scales (``log scale``), ``loc_unconstrained`` and AutoIAFNormal's
+    ``transforms.<i>``: rewritten so that the guide gives the same distribution."""
+    if version == _FILE_VERSION:
+        return state
+    if version != 1:
+        raise CheckpointError(f"{where}: autoguide file version {version!r}; this Ember reads versions 1 and {_FILE_VERSION}")
+    to_softplus = torch.distributions.transform_to(ember_constraints.softplus_positive).inv
+    out = {}
+    joint = isinstance(guide, AutoContinuous)
+    for key, value in state.items():
+        if joint and key == "loc_unconstrained":
+            key = "loc"
+        elif isinstance(guide, AutoIAFNormal) and key.startswith("transforms."):
+            key = "transform." + key[len("transforms."):]
+        elif (joint and key == "scale_unconstrained") or (isinstance(guide, AutoNormal) and key.startswith("scales.")):
+            value = to_softplus(value.exp())
+        out[key] = value
+    return out
 
 
 # ---- the structure: plain data about the model's latent sites ---------------------------------------
@@ -374,7 +399,7 @@ class AutoGuide(PyroModule):
     def _payload(self) -> dict:
         structure = self.prototype_structure
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        return {"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name,
+        return {"format": _FILE_KIND, "version": _FILE_VERSION, "class": type(self).__name__, "name": self._pyro_name,
                 "options": self._options(), "structure": structure.to_plain(), "state": state}
 
     def _restore(self, obj: dict, where: str) -> None:
@@ -384,18 +409,23 @@ class AutoGuide(PyroModule):
         options = obj.get("options")
         if options != self._options():
             raise CheckpointError(f"{where}: saved with options {options}, but this guide has {self._options()}")
-        self._structure = Structure.from_plain(obj.get("structure"), where)
-        self._verified = False
-        self.prototype_trace = None
-        self._build(None)
         state = obj.get("state")
         if not isinstance(state, dict):
             raise CheckpointError(f"{where}: malformed autoguide state")
+        state = _upgrade_state(self, state, obj.get("version"), where)
+        self._structure = Structure.from_plain(obj.get("structure"), where)
+        self._verified = False
+        self.prototype_trace = None
+        self._prepare_restore(state)
+        self._build(None)
         try:
             self.load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"{where}: the saved parameters do not fit the saved structure: {str(e).splitlines()[0]}") from None
         self._bind_to_store()
+
+    def _prepare_restore(self, state: dict) -> None:
+        """Read what ``_build(None)`` needs from a saved ``state`` (the low-rank guide's rank)."""
 
     def _bind_to_store(self) -> None:
         """Put this guide's parameters into the store (they win over values held there)."""
@@ -411,6 +441,9 @@ class AutoGuide(PyroModule):
 
 
 _NO_PLATES = nullcontext()
+# Pyro 1.9's autoguides map their scales through the softplus, not exp: a state_dict trained by
+# Pyro holds softplus^-1(scale) and must give the same widths here
+_SCALE = ember_constraints.softplus_positive
 
 
 def _positive_init_scale(guide: Any, init_scale: Any) -> float:
@@ -475,7 +508,7 @@ class AutoDelta(AutoGuide):
 class AutoNormal(AutoGuide):
     """An independent normal per latent site in unconstrained space (mean-field), pushed through
     ``biject_to(support)``. Parameters ``AutoNormal.locs.<site>`` and ``AutoNormal.scales.<site>``
-    (positive) have the site's full unconstrained shape; inside a subsampled plate only the
+    (``softplus_positive``, as in Pyro) have the site's full unconstrained shape; inside a subsampled plate only the
     entries of the plate's indices are used, so local latents of a minibatch model work."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_feasible, init_scale: float = 0.1,
@@ -492,7 +525,7 @@ class AutoNormal(AutoGuide):
         for s in self.prototype_structure.sites:
             u = s.transform.inv(self._init_value(s, init)).detach()
             _deep_setattr(self.locs, s.name, PyroParam(u, constraints.real, s.u_event_dim))
-            _deep_setattr(self.scales, s.name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, s.u_event_dim))
+            _deep_setattr(self.scales, s.name, PyroParam(torch.full_like(u, self._init_scale), _SCALE, s.u_event_dim))
 
     def _site_dist(self, s: SiteInfo, loc: torch.Tensor, scale: torch.Tensor) -> Any:
         fn = dist.Normal(loc, scale).to_event(s.u_event_dim)
@@ -573,12 +606,13 @@ class AutoContinuous(AutoGuide):
             dtype = torch.promote_types(dtype, p.dtype)
         return torch.cat([p.to(dtype) for p in parts])
 
-    def _build_loc_scale(self, init: dict | None) -> torch.Tensor:
-        """The parameters ``loc`` ``[D]`` (from the init strategy) and ``scale`` ``[D]`` (positive,
-        ``init_scale``) that the normal guides share; returns the initial ``loc``."""
+    def _build_loc_scale(self, init: dict | None, scale_factor: float = 1.0) -> torch.Tensor:
+        """The parameters ``loc`` ``[D]`` (from the init strategy; a plain ``nn.Parameter``, state_dict
+        key ``loc`` as in Pyro) and ``scale`` ``[D]`` (``softplus_positive``, ``init_scale`` times
+        ``scale_factor``) that the normal guides share; returns the initial ``loc``."""
         loc = self._init_latent(init)
-        self.loc = PyroParam(loc, constraints.real, 1)
-        self.scale = PyroParam(torch.full_like(loc, self._init_scale), constraints.positive, 1)
+        self.loc = torch.nn.Parameter(loc)
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale * scale_factor), _SCALE, 1)
         return loc
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
@@ -660,7 +694,7 @@ class AutoContinuous(AutoGuide):
 
 class AutoDiagonalNormal(AutoContinuous):
     """``z ~ Normal(loc, scale)`` (independent coordinates); parameters
-    ``AutoDiagonalNormal.loc`` ``[D]`` and ``.scale`` ``[D]`` (positive)."""
+    ``AutoDiagonalNormal.loc`` ``[D]`` and ``.scale`` ``[D]`` (``softplus_positive``, as in Pyro)."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  create_plates: Callable | None = None) -> None:
@@ -680,8 +714,8 @@ class AutoDiagonalNormal(AutoContinuous):
 class AutoMultivariateNormal(AutoContinuous):
     """``z ~ MultivariateNormal(loc, scale_tril=diag(scale) @ U)`` with ``U`` unit lower triangular
     (as in Pyro: the scales and the correlations learn at their own pace); parameters
-    ``AutoMultivariateNormal.loc`` ``[D]``, ``.scale`` ``[D]`` (positive) and ``.scale_tril``
-    ``[D, D]`` (its strictly lower triangle is ``U``'s; the rest is ignored).
+    ``AutoMultivariateNormal.loc`` ``[D]``, ``.scale`` ``[D]`` (``softplus_positive``) and
+    ``.scale_tril`` ``[D, D]`` (``unit_lower_cholesky``: ``U`` itself), with Pyro's constraints.
     :meth:`get_scale_tril` gives the Cholesky factor of the covariance."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
@@ -691,12 +725,11 @@ class AutoMultivariateNormal(AutoContinuous):
 
     def _build(self, init: dict | None) -> None:
         loc = self._build_loc_scale(init)
-        self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype), constraints.real, 2)
+        self.scale_tril = PyroParam(torch.eye(loc.numel(), dtype=loc.dtype), ember_constraints.unit_lower_cholesky, 2)
 
     def get_scale_tril(self) -> torch.Tensor:
         """The Cholesky factor ``[D, D]`` of the posterior covariance of ``z``."""
-        unit = self.scale_tril.tril(-1) + torch.eye(self.scale.shape[-1], dtype=self.scale.dtype, device=self.scale.device)
-        return self.scale.unsqueeze(-1) * unit
+        return self.scale.unsqueeze(-1) * self.scale_tril
 
     def set_scale_tril(self, scale_tril: torch.Tensor) -> None:
         """Set the posterior covariance's Cholesky factor ``[D, D]`` (lower triangular, positive diagonal)."""
@@ -714,8 +747,10 @@ class AutoMultivariateNormal(AutoContinuous):
 
 class AutoLowRankMultivariateNormal(AutoContinuous):
     """``z ~ LowRankMultivariateNormal(loc, cov_factor * scale, scale**2)`` with ``rank`` columns
-    (default ``ceil(sqrt(D))``); parameters ``.loc`` ``[D]``, ``.cov_factor`` ``[D, rank]``,
-    ``.scale`` ``[D]``."""
+    (default ``round(sqrt(D))``, as in Pyro; ``guide.rank`` holds it once built); parameters
+    ``.loc`` ``[D]``, ``.cov_factor`` ``[D, rank]`` (drawn from ``N(0, 1/rank)``) and ``.scale``
+    ``[D]`` (``softplus_positive``, starting at ``init_scale / sqrt(2)``), so each coordinate's
+    initial variance is about ``init_scale**2``."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_median, init_scale: float = 0.1,
                  rank: int | None = None, create_plates: Callable | None = None) -> None:
@@ -723,16 +758,26 @@ class AutoLowRankMultivariateNormal(AutoContinuous):
             raise ValueError(f"{type(self).__name__}: rank must be a positive integer; got {rank!r}")
         super().__init__(model, init_loc_fn=init_loc_fn, create_plates=create_plates)
         self._init_scale = _positive_init_scale(self, init_scale)
+        self._rank_option = rank
         self.rank = rank
 
     def _options(self) -> dict:
-        return {"rank": self.rank}
+        return {"rank": self._rank_option}
+
+    def _prepare_restore(self, state: dict) -> None:
+        # the default rank is a function of D; a file keeps the rank it was built with (older
+        # Ember files used ceil(sqrt(D)))
+        f = state.get("cov_factor")
+        if self._rank_option is None and isinstance(f, torch.Tensor) and f.dim() == 2:
+            self.rank = int(f.shape[-1])
 
     def _build(self, init: dict | None) -> None:
-        loc = self._build_loc_scale(init)
+        loc = self._build_loc_scale(init, scale_factor=0.5 ** 0.5)
         d = loc.numel()
-        rank = self.rank if self.rank is not None else max(1, int(math.ceil(math.sqrt(d))))
-        self.cov_factor = torch.nn.Parameter(torch.randn(d, rank, dtype=loc.dtype) * (0.5 / math.sqrt(rank)) if init is not None
+        if self.rank is None or init is not None and self._rank_option is None:
+            self.rank = max(1, int(round(d ** 0.5)))
+        rank = self.rank
+        self.cov_factor = torch.nn.Parameter(torch.randn(d, rank, dtype=loc.dtype) / math.sqrt(rank) if init is not None
                                              else torch.zeros(d, rank, dtype=loc.dtype))
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
@@ -752,10 +797,11 @@ class AutoLaplaceApproximation(AutoContinuous):
     covariance."""
 
     def _build(self, init: dict | None) -> None:
-        self.loc = PyroParam(self._init_latent(init), constraints.real, 1)
+        self.loc = torch.nn.Parameter(self._init_latent(init))
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
-        return dist.Delta(self.loc, event_dim=1)
+        """``Delta(loc).to_event(1)`` (an ``Independent``, as Pyro returns)."""
+        return dist.Delta(self.loc).to_event(1)
 
     def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         loc = self.loc.detach()
@@ -796,7 +842,7 @@ class AutoLaplaceApproximation(AutoContinuous):
         guide._verified = True
         guide._build(None)
         with torch.no_grad():
-            guide.loc = loc
+            guide.loc.copy_(loc)
             guide.set_scale_tril(scale_tril)
         guide._bind_to_store()
         return guide
@@ -825,24 +871,32 @@ class AutoIAFNormal(AutoContinuous):
         return {"hidden_dim": self.hidden_dim, "num_transforms": self.num_transforms, **self.transform_kwargs}
 
     def _build(self, init: dict | None) -> None:
-        from ember.distributions.transforms import affine_autoregressive
+        from ember.distributions.transforms import ComposeTransformModule, affine_autoregressive
         from ember.nn.module import to_pyro_module_
 
         d = self.latent_dim
         if d < 2:
             raise ValueError(f"AutoIAFNormal needs at least 2 latent dimensions (the model has {d}); use AutoNormal")
-        self.transforms = torch.nn.ModuleList()
+        parts = []
         for i in range(self.num_transforms):
             t = affine_autoregressive(d, self.hidden_dim, **self.transform_kwargs)
             to_pyro_module_(t.arn)
-            t.arn._pyro_set_supermodule(f"{self._pyro_name}.transforms.{i}.arn", self._pyro_context)
-            self.transforms.append(t)
+            # Pyro's names: state_dict "transform.<i>.arn...", parameter store "<guide>.transform$$$<i>.arn..."
+            t.arn._pyro_set_supermodule(f"{self._pyro_name}.transform$$${i}.arn", self._pyro_context)
+            parts.append(t)
+        self.transform = ComposeTransformModule(parts)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``; Pyro's ``_prototype_tensor`` entry (a dtype/device
+        placeholder, not a parameter of the flow) is ignored, so Pyro's state_dicts load."""
+        state_dict = {k: v for k, v in state_dict.items() if k != "_prototype_tensor"}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
         d = self.latent_dim
-        p = next(self.transforms.parameters())
+        p = next(self.transform.parameters())
         base = dist.Normal(torch.zeros(d, dtype=p.dtype, device=p.device), torch.ones(d, dtype=p.dtype, device=p.device)).to_event(1)
-        return dist.TransformedDistribution(base, list(self.transforms))
+        return dist.TransformedDistribution(base, list(self.transform.parts))
 
     def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self._pyro_context, torch.no_grad():
@@ -910,7 +964,7 @@ class AutoGuideList(PyroModule):
         that are user functions (:class:`AutoCallable`) are not written: their parameters live in
         the parameter store (``ember.get_param_store().save``)."""
         parts = [part._payload() if isinstance(part, AutoGuide) else None for part in self._parts]
-        save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "parts": parts}, path, _FILE_KIND)
+        save_digested({"format": _FILE_KIND, "version": _FILE_VERSION, "class": type(self).__name__, "parts": parts}, path, _FILE_KIND)
 
     def load(self, path: str | os.PathLike) -> AutoGuideList:
         """Restore the parts from a file :meth:`save` wrote; append the same parts (same classes,
@@ -991,12 +1045,12 @@ class _PosteriorMessenger(Messenger):
 class AutoNormalMessenger(PyroModule):
     """A normal posterior per latent site in unconstrained space, made while the model runs
     (the model runs as the guide, with each latent drawn from its posterior); parameters
-    ``AutoNormalMessenger.locs.<site>`` / ``.scales.<site>`` are created at a site's first
-    visit from ``init_loc_fn``. Subclass it and override :meth:`get_posterior` for other
+    ``locs.<site>`` / ``scales.<site>`` (Pyro's names: no prefix; scales ``positive``, exp as
+    in Pyro) are created at a site's first visit from ``init_loc_fn``. Subclass it and override :meth:`get_posterior` for other
     families. Returns ``{site: value}`` of the latents."""
 
     def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1) -> None:
-        super().__init__(name=type(self).__name__)
+        super().__init__(name="")  # Pyro names its parameters "locs.<site>", without a prefix
         object.__setattr__(self, "model", model)
         self.init_loc_fn = resolve_init_strategy(init_loc_fn)
         self._init_scale = _positive_init_scale(self, init_scale)
