@@ -9,9 +9,12 @@ from ember.infer.reparam.softmax import SoftmaxReparam
 from ember.infer.reparam.strategies import AutoReparam, MinimalReparam, Strategy
 from ember.infer.reparam.studentt import StudentTReparam
 from ember.infer.reparam.transform import TransformReparam
+from ember.infer.reparam.unit_jacobian import DiscreteCosineReparam, HaarReparam, UnitJacobianReparam
 
 __all__ = [
     "AutoReparam",
+    "DiscreteCosineReparam",
+    "HaarReparam",
     "LocScaleReparam",
     "MinimalReparam",
     "NeuTraReparam",
@@ -21,4 +24,5 @@ __all__ = [
     "Strategy",
     "StudentTReparam",
     "TransformReparam",
+    "UnitJacobianReparam",
 ]
