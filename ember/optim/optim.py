@@ -18,6 +18,7 @@ Differences from Pyro's ``PyroOptim`` (the public names and call protocol are th
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import os
 from collections.abc import Callable, Hashable, Iterable
@@ -28,7 +29,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from ember.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
-from ember.params.param_store import module_from_param_with_module_name, user_param_name
+from ember.params.param_store import _MODULE_NAMESPACE_DIVIDER, module_from_param_with_module_name, user_param_name
 from ember.params.serialize import CheckpointError, load_digested, save_digested
 from ember.primitives import get_param_store
 from ember.runtime import is_validation_enabled
@@ -77,6 +78,14 @@ def _args_label(args: dict[str, Any]) -> str:
     if not args:
         return "defaults"
     return ", ".join(f"{k}={args[k]!r}" for k in sorted(args, key=str))
+
+
+def _argc(fn: Callable) -> int:
+    """How many parameters ``fn``'s signature lists (2 when it has none to read, e.g. a builtin)."""
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return 2
 
 
 def _callable_name(obj: Any) -> str:
@@ -175,7 +184,7 @@ class PyroOptim:
     def __init__(
         self,
         optim_constructor: Callable[..., torch.optim.Optimizer],
-        optim_args: dict[str, Any] | Callable[[str, str], dict[str, Any]],
+        optim_args: dict[str, Any] | Callable[..., dict[str, Any]],
         clip_args: dict[str, Any] | Callable[[str, str], dict[str, Any]] | None = None,
     ) -> None:
         if not callable(optim_constructor):
@@ -187,9 +196,10 @@ class PyroOptim:
         elif not callable(optim_args):
             raise TypeError(
                 f"{self._optim_name}: optim_args must be a dict of optimizer arguments or a callable "
-                f"(module_name, param_name) -> dict, got {type(optim_args).__name__}"
+                f"(param_name) -> dict or (module_name, param_name) -> dict, got {type(optim_args).__name__}"
             )
         self.pt_optim_args = optim_args
+        self.pt_optim_args_argc = _argc(optim_args) if callable(optim_args) else None
         if isinstance(clip_args, dict):
             clip_args = dict(clip_args)
             _check_clip_args(clip_args, self._optim_name)
@@ -383,9 +393,15 @@ class PyroOptim:
                     self._install_param_state(record, p, name, saved)
 
     def _resolve(self, spec: Any, name: str, what: str) -> Any:
+        """The arguments for param ``name``: ``spec`` itself (a dict), or what the callable returns.
+        As in Pyro, a one-argument optim_args callable gets the full name (``"a.b.c"``, the
+        module divider ``$$$`` written as ``.``), otherwise ``(module_name, param_name)``."""
         if spec is None or isinstance(spec, dict):
             return spec
-        value = spec(module_from_param_with_module_name(name), user_param_name(name))
+        if what == "optim_args" and self.pt_optim_args_argc == 1:
+            value = spec(name.replace(_MODULE_NAMESPACE_DIVIDER, "."))
+        else:
+            value = spec(module_from_param_with_module_name(name), user_param_name(name))
         if not (isinstance(value, dict) or (value is None and what == "clip_args")):
             raise TypeError(
                 f"{self._optim_name}: the {what} callable returned {type(value).__name__} for param '{name}'; it must return a dict"

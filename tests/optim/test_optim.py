@@ -453,3 +453,39 @@ def test_scheduler_with_late_param_and_per_group_lambda():
     assert len(sched.schedulers) == 1 and len(sched.optimizers[0].param_groups) == 1
     assert torch.equal(leaf("b").detach(), torch.tensor([-0.5, -0.5]))  # stepped with the current lr 0.5
     assert sched.optimizers[0].param_groups[0]["lr"] == 0.25
+
+
+def test_one_argument_optim_args_callable_gets_the_full_normalized_name():
+    seen = []
+
+    def per_param(param_name):
+        seen.append(param_name)
+        return {"lr": 0.5 if param_name == "lin.weight" else 0.25}
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    ember.module("lin", lin)  # stored as "lin$$$weight"
+    ember.param("a", torch.tensor(0.0))
+    opt = optim.SGD(per_param)
+    w0 = lin.weight.item()
+
+    def loss():
+        return ember.param("a") + ember.get_param_store()["lin$$$weight"].sum()
+
+    take_step(opt, loss)
+    assert sorted(seen) == ["a", "lin.weight"]
+    assert ember.param("a").item() == pytest.approx(-0.25)
+    assert ember.get_param_store()["lin$$$weight"].item() == pytest.approx(w0 - 0.5)
+
+
+def test_two_argument_optim_args_callable_gets_module_and_param_names():
+    seen = []
+
+    def per_param(module_name, param_name):
+        seen.append((module_name, param_name))
+        return {"lr": 0.1}
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    ember.module("lin", lin)
+    ember.param("a", torch.tensor(0.0))
+    take_step(optim.SGD(per_param), lambda: ember.param("a") + ember.get_param_store()["lin$$$weight"].sum())
+    assert sorted(seen) == [("a", "a"), ("lin", "weight")]  # as Pyro: a name without a module is both
