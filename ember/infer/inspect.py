@@ -80,50 +80,97 @@ def _collect(obj: Any, seen: set, depth: int = 0) -> set:
     return out
 
 
+def _is_delta(msg: Message) -> bool:
+    fn = msg.fn
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__ == "Delta"
+
+
+def _is_tracked(msg: Message, include_deterministic: bool) -> bool:
+    """Whether a site is a node of the dependency graph (its value is tagged with its name):
+    every sample site but, unless ``include_deterministic``, deterministic and ``Delta`` sites
+    (values pass through them to the sites they were computed from) and masked observations."""
+    if include_deterministic:
+        return True
+    if is_observed(msg) and msg.mask is False:
+        return False
+    return not (is_deterministic(msg) or _is_delta(msg))
+
+
+def _log_prob_provenance(msg: Message) -> set:
+    """The sites and params ``msg``'s log-density was computed from (its value's included)."""
+    try:
+        fn = msg.fn.base_dist if is_deterministic(msg) and hasattr(msg.fn, "base_dist") else msg.fn
+        return _collect(fn.log_prob(msg.value), set())
+    except Exception:  # a distribution that cannot score this value: the parameters still say it
+        return set()
+
+
 class _TrackProvenance(Messenger):
     """Record each sample site's parents and tag its value (and params) with its own name."""
 
-    def __init__(self, track_params: bool) -> None:
+    def __init__(self, include_deterministic: bool = False) -> None:
         super().__init__()
-        self.track_params = track_params
+        self.include_deterministic = include_deterministic
         self.parents: dict[str, set] = {}
         self.sites: dict[str, Message] = {}
-        self.param_users: dict[str, set] = {}
+        self.param_constraint: dict[str, str] = {}
 
     def _pyro_post_sample(self, msg: Message) -> None:
         if msg.name in self.sites:
             return
         parents = _collect(msg.fn, set()) | _collect(msg.args, set()) | _collect(msg.kwargs, set()) | _collect(msg.mask, set())
+        parents |= _log_prob_provenance(msg)
         if is_deterministic(msg):
             parents |= _collect(msg.value, set())  # the sites its value was computed from
+        parents.discard(msg.name)
         self.parents[msg.name] = parents
         self.sites[msg.name] = msg
-        if isinstance(msg.value, torch.Tensor):
+        if isinstance(msg.value, torch.Tensor) and _is_tracked(msg, self.include_deterministic):
             msg.value = _tag(msg.value, frozenset({msg.name}))
 
     def _pyro_post_param(self, msg: Message) -> None:
-        if self.track_params and isinstance(msg.value, torch.Tensor):
+        if isinstance(msg.value, torch.Tensor):
+            constraint = msg.args[2] if len(msg.args) > 2 and msg.args[2] is not None else torch.distributions.constraints.real
+            self.param_constraint.setdefault(msg.name, str(constraint))
             msg.value = _tag(msg.value.detach(), frozenset({"param:" + msg.name}))
 
 
-def get_model_relations(model: Callable, model_args: tuple | None = None, model_kwargs: dict | None = None,
-                        include_params: bool = False) -> dict:
-    """Run ``model`` once with provenance and describe it: ``{"sample_sample": {site: [parent
-    sites]}, "sample_param": {site: [params it uses]}, "sample_dist": {site: distribution class
-    name}, "plate_sample": {plate: [sites]}, "observed": [sites], "deterministic": [sites],
-    "plates": {site: [plate names, outermost first]}, "plate_sizes": {plate: size}}``. The
-    sites are in execution order; a deterministic site's parents are the sites its value was
-    computed from."""
-    tracker = _TrackProvenance(include_params)
-    with torch.no_grad(), tracker:
+def _track(model: Callable, model_args: tuple | None, model_kwargs: dict | None, include_deterministic: bool) -> _TrackProvenance:
+    """One run of ``model`` with provenance (no gradients, the caller's random stream untouched)."""
+    tracker = _TrackProvenance(include_deterministic)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), tracker:
         model(*(model_args or ()), **(model_kwargs or {}))
+    return tracker
+
+
+def get_model_relations(model: Callable, model_args: tuple | None = None, model_kwargs: dict | None = None,
+                        include_deterministic: bool = False, *, include_params: bool = True) -> dict:
+    """Run ``model`` once with provenance and describe it, as Pyro's ``get_model_relations``:
+
+    * ``"sample_sample"``: ``{site: [sample sites its log-density depends on]}``;
+    * ``"sample_param"``: ``{site: [params (``param``, ``module``) it depends on]}``;
+    * ``"sample_dist"``: ``{site: distribution class name}`` (``"Deterministic"`` for
+      ``deterministic`` sites);
+    * ``"param_constraint"``: ``{param: its constraint, as a string}``;
+    * ``"plate_sample"``: ``{plate: [sites in it]}``;
+    * ``"observed"``: the observed sites (deterministic ones included, as in Pyro);
+
+    and, for Ember's ``render_model``, ``"plates"`` (``{site: [plate names, outermost first]}``),
+    ``"plate_sizes"`` and ``"deterministic"``. Lists are in execution order. Without
+    ``include_deterministic`` a deterministic or ``Delta`` site is no node of its own to the
+    sites downstream: they depend on what its value was computed from. ``include_params=False``
+    leaves ``sample_param`` empty."""
+    tracker = _track(model, model_args, model_kwargs, include_deterministic)
     names = list(tracker.sites)
+    params = list(tracker.param_constraint)
     sample_sample, sample_param, sample_dist, plates, plate_sample, plate_sizes = {}, {}, {}, {}, {}, {}
     for name in names:
         msg = tracker.sites[name]
         parents = tracker.parents[name]
         sample_sample[name] = [p for p in names if p in parents and p != name]
-        sample_param[name] = sorted(p[len("param:"):] for p in parents if p.startswith("param:"))
+        sample_param[name] = [p for p in params if "param:" + p in parents] if include_params else []
         base = msg.fn
         while hasattr(base, "base_dist") and not isinstance(base, torch.distributions.TransformedDistribution):
             base = base.base_dist  # Independent, masks
@@ -137,67 +184,89 @@ def get_model_relations(model: Callable, model_args: tuple | None = None, model_
         "sample_sample": sample_sample,
         "sample_param": sample_param,
         "sample_dist": sample_dist,
+        "param_constraint": dict(tracker.param_constraint),
         "plate_sample": plate_sample,
+        "observed": [n for n in names if is_observed(tracker.sites[n])],
         "plates": plates,
         "plate_sizes": plate_sizes,
-        "observed": [n for n in names if is_observed(tracker.sites[n]) and not is_deterministic(tracker.sites[n])],
         "deterministic": [n for n in names if is_deterministic(tracker.sites[n])],
     }
 
 
-def get_dependencies(model: Callable, model_args: tuple | None = None, model_kwargs: dict | None = None) -> dict:
-    """The dependencies between a model's sample sites, from one run with provenance.
+def get_dependencies(model: Callable, model_args: tuple | None = None, model_kwargs: dict | None = None,
+                     include_deterministic: bool = False) -> dict:
+    """The dependencies between a model's sample sites, from one run with provenance (Pyro's
+    ``get_dependencies``, same layout and results):
 
-    Returns ``{"prior_dependencies": {site: {upstream: set()}}, "posterior_dependencies":
-    {latent: {upstream: set()}}}`` (Pyro's layout; every site is upstream of itself):
+    * ``"prior_dependencies"``: ``{site: {upstream latent: set()}}`` for every latent and observed
+      site, in model order: the latent sites its log-density was computed from, itself included;
+    * ``"posterior_dependencies"``: ``{latent: {site: plates}}``, the prior edges reversed (each
+      latent maps to the downstream latent and observed sites that depend on it, itself
+      included) and moralised (latent co-parents of a common child depend on each other). The
+      set of plates says along which plates the dependence is complete rather than elementwise:
+      ``a`` in plate ``p`` feeding ``a.sum()`` gives ``{"a": {"a": {"p"}, ...}}``.
 
-    * prior dependencies: a site's parents in the model (the sites its distribution's parameters
-      were computed from), every sample site a key (observed ones too);
-    * posterior dependencies: for each latent site, the earlier latent sites it depends on in the
-      posterior given the observations: its latent parents and the latent co-parents of its
-      children (the moralised graph), which is what a guide for this site should condition on.
-    """
-    rel = get_model_relations(model, model_args, model_kwargs)
-    order = list(rel["sample_sample"])
-    prior = {n: {p: set() for p in [n] + rel["sample_sample"][n]} for n in order}
-    observed = set(rel["observed"]) | set(rel["deterministic"])
-    latents = [n for n in order if n not in observed]
-    position = {n: i for i, n in enumerate(order)}
-    posterior: dict[str, dict] = {}
-    for x in latents:
-        ups = {x} | {p for p in rel["sample_sample"][x] if p not in observed}
-        for parents in rel["sample_sample"].values():
-            if x in parents:
-                ups |= {p for p in parents if p not in observed and position[p] < position[x]}
-        posterior[x] = {p: set() for p in sorted(ups, key=position.__getitem__)}
+    Deterministic and ``Delta`` sites (and masked observations) are left out; with
+    ``include_deterministic`` (as in Pyro 1.9) the sites downstream of a deterministic site do not
+    see through it to what it was computed from."""
+    tracker = _track(model, model_args, model_kwargs, include_deterministic)
+    # as in Pyro, deterministic sites are never nodes here; with include_deterministic their values
+    # are tagged, so the sites downstream of one lose their edges to what it was computed from
+    sites = [m for m in tracker.sites.values() if _is_tracked(m, False)]
+    observed = {m.name for m in sites if m.is_observed}
+    plates = {m.name: {f.name for f in m.cond_indep_stack if f.vectorized is not False and f.name is not None} for m in sites}
+    prior: dict[str, dict] = {m.name: {m.name: set()} for m in sites}
+    for i, down in enumerate(sites):
+        parents = tracker.parents[down.name]
+        for up in sites[:i]:
+            if up.name not in observed and isinstance(up.value, torch.Tensor) and up.value.numel() and up.name in parents:
+                prior[down.name][up.name] = set()
+    posterior: dict[str, dict] = {m.name: {} for m in sites if m.name not in observed}
+    for d, ups in prior.items():
+        for u, p in ups.items():
+            if u not in observed:
+                posterior[u][d] = set(p)
+    rank = {m.name: i for i, m in enumerate(reversed(sites))}
+    for d, ups in prior.items():
+        latent_ups = {u: p for u, p in ups.items() if u not in observed}
+        for u1, p1 in latent_ups.items():
+            for u2, p2 in latent_ups.items():
+                if rank[u1] <= rank[u2]:
+                    p12 = posterior[u2].setdefault(u1, set())
+                    p12 |= (plates[u1] & plates[u2]) - plates[d]
+                    p12 |= plates[u2] & p1
+                    p12 |= plates[u1] & p2
     return {"prior_dependencies": prior, "posterior_dependencies": posterior}
 
 
 def render_model(model: Callable, model_args: tuple | None = None, model_kwargs: dict | None = None,
-                 filename: str | None = None, render_distributions: bool = False, render_params: bool = False) -> Any:
+                 filename: str | None = None, render_distributions: bool = False, render_params: bool = False,
+                 render_deterministic: bool = False) -> Any:
     """A ``graphviz.Digraph`` of the model: one node per sample site (latent: white ellipse;
     observed: shaded; deterministic: dashed), an edge from each parent to its child, each plate a
     box (cluster) labelled with its name and size, nested plates nested. With
     ``render_distributions`` each label names the site's distribution; with ``render_params`` the
     parameters (``ember.param``, ``ember.module``) a site's distribution uses are drawn as plain
-    text nodes. With ``filename`` (e.g. ``"model.png"``) the picture is also written there (this
+    text nodes. ``render_deterministic`` makes deterministic sites nodes of the graph in their own
+    right (downstream sites then depend on them, not on what they were computed from). With ``filename`` (e.g. ``"model.png"``) the picture is also written there (this
     needs graphviz's ``dot`` program)."""
     try:
         import graphviz
     except ImportError:
         raise ImportError("render_model needs the graphviz package: pip install graphviz (and, to write images, the "
                           "dot program: apt-get install graphviz / brew install graphviz / conda install graphviz)") from None
-    rel = get_model_relations(model, model_args, model_kwargs, include_params=render_params)
+    rel = get_model_relations(model, model_args, model_kwargs, include_deterministic=render_deterministic,
+                              include_params=render_params)
     graph = graphviz.Digraph()
     observed, deterministic = set(rel["observed"]), set(rel["deterministic"])
 
     def node_attrs(name: str) -> dict:
         label = f"{name}\n~ {rel['sample_dist'][name]}" if render_distributions and name not in deterministic else name
         attrs = {"label": label, "shape": "ellipse"}
-        if name in observed:
-            attrs.update(style="filled", fillcolor="gray")
-        elif name in deterministic:
+        if name in deterministic:
             attrs.update(style="dashed")
+        elif name in observed:
+            attrs.update(style="filled", fillcolor="gray")
         return attrs
 
     # plates: a tree of clusters keyed by the path of plate names

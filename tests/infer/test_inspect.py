@@ -61,9 +61,14 @@ def test_get_dependencies_chain():
     assert prior["d"] == {"c": set(), "d": set()}
     assert set(prior["f"]) == {"e", "a", "f"}  # provenance follows values, not gradients
     post = deps["posterior_dependencies"]
-    assert set(post) == {"a", "b", "c", "e"}  # latents only
-    assert set(post["c"]) == {"a", "b", "c"}
-    assert set(post["e"]) == {"a", "e"}  # e and a are co-parents of the observed f
+    # latents only, each mapped to the sites downstream of it and, moralised, its co-parents
+    # (a and e are co-parents of the observed f); pyro-ppl 1.9.2 gives the same
+    assert post == {
+        "a": {"a": set(), "b": set(), "c": set(), "e": set(), "f": set()},
+        "b": {"b": set(), "c": set()},
+        "c": {"c": set(), "d": set()},
+        "e": {"e": set(), "f": set()},
+    }
 
 
 def test_poutine_mask_is_a_dependency():
@@ -89,9 +94,13 @@ def test_eight_schools_graph():
 
 def test_reparameterized_model_graph():
     model = pyro.poutine.reparam(eight_schools, config={"theta": LocScaleReparam(0.0)})
-    src = render_model(model, (Y8, SIGMA8)).source
+    src = render_model(model, (Y8, SIGMA8), render_deterministic=True).source
     assert _edges(src) == {("mu", "theta"), ("tau", "theta"), ("theta_decentered", "theta"), ("theta", "obs")}
     assert re.search(r"theta \[.*style=dashed", src)  # deterministic
+    # by default (as in Pyro) obs depends on what the deterministic theta was computed from
+    src = render_model(model, (Y8, SIGMA8)).source
+    assert {("mu", "obs"), ("tau", "obs"), ("theta_decentered", "obs")} <= _edges(src)
+    assert ("theta", "obs") not in _edges(src)
 
 
 def test_nested_plates_and_params():
@@ -150,3 +159,89 @@ def test_cli_render_model(tmp_path, example, capsys):
 
 def test_top_level_export():
     assert pyro.render_model is render_model
+
+
+# ---- Pyro's own examples (pyro-ppl 1.9.2 gives exactly these) ---------------------------------------
+
+
+def _pyro_model_1():
+    a = pyro.sample("a", dist.Normal(0, 1))
+    pyro.sample("b", dist.Normal(a, 1), obs=torch.tensor(0.0))
+
+
+def _pyro_model_2():
+    a = pyro.sample("a", dist.Normal(0, 1))
+    b = pyro.sample("b", dist.LogNormal(0, 1))
+    c = pyro.sample("c", dist.Normal(a, b))
+    pyro.sample("d", dist.Normal(c, 1), obs=torch.tensor(0.0))
+
+
+def _pyro_model_3():
+    with pyro.plate("p", 5):
+        a = pyro.sample("a", dist.Normal(0, 1))
+    pyro.sample("b", dist.Normal(a.sum(), 1), obs=torch.tensor(0.0))
+
+
+def _chain():
+    a = pyro.sample("a", dist.Normal(0, 1))
+    b = pyro.sample("b", dist.Normal(a, 1))
+    pyro.sample("c", dist.Normal(b, 1))
+
+
+def _two_plated_parents():
+    with pyro.plate("p", 3):
+        a = pyro.sample("a", dist.Normal(0, 1))
+        b = pyro.sample("b", dist.Normal(0, 1))
+        pyro.sample("c", dist.Normal(a + b, 1), obs=torch.zeros(3))
+    pyro.sample("e", dist.Normal(b.sum() + a.sum(), 1), obs=torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("model, expected", [
+    (_pyro_model_1, {"prior_dependencies": {"a": {"a": set()}, "b": {"a": set(), "b": set()}},
+                     "posterior_dependencies": {"a": {"a": set(), "b": set()}}}),
+    (_pyro_model_2, {"prior_dependencies": {"a": {"a": set()}, "b": {"b": set()}, "c": {"a": set(), "b": set(), "c": set()},
+                                            "d": {"c": set(), "d": set()}},
+                     "posterior_dependencies": {"a": {"a": set(), "b": set(), "c": set()}, "b": {"b": set(), "c": set()},
+                                                "c": {"c": set(), "d": set()}}}),
+    (_pyro_model_3, {"prior_dependencies": {"a": {"a": set()}, "b": {"a": set(), "b": set()}},
+                     "posterior_dependencies": {"a": {"a": {"p"}, "b": set()}}}),
+    (_chain, {"prior_dependencies": {"a": {"a": set()}, "b": {"a": set(), "b": set()}, "c": {"b": set(), "c": set()}},
+              "posterior_dependencies": {"a": {"a": set(), "b": set()}, "b": {"b": set(), "c": set()}, "c": {"c": set()}}}),
+    (_two_plated_parents, {"prior_dependencies": {"a": {"a": set()}, "b": {"b": set()}, "c": {"a": set(), "b": set(), "c": set()},
+                                                  "e": {"a": set(), "b": set(), "e": set()}},
+                           "posterior_dependencies": {"a": {"a": {"p"}, "b": {"p"}, "c": set(), "e": set()},
+                                                      "b": {"b": {"p"}, "c": set(), "e": set()}}}),
+], ids=["pyro_model_1", "pyro_model_2", "pyro_model_3", "chain", "two_plated_parents"])
+def test_get_dependencies_matches_pyro(model, expected):
+    assert get_dependencies(model) == expected
+
+
+def test_deterministic_sites_are_seen_through():
+    def model():
+        m = pyro.sample("m", dist.Normal(0, 1))
+        d = pyro.deterministic("d", m * 2)
+        pyro.sample("x", dist.Normal(d, 1), obs=torch.tensor(0.0))
+
+    assert get_dependencies(model) == {"prior_dependencies": {"m": {"m": set()}, "x": {"m": set(), "x": set()}},
+                                       "posterior_dependencies": {"m": {"m": set(), "x": set()}}}
+    assert get_model_relations(model)["sample_sample"] == {"m": [], "d": ["m"], "x": ["m"]}
+
+
+def test_get_model_relations_matches_pyro_docstring_and_lists_params():
+    from torch.distributions import constraints
+
+    def model(data):
+        m = pyro.sample("m", dist.Normal(0, 1))
+        sd = pyro.sample("sd", dist.LogNormal(m, 1))
+        s = pyro.param("s", torch.tensor(1.0), constraint=constraints.positive)
+        with pyro.plate("N", len(data)):
+            pyro.sample("obs", dist.Normal(m, sd * s), obs=data)
+
+    rel = get_model_relations(model, (torch.zeros(4),))
+    assert rel["sample_sample"] == {"m": [], "sd": ["m"], "obs": ["m", "sd"]}
+    assert rel["sample_dist"] == {"m": "Normal", "sd": "LogNormal", "obs": "Normal"}
+    assert rel["plate_sample"] == {"N": ["obs"]}
+    assert rel["observed"] == ["obs"]
+    assert rel["sample_param"] == {"m": [], "sd": [], "obs": ["s"]}
+    assert rel["param_constraint"] == {"s": "GreaterThan(lower_bound=0.0)"}
+    assert re.search(r'"param s" -> obs', render_model(model, (torch.zeros(4),), render_params=True).source)
