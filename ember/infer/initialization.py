@@ -52,20 +52,41 @@ def _base_shape(site: Message) -> torch.Size:
     return fn.batch_shape + fn.event_shape
 
 
-def init_to_sample(site: Message | None = None) -> Any:
-    """A draw from the site's prior."""
+def _unconstrained(fn: Any) -> tuple[Any, torch.Tensor]:
+    """``(biject_to(fn.support), an unconstrained value)``: of the shape, dtype and device of the
+    site's unconstrained values, without drawing from ``fn`` where it cannot be drawn from (an
+    improper prior: zeros of the default dtype then)."""
+    t = biject_to(fn.support)
+    try:
+        return t, t.inv(fn.sample())
+    except NotImplementedError:
+        return t, torch.zeros(t.inverse_shape(fn.batch_shape + fn.event_shape))
+
+
+def init_to_sample(site: Message | None = None, *, fallback: Callable | None = None) -> Any:
+    """A draw from the site's prior (``fallback(site)``, e.g. :func:`init_to_feasible`, for a prior
+    that cannot be drawn from, such as an improper one; an error without one)."""
     if site is None:
-        return init_to_sample
-    return site.fn.sample().detach()
+        return functools.partial(init_to_sample, fallback=fallback) if fallback is not None else init_to_sample
+    try:
+        return site.fn.sample().detach()
+    except NotImplementedError:
+        if fallback is None:
+            raise
+        return fallback(site)
 
 
-def init_to_median(site: Message | None = None, num_samples: int = 15) -> Any:
+def init_to_median(site: Message | None = None, num_samples: int = 15, *, fallback: Callable | None = None) -> Any:
     """The elementwise median of ``num_samples`` draws from the site's prior; a prior draw when
-    the median is not in the support (e.g. a simplex)."""
+    the median is not in the support (e.g. a simplex); ``fallback(site)`` (default
+    :func:`init_to_feasible`, as Pyro) for a prior that cannot be drawn from (an improper one)."""
     if site is None:
-        return functools.partial(init_to_median, num_samples=num_samples)
+        return functools.partial(init_to_median, num_samples=num_samples, fallback=fallback)
     with torch.no_grad():
-        samples = site.fn.sample(torch.Size([num_samples]))
+        try:
+            samples = site.fn.sample(torch.Size([num_samples]))
+        except NotImplementedError:
+            return (fallback or init_to_feasible)(site)
         value = samples.median(dim=0).values if samples.dtype.is_floating_point else samples[0]
         try:
             ok = bool(site.fn.support.check(value).all())
@@ -92,13 +113,9 @@ def init_to_uniform(site: Message | None = None, radius: float = 2.0) -> Any:
     """Uniform on ``(-radius, radius)`` in the unconstrained space of the site's support."""
     if site is None:
         return functools.partial(init_to_uniform, radius=radius)
-    fn = site.fn
     with torch.no_grad():
-        value = fn.sample()
-        t = biject_to(fn.support)
-        u = t.inv(value)
-        u = torch.empty_like(u).uniform_(-radius, radius)
-        return t(u)
+        t, u = _unconstrained(site.fn)
+        return t(torch.empty_like(u).uniform_(-radius, radius))
 
 
 def init_to_value(site: Message | None = None, values: dict | None = None, fallback: Callable | None = init_to_uniform) -> Any:
@@ -126,11 +143,9 @@ def init_to_feasible(site: Message | None = None) -> Any:
     (0 for reals, 1 for positive values, the centre of an interval or a simplex)."""
     if site is None:
         return init_to_feasible
-    fn = site.fn
     with torch.no_grad():
-        value = fn.sample()
-        t = biject_to(fn.support)
-        return t(torch.zeros_like(t.inv(value)))
+        t, u = _unconstrained(site.fn)
+        return t(torch.zeros_like(u))
 
 
 class _InitToGenerated:
