@@ -6,6 +6,7 @@ from ember.infer.reparam.neutra import NeuTraReparam
 from ember.infer.reparam.projected_normal import ProjectedNormalReparam
 from ember.infer.reparam.reparam import Reparam
 from ember.infer.reparam.softmax import SoftmaxReparam
+from ember.infer.reparam.split import SplitReparam
 from ember.infer.reparam.strategies import AutoReparam, MinimalReparam, Strategy
 from ember.infer.reparam.studentt import StudentTReparam
 from ember.infer.reparam.transform import TransformReparam
@@ -21,6 +22,7 @@ __all__ = [
     "ProjectedNormalReparam",
     "Reparam",
     "SoftmaxReparam",
+    "SplitReparam",
     "Strategy",
     "StudentTReparam",
     "TransformReparam",
