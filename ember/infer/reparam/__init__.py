@@ -5,7 +5,7 @@ from ember.infer.reparam.loc_scale import LocScaleReparam
 from ember.infer.reparam.neutra import NeuTraReparam
 from ember.infer.reparam.projected_normal import ProjectedNormalReparam
 from ember.infer.reparam.reparam import Reparam
-from ember.infer.reparam.softmax import SoftmaxReparam
+from ember.infer.reparam.softmax import GumbelSoftmaxReparam, SoftmaxReparam
 from ember.infer.reparam.split import SplitReparam
 from ember.infer.reparam.strategies import AutoReparam, MinimalReparam, Strategy
 from ember.infer.reparam.studentt import StudentTReparam
@@ -15,6 +15,7 @@ from ember.infer.reparam.unit_jacobian import DiscreteCosineReparam, HaarReparam
 __all__ = [
     "AutoReparam",
     "DiscreteCosineReparam",
+    "GumbelSoftmaxReparam",
     "HaarReparam",
     "LocScaleReparam",
     "MinimalReparam",
