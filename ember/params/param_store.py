@@ -107,12 +107,14 @@ class ParamStoreDict:
         self._param_to_name.pop(id(t), None)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        """The constrained value of parameter ``name``."""
+        """The constrained value of parameter ``name`` (``.unconstrained()`` gives its leaf)."""
         u = self._params[name]
         t = self._transforms.get(name)
         if t is None:
             return u
-        return t(u)
+        v = t(u)
+        v.unconstrained = weakref.ref(u)
+        return v
 
     def __setitem__(self, name: str, new_constrained_value: torch.Tensor) -> None:
         """Set parameter ``name`` (constrained value), keeping its constraint."""
@@ -150,7 +152,7 @@ class ParamStoreDict:
         old = self._params.get(name)
         if old is not None:
             self._param_to_name.pop(id(old), None)
-        self._params[name] = unconstrained
+        self._params[name] = _hold(unconstrained)
         self._constraints[name] = constraint
         self._transforms[name] = None if constraint is constraints.real else transform_to(constraint)
         self._param_to_name[id(unconstrained)] = name
@@ -179,8 +181,13 @@ class ParamStoreDict:
     def replace_param(self, param_name: str, new_param: torch.Tensor, old_param: torch.Tensor) -> None:
         """Set ``param_name`` to the constrained value ``new_param`` (any shape: the parameter takes
         it), checking that it held ``old_param``; Pyro's signature."""
-        if self._params.get(param_name) is not old_param and self[param_name] is not old_param:
-            raise ValueError(f"replace_param: '{param_name}' does not hold the given old tensor")
+        held = self._params.get(param_name)
+        if held is None:
+            raise KeyError(f"replace_param: no parameter '{param_name}' in the store")
+        ref = getattr(old_param, "unconstrained", None)
+        if held is not old_param and not (callable(ref) and ref() is held):
+            raise ValueError(f"replace_param: '{param_name}' does not hold the given old tensor (pass its current value, "
+                             f"e.g. ember.param('{param_name}'), or its unconstrained leaf)")
         self[param_name] = new_param
 
     # ---- the hot path -------------------------------------------------------------------------
@@ -203,8 +210,12 @@ class ParamStoreDict:
             u = self._check_loaded(name, constraint)
         t = self._transforms.get(name)
         if t is None:
-            return u
-        return t(u)
+            return u  # the leaf itself, whose .unconstrained() is itself (set in _hold)
+        v = t(u)
+        # Pyro's constrained values answer .unconstrained() with their leaf (weakly held: the
+        # value does not keep a replaced parameter alive); weakref.ref(u) returns u's one ref
+        v.unconstrained = weakref.ref(u)
+        return v
 
     def _set(self, name: str, value: Any, constraint: constraints.Constraint) -> None:
         if not isinstance(value, torch.Tensor):
@@ -248,7 +259,7 @@ class ParamStoreDict:
         old = self._params.get(name)
         if old is not None:
             self._param_to_name.pop(id(old), None)
-        self._params[name] = u
+        self._params[name] = _hold(u)
         self._constraints[name] = constraint
         self._transforms[name] = None if constraint is constraints.real else transform_to(constraint)
         self._param_to_name[id(u)] = name
@@ -306,7 +317,7 @@ class ParamStoreDict:
                     with torch.no_grad():
                         p.copy_(old.detach().to(device=p.device, dtype=p.dtype))
                 self._param_to_name.pop(id(old), None)
-            self._params[full] = p
+            self._params[full] = _hold(p)
             self._constraints[full] = constraints.real
             self._transforms[full] = None
             self._param_to_name[id(p)] = full
@@ -339,11 +350,19 @@ class ParamStoreDict:
 
     # ---- state, save, load -----------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Plain data: ``{"params": {name: unconstrained tensor}, "constraints": {name: spec}}``."""
+        """``{"params": {name: unconstrained tensor (a detached copy)}, "constraints": {name: constraint
+        object}}``, as Pyro's. :meth:`save` writes the constraints as plain-data specs."""
         return {
             "params": {k: v.detach().clone() for k, v in self._params.items()},
-            "constraints": {k: constraint_to_spec(c, k) for k, c in self._constraints.items()},
+            "constraints": dict(self._constraints),
         }
+
+    def get_plain_state(self) -> dict:
+        """:meth:`get_state` with each constraint as a plain-data spec (str or dict), for files
+        that hold plain data only (checkpoints); :meth:`set_state` takes either form."""
+        state = self.get_state()
+        state["constraints"] = {k: constraint_to_spec(c, k) for k, c in state["constraints"].items()}
+        return state
 
     def set_state(self, state: dict) -> None:
         """Replace the values in the store by those in ``state`` (see :meth:`get_state`).
@@ -353,7 +372,9 @@ class ParamStoreDict:
         for name, u in state["params"].items():
             if not isinstance(u, torch.Tensor):
                 raise ValueError(f"ParamStore.set_state: entry '{name}' is not a tensor")
-            c = constraint_from_spec(state["constraints"].get(name, "real"))
+            c = state["constraints"].get(name, constraints.real)
+            if not isinstance(c, constraints.Constraint):
+                c = constraint_from_spec(c)  # a plain-data spec, as files hold
             cur = self._params.get(name)
             if cur is not None and self._is_module_param(name):
                 if cur.shape != u.shape:
@@ -363,7 +384,7 @@ class ParamStoreDict:
                 continue
             if cur is not None:
                 self._param_to_name.pop(id(cur), None)
-            t = u.detach().clone().requires_grad_(True)
+            t = _hold(u.detach().clone().requires_grad_(True))
             self._params[name] = t
             self._constraints[name] = c
             self._transforms[name] = None if c is constraints.real else transform_to(c)
@@ -379,7 +400,7 @@ class ParamStoreDict:
     def save(self, filename: str | os.PathLike) -> None:
         """Write the store to ``filename`` atomically (temp file, fsync, rename), with a SHA-256
         checksum over every byte (:func:`ember.params.serialize.save_digested`)."""
-        save_digested({"format": "ember.param_store", "version": 2, **self.get_state()}, filename, "ember.param_store")
+        save_digested({"format": "ember.param_store", "version": 2, **self.get_plain_state()}, filename, "ember.param_store")
 
     def load(self, filename: str | os.PathLike, map_location: Any = None) -> None:
         """Load a store written by :meth:`save`. Never executes code from the file; a damaged,
@@ -394,11 +415,18 @@ class ParamStoreDict:
 
     # ---- constraint helper for pickling -------------------------------------------------------------
     def __getstate__(self) -> dict:
-        return self.get_state()
+        return self.get_plain_state()  # constraints by name: a pickled singleton would come back a copy
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
         self.set_state(state)
+
+
+def _hold(u: torch.Tensor) -> torch.Tensor:
+    """``u`` (an unconstrained leaf entering the store) answering ``u.unconstrained()`` with itself,
+    as the value of an unconstrained parameter does in Pyro."""
+    u.unconstrained = weakref.ref(u)
+    return u
 
 
 def _cname(c: Any) -> str:

@@ -129,7 +129,7 @@ class _Optim:
 
 def test_restore_names_the_checkpoint_it_loaded(tmp_path, capsys):
     ember.param("w", torch.zeros(2))
-    params = ember.get_param_store().get_state()
+    params = ember.get_param_store().get_plain_state()
     ember.clear_param_store()
     metrics = _runs.MetricsLog(tmp_path)
     for e in (1, 2, 3):
