@@ -40,7 +40,8 @@ from ember.infer.enum import _sequential_escape
 from ember.infer.trace_elbo import _loss_and_surrogate
 from ember.infer.util import in_plate
 from ember.ops.contract import contract_plated, sum_plates
-from ember.ops.einsum import contract
+from ember.ops.einsum import align, contract
+from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.enum_messenger import EnumMessenger
 from ember.poutine.handlers import queue as poutine_queue
 from ember.poutine.replay_messenger import ReplayMessenger
@@ -358,6 +359,106 @@ class TraceEnum_ELBO(ELBO):
         for site in nonreparam:
             score = score + scale_and_mask(site.unscaled_log_prob, 1.0, site.mask).sum()
         return _loss_and_surrogate(elbo, score * elbo.detach())
+
+
+    # ---- posteriors of the model's enumerated sites ---------------------------------------------
+    def _enumerated_traces(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, who: str) -> tuple[Trace, Trace]:
+        """One (model, guide) trace pair with the model's enumerated sites enumerated, refusing what
+        ``who`` cannot do (several particles, enumerated guide sites), as Pyro does."""
+        if self.num_particles != 1:
+            raise NotImplementedError(f"TraceEnum_ELBO.{who}() works with num_particles=1; this ELBO has {self.num_particles}")
+        with torch.no_grad(), BlockMessenger():
+            model_trace, guide_trace = next(iter(self._get_traces(model, guide, args, kwargs)))
+        enumerated = [n for n, st in guide_trace.nodes.items() if st.type == "sample" and not st.is_observed
+                      and st.infer.get("enumerate")]
+        if enumerated:
+            raise NotImplementedError(f"TraceEnum_ELBO.{who}() does not support enumerated guide sites; the guide "
+                                      f"enumerates {enumerated} (sample them, or move the enumeration to the model)")
+        return model_trace, guide_trace
+
+    def compute_marginals(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> OrderedDict:
+        """The posterior marginal of each site the model enumerates (and the guide does not sample),
+        given the observations and one draw of the guide's latents: ``{site: distribution}`` in
+        model order, a ``Bernoulli`` for a Bernoulli site, a ``OneHotCategorical`` for a one-hot
+        one, else a ``Categorical`` over the indices of the site's ``enumerate_support``. Its batch
+        shape is the site's plates (leading size-1 dims dropped), one marginal per plate entry.
+
+        The marginals are the adjoint of the plated sum-product that sums every enumerated site
+        out of the model's joint (:mod:`ember.ops.contract`), so any model this ELBO can train
+        has them, global discrete sites over plated ones included; plate subsampling scales do
+        not enter them."""
+        model_trace, guide_trace = self._enumerated_traces(model, guide, args, kwargs, "compute_marginals")
+        return _compute_marginals(model_trace, guide_trace)
+
+    def sample_posterior(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run ``model`` once with its latents drawn from the guide and its enumerated sites drawn
+        jointly from their posterior given those and the observations; return what the model
+        returns (wrap the call in ``poutine.trace`` to read the values)."""
+        from ember.infer.discrete import infer_discrete
+
+        mpn = self._guess_mpn(model, guide, args, kwargs)
+        _, guide_trace = self._enumerated_traces(model, guide, args, kwargs, "sample_posterior")
+        replayed = ReplayMessenger(model, trace=guide_trace)
+        return infer_discrete(replayed, first_available_dim=-mpn - 1, temperature=1)(*args, **kwargs)
+
+
+def _marginal_dist(fn: Any, probs: torch.Tensor) -> Any:
+    """The distribution of a site whose distribution is ``fn`` with ``probs`` over its enumerated
+    values on the last dim."""
+    import ember.distributions as dist
+
+    base = fn
+    while hasattr(base, "base_dist") and not isinstance(base, (torch.distributions.Bernoulli, torch.distributions.OneHotCategorical)):
+        base = base.base_dist
+    if isinstance(base, torch.distributions.Bernoulli):
+        return dist.Bernoulli(probs=probs[..., 1])
+    if isinstance(base, torch.distributions.OneHotCategorical):
+        return dist.OneHotCategorical(probs=probs)
+    return dist.Categorical(probs=probs)
+
+
+def _compute_marginals(model_trace: Trace, guide_trace: Trace) -> OrderedDict:
+    """``{site: marginal distribution}`` of the model's enumerated sites (see ``compute_marginals``).
+
+    Each site ``z`` gets an indicator term ``theta[plates of z, z]`` (zeros) in the log joint; the
+    gradient of ``log sum_{all enumerated sites} p`` in ``theta`` is the posterior probability of
+    each value of ``z`` at each plate entry (the sum-product's adjoint, one backward pass for all
+    sites). That needs only the full sum, which the ELBO itself computes."""
+    mpn = int(model_trace.max_plate_nesting)
+    info = _Factors()
+    raw = list(enum_sites(model_trace, info))
+    model_vars = {n for n in info.var_ordinals if n not in guide_trace.nodes}
+    plates = {p: (size, 1.0) for p, (size, _scale) in info.plates.items()}  # posteriors are not subsampling-scaled
+    terms = []
+    for site, ordinal, owners in raw:
+        tensor, dims = _named(site, scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), owners, mpn, ordinal)
+        if any(d in model_vars for d in dims):
+            terms.append((ordinal, tensor, dims))
+    names = [n for n in model_trace.nodes if n in model_vars]
+    indicators = {}
+    for name in names:
+        site, ordinal = info.var_sites[name], info.var_ordinals[name]
+        frames = {f.dim: plate_symbol(f.name) for f in site.cond_indep_stack if f.dim is not None}
+        layout = [frames[d] for d in range(-mpn, 0) if frames.get(d) in ordinal and plates[frames[d]][0] > 1]
+        size = site.unscaled_log_prob.shape[site.infer["_enumerate_dim"]]
+        theta = torch.zeros([plates[p][0] for p in layout] + [size], requires_grad=True)
+        indicators[name] = (theta, tuple(layout) + (name,), [frames.get(d, ("_free", d)) for d in range(-mpn, 0)] + [name])
+        terms.append((ordinal, theta, tuple(layout) + (name,)))
+    if not names:
+        return OrderedDict()
+    with torch.enable_grad():
+        log_z: Any = 0.0
+        for t_ord, t, dims in contract_plated(terms, info.var_ordinals, model_vars, plates):
+            log_z = log_z + sum_plates(t, dims, t_ord, plates)[0].sum()
+        grads = torch.autograd.grad(log_z, [indicators[n][0] for n in names])
+    out: OrderedDict = OrderedDict()
+    for name, grad in zip(names, grads):
+        _, dims, target = indicators[name]
+        probs = align(grad.detach(), dims, target)
+        while probs.dim() > 1 and probs.shape[0] == 1:
+            probs = probs.squeeze(0)
+        out[name] = _marginal_dist(info.var_sites[name].fn, probs)
+    return out
 
 
 class JitTraceEnum_ELBO(CompiledLossAndGrads, TraceEnum_ELBO):
