@@ -70,3 +70,7 @@ __all__ += ["render_model"]
 from ember.primitives import barrier  # noqa: E402
 
 __all__ += ["barrier"]
+
+from ember.logger import log  # noqa: E402
+
+__all__ += ["log"]

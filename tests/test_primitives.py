@@ -549,3 +549,15 @@ class TestDistributions:
             dist.Normal(0.0, -1.0)  # no argument check
         with pytest.raises(ValueError):
             dist.Normal(0.0, -1.0)
+
+
+def test_ember_log_is_pyros_logger():
+    import logging
+    import subprocess
+    import sys
+
+    assert isinstance(pyro.log, logging.Logger) and pyro.log.name == "ember.log"
+    # in a fresh process without logging set up, INFO messages print as Pyro's do
+    out = subprocess.run([sys.executable, "-c", "import ember; ember.log.info('step %d', 3)"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stderr.strip() == "INFO \t step 3"
