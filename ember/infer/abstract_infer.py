@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.importance import EmpiricalMarginal
+from ember.distributions.empirical import Empirical
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.trace_struct import Trace
 
@@ -172,3 +172,46 @@ class Marginals:
     def empirical(self) -> OrderedDict:
         """``{site: EmpiricalMarginal}``."""
         return self._marginals
+
+
+class EmpiricalMarginal(Empirical):
+    """The weighted empirical distribution of ``sites`` over the samples of a
+    ``posterior`` (a :class:`TracePosterior` such as ``Importance`` after ``run``, or any object with
+    ``exec_traces`` and ``log_weights``).
+
+    ``sites``: a site name (default ``"_RETURN"``, the model's return value, as in
+    Pyro), or a list of names whose values (all of one shape) are stacked: each sample
+    is then ``[len(sites), *site_shape]``.
+    """
+
+    def __init__(self, trace_posterior: Any, sites: str | Sequence[str] | None = None, validate_args: bool | None = None) -> None:
+        if sites is None:
+            sites = "_RETURN"
+        if isinstance(trace_posterior, TracePosterior):
+            trace_posterior._require_run()
+        log_weights = trace_posterior.log_weights
+        if not isinstance(log_weights, torch.Tensor):
+            log_weights = torch.stack([torch.as_tensor(w) for w in log_weights])
+        if isinstance(sites, str):
+            samples = self._values(trace_posterior, sites)
+        elif isinstance(sites, (list, tuple)) and sites and all(isinstance(s, str) for s in sites):
+            values = [self._values(trace_posterior, s) for s in sites]
+            shapes = {s: tuple(v.shape[1:]) for s, v in zip(sites, values)}
+            if len(set(shapes.values())) > 1:
+                raise ValueError(f"EmpiricalMarginal: sites {list(sites)} have different shapes {shapes}; they cannot be stacked")
+            samples = torch.stack(values, dim=1)
+        else:
+            raise TypeError(f"EmpiricalMarginal: sites must be a site name or a non-empty list of names; got {sites!r}")
+        self.sites = sites
+        super().__init__(samples, log_weights, validate_args=validate_args)
+
+    @staticmethod
+    def _values(posterior: Any, name: str) -> torch.Tensor:
+        if hasattr(posterior, "site_values"):
+            return posterior.site_values(name)
+        values = []
+        for i, tr in enumerate(posterior.exec_traces):
+            if name not in tr.nodes:
+                raise KeyError(f"EmpiricalMarginal: site '{name}' is missing from trace {i}")
+            values.append(torch.as_tensor(tr.nodes[name].value))
+        return torch.stack(values)

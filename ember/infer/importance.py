@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ember.distributions.empirical import Empirical
+from ember.infer.abstract_infer import EmpiricalMarginal, TracePosterior
 from ember.infer.elbo import check_model_guide_match, describe_nonfinite, get_importance_trace
 from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.block_messenger import BlockMessenger
@@ -114,7 +115,7 @@ def _index_trace(vec_trace: Trace, i: int, n: int, shapes: dict, nesting: int) -
 
 
 # ----------------------------------------------------------------------------------------
-class Importance:
+class Importance(TracePosterior):
     """Importance sampling from ``guide`` (the proposal) for ``model``.
 
     :param model: the model, conditioned on its data (``obs=`` or ``condition``).
@@ -142,13 +143,17 @@ class Importance:
 
     After ``run(*args, **kwargs)`` (which returns ``self``):
 
-    * ``log_weights``: tensor ``[N]``;
+    * ``log_weights``: a list of ``N`` scalar tensors, as in Pyro (``torch.stack`` them);
     * ``exec_traces``: the ``N`` model traces (a list, or on the vectorized path a
       read-only sequence whose trace ``i`` is built on first access by replaying the
       model on sample ``i``'s values, with the parameters as they are at that time);
       :meth:`site_values` reads a site's values straight from the vectorized run;
     * :meth:`get_log_normalizer` / ``log_evidence``, :meth:`get_normalized_weights`,
-      :meth:`get_ESS`; ``EmpiricalMarginal(importance, sites)`` for a site's posterior.
+      :meth:`get_ESS`; ``EmpiricalMarginal(importance, sites)`` or ``marginal(sites)`` for a
+      site's posterior;
+    * what every :class:`~ember.infer.abstract_infer.TracePosterior` has: ``chain_ids`` (all 0),
+      ``num_chains`` (1), ``marginal``, ``information_criterion`` and calling it
+      (``importance()``: one trace drawn in proportion to its weight).
 
     Everything runs under ``torch.no_grad()`` and hidden from handlers outside.
     """
@@ -177,6 +182,7 @@ class Importance:
         if guide is not None and not callable(guide):
             raise TypeError(f"Importance: guide must be callable or None; got {type(guide).__name__}")
         self.model = model
+        self.num_chains = 1
         self.guide = guide if guide is not None else BlockMessenger(model, hide_fn=_hide_observed)
         self.num_samples = num_samples
         self.vectorize = vectorize
@@ -185,7 +191,11 @@ class Importance:
         self._reset()
 
     def _reset(self) -> None:
-        self.log_weights = torch.empty(0)
+        self._log_w = torch.empty(0)  # the log-weights as one tensor [N]
+        self.log_weights: list = []
+        self.chain_ids: list = []
+        self._idx_by_chain: list = [[]]
+        self._categorical = None
         self.vectorized: bool | None = None
         self.fallback_reason: str | None = None
         self._exec_traces: list | None = None
@@ -203,7 +213,11 @@ class Importance:
                 log_w = self._run_vectorized(args, kwargs)
             if log_w is None:
                 log_w = self._run_sequential(args, kwargs)
-        self.log_weights = log_w
+        self._log_w = log_w
+        self.log_weights = list(log_w.unbind(0))
+        self.chain_ids = [0] * len(self.log_weights)
+        self._idx_by_chain = [list(range(len(self.log_weights)))]
+        self._categorical = torch.distributions.Categorical(logits=log_w)
         self._ran = True
         return self
 
@@ -295,6 +309,11 @@ class Importance:
         self._exec_traces = traces
         return lw
 
+    def _traces(self, *args: Any, **kwargs: Any) -> Any:
+        """``(model trace, log-weight)`` of each sample of a new :meth:`run` (TracePosterior's protocol)."""
+        self.run(*args, **kwargs)
+        yield from zip(self.exec_traces, self.log_weights)
+
     # ---- results -----------------------------------------------------------------------
     def _require_run(self) -> None:
         if not self._ran:
@@ -336,7 +355,7 @@ class Importance:
     def get_log_normalizer(self) -> torch.Tensor:
         """The log evidence estimate ``logsumexp(log_weights) - log N``: a scalar tensor."""
         self._require_run()
-        return torch.logsumexp(self.log_weights, 0) - math.log(self.num_samples)
+        return torch.logsumexp(self._log_w, 0) - math.log(self.num_samples)
 
     @property
     def log_evidence(self) -> torch.Tensor:
@@ -346,7 +365,7 @@ class Importance:
     def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
         """The weights normalized to sum to one (their logs with ``log_scale``): ``[N]``."""
         self._require_run()
-        log_w_norm = self.log_weights - torch.logsumexp(self.log_weights, 0)
+        log_w_norm = self._log_w - torch.logsumexp(self._log_w, 0)
         return log_w_norm if log_scale else log_w_norm.exp()
 
     def get_ESS(self) -> torch.Tensor:
@@ -387,47 +406,3 @@ class _ReplayedTraces(Sequence):
                 tm.trace.compute_log_prob()
             tr = self._cache[i] = tm.trace
         return tr
-
-
-# ----------------------------------------------------------------------------------------
-class EmpiricalMarginal(Empirical):
-    """The weighted empirical distribution of ``sites`` over the samples of a
-    ``posterior`` (an :class:`Importance` after ``run``, or any object with
-    ``exec_traces`` and ``log_weights``).
-
-    ``sites``: a site name (default ``"_RETURN"``, the model's return value, as in
-    Pyro), or a list of names whose values (all of one shape) are stacked: each sample
-    is then ``[len(sites), *site_shape]``.
-    """
-
-    def __init__(self, trace_posterior: Any, sites: str | Sequence[str] | None = None, validate_args: bool | None = None) -> None:
-        if sites is None:
-            sites = "_RETURN"
-        if isinstance(trace_posterior, Importance):
-            trace_posterior._require_run()
-        log_weights = trace_posterior.log_weights
-        if not isinstance(log_weights, torch.Tensor):
-            log_weights = torch.stack([torch.as_tensor(w) for w in log_weights])
-        if isinstance(sites, str):
-            samples = self._values(trace_posterior, sites)
-        elif isinstance(sites, (list, tuple)) and sites and all(isinstance(s, str) for s in sites):
-            values = [self._values(trace_posterior, s) for s in sites]
-            shapes = {s: tuple(v.shape[1:]) for s, v in zip(sites, values)}
-            if len(set(shapes.values())) > 1:
-                raise ValueError(f"EmpiricalMarginal: sites {list(sites)} have different shapes {shapes}; they cannot be stacked")
-            samples = torch.stack(values, dim=1)
-        else:
-            raise TypeError(f"EmpiricalMarginal: sites must be a site name or a non-empty list of names; got {sites!r}")
-        self.sites = sites
-        super().__init__(samples, log_weights, validate_args=validate_args)
-
-    @staticmethod
-    def _values(posterior: Any, name: str) -> torch.Tensor:
-        if hasattr(posterior, "site_values"):
-            return posterior.site_values(name)
-        values = []
-        for i, tr in enumerate(posterior.exec_traces):
-            if name not in tr.nodes:
-                raise KeyError(f"EmpiricalMarginal: site '{name}' is missing from trace {i}")
-            values.append(torch.as_tensor(tr.nodes[name].value))
-        return torch.stack(values)

@@ -48,9 +48,9 @@ def test_exact_posterior_constants():
 def test_perfect_guide_constant_weights(vectorize, n):
     imp = Importance(conditioned_scale, perfect_guide, num_samples=n, vectorize=vectorize).run(GUESS)
     assert imp.vectorized is (vectorize is None)
-    assert imp.log_weights.shape == (n,)
+    assert len(imp.log_weights) == n and torch.stack(imp.log_weights).shape == (n,)  # a list of scalars, as in Pyro
     # log p(x, z) - q(z) = log p(x) when q is the exact posterior
-    assert torch.allclose(imp.log_weights, torch.full((n,), LOG_EVIDENCE), atol=1e-4)
+    assert torch.allclose(torch.stack(imp.log_weights), torch.full((n,), LOG_EVIDENCE), atol=1e-4)
     assert imp.get_log_normalizer().item() == pytest.approx(LOG_EVIDENCE, abs=1e-4)
     assert imp.log_evidence.item() == pytest.approx(LOG_EVIDENCE, abs=1e-4)
     assert imp.get_ESS().item() == pytest.approx(n, rel=1e-3)
@@ -73,7 +73,7 @@ def test_prior_as_proposal(vectorize, n):
     assert imp.get_log_normalizer().item() == pytest.approx(LOG_EVIDENCE, abs=0.05)
     # the prior cancels: the log-weights are the log-likelihoods of the prior draws
     w = imp.site_values("weight")
-    assert torch.allclose(imp.log_weights, dist.Normal(w, 0.75).log_prob(torch.tensor(MEAS)), atol=1e-5)
+    assert torch.allclose(torch.stack(imp.log_weights), dist.Normal(w, 0.75).log_prob(torch.tensor(MEAS)), atol=1e-5)
     assert 1 < imp.get_ESS().item() < n
     # _RETURN (the default site) is the observed measurement
     assert torch.all(EmpiricalMarginal(imp).enumerate_support() == MEAS)
@@ -91,7 +91,7 @@ def test_log_weights_are_per_sample_log_joint_minus_guide(vectorize):
     imp = Importance(conditioned_scale, guide, num_samples=50, vectorize=vectorize).run(GUESS)
     w = imp.site_values("weight")
     assert w.shape == (50,)
-    assert torch.allclose(imp.log_weights, scale_log_weight(w, q), atol=1e-5)
+    assert torch.allclose(torch.stack(imp.log_weights), scale_log_weight(w, q), atol=1e-5)
     # exec_traces: one model trace per sample, with that sample's value and log joint
     traces = imp.exec_traces
     assert len(traces) == 50
@@ -163,7 +163,7 @@ def test_plate_model_vectorized(model):
     loc = imp.site_values("loc")
     by_hand = dist.Normal(0.0, 1.0).log_prob(loc) + dist.Normal(loc[:, None], SIGMA).log_prob(DATA).sum(-1)
     by_hand = by_hand - dist.Normal(post_loc, 1.5 * post_sd).log_prob(loc)
-    assert torch.allclose(imp.log_weights, by_hand, atol=1e-4)
+    assert torch.allclose(torch.stack(imp.log_weights), by_hand, atol=1e-4)
     # the observed data in every sample
     assert imp.site_values("obs").shape == (3000, 5)
     assert torch.equal(imp.site_values("obs")[7], DATA)
@@ -188,7 +188,7 @@ def test_prior_proposal_with_plate_and_local_latents():
         assert imp.exec_traces[3].nodes["z"].value.shape == (5,)
         assert torch.equal(imp.exec_traces[3].nodes["z"].value, z[3])
         # prior proposal: the weights are the likelihoods
-        assert torch.allclose(imp.log_weights, dist.Normal(z, SIGMA).log_prob(DATA).sum(-1), atol=1e-4)
+        assert torch.allclose(torch.stack(imp.log_weights), dist.Normal(z, SIGMA).log_prob(DATA).sum(-1), atol=1e-4)
     # marginally obs ~ MVN(0, I (1 + sigma^2) + 1 1^T)
     cov = torch.eye(5) * (1 + SIGMA**2) + torch.ones(5, 5)
     exact = dist.MultivariateNormal(torch.zeros(5), cov).log_prob(DATA).item()
@@ -207,7 +207,7 @@ def test_subsampled_plate_scales_the_log_likelihood():
     loc = imp.site_values("loc")
     # the first copy, scaled by 10 / 5, is the full data's log-likelihood
     full = dist.Normal(loc[:, None], SIGMA).log_prob(data).sum(-1)
-    assert torch.allclose(imp.log_weights, full, atol=1e-4)
+    assert torch.allclose(torch.stack(imp.log_weights), full, atol=1e-4)
 
 
 # ------------------------------------------------------------------ random control flow
@@ -257,7 +257,7 @@ def test_model_without_latents(vectorize):
 
     imp = Importance(model, num_samples=5, vectorize=vectorize).run(DATA)
     exact = dist.Normal(1.0, SIGMA).log_prob(DATA).sum()
-    assert torch.allclose(imp.log_weights, exact.expand(5), atol=1e-5)
+    assert torch.allclose(torch.stack(imp.log_weights), exact.expand(5), atol=1e-5)
     assert imp.log_evidence.item() == pytest.approx(exact.item(), abs=1e-5)
     assert imp.get_ESS().item() == pytest.approx(5.0)
 
@@ -335,7 +335,7 @@ def test_run_returns_self_and_is_hidden_from_outer_handlers():
         imp = Importance(conditioned_scale, num_samples=5)
         assert imp.run(GUESS) is imp
     assert [n for n in tm.trace.nodes] == []
-    assert not imp.log_weights.requires_grad
+    assert not any(w.requires_grad for w in imp.log_weights)
 
 
 # ------------------------------------------------------------------ Empirical(Marginal)
@@ -389,3 +389,34 @@ def test_empirical_marginal_of_several_sites():
     with pytest.raises(TypeError, match="sites"):
         EmpiricalMarginal(imp, 3)
     assert EmpiricalMarginal(imp, "c").event_shape == (2,)
+
+
+def test_importance_is_a_trace_posterior_as_in_pyro():
+    from ember.infer.abstract_infer import Marginals, TracePosterior
+    from ember.ops.stats import waic
+
+    def model(x):
+        z = ember.sample("z", dist.Bernoulli(0.3))
+        ember.sample("x", dist.Normal(z, 1.0), obs=x)
+        return z
+
+    torch.manual_seed(0)
+    x = torch.tensor(0.8)
+    imp = Importance(model, None, num_samples=50).run(x)
+    assert isinstance(imp, TracePosterior)
+    assert imp.num_chains == 1 and imp.chain_ids == [0] * 50
+    assert isinstance(imp.log_weights, list) and all(w.shape == () for w in imp.log_weights)
+    lw = torch.stack(imp.log_weights)
+    z = imp.site_values("z")
+    assert torch.allclose(lw, dist.Normal(z, 1.0).log_prob(x))  # proposals from the prior: weight = likelihood
+    marg = imp.marginal(sites=["z"])
+    assert isinstance(marg, Marginals)
+    w = torch.softmax(lw, 0)
+    assert float(marg.empirical["z"].mean) == pytest.approx(float((w * z).sum()), abs=1e-6)
+    assert torch.equal(imp.marginal().support()["_RETURN"], z)
+    ic = imp.information_criterion()
+    expected_waic, expected_p = waic(dist.Normal(z, 1.0).log_prob(x)[:, None], lw)
+    assert float(ic["waic"]) == pytest.approx(float(expected_waic), abs=1e-5)
+    assert float(ic["p_waic"]) == pytest.approx(float(expected_p), abs=1e-5)
+    tr = imp()  # one trace drawn by weight, observed sites removed
+    assert "z" in tr.nodes and "x" not in tr.nodes
