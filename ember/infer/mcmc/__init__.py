@@ -5,8 +5,10 @@ from ember.infer.mcmc.adaptation import AdaptState
 from ember.infer.mcmc.api import MCMC
 from ember.infer.mcmc.arviz import to_inference_data
 from ember.infer.mcmc.hmc import HMC, HMCState, TransitionInfo
+from ember.infer.mcmc.mcmc_kernel import MCMCKernel
 from ember.infer.mcmc.nuts import NUTS
 from ember.infer.mcmc.potential import MCMCInitError, ModelPotential
+from ember.infer.mcmc.rwkernel import RandomWalkKernel
 from ember.infer.mcmc.util import diagnostics, initialize_model, print_summary, select_samples, summary
 from ember.ops.stats import (
     autocorrelation,
@@ -23,8 +25,10 @@ __all__ = [
     "AdaptState",
     "HMCState",
     "MCMCInitError",
+    "MCMCKernel",
     "ModelPotential",
     "NUTS",
+    "RandomWalkKernel",
     "TransitionInfo",
     "autocorrelation",
     "autocovariance",

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ember.infer.mcmc.hmc import HMC
+from ember.infer.mcmc.mcmc_kernel import MCMCKernel
 from ember.infer.mcmc.threads import ThreadChoice
 from ember.infer.mcmc.util import diagnostics as _site_diagnostics
 from ember.infer.mcmc.util import format_summary, summary
@@ -182,8 +183,9 @@ class MCMC:
                  chain_method: str = "vectorized", thinning: int = 1, num_threads: int | None = None, **kwargs: Any) -> None:
         check_kwargs("MCMC", {**kwargs, **({"mp_context": mp_context} if mp_context is not None else {})},
                      valid=_VALID, ignored=_IGNORED)
-        if not isinstance(kernel, HMC):
-            raise TypeError(f"MCMC: kernel must be an ember.infer.mcmc kernel (NUTS or HMC), got {type(kernel).__name__}")
+        if not isinstance(kernel, (HMC, MCMCKernel)):
+            raise TypeError(f"MCMC: kernel must be an ember.infer.mcmc kernel (NUTS, HMC, or a subclass of MCMCKernel such as "
+                            f"RandomWalkKernel), got {type(kernel).__name__}")
         self.kernel = kernel
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.warmup_steps = self.num_samples if warmup_steps is None else _check_int("warmup_steps", warmup_steps, 0)
@@ -220,6 +222,7 @@ class MCMC:
         self._divergences: list[list[int]] = []  # per chain: post-warm-up iteration indices (Pyro's)
         self._acceptance: list[float] = []  # per chain: Pyro's acceptance rate
         self.compile_status: list[str] = []  # per chain: "compiled (<runner>)" or "eager: <why>", then how chains ran
+        self._generic: list[dict[str, torch.Tensor]] = []  # an MCMCKernel's chains: constrained draws by site, [S, ...]
 
     # ---- running -----------------------------------------------------------------------------------
     def _chain_initial_params(self, chain: int) -> dict | None:
@@ -239,7 +242,10 @@ class MCMC:
         """Run every chain on ``model(*args, **kwargs)``; returns ``self``."""
         self._z, self._stats, self.states, self.step_sizes, self.inverse_mass_matrices = [], [], [], [], []
         self.wall_times, self._warmup_grad_evals, self._divergences, self._acceptance = [], [], [], []
-        self.compile_status = []
+        self.compile_status, self._generic = [], []
+        if isinstance(self.kernel, MCMCKernel):
+            self._run_generic(args, kwargs)
+            return self
         with ThreadChoice(self.num_threads) as threads:
             self._threads = threads
             fallback = None
@@ -337,8 +343,60 @@ class MCMC:
             self.compile_status.append(status)
         return None
 
+    def _run_generic(self, args: tuple, kwargs: dict) -> None:
+        """A kernel of one's own (:class:`~ember.infer.mcmc.mcmc_kernel.MCMCKernel`, Pyro's protocol):
+        per chain, ``setup``, then ``params = kernel.sample(params)`` per iteration, ``end_warmup``
+        after the warm-up ones, ``cleanup``; the kept draws constrained with ``kernel.transforms``."""
+        from tqdm import tqdm
+
+        kernel = self.kernel
+        warmup, total = self.warmup_steps, self.warmup_steps + self.num_samples
+        how = "a kernel of one's own (MCMCKernel): its chains run one after another"
+        if self.num_chains > 1 and self.chain_method != "sequential":
+            how += f" (chain_method={self.chain_method!r} needs Ember's HMC or NUTS)"
+        for chain in range(self.num_chains):
+            given = self._chain_initial_params(chain)
+            if given is not None:
+                kernel.initial_params = given
+            desc = "" if self.num_chains == 1 else f"chain {chain + 1}/{self.num_chains} "
+            t0 = time.perf_counter()
+            with validation_enabled(not self.disable_validation):
+                kernel.setup(warmup, *args, **kwargs)
+                params = kernel.initial_params
+                if params is None:
+                    raise ValueError(f"MCMC: {type(kernel).__name__}.setup left no initial_params; give MCMC(initial_params=...) "
+                                     f"or set kernel.initial_params in setup")
+                if warmup == 0:
+                    kernel.end_warmup()
+                kept: list[dict[str, torch.Tensor]] = []
+                with tqdm(total=total, desc=desc + "warmup", disable=self.disable_progbar, dynamic_ncols=True, mininterval=0.3,
+                          unit="it") as bar:
+                    for it in range(total):
+                        params = kernel.sample(params)
+                        stage, i = ("Warmup", it) if it < warmup else ("Sample", it - warmup)
+                        if self.hook_fn is not None:
+                            self.hook_fn(kernel, params, stage if self.num_chains == 1 else f"{stage} [{chain}]", i)
+                        if it == warmup - 1:
+                            kernel.end_warmup()
+                            bar.set_description(desc + "sample", refresh=False)
+                        if it >= warmup and (it - warmup) % self.thinning == 0:
+                            kept.append({k: torch.as_tensor(v).detach().clone() for k, v in params.items()})
+                        bar.update()
+                        if not self.disable_progbar and it % 20 == 0:
+                            bar.set_postfix(kernel.logging(), refresh=False)
+            diag = kernel.diagnostics()
+            kernel.cleanup()
+            transforms = getattr(kernel, "transforms", None) or {}
+            self._generic.append({k: (transforms[k].inv(torch.stack([d[k] for d in kept])) if k in transforms
+                                      else torch.stack([d[k] for d in kept])) for k in kept[0]})
+            self._divergences.append([])
+            self._acceptance.append(float(diag.get("acceptance rate", float("nan"))))
+            self.wall_times.append(time.perf_counter() - t0)
+            self.compile_status.append(how)
+        self.thread_status = "torch's setting (a kernel of one's own: Ember does not choose its threads)"
+
     def _require_run(self) -> None:
-        if not self._z:
+        if not self._z and not self._generic:
             raise RuntimeError("MCMC: no draws yet; call mcmc.run(*model_args) first")
 
     # ---- results -------------------------------------------------------------------------------------
@@ -347,8 +405,11 @@ class MCMC:
         ``[num_chains, num_draws, ...]`` with ``group_by_chain=True``. ``num_samples`` picks that
         many draws at random (without replacement) from the pooled chains."""
         self._require_run()
-        z = torch.stack(self._z)  # [C, S, D]
-        values = self._potential.constrain(z)
+        if self._generic:
+            values = {k: torch.stack([c[k] for c in self._generic]) for k in self._generic[0]}
+        else:
+            z = torch.stack(self._z)  # [C, S, D]
+            values = self._potential.constrain(z)
         if self.save_params is not None:
             unknown = [n for n in self.save_params if n not in values]
             if unknown:
@@ -371,8 +432,11 @@ class MCMC:
         acceptance statistic), ``accepted`` (whether the chain moved), ``diverging``, ``num_steps``
         (leapfrog steps, i.e. gradient evaluations), ``tree_depth``, ``step_size``,
         ``potential_energy``, ``energy`` (the Hamiltonian at the draw). ``[num_chains * draws]``,
-        or ``[num_chains, draws]`` with ``group_by_chain=True``."""
+        or ``[num_chains, draws]`` with ``group_by_chain=True``. Empty for a kernel of one's own
+        (:class:`~ember.infer.mcmc.mcmc_kernel.MCMCKernel`)."""
         self._require_run()
+        if self._generic:
+            return {}
         out = {k: np.stack([s[k] for s in self._stats]) for k in _STAT_FIELDS}
         if not group_by_chain:
             out = {k: v.reshape(-1) for k, v in out.items()}
@@ -388,7 +452,7 @@ class MCMC:
     def num_grad_evals(self) -> int:
         """Gradient evaluations spent on the kept draws (warm-up not counted)."""
         self._require_run()
-        return int(sum(s["num_steps"].sum() for s in self._stats))
+        return int(sum(s["num_steps"].sum() for s in self._stats))  # 0 for a kernel of one's own
 
     @property
     def num_grad_evals_warmup(self) -> int:
@@ -423,9 +487,10 @@ class MCMC:
     @property
     def observed(self) -> dict[str, torch.Tensor]:
         self._require_run()
-        return dict(self._potential.observed)
+        return {} if self._potential is None else dict(self._potential.observed)
 
     def __repr__(self) -> str:
-        state = f"{len(self._z)} chain(s) run" if self._z else "not run"
+        ran = len(self._z) or len(self._generic)
+        state = f"{ran} chain(s) run" if ran else "not run"
         return (f"MCMC({type(self.kernel).__name__}, num_samples={self.num_samples}, warmup_steps={self.warmup_steps}, "
                 f"num_chains={self.num_chains}; {state})")
