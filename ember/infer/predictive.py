@@ -9,6 +9,7 @@ the latents from the guide first. Each call returns a dict site name -> tensor
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,7 @@ class _PredictMessenger(Messenger):
         super().__init__(fn)
         self.samples = samples
         self.resample_observed = resample_observed
+        self.obs_batch_ndim: dict[str, int] = {}  # resampled observations: their own distribution's batch dims
 
     def _pyro_sample(self, msg: Message) -> None:
         fn = msg.fn
@@ -53,6 +55,8 @@ class _PredictMessenger(Messenger):
         if self.resample_observed and msg.is_observed:
             obs = msg.value
             batch_shape = getattr(fn, "batch_shape", None)
+            if batch_shape is not None:
+                self.obs_batch_ndim[msg.name] = len(batch_shape)
             if isinstance(obs, torch.Tensor) and batch_shape is not None:
                 # draw with the observation's shape (an observation may broadcast a
                 # scalar distribution over data: sample("y", Normal(mu, 1), obs=data))
@@ -104,6 +108,32 @@ def _strip_leading_ones(shape: torch.Size, ndim: int) -> torch.Size:
     return shape
 
 
+def _plate_nesting(trace: Trace) -> int:
+    """Pyro's ``max_plate_nesting`` guess: the deepest vectorized plate of the sample sites."""
+    dims = [f.dim for site in trace.nodes.values() if site.type == "sample" for f in site.cond_indep_stack if f.dim is not None]
+    return -min(dims) if dims else 0
+
+
+def _pyro_shape(site: Message, nesting: int, batch_ndim: int | None = None) -> tuple | None:
+    """The shape of one sample of ``site`` in Predictive's output, as Pyro gives it: the value's
+    shape, left-padded with ones up to ``nesting`` batch dims of the site's distribution
+    (``b ~ Normal(0, 1)`` outside a plate, with one plate in the model: ``(1,)``)."""
+    value = site.value
+    if not isinstance(value, torch.Tensor):
+        return None
+    if batch_ndim is None:
+        batch_ndim = len(getattr(site.fn, "batch_shape", value.shape))
+    return (1,) * max(0, nesting - batch_ndim) + tuple(value.shape)
+
+
+def _pad(value: Any, shape: tuple | None, n: int) -> Any:
+    """``value`` ``[n, *site_shape]`` reshaped to Pyro's ``[n, 1, ..., *site_shape]`` (left as it is
+    when its per-sample shape is not the trial run's, e.g. under random control flow)."""
+    if shape is None or not isinstance(value, torch.Tensor) or value.shape[0] != n or value[0].numel() != math.prod(shape):
+        return value
+    return value.reshape((n,) + shape)
+
+
 def _predict(
     model: Callable,
     samples: dict,
@@ -118,7 +148,8 @@ def _predict(
 ) -> Any:
     """The core of Predictive for one program (model or guide); see Predictive."""
     # one plain run, with the latents from the prior: the sites and their shapes in one sample
-    trial = TraceMessenger(_PredictMessenger(model, {}, resample_observed)).get_trace(*args, **kwargs)
+    trial_messenger = _PredictMessenger(model, {}, resample_observed)
+    trial = TraceMessenger(trial_messenger).get_trace(*args, **kwargs)
     nodes = trial.nodes
     per_sample = {}
     for name, value in samples.items():
@@ -152,6 +183,9 @@ def _predict(
         # (deterministic sites included), factors aside
         selected = [k for k, s in nodes.items() if sample_site(k, s) and not is_factor(s) and k not in samples]
     shapes = {k: (nodes[k].value.shape if isinstance(nodes[k].value, torch.Tensor) else None) for k in selected}
+    plate_nesting = _plate_nesting(trial)
+    obs_ndim = trial_messenger.obs_batch_ndim  # an observation drawn afresh: shaped as Pyro shapes the data
+    padded = {k: _pyro_shape(nodes[k], plate_nesting, obs_ndim.get(k)) for k in selected if k != "_RETURN" and k in nodes}
 
     if not parallel and not return_trace:
         collected: dict = {k: [] for k in selected}
@@ -166,7 +200,7 @@ def _predict(
         for k, values in collected.items():
             if all(isinstance(v, torch.Tensor) for v in values):
                 try:
-                    out[k] = torch.stack(values)
+                    out[k] = _pad(torch.stack(values), padded.get(k), n)
                 except RuntimeError:
                     raise ValueError(
                         f"Predictive: site '{k}' has different shapes in different runs: {sorted({tuple(v.shape) for v in values})}"
@@ -207,7 +241,7 @@ def _predict(
             continue
         if value is None:
             raise ValueError(f"Predictive: site '{k}' is missing from the vectorized run of the model; use parallel=False")
-        out[k] = _unvectorize(value, shapes[k], n, k)
+        out[k] = _pad(_unvectorize(value, shapes[k], n, k), padded.get(k), n)
     return out
 
 

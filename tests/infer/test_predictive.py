@@ -37,7 +37,7 @@ def shapes(out):
 @pytest.mark.parametrize("parallel,n", SIZES)
 def test_prior_predictive_moments(parallel, n):
     out = Predictive(model, num_samples=n, parallel=parallel)(DATA)
-    assert shapes(out) == {"loc": (n,), "twice": (n,), "obs": (n, 3)}
+    assert shapes(out) == {"loc": (n, 1), "twice": (n, 1), "obs": (n, 3)}
     assert torch.equal(out["twice"], 2 * out["loc"])
     obs = out["obs"]
     tol = 4 / math.sqrt(n)
@@ -72,8 +72,8 @@ def test_posterior_predictive_from_samples(parallel, n):
     loc = torch.linspace(-1.0, 1.0, n)
     out = Predictive(model, {"loc": loc}, parallel=parallel)(DATA)
     # default: the sites not given (deterministic ones included)
-    assert shapes(out) == {"twice": (n,), "obs": (n, 3)}
-    assert torch.equal(out["twice"], 2 * loc)
+    assert shapes(out) == {"twice": (n, 1), "obs": (n, 3)}
+    assert torch.equal(out["twice"], 2 * loc[:, None])  # Pyro's [N, 1]: one plate in the model
     noise = out["obs"] - loc[:, None]
     tol = 4 / math.sqrt(n)
     assert noise.mean().item() == pytest.approx(0.0, abs=tol / 1.5)
@@ -84,22 +84,22 @@ def test_posterior_predictive_from_samples(parallel, n):
     # return_sites=None: every site, the given samples too
     out = Predictive(model, {"loc": loc}, parallel=parallel, return_sites=None)(DATA)
     assert set(out) == {"loc", "twice", "obs"}
-    assert torch.equal(out["loc"], loc)
+    assert torch.equal(out["loc"], loc[:, None])
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_pyro_shaped_samples_are_accepted(parallel):
     loc = torch.randn(50, 1)  # Pyro returns [N, 1] for a global site of a model with one plate
     out = Predictive(model, {"loc": loc}, parallel=parallel, return_sites=["loc", "twice"])(DATA)
-    assert shapes(out) == {"loc": (50,), "twice": (50,)}
-    assert torch.equal(out["twice"], 2 * loc[:, 0])
+    assert shapes(out) == {"loc": (50, 1), "twice": (50, 1)}
+    assert torch.equal(out["twice"], 2 * loc)
 
 
 @pytest.mark.parametrize("parallel,n", SIZES)
 def test_guide_based(parallel, n):
     out = Predictive(model, guide=guide, num_samples=n, parallel=parallel)(DATA)
     # with a guide every site of the model comes back, the guide's latents too
-    assert shapes(out) == {"loc": (n,), "twice": (n,), "obs": (n, 3)}
+    assert shapes(out) == {"loc": (n, 1), "twice": (n, 1), "obs": (n, 3)}
     tol = 4 / math.sqrt(n)
     assert out["loc"].mean().item() == pytest.approx(3.0, abs=tol / 2)
     assert out["loc"].std().item() == pytest.approx(0.5, abs=tol / 3)
@@ -139,7 +139,8 @@ X = torch.arange(6.0).reshape(3, 2) / 6
 def test_shapes_with_plates_and_events_parallel_equals_sequential():
     n = 40
     samples = {"w": torch.randn(n, 2), "s": torch.rand(n) + 0.5, "r": torch.randn(n, 3, 1)}
-    expected = {"mean": (n, 3, 2), "y": (n, 3, 2), "total": (n, 4)}
+    # Pyro's shapes: each site's distribution padded with ones to the model's 2 plate dims
+    expected = {"mean": (n, 3, 2), "y": (n, 3, 2), "total": (n, 1, 1, 4)}
     seq = Predictive(rich_model, samples)(X)
     par = Predictive(rich_model, samples, parallel=True)(X)
     assert shapes(seq) == expected and shapes(par) == expected
@@ -148,8 +149,8 @@ def test_shapes_with_plates_and_events_parallel_equals_sequential():
     by_hand = samples["r"] + X * samples["w"][:, None, None, 0] + samples["w"][:, None, None, 1]
     assert torch.allclose(seq["mean"], by_hand, atol=1e-6)
     every = Predictive(rich_model, samples, parallel=True, return_sites=None)(X)
-    assert shapes(every) == dict(expected, w=(n, 2), s=(n,), r=(n, 3, 1))
-    assert torch.equal(every["w"], samples["w"])
+    assert shapes(every) == dict(expected, w=(n, 1, 1, 2), s=(n, 1, 1), r=(n, 3, 1))
+    assert torch.equal(every["w"][:, 0, 0], samples["w"])
 
 
 def test_parallel_and_sequential_give_the_same_distribution():
@@ -172,7 +173,8 @@ def test_parallel_and_sequential_give_the_same_distribution():
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_prior_predictive_rich_model(parallel):
     out = Predictive(rich_model, num_samples=20, parallel=parallel)(X)
-    assert shapes(out) == {"w": (20, 2), "s": (20,), "r": (20, 3, 1), "mean": (20, 3, 2), "y": (20, 3, 2), "total": (20, 4)}
+    assert shapes(out) == {"w": (20, 1, 1, 2), "s": (20, 1, 1), "r": (20, 3, 1), "mean": (20, 3, 2), "y": (20, 3, 2),
+                           "total": (20, 1, 1, 4)}
 
 
 def test_return_value_and_single_name():
@@ -290,3 +292,28 @@ def test_unknown_return_site():
         Predictive(model, num_samples=2, return_sites=["obs", "nope"])(DATA)
     with pytest.raises(TypeError, match="return_sites"):
         Predictive(model, num_samples=2, return_sites=[1])
+
+
+def _b_model(x):
+    b = ember.sample("b", dist.Normal(0.0, 1.0))
+    c = ember.sample("c", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    ember.deterministic("d", b * 2)
+    ember.deterministic("e", c * 2, event_dim=1)
+    with ember.plate("p", 3):
+        ember.sample("y", dist.Normal(b * x, 1.0))
+    return b
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_sites_outside_plates_keep_pyros_singleton_dims(parallel):
+    # shapes printed by pyro-ppl 1.9.2 for the same calls
+    x = torch.ones(3)
+    out = Predictive(_b_model, num_samples=4, parallel=parallel)(x)
+    assert shapes(out) == {"b": (4, 1), "c": (4, 1, 2), "d": (4, 1), "e": (4, 1, 2), "y": (4, 3)}
+    given = Predictive(_b_model, posterior_samples={"b": torch.zeros(4)}, parallel=parallel,
+                       return_sites=["b", "y", "d", "e", "_RETURN"])(x)
+    assert shapes(given) == {"_RETURN": (4,), "b": (4, 1), "d": (4, 1), "e": (4, 1, 2), "y": (4, 3)}
+    guide = ember.infer.autoguide.AutoNormal(_b_model)
+    guide(x)
+    drawn = Predictive(_b_model, guide=guide, num_samples=4, parallel=parallel)(x)
+    assert shapes(drawn) == {"b": (4, 1), "c": (4, 1, 2), "d": (4, 1), "e": (4, 1, 2), "y": (4, 3)}
