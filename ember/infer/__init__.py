@@ -63,3 +63,7 @@ __all__ += ["SMCFilter"]
 from ember.infer.resampler import Resampler  # noqa: E402
 
 __all__ += ["Resampler"]
+
+from ember.infer.util import enable_validation, is_validation_enabled  # noqa: E402  (pyro.infer.enable_validation)
+
+__all__ += ["enable_validation", "is_validation_enabled"]

@@ -31,7 +31,7 @@ from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
 from ember.util import check_kwargs
 
-__all__ = ["Importance", "Empirical", "EmpiricalMarginal"]
+__all__ = ["Importance", "Empirical", "EmpiricalMarginal", "psis_diagnostic", "vectorized_importance_weights"]
 
 _SAMPLE_PLATE = "_importance_samples"
 
@@ -406,3 +406,59 @@ class _ReplayedTraces(Sequence):
                 tm.trace.compute_log_prob()
             tr = self._cache[i] = tm.trace
         return tr
+
+
+def vectorized_importance_weights(model: Callable, guide: Callable, *args: Any, num_samples: int = 1,
+                                  max_plate_nesting: int | None = None, normalized: bool = False,
+                                  **kwargs: Any) -> tuple[torch.Tensor, Trace, Trace]:
+    """``(log_weights, model_trace, guide_trace)`` of ``num_samples`` draws of ``guide`` made at once,
+    in a plate left of the model's ``max_plate_nesting`` dims (required, as in Pyro): ``log_weights``
+    is ``[num_samples]`` (a scalar when ``num_samples == 1``), ``log p(x, z_i) - log q(z_i)``, or its
+    softmax's log with ``normalized``. The model and guide must have static structure."""
+    if max_plate_nesting is None:
+        raise ValueError("vectorized_importance_weights: pass max_plate_nesting= (the number of nested plates of model and guide)")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"vectorized_importance_weights: num_samples must be a positive integer; got {num_samples!r}")
+    dim = -max_plate_nesting - 1
+    name = "num_particles_vectorized"
+    model_trace, guide_trace = get_importance_trace(in_plate(model, name, num_samples, dim), in_plate(guide, name, num_samples, dim),
+                                                    args, kwargs, max_plate_nesting=max_plate_nesting + 1)
+    if num_samples == 1:
+        log_w = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+    else:
+        zero = torch.zeros(num_samples)
+        model_lp = _per_sample_log_density(model_trace, num_samples, max_plate_nesting)
+        guide_lp = _per_sample_log_density(guide_trace, num_samples, max_plate_nesting)
+        log_w = (zero if model_lp is None else model_lp) - (zero if guide_lp is None else guide_lp)
+    if normalized:
+        log_w = log_w - torch.logsumexp(log_w.reshape(-1), 0)
+    return log_w, model_trace, guide_trace
+
+
+def psis_diagnostic(model: Callable, guide: Callable, *args: Any, num_particles: int = 1000,
+                    max_simultaneous_particles: int | None = None, max_plate_nesting: int = 7, **kwargs: Any) -> float:
+    """The Pareto tail index ``k`` of the importance weights ``p(x, z) / q(z)`` of ``num_particles``
+    guide draws (Yao et al. 2018, "Yes, but did it work?"): below 0.5 the guide fits the posterior
+    well, up to 0.7 usably, above 0.7 poorly. The largest ``min(0.2 N, 3 sqrt(N))`` weights are
+    fitted by a generalized Pareto distribution (``ember.ops.stats.fit_generalized_pareto``);
+    fewer than 10 of them above ``1e-15`` of the largest give ``inf`` with a warning. The draws run
+    ``max_simultaneous_particles`` at a time (default all), vectorized: static structure needed."""
+    import warnings
+
+    from ember.ops.stats import fit_generalized_pareto
+
+    chunk = num_particles if max_simultaneous_particles is None else max_simultaneous_particles
+    if num_particles % chunk != 0:
+        raise ValueError(f"psis_diagnostic: num_particles={num_particles} must be divisible by max_simultaneous_particles={chunk}")
+    with torch.no_grad():
+        log_w = torch.cat([vectorized_importance_weights(model, guide, *args, num_samples=chunk, max_plate_nesting=max_plate_nesting,
+                                                         **kwargs)[0].reshape(-1) for _ in range(num_particles // chunk)])
+    log_w = (log_w - log_w.max()).sort().values
+    cutoff_index = -int(math.ceil(min(0.2 * num_particles, 3.0 * math.sqrt(num_particles)))) - 1
+    lw_cutoff = max(math.log(1.0e-15), float(log_w[cutoff_index]))
+    tail = log_w[log_w > lw_cutoff]
+    if len(tail) < 10:
+        warnings.warn(f"psis_diagnostic: only {len(tail)} tail weights (10 needed); increase num_particles", UserWarning, stacklevel=2)
+        return float("inf")
+    k, _ = fit_generalized_pareto(tail.exp() - math.exp(lw_cutoff))
+    return k

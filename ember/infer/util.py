@@ -175,3 +175,57 @@ def log_likelihood(model: Callable, posterior_samples: dict, *args: Any, paralle
             for name in names:
                 out[name].append(pointwise(tr, name))
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+# ---- Pyro's small helpers (pyro.infer.util) -------------------------------------------------------
+__all__ += ["enable_validation", "is_identically_zero", "is_validation_enabled", "plate_log_prob_sum", "torch_item", "zero_grads"]
+
+from ember.primitives import enable_validation  # noqa: E402
+from ember.runtime import is_validation_enabled  # noqa: E402
+
+
+def torch_item(x: Any) -> Any:
+    """``x.item()`` for a tensor; a Python number is returned as it is."""
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def is_identically_zero(x: Any) -> bool:
+    """Whether ``x`` is the Python number 0 (a tensor never is: its value may change)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
+
+
+def zero_grads(tensors: Any) -> None:
+    """Set the ``.grad`` of each tensor that has one to zeros (a new tensor of its shape)."""
+    for t in tensors:
+        if t.grad is not None:
+            t.grad = torch.zeros_like(t.grad)
+
+
+def plate_log_prob_sum(trace: Trace, plate_name: str) -> torch.Tensor:
+    """The log-density of ``trace`` (its sample sites' scaled, masked ``log_prob``, computed if
+    needed) summed over every dim but the one of the plate named ``plate_name``: a tensor of the
+    plate's size. A site outside the plate adds its whole log-density to every entry."""
+    trace.compute_log_prob()
+    total: Any = 0.0
+    found = False
+    for name, site in trace.nodes.items():
+        if site.type != "sample" or site.log_prob is None:
+            continue
+        lp = torch.as_tensor(site.log_prob)
+        frame = next((f for f in site.cond_indep_stack if f.name == plate_name and f.dim is not None), None)
+        if frame is None:
+            total = total + lp.sum()
+            continue
+        found = True
+        if lp.dim() < -frame.dim:
+            raise ValueError(f"plate_log_prob_sum: site '{name}' is in plate '{plate_name}' (dim {frame.dim}) but its "
+                             f"log-density has shape {tuple(lp.shape)}")
+        keep = lp.dim() + frame.dim
+        others = [d for d in range(lp.dim()) if d != keep]
+        if others:  # (sum over an empty list of dims would sum them all)
+            lp = lp.sum(others)
+        total = total + lp
+    if not found:
+        plates = sorted({f.name for s in trace.nodes.values() if s.type == "sample" for f in s.cond_indep_stack})
+        raise ValueError(f"plate_log_prob_sum: no sample site of the trace is in a plate named '{plate_name}' (its plates: {plates})")
+    return total
