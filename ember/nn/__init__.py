@@ -27,3 +27,7 @@ def __getattr__(name: str):  # PEP 562: ember.nn.module imports ember.primitives
         mod = importlib.import_module("ember.nn.module")
         return mod if name == "module" else getattr(mod, name)
     raise AttributeError(f"module 'ember.nn' has no attribute {name!r}")
+
+
+def __dir__() -> list:  # the lazy names are listed too (dir(pyro.nn) shows PyroModule, ...)
+    return sorted(set(globals()) | set(_MODULE_NAMES) | {"module"})

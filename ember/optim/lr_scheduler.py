@@ -136,14 +136,14 @@ SCHEDULER_WRAPPERS: dict[str, type[PyroLRScheduler]] = {
         CosineAnnealingWarmRestarts,
     )
 }
-# schedulers of newer torch versions; SequentialLR and ChainedScheduler are left out:
-# they are built from other schedulers, which cannot be given before the optimizer exists
+# every other scheduler class of torch, as Pyro wraps them all (LRScheduler, SequentialLR and
+# ChainedScheduler included: the names exist, though the last two are built from schedulers that
+# need the optimizer first)
 for _name, _cls in vars(_sched).items():
     if (
         isinstance(_cls, type)
         and issubclass(_cls, _LRScheduler)
         and not _name.startswith("_")
-        and _name not in ("LRScheduler", "SequentialLR", "ChainedScheduler")
         and _name not in SCHEDULER_WRAPPERS
     ):
         SCHEDULER_WRAPPERS[_name] = _scheduler_wrapper(_cls, _name)

@@ -199,3 +199,9 @@ def test_lazy_export_and_no_eager_import() -> None:
     code = "import sys, ember.nn; assert 'ember.nn.module' not in sys.modules; from ember.nn import PyroModule; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_dir_of_nn_lists_the_lazy_module_names():
+    import ember.nn
+
+    assert {"PyroModule", "PyroParam", "PyroSample", "pyro_method"} <= set(dir(ember.nn))

@@ -489,3 +489,12 @@ def test_two_argument_optim_args_callable_gets_module_and_param_names():
     ember.param("a", torch.tensor(0.0))
     take_step(optim.SGD(per_param), lambda: ember.param("a") + ember.get_param_store()["lin$$$weight"].sum())
     assert sorted(seen) == [("a", "a"), ("lin", "weight")]  # as Pyro: a name without a module is both
+
+
+def test_pyro_scheduler_names_exist_and_wrap_torch():
+    import torch.optim.lr_scheduler as sched
+
+    for name in ("ChainedScheduler", "SequentialLR", "LRScheduler"):
+        cls = getattr(optim, name)
+        assert issubclass(cls, optim.PyroLRScheduler) and cls.__name__ == name
+        assert getattr(sched, name).__name__ in cls.__doc__
