@@ -185,12 +185,13 @@ from ember.runtime import is_validation_enabled  # noqa: E402
 
 
 def torch_item(x: Any) -> Any:
-    """``x.item()`` for a tensor; a Python number is returned as it is."""
+    """``x.item()`` for a tensor of shape ``()`` (or any one-element shape); a Python number is
+    returned as it is."""
     return x.item() if isinstance(x, torch.Tensor) else x
 
 
 def is_identically_zero(x: Any) -> bool:
-    """Whether ``x`` is the Python number 0 (a tensor never is: its value may change)."""
+    """Whether ``x`` is the Python number 0 (a tensor, of any shape, never is: its value may change)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
@@ -203,8 +204,8 @@ def zero_grads(tensors: Any) -> None:
 
 def plate_log_prob_sum(trace: Trace, plate_name: str) -> torch.Tensor:
     """The log-density of ``trace`` (its sample sites' scaled, masked ``log_prob``, computed if
-    needed) summed over every dim but the one of the plate named ``plate_name``: a tensor of the
-    plate's size. A site outside the plate adds its whole log-density to every entry."""
+    needed) summed over every dim but the one of the plate named ``plate_name``: a tensor of shape
+    ``(plate size,)``. A site outside the plate adds its whole log-density to every entry."""
     trace.compute_log_prob()
     total: Any = 0.0
     found = False
