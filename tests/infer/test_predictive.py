@@ -112,7 +112,7 @@ def test_guide_based(parallel, n):
 
 def test_posterior_predictive_after_importance():
     imp = Importance(model, guide, num_samples=500).run(DATA)
-    resampled = torch.distributions.Categorical(logits=imp.log_weights).sample((400,))
+    resampled = torch.distributions.Categorical(logits=torch.stack(list(imp.log_weights))).sample((400,))  # a list, as Pyro's
     samples = {"loc": imp.site_values("loc")[resampled]}
     out = Predictive(model, samples, parallel=True)(DATA)
     assert out["obs"].shape == (400, 3)
