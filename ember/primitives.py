@@ -227,25 +227,8 @@ def factor(name: str, log_factor: Any, *, has_rsample: bool | None = None) -> No
         log_factor = torch.as_tensor(log_factor, dtype=torch.get_default_dtype())
     if has_rsample is not None and not isinstance(has_rsample, bool):
         raise TypeError(f"factor('{name}'): has_rsample must be True, False or None; got {has_rsample!r}")
-    unit = Unit(log_factor)
-    if has_rsample is not None:
-        _set_has_rsample(unit, has_rsample)
+    unit = Unit(log_factor, has_rsample=has_rsample)
     sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True})
-
-
-def _set_has_rsample(unit: Any, has_rsample: bool) -> Any:
-    """Set ``has_rsample`` on ``unit`` as an instance attribute (its presence says it was given)
-    and keep it on the copies a plate's broadcast makes with ``expand``, which builds a plain
-    ``Unit`` (until ``Unit`` takes ``has_rsample=`` itself)."""
-    unit.has_rsample = has_rsample
-    if "has_rsample" not in unit.expand(unit.batch_shape).__dict__:
-        plain_expand = unit.expand
-
-        def expand(batch_shape: Any, _instance: Any = None) -> Any:
-            return _set_has_rsample(plain_expand(batch_shape, _instance), has_rsample)
-
-        unit.expand = expand
-    return unit
 
 
 def deterministic(name: str, value: torch.Tensor, event_dim: int | None = None) -> torch.Tensor:

@@ -76,19 +76,28 @@ class Delta(TorchDistribution):
 
 class Unit(TorchDistribution):
     """A distribution over the empty value whose log-probability is ``log_factor``:
-    what ``ember.factor`` samples from to add an arbitrary term to the log-density."""
+    what ``ember.factor`` samples from to add an arbitrary term to the log-density.
+
+    ``has_rsample`` (as Pyro's): whether ``log_factor`` arose from reparameterized sampling, which
+    a factor in a guide must say; given, it is an instance attribute (kept by ``expand``), and its
+    presence there is how the ELBOs tell a guide factor that said so. Without it the class default
+    (True) applies."""
 
     arg_constraints = {"log_factor": constraints.real}
     support = constraints.real
     has_rsample = True
 
-    def __init__(self, log_factor: Any, validate_args: bool | None = None) -> None:
+    def __init__(self, log_factor: Any, *, has_rsample: bool | None = None, validate_args: bool | None = None) -> None:
         log_factor = torch.as_tensor(log_factor, dtype=torch.get_default_dtype()) if not isinstance(log_factor, torch.Tensor) else log_factor
         self.log_factor = log_factor
+        if has_rsample is not None:
+            if not isinstance(has_rsample, bool):
+                raise TypeError(f"Unit: has_rsample must be True, False or None; got {has_rsample!r}")
+            self.has_rsample = has_rsample
         super().__init__(log_factor.shape, torch.Size([0]), validate_args=False)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Unit:
-        return Unit(self.log_factor.expand(torch.Size(batch_shape)))
+        return Unit(self.log_factor.expand(torch.Size(batch_shape)), has_rsample=self.__dict__.get("has_rsample"))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         return self.log_factor.new_empty(torch.Size(sample_shape) + self.batch_shape + (0,))

@@ -3,7 +3,7 @@
 from ember.infer.elbo import ELBO, NonFiniteLossError
 from ember.infer.importance import Empirical, EmpiricalMarginal, Importance
 from ember.infer.initialization import init_to_mean, init_to_median, init_to_sample, init_to_uniform, init_to_value
-from ember.infer.mcmc import HMC, MCMC, NUTS
+from ember.infer.mcmc import HMC, MCMC, NUTS, RandomWalkKernel
 from ember.infer.predictive import Predictive
 from ember.infer.svi import SVI
 from ember.infer.trace_elbo import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -11,7 +11,7 @@ from ember.infer.tracegraph_elbo import TraceGraph_ELBO
 
 __all__ = ["ELBO", "JitTrace_ELBO", "NonFiniteLossError", "SVI", "TraceGraph_ELBO", "TraceMeanField_ELBO", "Trace_ELBO"]
 __all__ += ["Empirical", "EmpiricalMarginal", "Importance", "Predictive"]
-__all__ += ["DataParallelSVI", "HMC", "MCMC", "NUTS", "init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value"]
+__all__ += ["DataParallelSVI", "HMC", "MCMC", "NUTS", "RandomWalkKernel", "init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value"]
 
 
 def __getattr__(name: str):
