@@ -62,6 +62,7 @@ def inference_data(model: Callable, posterior_samples: dict, model_args: tuple =
     with torch.no_grad():
         first = _run_at(model, {k: v[0] for k, v in samples.items()}, tuple(model_args), kwargs, "to_arviz")
     obs_names = observed_sites(first)
+    shapes = {k: site.value.shape for k, site in first.nodes.items() if site.type == "sample" and isinstance(site.value, torch.Tensor)}
     groups: dict[str, Any] = {"posterior": _by_chain(samples, num_chains)}
     groups["observed_data"] = {k: _np(first.nodes[k].value) for k in obs_names} or None
     if sample_stats:
@@ -77,10 +78,10 @@ def inference_data(model: Callable, posterior_samples: dict, model_args: tuple =
             pred = Predictive(model, posterior_samples=samples, return_sites=obs_names, parallel=True)(*model_args, **kwargs)
         except Exception:  # noqa: BLE001 - a model that cannot be vectorized: one run per draw
             pred = Predictive(model, posterior_samples=samples, return_sites=obs_names)(*model_args, **kwargs)
-        groups["posterior_predictive"] = _by_chain(pred, num_chains)
+        groups["posterior_predictive"] = _by_chain(_site_shaped(pred, shapes), num_chains)
     if num_prior_samples:
         prior = Predictive(model, num_samples=num_prior_samples, return_sites=None)(*model_args, **kwargs)
-        prior = {k: v for k, v in prior.items() if isinstance(v, torch.Tensor)}
+        prior = _site_shaped({k: v for k, v in prior.items() if isinstance(v, torch.Tensor)}, shapes)
         groups["prior"] = _by_chain({k: v for k, v in prior.items() if k not in obs_names}, 1)
         groups["prior_predictive"] = _by_chain({k: v for k, v in prior.items() if k in obs_names}, 1) or None
     return az.from_dict(**groups, coords=coords, dims=dims)
@@ -99,19 +100,30 @@ def to_arviz(model: Callable, guide: Callable | None = None, posterior_samples: 
     margs, mkw = tuple(model_args), dict(model_kwargs or {})
     if guide is not None:
         with torch.no_grad():
-            latents = _latent_names(model, guide, margs, mkw)
-            draws = Predictive(model, guide=guide, num_samples=num_samples, return_sites=latents)(*margs, **mkw)
-        posterior_samples = {k: v for k, v in draws.items() if isinstance(v, torch.Tensor)}
+            latents = _latent_shapes(model, guide, margs, mkw)
+            draws = Predictive(model, guide=guide, num_samples=num_samples, return_sites=list(latents))(*margs, **mkw)
+        posterior_samples = _site_shaped({k: v for k, v in draws.items() if isinstance(v, torch.Tensor)}, latents)
     return inference_data(model, posterior_samples, margs, mkw, **kwargs)
 
 
-def _latent_names(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> list[str]:
-    """The names of the model's latent sites (one run of the guide and the model replayed)."""
+def _latent_shapes(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Size]:
+    """The model's latent sites and the shape of each one's value (one run of the guide and the
+    model replayed)."""
     from ember.infer.elbo import get_importance_trace
     from ember.runtime import is_latent
 
     model_trace, _ = get_importance_trace(model, guide, args, kwargs, validate=False)
-    return [k for k, s in model_trace.nodes.items() if is_latent(s)]
+    return {k: s.value.shape for k, s in model_trace.nodes.items() if is_latent(s)}
+
+
+def _site_shaped(draws: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """``draws`` (``[N, ...]``, as Predictive returns them: with Pyro's singleton dims for the plates
+    a site is outside) as ``[N, *site shape]``, the layout ArviZ's groups take."""
+    out = {}
+    for k, v in draws.items():
+        shape = shapes.get(k)
+        out[k] = v.reshape((v.shape[0],) + tuple(shape)) if shape is not None and v[0].numel() == shape.numel() else v
+    return out
 
 
 def psis_diagnostic(model: Callable, guide: Callable, *args: Any, num_particles: int = 1000,

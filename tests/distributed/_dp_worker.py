@@ -42,13 +42,13 @@ def grads(info: ed.DistInfo, out: Path) -> None:
         rows = _rows(info.rank, sizes)
         batch = M.data(8, seed=1)
         svi.setup(*M.args_of(batch, rows))
-        init = ember.get_param_store().get_state()
+        init = ember.get_param_store().get_plain_state()
         loss, named = svi.compute_grads(*M.args_of(batch, rows))
         g = {n: p.grad.clone() for n, p in named}
         for _, p in named:
             p.grad = None
         losses = [svi.step(*M.args_of(M.data(8, seed=10 + s), rows)) for s in range(STEPS)]
-        result[name] = {"init": init, "loss": loss, "grads": g, "losses": losses, "final": ember.get_param_store().get_state()}
+        result[name] = {"init": init, "loss": loss, "grads": g, "losses": losses, "final": ember.get_param_store().get_plain_state()}
     # init_from_env imports torch.distributed.nn.functional before the group exists, so that its defaults
     # (group=group.WORLD, evaluated at import) do not keep the group alive past destroy_process_group
     import inspect
@@ -124,9 +124,9 @@ def errors(info: ed.DistInfo, out: Path) -> None:
     for mode in ("skip", "raise"):
         m, svi = fresh(on_nonfinite=mode)
         svi.setup(*M.args_of(batch, rows))
-        before = ember.get_param_store().get_state()
+        before = ember.get_param_store().get_plain_state()
         res[f"nan-{mode}"] = _outcome(lambda svi=svi: svi.step(*M.args_of(bad if rank == 0 else batch, rows)))
-        res[f"nan-{mode}"]["unchanged"] = all(torch.equal(before["params"][k], v) for k, v in ember.get_param_store().get_state()["params"].items())
+        res[f"nan-{mode}"]["unchanged"] = all(torch.equal(before["params"][k], v) for k, v in ember.get_param_store().get_plain_state()["params"].items())
 
     # 4. a parameter created after setup
     m, svi = fresh()
@@ -145,7 +145,7 @@ def errors(info: ed.DistInfo, out: Path) -> None:
     # 5. the group still works
     m, svi = fresh(True)
     res["steps"] = _outcome(lambda: [svi.step(*M.args_of(M.data(8, seed=s), rows)) for s in range(3)])
-    res["final"] = ember.get_param_store().get_state()
+    res["final"] = ember.get_param_store().get_plain_state()
 
     # 6. last, as it breaks the group: rank 1 stops answering (sleeps past the timeout of a group of its own,
     # HANG_TIMEOUT seconds) before its second step; rank 0 must fail after the timeout, not hang

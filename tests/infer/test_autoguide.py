@@ -143,7 +143,9 @@ def test_vectorized_particles_and_predictive_in_parallel() -> None:
         for _ in range(300):
             svi.step(x, y)
         pred = Predictive(model, guide=guide, num_samples=2000, parallel=True)(x)
-        assert pred["w"].shape == (2000, 2) and pred["y"].shape == (2000, 40)
+        # Pyro's shapes: w, outside the model's one plate, keeps a singleton dim for it
+        assert pred["w"].shape == (2000, 1, 2) and pred["y"].shape == (2000, 40)
+        pred["w"] = pred["w"].squeeze(1)
         med = guide.median()
         q = guide.quantiles([0.25, 0.75])
         assert torch.allclose(pred["w"].median(0).values, med["w"], atol=0.02)
