@@ -273,8 +273,10 @@ class Predictive(torch.nn.Module):
         works for models whose control flow depends on sampled values.
 
     ``predictive(*args, **kwargs)`` passes the arguments to the model (and guide) and
-    returns a dict site name -> tensor ``[N, *site_shape]`` (a list for a non-tensor
-    ``_RETURN`` in the loop). It runs under ``torch.no_grad()``, hidden from handlers
+    returns a dict site name -> tensor of Pyro's shape ``[N, 1, ..., 1, *site_shape]``: one
+    singleton dim for each of the model's plate dims that the site's distribution lacks (a
+    global ``b ~ Normal(0, 1)`` in a model with one plate gives ``[N, 1]``; a site inside every
+    plate gives ``[N, *site_shape]``); a list for a non-tensor ``_RETURN`` in the loop. It runs under ``torch.no_grad()``, hidden from handlers
     outside.
     """
 
