@@ -266,9 +266,13 @@ class ParamStoreDict:
 
     def _check_loaded(self, name: str, constraint: constraints.Constraint) -> torch.Tensor:
         """First ember.param(name, constraint=...) after a load: a loaded value outside the declared
-        constraint is an error; one inside it but stored under another constraint takes the declared one."""
+        constraint is an error; one inside it but stored under another constraint takes the declared
+        one. ``real``, the default, declares nothing: the stored constraint stays (as in Pyro, where
+        ``param(name)`` of a stored parameter keeps its constraint)."""
         self._unchecked.discard(name)
         old = self._constraints[name]
+        if constraint is constraints.real:
+            return self._params[name]
         try:
             same = constraint is old or constraint_to_spec(constraint, name) == constraint_to_spec(old, name)
         except ValueError:  # a constraint without a plain-data form: compare by the check below

@@ -213,3 +213,13 @@ def test_the_same_constraint_after_a_load_keeps_the_tensor(tmp_path):
     u = dict(ember.get_param_store().named_parameters())["p"]
     ember.param("p", torch.tensor(0.5), constraint=constraints.interval(0.0, 1.0))  # a new, equal constraint object
     assert dict(ember.get_param_store().named_parameters())["p"] is u
+
+
+def test_a_loaded_constraint_stays_when_param_declares_none(tmp_path):
+    # Pyro: param(name) of a stored parameter keeps its constraint; real, the default, declares nothing
+    path = _store_file(tmp_path, {"scale": torch.tensor([0.5, 2.0])}, {"scale": "positive"})
+    ember.get_param_store().load(path)
+    assert torch.allclose(ember.param("scale"), torch.tensor([0.5, 2.0]))
+    assert ember.get_param_store().get_param_constraint("scale") is constraints.positive
+    u = dict(ember.get_param_store().named_parameters())["scale"]
+    torch.testing.assert_close(u.detach(), torch.tensor([0.5, 2.0]).log())
