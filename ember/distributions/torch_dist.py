@@ -194,7 +194,24 @@ class TorchDistribution(TorchDistributionMixin, _td.Distribution):
     ``log_prob`` of shape ``sample_shape + batch_shape``."""
 
 
-class MaskedDistribution(TorchDistribution):
+class _FromBase:
+    """What a wrapper of ``base_dist`` (a mask, an expansion) takes from it unchanged:
+    ``has_rsample``, ``has_enumerate_support`` and ``support``."""
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base_dist.has_rsample  # type: ignore[attr-defined]
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return self.base_dist.has_enumerate_support  # type: ignore[attr-defined]
+
+    @constraints.dependent_property
+    def support(self):
+        return self.base_dist.support  # type: ignore[attr-defined]
+
+
+class MaskedDistribution(_FromBase, TorchDistribution):
     """``base_dist`` with its log-density zeroed where ``mask`` is False. ``mask`` broadcasts
     with ``base_dist.batch_shape``; the batch shape is the broadcast of the two (``base_dist`` is
     expanded to it), the event shape is ``base_dist``'s. Samples are ``base_dist``'s draws."""
@@ -217,18 +234,6 @@ class MaskedDistribution(TorchDistribution):
         self.base_dist = base_dist
         self._mask = mask
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base_dist.has_rsample
-
-    @property
-    def has_enumerate_support(self) -> bool:
-        return self.base_dist.has_enumerate_support
-
-    @constraints.dependent_property
-    def support(self):
-        return self.base_dist.support
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> MaskedDistribution:
         batch_shape = torch.Size(batch_shape)
@@ -272,7 +277,7 @@ def _expansion(base_shape: torch.Size, shape: torch.Size, who: str) -> tuple[int
     return lead, grown
 
 
-class ExpandedDistribution(TorchDistribution):
+class ExpandedDistribution(_FromBase, TorchDistribution):
     """``base_dist`` with its batch shape expanded to ``batch_shape`` (Pyro's
     ``ExpandedDistribution``; what ``.expand`` returns for a distribution with no ``expand`` of its
     own). The copies along the new dims are independent: ``sample`` draws each of them, and
@@ -296,18 +301,6 @@ class ExpandedDistribution(TorchDistribution):
         batch_shape = torch.Size(batch_shape)
         _expansion(self.batch_shape, batch_shape, f"ExpandedDistribution of {type(self.base_dist).__name__}")
         return ExpandedDistribution(self.base_dist, batch_shape)
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base_dist.has_rsample
-
-    @property
-    def has_enumerate_support(self) -> bool:
-        return self.base_dist.has_enumerate_support
-
-    @constraints.dependent_property
-    def support(self):
-        return self.base_dist.support
 
     def _draw(self, draw: Any, sample_shape: Any) -> torch.Tensor:
         # draw sample_shape + new leading dims + the grown dims' sizes from the base, then move each
