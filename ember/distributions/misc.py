@@ -175,6 +175,34 @@ def _stable_a1_logpdf(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -torch.log(2 * bb) - math.pi * x / (2 * bb) + _log_quadrature(log_f, lo, -lo)
 
 
+def stable_cms(stability: torch.Tensor, skew: torch.Tensor, u: torch.Tensor, e: torch.Tensor, coords: str = "S0") -> torch.Tensor:
+    """Chambers-Mallows-Stuck (as corrected by Weron, 1996): the standard stable variable (scale 1,
+    loc 0) that ``u ~ Uniform(-pi/2, pi/2)`` and ``e ~ Exponential(1)`` make, differentiable in all
+    four arguments. ``coords`` is ``"S0"`` (Nolan's, continuous in ``stability``) or ``"S"`` / ``"S1"``.
+
+    Shapes: ``stability``, ``skew``, ``u`` and ``e`` broadcast together; the result has the broadcast
+    shape. ``u`` is clamped into the open interval and ``e`` to at least ``eps``; within 1e-6 of
+    ``stability = 1`` the alpha = 1 formula is used (there S0 and S coincide)."""
+    a, b = stability, skew
+    eps = torch.finfo(u.dtype).eps
+    half = math.pi / 2 * (1 - 2 * eps)
+    u = u.clamp(-half, half)
+    e = e.clamp_min(eps)
+    near_one = (a - 1).abs() < 1e-6
+    a_ = torch.where(near_one, torch.full_like(a, 0.5), a)  # keep the alpha != 1 branch finite
+    t = b * torch.tan(math.pi * a_ / 2)
+    B = torch.atan(t) / a_
+    S = (1 + t.pow(2)).pow(1 / (2 * a_))
+    x = S * torch.sin(a_ * (u + B)) / torch.cos(u).pow(1 / a_) * (torch.cos(u - a_ * (u + B)) / e).pow((1 - a_) / a_)
+    half_pi_bu = math.pi / 2 + b * u
+    x1 = (2 / math.pi) * (half_pi_bu * torch.tan(u) - b * torch.log((math.pi / 2) * e * torch.cos(u) / half_pi_bu))
+    if coords == "S0":
+        x = x - t  # S0 = S1 - skew * tan(pi alpha / 2) for alpha != 1
+    elif coords not in ("S", "S1"):
+        raise ValueError(f"stable_cms: coords must be 'S0' or 'S' (SciPy's); got coords={coords!r}")
+    return torch.where(near_one, x1, x)
+
+
 class Stable(TorchDistribution):
     """Lévy alpha-stable with ``stability`` (alpha in (0, 2]), ``skew`` (beta in [-1, 1]),
     ``scale`` and ``loc``, in Nolan's ``coords="S0"`` (continuous in alpha; default) or
@@ -219,31 +247,15 @@ class Stable(TorchDistribution):
         lp = torch.where(near_one, torch.where(cauchy, lp_cauchy, lp_one), lp_general)
         return lp - g.log()
 
-    def _standard_s1(self, shape: torch.Size) -> torch.Tensor:
-        """Chambers-Mallows-Stuck draw of a standard (scale 1, loc 0) S1 stable."""
-        a, b = self.stability, self.skew
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Reparameterized draws of shape ``sample_shape + batch_shape``: the Chambers-Mallows-Stuck
+        transform :func:`stable_cms` of a uniform and an exponential draw of that shape."""
+        shape = self._extended_shape(sample_shape)
+        a = self.stability
         eps = torch.finfo(a.dtype).eps
         u = (torch.rand(shape, dtype=a.dtype, device=a.device) - 0.5) * math.pi * (1 - 2 * eps)
-        w = torch.empty(shape, dtype=a.dtype, device=a.device).exponential_().clamp_min(eps)
-        near_one = (a - 1).abs() < 1e-6
-        a_ = torch.where(near_one, torch.full_like(a, 0.5), a)  # keep the alpha != 1 branch finite
-        t = b * torch.tan(math.pi * a_ / 2)
-        B = torch.atan(t) / a_
-        S = (1 + t.pow(2)).pow(1 / (2 * a_))
-        x = S * torch.sin(a_ * (u + B)) / torch.cos(u).pow(1 / a_) * (torch.cos(u - a_ * (u + B)) / w).pow((1 - a_) / a_)
-        half_pi_bu = math.pi / 2 + b * u
-        x1 = (2 / math.pi) * (half_pi_bu * torch.tan(u) - b * torch.log((math.pi / 2) * w * torch.cos(u) / half_pi_bu))
-        return torch.where(near_one, x1, x)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)
-        x = self._standard_s1(shape)
-        a, b, g, d = self.stability, self.skew, self.scale, self.loc
-        near_one = (a - 1).abs() < 1e-6
-        shift = torch.where(near_one, torch.zeros_like(a), b * torch.tan(math.pi * torch.where(near_one, torch.full_like(a, 0.5), a) / 2))
-        if self.coords == "S0":
-            return g * (x - shift) + d
-        return g * x + d
+        w = torch.empty(shape, dtype=a.dtype, device=a.device).exponential_()
+        return self.scale * stable_cms(a, self.skew, u, w, self.coords) + self.loc
 
     @property
     def mean(self) -> torch.Tensor:
