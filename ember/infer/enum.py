@@ -10,7 +10,7 @@ import queue as _queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ember.poutine.enum_messenger import EnumMessenger
+from ember.poutine.enum_messenger import TMC_STRATEGIES, EnumMessenger, monte_carlo_values
 from ember.poutine.handlers import queue as poutine_queue
 from ember.poutine.misc_messengers import InferConfigMessenger
 from ember.poutine.trace_messenger import TraceMessenger
@@ -22,7 +22,7 @@ __all__ = ["config_enumerate", "enumerate_site", "get_enum_dims", "iter_discrete
 
 
 def config_enumerate(guide: Callable | None = None, default: str | None = "parallel", expand: bool = False,
-                     num_samples: int | None = None, tmc: str | None = None) -> Any:
+                     num_samples: int | None = None, tmc: str = "diagonal") -> Any:
     """Mark every discrete sample site of ``guide`` (a model or a guide) for enumeration.
 
     Sets ``infer={"enumerate": default, "expand": expand}`` on every unobserved sample site whose
@@ -30,22 +30,44 @@ def config_enumerate(guide: Callable | None = None, default: str | None = "paral
     ``"enumerate"`` mode itself; continuous sites are left alone. Works as ``config_enumerate(fn)``,
     ``@config_enumerate`` and ``@config_enumerate(default="sequential")``.
 
+    With ``num_samples=n`` (Pyro's local Monte-Carlo enumeration) every unobserved sample site,
+    continuous ones too, gets ``{"enumerate": default, "num_samples": n, "expand": expand, "tmc": tmc}``,
+    each key only where the site has not set it itself: such a site is drawn ``n`` times along its
+    enumeration dim instead of enumerated (:mod:`ember.poutine.enum_messenger`), and
+    ``TraceEnum_ELBO`` averages over the draws.
+
     Args:
         default: ``"parallel"`` (along a tensor dim), ``"sequential"`` (one run per value; guide
             sites only) or None (leave sites alone).
         expand: whether enumerated values are expanded to the distribution's batch shape.
-        num_samples, tmc: Pyro's Monte-Carlo enumeration; not supported (must be None).
+        num_samples: None (enumerate the support exactly) or a positive int (draw that many values;
+            ``default`` must then be ``"parallel"`` or None).
+        tmc: how a sampled site that depends on an enumerated or sampled site picks its ancestor
+            per draw: ``"diagonal"`` (draw ``i`` takes ancestor ``i``), ``"mixture"`` (a uniformly
+            random one) or ``"full"`` (no choice: the draws keep every ancestor's dim; sets ``expand``).
     """
     if default not in ("parallel", "sequential", None):
         raise ValueError(f"config_enumerate: default must be 'parallel', 'sequential' or None; got {default!r}")
-    if num_samples is not None:
-        raise NotImplementedError("config_enumerate(num_samples=...) (Monte-Carlo enumeration) is not supported; enumerate exactly")
     if not isinstance(expand, bool):
         raise ValueError(f"config_enumerate: expand must be a bool; got {expand!r}")
+    if num_samples is not None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"config_enumerate: num_samples must be None or a positive integer; got {num_samples!r}")
+        if default == "sequential":
+            raise ValueError("config_enumerate: num_samples (Monte-Carlo enumeration) draws its samples in parallel; "
+                             "use default='parallel', not 'sequential'")
+        if tmc not in TMC_STRATEGIES:
+            raise ValueError(f"config_enumerate: tmc must be one of {TMC_STRATEGIES}; got {tmc!r}")
+        if tmc == "full" and num_samples > 1:
+            expand = True
 
     def config_fn(msg: Message) -> dict:
         if msg.type != "sample" or msg.is_observed or default is None:
             return {}
+        if num_samples is not None:
+            infer = msg.infer
+            return {"enumerate": infer.get("enumerate", default), "num_samples": infer.get("num_samples", num_samples),
+                    "expand": infer.get("expand", expand), "tmc": infer.get("tmc", tmc)}
         if msg.infer.get("enumerate") is None and getattr(msg.fn, "has_enumerate_support", False):
             return {"enumerate": default, "expand": expand}
         return {}
@@ -58,7 +80,11 @@ def config_enumerate(guide: Callable | None = None, default: str | None = "paral
 
 
 def enumerate_site(msg: Message) -> Any:
-    """The values a site enumerates: ``msg.fn.enumerate_support(expand=msg.infer.get("expand"))``."""
+    """The values a site enumerates: ``msg.fn.enumerate_support(expand=msg.infer.get("expand"))``,
+    or, where its ``infer`` has ``num_samples``, that many draws (``(n,) + batch_shape + event_shape``,
+    see :func:`ember.poutine.enum_messenger.monte_carlo_values`)."""
+    if msg.infer.get("num_samples") is not None:
+        return monte_carlo_values(msg)
     return msg.fn.enumerate_support(expand=bool(msg.infer.get("expand", False)))
 
 

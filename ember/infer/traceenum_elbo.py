@@ -149,6 +149,41 @@ def _residual_scale(site: Message, ordinal: frozenset, info: _Factors) -> float:
     return float(scale) / _plate_scale(ordinal, info)
 
 
+def is_monte_carlo(site: Message) -> bool:
+    """Whether ``site`` was drawn ``num_samples`` times along its enumeration dim (Monte-Carlo
+    enumeration) rather than enumerated over its support."""
+    return "_enumerate_dim" in site.infer and site.infer.get("num_samples") is not None
+
+
+def _mc_log_weight(site: Message, tensor: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """The log-weight of each draw of a Monte-Carlo enumerated site, in place of its log-density:
+    ``-log(num_samples)`` in value (an average over the draws), with the score-function gradient
+    ``d log p(z_i)`` where the draws are not reparameterised (``log p - log p.detach()``). ``tensor``
+    is the site's masked, unscaled log-density named by ``dims``; the draws must come from a
+    distribution that depends on no other enumerated or sampled site (else an error naming both)."""
+    others = [d for d in dims if isinstance(d, str) and d != site.name]
+    if others:
+        raise ValueError(
+            f"Site '{site.name}' is Monte-Carlo enumerated (num_samples={site.infer['num_samples']}) but its distribution "
+            f"depends on the enumerated or sampled site(s) {others}; TraceEnum_ELBO averages over a site's draws only "
+            f"where they come from a distribution free of other enumeration dims. Enumerate '{site.name}' exactly "
+            f"(drop num_samples), or sample {others} instead of enumerating them")
+    if getattr(site.fn, "has_rsample", False):
+        tensor = torch.zeros_like(tensor)
+    else:
+        tensor = tensor - tensor.detach()
+    return tensor - math.log(site.infer["num_samples"])
+
+
+def _refuse_monte_carlo(trace: Trace, who: str) -> None:
+    sampled = [n for n, st in trace.nodes.items() if st.type == "sample" and is_monte_carlo(st)]
+    if sampled:
+        raise NotImplementedError(
+            f"{who} needs the exact enumeration of the model's discrete sites, but {sampled} are Monte-Carlo enumerated "
+            f"(infer num_samples): their draws are not the site's support. Drop num_samples for these sites "
+            f"(config_enumerate(model) without num_samples)")
+
+
 def marginal_log_joint(model_trace: Trace, mpn: int, sum_vars: set | None = None, ring: str = "log",
                        tape: list | None = None) -> tuple[list, _Factors]:
     """The model's log-density with its enumerated sites summed out (``ring="max"``: maximised).
@@ -168,6 +203,10 @@ def marginal_log_joint(model_trace: Trace, mpn: int, sum_vars: set | None = None
     residual_site = None
     for site, ordinal, owners in raw:
         tensor, dims = _named(site, scale_and_mask(site.unscaled_log_prob, 1.0, site.mask), owners, mpn, ordinal)
+        if site.name in sum_vars and is_monte_carlo(site):
+            if tape is not None or ring != "log":
+                _refuse_monte_carlo(model_trace, "infer_discrete")
+            tensor = _mc_log_weight(site, tensor, dims)
         if any(d in sum_vars for d in dims):
             r = _residual_scale(site, ordinal, info)
             if residual is None:
@@ -274,6 +313,11 @@ class TraceEnum_ELBO(ELBO):
             yield self._model_trace(model, guide_trace, guide_enum.next_available_dim, args, kwargs, mpn)
             return
         for st in sequential:
+            if st.infer.get("num_samples") is not None:
+                raise ValueError(
+                    f"TraceEnum_ELBO: guide site '{st.name}' is marked for sequential enumeration with num_samples="
+                    f"{st.infer['num_samples']}; Monte-Carlo enumeration draws its samples in parallel: use "
+                    f"infer={{'enumerate': 'parallel', 'num_samples': n}}")
             if not getattr(st.fn, "has_enumerate_support", False) or st.fn.batch_shape.numel() != 1:
                 raise ValueError(
                     f"TraceEnum_ELBO: guide site '{st.name}' is marked for sequential enumeration, but its distribution "
@@ -331,7 +375,10 @@ class TraceEnum_ELBO(ELBO):
             tensor, dims = _named(site, site.log_prob, owners, mpn, ordinal)
             costs.append((ordinal, -tensor, dims, True))
             if "_enumerate_dim" in site.infer:
-                weights.append((ordinal, *_named(site, site.unscaled_log_prob, owners, mpn, ordinal)))
+                w, wdims = _named(site, site.unscaled_log_prob, owners, mpn, ordinal)
+                if is_monte_carlo(site):
+                    w = _mc_log_weight(site, w, wdims)
+                weights.append((ordinal, w, wdims))
             elif site.infer.get("enumerate") == "sequential":
                 seq_log_weight = seq_log_weight + site.unscaled_log_prob.sum()
             elif not site.fn.has_rsample:
@@ -371,6 +418,7 @@ class TraceEnum_ELBO(ELBO):
             model_trace, guide_trace = next(iter(self._get_traces(model, guide, args, kwargs)))
         enumerated = [n for n, st in guide_trace.nodes.items() if st.type == "sample" and not st.is_observed
                       and st.infer.get("enumerate")]
+        _refuse_monte_carlo(model_trace, f"TraceEnum_ELBO.{who}()")
         if enumerated:
             raise NotImplementedError(f"TraceEnum_ELBO.{who}() does not support enumerated guide sites; the guide "
                                       f"enumerates {enumerated} (sample them, or move the enumeration to the model)")
@@ -478,6 +526,7 @@ def enumerated_log_joint(model: Callable, args: tuple, kwargs: dict, values: dic
     tm = TraceMessenger(EnumMessenger(_SubstituteValuesMessenger(model, data=values), first_available_dim=-mpn - 1))
     tm(*args, **kwargs)
     tr = tm.trace
+    _refuse_monte_carlo(tr, "The enumerated log joint (HMC/NUTS potential)")
     tr.max_plate_nesting = mpn
     tr.compute_log_prob()
     costs, info = marginal_log_joint(tr, mpn)

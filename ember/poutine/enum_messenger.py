@@ -14,6 +14,16 @@ and support size ``K`` has shape ``(K,) + (1,) * (-dim - 1) + E`` (``expand=True
 ``infer``: broadcast against ``B`` as well); the site's ``infer`` gets ``"_enumerate_dim": dim``
 (a new dict, as the protocol requires).
 
+Monte-Carlo enumeration (Pyro's): a site whose ``infer`` also has ``"num_samples": n`` (any
+distribution, continuous ones too) is not enumerated but drawn ``n`` times along its enumeration
+dim, ``rsample`` where the distribution has one. Without ``expand`` the draws are one per plate
+entry, shape ``(n,) + (1,) * (-dim - 1 - P) + plate_shape + E``: a batch dim left of the plates
+(the site depends on an earlier enumerated or sampled site) is reduced to one ancestor per draw,
+chosen by ``infer["tmc"]``: ``"diagonal"`` (default; draw ``i`` takes ancestor ``i``, so both need
+``n`` values) or ``"mixture"`` (a uniformly random ancestor per draw). With ``expand=True`` or
+``tmc="full"`` the draws keep the distribution's whole batch shape. The estimators decide what the
+draws mean (``TraceEnum_ELBO``: an average over the draws, see its module docstring).
+
 Errors name the site: enumerating a distribution without finite support; a plate whose dim
 reaches the enumeration dims (``max_plate_nesting`` too small, or a plate ``dim=`` that collides);
 a batch dim left of the plates that no enumerated site owns; a site that depends on an enumerated
@@ -36,6 +46,78 @@ __all__ = ["EnumMessenger", "enum"]
 
 def _shape(s: Any) -> str:
     return str(tuple(int(x) for x in s))
+
+
+TMC_STRATEGIES = ("diagonal", "mixture", "full")
+
+
+def _num_samples(msg: Message) -> int:
+    n = msg.infer.get("num_samples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Site '{msg.name}' has infer['num_samples']={n!r}; Monte-Carlo enumeration needs a positive integer")
+    return n
+
+
+def _plate_batch_shape(msg: Message) -> tuple:
+    """The site's batch shape with every dim that no plate declares set to 1."""
+    bs = list(msg.fn.batch_shape)
+    out = [1] * len(bs)
+    for f in msg.cond_indep_stack:
+        if f.dim is not None and -f.dim <= len(bs):
+            out[f.dim] = f.size if f.size > 0 else bs[f.dim]
+    return tuple(out)
+
+
+def monte_carlo_values(msg: Message) -> torch.Tensor:
+    """``num_samples`` draws of a site marked ``infer={"enumerate": "parallel", "num_samples": n}``,
+    shape ``(n,) + batch_shape + event_shape`` (see the module docstring): with ``expand`` (or
+    ``tmc="full"``) the draws of ``fn`` as they come; else one draw per plate entry, each batch dim
+    left of the plates (an ancestor's enumerated or sampled dim) reduced to one ancestor per draw:
+    the draw's own index (``tmc="diagonal"``, the default) or a uniformly random one (``"mixture"``)."""
+    n = _num_samples(msg)
+    tmc = msg.infer.get("tmc") or "diagonal"
+    if tmc not in TMC_STRATEGIES:
+        raise ValueError(f"Site '{msg.name}' has infer['tmc']={tmc!r}; expected one of {TMC_STRATEGIES}")
+    fn = msg.fn
+    draws = fn.rsample((n,)) if getattr(fn, "has_rsample", False) else fn.sample((n,))
+    if msg.infer.get("expand", False) or tmc == "full":
+        return draws
+    target = _plate_batch_shape(msg)
+    for k, (size, want) in enumerate(zip(draws.shape[1:], target), start=1):
+        if size == 1 or want != 1:
+            continue
+        if tmc == "diagonal":
+            if size != n:
+                raise ValueError(
+                    f"Site '{msg.name}' (num_samples={n}, tmc='diagonal') depends on an enumerated or sampled site of size "
+                    f"{size} at dim {k - 1 - len(fn.batch_shape)}: the diagonal strategy pairs draw i with ancestor i, so both "
+                    f"need the same number of values; use tmc='mixture' or equal num_samples")
+            ancestors = torch.arange(n, device=draws.device)
+        else:
+            ancestors = torch.randint(size, (n,), device=draws.device)
+        index_shape = [n] + [1] * (draws.dim() - 1)
+        gather_shape = list(draws.shape)
+        gather_shape[k] = 1
+        draws = draws.gather(k, ancestors.reshape(index_shape).expand(gather_shape))
+    return draws
+
+
+def _place(msg: Message, value: torch.Tensor, dim: int) -> torch.Tensor:
+    """Move the leading (draw) dim of ``value`` (``(n,) + batch + event``) to batch dim ``dim``."""
+    event_dim = len(msg.fn.event_shape)
+    batch_rank = value.dim() - 1 - event_dim
+    rank = max(batch_rank, -dim)
+    value = value.reshape(value.shape[:1] + (1,) * (rank - batch_rank) + value.shape[1:])
+    pos = 1 + rank + dim
+    if pos > 0:
+        if value.shape[pos] != 1:
+            raise ValueError(
+                f"Site '{msg.name}': its Monte-Carlo draws cannot take enumeration dim {dim}, which its distribution's "
+                f"batch_shape {_shape(msg.fn.batch_shape)} already uses (a markov dim conflict)")
+        value = value.transpose(0, pos)
+    while value.dim() > event_dim - dim and value.shape[0] == 1:
+        value = value.squeeze(0)
+    return value
 
 
 class EnumMessenger(Messenger):
@@ -133,18 +215,13 @@ class EnumMessenger(Messenger):
             self._check_dependencies(msg, False)
             return
         num_samples = msg.infer.get("num_samples")
-        if num_samples is not None:
-            raise NotImplementedError(
-                f"Site '{msg.name}' has infer={{'enumerate': 'parallel', 'num_samples': {num_samples!r}}}: Monte-Carlo "
-                f"enumeration (Pyro's num_samples, drawing samples along the enumeration dim) is not supported; "
-                f"enumerate exactly (drop num_samples), as for config_enumerate(num_samples=...)."
-            )
         fn = msg.fn
-        if not getattr(fn, "has_enumerate_support", False):
+        if num_samples is None and not getattr(fn, "has_enumerate_support", False):
             raise ValueError(
                 f"Site '{msg.name}' is marked infer={{'enumerate': 'parallel'}}, but its distribution {type(fn).__name__} "
                 f"has no finite support to enumerate (has_enumerate_support is False). Enumerate only discrete sites "
-                f"(Categorical, Bernoulli, ...); config_enumerate skips the others."
+                f"(Categorical, Bernoulli, ...), which config_enumerate does, or draw samples along the dim instead: "
+                f"infer={{'enumerate': 'parallel', 'num_samples': n}}."
             )
         if self.first_available_dim is None:
             raise ValueError(
@@ -155,14 +232,17 @@ class EnumMessenger(Messenger):
         vis = visible_names(node, self._ticks, self._root)
         self._check_dependencies(msg, vis)
         dim = self._allocate(vis)
-        value = fn.enumerate_support(expand=False)
-        k = value.shape[0]
-        event_shape = tuple(fn.event_shape)
-        value = value.reshape((k,) + (1,) * (-dim - 1) + event_shape)
-        if msg.infer.get("expand", False):
-            bs = tuple(fn.batch_shape)
-            shape = list(torch.broadcast_shapes(value.shape[: value.dim() - len(event_shape)], bs)) + list(event_shape)
-            value = value.expand(shape)
+        if num_samples is not None:
+            value = _place(msg, monte_carlo_values(msg), dim)
+        else:
+            value = fn.enumerate_support(expand=False)
+            k = value.shape[0]
+            event_shape = tuple(fn.event_shape)
+            value = value.reshape((k,) + (1,) * (-dim - 1) + event_shape)
+            if msg.infer.get("expand", False):
+                bs = tuple(fn.batch_shape)
+                shape = list(torch.broadcast_shapes(value.shape[: value.dim() - len(event_shape)], bs)) + list(event_shape)
+                value = value.expand(shape)
         msg.value = value
         msg.done = True
         msg.infer = {**msg.infer, "_enumerate_dim": dim}

@@ -82,7 +82,9 @@ def test_enum_needs_first_available_dim():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"default": "both"}, "default"),
-    ({"num_samples": 3}, "num_samples"),
+    ({"num_samples": 0}, "num_samples"),
+    ({"num_samples": 3, "default": "sequential"}, "sequential"),
+    ({"num_samples": 3, "tmc": "fancy"}, "tmc"),
 ])
 def test_config_enumerate_arguments(kwargs, match):
     with pytest.raises((ValueError, NotImplementedError), match=match):

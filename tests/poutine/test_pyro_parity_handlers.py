@@ -192,12 +192,13 @@ def test_queue_helpers_accept_plain_dict_messages():
 
 
 # ---------------------------------------------------------------- 6. Monte-Carlo enumeration
-def test_parallel_enumeration_with_num_samples_is_refused():
+def test_parallel_enumeration_with_num_samples_draws_along_the_dim():
     def m():
         pyro.sample("z", dist.Categorical(torch.ones(3) / 3), infer={"enumerate": "parallel", "num_samples": 6})
 
-    with pytest.raises(NotImplementedError, match=r"Site 'z'.*'num_samples': 6.*Monte-Carlo"):
-        poutine.trace(poutine.enum(m, first_available_dim=-1)).get_trace()
+    site = poutine.trace(poutine.enum(m, first_available_dim=-1)).get_trace().nodes["z"]
+    assert site["value"].shape == (6,) and site["infer"]["_enumerate_dim"] == -1  # draws, not the support of 3
+    assert set(site["value"].tolist()) <= {0, 1, 2}
 
 
 # ---------------------------------------------------------------- 7. subsample_size > size
