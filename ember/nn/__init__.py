@@ -16,7 +16,7 @@ __all__ = ["AutoRegressiveNN", "ConditionalAutoRegressiveNN", "ConditionalDenseN
 # ember.primitives), so import it lazily or below this line without pulling ember.primitives
 # into the networks above (ember.distributions imports ember.nn.auto_reg_nn).
 
-_MODULE_NAMES = ("PyroModule", "PyroParam", "PyroSample", "pyro_method", "to_pyro_module_")
+_MODULE_NAMES = ("PyroModule", "PyroModuleList", "PyroParam", "PyroSample", "pyro_method", "to_pyro_module_")
 __all__ += list(_MODULE_NAMES)
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.distributions import constraints, transform_to
 
-__all__ = ["PyroModule", "PyroParam", "PyroSample", "pyro_method", "to_pyro_module_"]
+__all__ = ["PyroModule", "PyroModuleList", "PyroParam", "PyroSample", "pyro_method", "to_pyro_module_"]
 
 
 class PyroParam(NamedTuple):
@@ -127,6 +127,14 @@ class PyroModule(nn.Module, metaclass=_PyroModuleMeta):
         for key, child in self._modules.items():
             if isinstance(child, PyroModule):
                 child._pyro_set_supermodule(_make_name(name, key), context)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        """Register child ``module`` under ``name`` (as ``setattr`` does): a :class:`PyroModule`
+        child takes the name ``"<this module's name>.<name>"`` and shares this module's context.
+        Containers such as :class:`PyroModuleList` add their children this way."""
+        if isinstance(module, PyroModule):
+            module._pyro_set_supermodule(_make_name(self._pyro_name, name), self._pyro_context)
+        super().add_module(name, module)
 
     def _pyro_get_fullname(self, name: str) -> str:
         return _make_name(self._pyro_name, name)
@@ -291,6 +299,29 @@ class PyroModule(nn.Module, metaclass=_PyroModuleMeta):
         if ctx.active:
             ctx.cache[fullname] = value
         return value
+
+
+class PyroModuleList(nn.ModuleList, PyroModule):
+    """A :class:`torch.nn.ModuleList` that is a :class:`PyroModule` (``PyroModule[nn.ModuleList]``
+    is this class): its :class:`PyroModule` children are named by their index under the list's
+    name (``"layers.0.weight"`` for the list ``layers``), also when appended later. Indexing gives
+    the child; a slice gives a plain ``torch.nn.ModuleList`` of the children (as Pyro does, so that
+    slicing does not rename them).
+
+    :param modules: the initial children (an iterable of ``nn.Module``).
+    """
+
+    def __init__(self, modules: Iterable[nn.Module] | None = None) -> None:
+        _init_pyro_attrs(self, "")
+        nn.ModuleList.__init__(self, modules)
+
+    def __getitem__(self, idx: int | slice) -> nn.Module | nn.ModuleList:
+        if isinstance(idx, slice):
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return self._modules[self._get_abs_string_index(idx)]
+
+
+_PyroModuleMeta._mixin_cache[nn.ModuleList] = PyroModuleList
 
 
 def pyro_method(fn: Callable) -> Callable:
