@@ -7,6 +7,7 @@ from ember.infer.reparam.projected_normal import ProjectedNormalReparam
 from ember.infer.reparam.reparam import Reparam
 from ember.infer.reparam.softmax import GumbelSoftmaxReparam, SoftmaxReparam
 from ember.infer.reparam.split import SplitReparam
+from ember.infer.reparam.stable import LatentStableReparam, StableReparam, SymmetricStableReparam
 from ember.infer.reparam.strategies import AutoReparam, MinimalReparam, Strategy
 from ember.infer.reparam.studentt import StudentTReparam
 from ember.infer.reparam.transform import TransformReparam
@@ -17,6 +18,7 @@ __all__ = [
     "DiscreteCosineReparam",
     "GumbelSoftmaxReparam",
     "HaarReparam",
+    "LatentStableReparam",
     "LocScaleReparam",
     "MinimalReparam",
     "NeuTraReparam",
@@ -24,8 +26,10 @@ __all__ = [
     "Reparam",
     "SoftmaxReparam",
     "SplitReparam",
+    "StableReparam",
     "Strategy",
     "StudentTReparam",
+    "SymmetricStableReparam",
     "TransformReparam",
     "UnitJacobianReparam",
 ]

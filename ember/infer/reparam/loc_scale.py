@@ -84,6 +84,8 @@ class LocScaleReparam(Reparam):
         else:
             params["loc"] = loc * c
             params["scale"] = scale**c
+        if getattr(base, "coords", None) is not None:  # Stable's coordinate system ("S0" or "S") is kept
+            params["coords"] = base.coords
         decentered_fn = self._wrap(type(base)(**params), reinterpreted, mask)
         aux = f"{name}_decentered"
         from ember.primitives import sample
