@@ -7,7 +7,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch.distributions import constraints, transform_to
@@ -21,9 +21,24 @@ from ember.params.serialize import (
     validate_param_store_state,
 )
 
-__all__ = ["ParamStoreDict", "module_from_param_with_module_name", "user_param_name", "param_with_module_name"]
+__all__ = ["ParamStoreDict", "StateDict", "module_from_param_with_module_name", "normalize_param_name", "user_param_name",
+           "param_with_module_name"]
 
 _MODULE_NAMESPACE_DIVIDER = "$$$"
+
+
+class StateDict(TypedDict):
+    """The type of :meth:`ParamStoreDict.get_state`'s result (as Pyro's): ``"params"`` maps each name
+    to its unconstrained tensor (any shape), ``"constraints"`` each name to its constraint."""
+
+    params: dict[str, torch.Tensor]
+    constraints: dict[str, constraints.Constraint]
+
+
+def normalize_param_name(name: str) -> str:
+    """A store name with its module divider written as a dot: ``"decoder.fc1.weight"`` for
+    ``"decoder$$$fc1.weight"`` (the name as ``named_parameters`` of a containing module gives it)."""
+    return name.replace(_MODULE_NAMESPACE_DIVIDER, ".")
 
 
 def param_with_module_name(pyro_name: str, param_name: str) -> str:
@@ -353,7 +368,7 @@ class ParamStoreDict:
         return self._constraints[name]
 
     # ---- state, save, load -----------------------------------------------------------------------
-    def get_state(self) -> dict:
+    def get_state(self) -> StateDict:
         """``{"params": {name: unconstrained tensor (a detached copy)}, "constraints": {name: constraint
         object}}``, as Pyro's. :meth:`save` writes the constraints as plain-data specs."""
         return {
