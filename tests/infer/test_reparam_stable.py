@@ -248,3 +248,18 @@ def test_errors_name_the_site():
         poutine.reparam(model, config={"s": SymmetricStableReparam()})(dist.Stable(2.0, 0.0))
     with pytest.raises(NotImplementedError, match=r"LatentStableReparam at site 's'.*observed"):
         poutine.reparam(model, config={"s": LatentStableReparam()})(dist.Stable(1.5, 0.2), torch.tensor(0.0))
+
+
+def test_auto_reparam_recurses_into_a_transformed_latents_base_as_pyro():
+    def model():
+        pyro.sample("x", dist.LogNormal(0.0, 1.0))
+        pyro.sample("t", dist.TransformedDistribution(dist.Stable(1.5, 0.3), [dist.transforms.ExpTransform()]))
+
+    strategy = AutoReparam()
+    tr = poutine.trace(strategy(model)).get_trace()
+    assert [n for n in tr.nodes if tr.nodes[n]["type"] == "sample"] == [
+        "x_base_decentered", "x_base", "x",
+        "t_base_decentered_uniform", "t_base_decentered_exponential", "t_base_decentered", "t_base", "t"]
+    # the saved choices, used as a dict config, do the same
+    tr2 = poutine.trace(poutine.reparam(model, config=dict(strategy.config))).get_trace()
+    assert [n for n in tr2.nodes if tr2.nodes[n]["type"] == "sample"] == [n for n in tr.nodes if tr.nodes[n]["type"] == "sample"]
