@@ -5,18 +5,21 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from types import FunctionType
 from typing import Any
 
 import torch
 
 from ember.infer.util import guess_max_plate_nesting, in_plate
+from ember.poutine.guide import GuideMessenger
+from ember.poutine.messenger import Messenger
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_deterministic, is_factor, is_latent, is_observed, is_validation_enabled
 from ember.util import check_kwargs
 
-__all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "check_model_guide_match", "MultiFrameTensor", "is_guide_term"]
+__all__ = ["ELBO", "NonFiniteLossError", "get_importance_trace", "guide_messenger", "check_model_guide_match", "MultiFrameTensor", "is_guide_term"]
 
 
 def is_guide_term(site: Message) -> bool:
@@ -116,19 +119,48 @@ def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
                 )
 
 
+def guide_messenger(guide: Any) -> GuideMessenger | None:
+    """The :class:`~ember.poutine.guide.GuideMessenger` under ``guide``'s handlers (Pyro's
+    ``isinstance(poutine.unwrap(guide), Messenger)``), or None for an ordinary guide. An ordinary
+    guide (a function, an autoguide) costs one or two ``isinstance`` checks."""
+    while True:
+        if isinstance(guide, Messenger):
+            if isinstance(guide, GuideMessenger):
+                return guide
+            guide = guide.fn  # a handler applied as handler(guide, ...)
+        elif isinstance(guide, FunctionType):
+            guide = guide.__dict__.get("_ember_unwrap")  # queue(...), in_plate(...) below
+        else:
+            return None
+
+
+def _in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:
+    """:func:`in_plate` that :func:`guide_messenger` (and ``poutine.unwrap``) can see through."""
+    wrapped = in_plate(fn, name, size, dim)
+    wrapped._ember_unwrap = fn  # type: ignore[attr-defined]
+    return wrapped
+
+
 def get_importance_trace(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, validate: bool | None = None, max_plate_nesting: float | None = None
 ) -> tuple[Trace, Trace]:
     """Run the guide, replay the model against it, compute log-densities.
 
     ``max_plate_nesting`` is the window of the log-density shape check (``Trace.max_plate_nesting``):
-    the ELBOs pass theirs (infinite by default: every batch dim must be declared by a plate)."""
-    guide_tm = TraceMessenger(guide)
-    guide_tm(*args, **kwargs)
-    guide_trace = guide_tm.trace
-    model_tm = TraceMessenger(ReplayMessenger(model, trace=guide_trace))
-    model_tm(*args, **kwargs)
-    model_trace = model_tm.trace
+    the ELBOs pass theirs (infinite by default: every batch dim must be declared by a plate).
+    A :class:`~ember.poutine.guide.GuideMessenger` guide (or one wrapped in handlers) runs the
+    model itself: it is called once and gives both traces (``get_traces``)."""
+    effect_guide = guide_messenger(guide)
+    if effect_guide is not None:
+        guide(*args, **kwargs)
+        model_trace, guide_trace = effect_guide.get_traces()
+    else:
+        guide_tm = TraceMessenger(guide)
+        guide_tm(*args, **kwargs)
+        guide_trace = guide_tm.trace
+        model_tm = TraceMessenger(ReplayMessenger(model, trace=guide_trace))
+        model_tm(*args, **kwargs)
+        model_trace = model_tm.trace
     if validate is None:
         validate = is_validation_enabled()
     if validate:
@@ -291,7 +323,7 @@ class ELBO:
             dim = -int(self.max_plate_nesting) - 1
             name, num = "num_particles_vectorized", self.num_particles
             try:
-                traces = get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
+                traces = get_importance_trace(in_plate(model, name, num, dim), _in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
             except (ValueError, RuntimeError) as e:
                 if not getattr(self, "_guessed_nesting", False):
                     raise
@@ -305,6 +337,16 @@ class ELBO:
         else:
             for _ in range(self.num_particles):
                 yield get_importance_trace(model, guide, args, kwargs, max_plate_nesting=self.max_plate_nesting)
+
+    def _check_guide(self, guide: Callable) -> None:
+        """Refuse a GuideMessenger guide in an estimator that pairs its traces itself instead of
+        with :func:`get_importance_trace` (TraceEnum_ELBO, as in Pyro). One comparison for the others."""
+        if type(self)._get_traces is not ELBO._get_traces and guide_messenger(guide) is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support GuideMessenger guides (nor does Pyro's): it runs the guide and "
+                f"replays the model itself, while a GuideMessenger runs the model. Use Trace_ELBO, TraceGraph_ELBO, "
+                f"TraceMeanField_ELBO or RenyiELBO, or an ordinary guide (e.g. AutoNormal)"
+            )
 
     # ---- the interface ---------------------------------------------------------------------
     def _differentiable_loss_particle(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, Any]:
@@ -320,6 +362,7 @@ class ELBO:
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of -ELBO (a float); no gradients."""
+        self._check_guide(guide)
         with torch.no_grad():
             total = 0.0
             for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
@@ -329,6 +372,7 @@ class ELBO:
 
     def _loss_and_surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
         """(loss, surrogate) averaged over the particles, as tensors (no checks, no ``.item()``)."""
+        self._check_guide(guide)
         loss: Any = None
         surrogate: Any = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
@@ -346,6 +390,7 @@ class ELBO:
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Estimate -ELBO (returned as a float) and backpropagate its gradient."""
+        self._check_guide(guide)
         total = 0.0
         div = self.num_particles
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):

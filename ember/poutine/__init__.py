@@ -97,3 +97,9 @@ from ember.poutine.equalize_messenger import EqualizeMessenger, collapse, equali
 from ember.poutine.util import enable_validation, is_validation_enabled  # noqa: E402
 
 __all__ += ["EqualizeMessenger", "collapse", "enable_validation", "equalize", "is_validation_enabled"]
+
+# Pyro's effect-based guides live in the module ember.poutine.guide (as pyro.poutine.guide; the
+# class is not among poutine's own names there either)
+from ember.poutine import guide  # noqa: E402
+
+__all__ += ["guide"]
