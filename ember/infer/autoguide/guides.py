@@ -21,7 +21,9 @@ Continuous latents live in unconstrained space: a site with support ``S`` is ``T
   :class:`AutoLaplaceApproximation`: one joint distribution over all latents laid end to end in
   one vector of length ``D`` (one draw per step), unpacked into the sites;
 - :class:`AutoGuideList`, :class:`AutoCallable`: compositions and user guides;
-- :class:`AutoNormalMessenger`: a normal posterior per site, made while the model runs.
+- :class:`AutoMessenger` and its :class:`AutoNormalMessenger`, :class:`AutoHierarchicalNormalMessenger`,
+  :class:`AutoRegressiveMessenger`: effect-based guides (:class:`~ember.poutine.guide.GuideMessenger`)
+  that run the model, each latent drawn from a posterior made as the site is reached.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 from torch.distributions import constraints
+from torch.distributions.transforms import AffineTransform
 
 import ember.distributions as dist
 from ember.distributions import constraints as ember_constraints
@@ -51,8 +54,9 @@ from ember.nn.module import PyroModule, PyroParam
 from ember.params import get_param_store
 from ember.params.serialize import CheckpointError, constraint_from_spec, constraint_to_spec, load_digested, save_digested
 from ember.poutine.block_messenger import BlockMessenger
-from ember.poutine.messenger import Messenger
+from ember.poutine.guide import GuideMessenger
 from ember.poutine.plate_messenger import PlateMessenger
+from ember.poutine.runtime import get_plates
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
 from ember.primitives import sample
@@ -70,7 +74,10 @@ __all__ = [
     "AutoLowRankMultivariateNormal",
     "AutoMultivariateNormal",
     "AutoNormal",
+    "AutoHierarchicalNormalMessenger",
+    "AutoMessenger",
     "AutoNormalMessenger",
+    "AutoRegressiveMessenger",
     "PlateInfo",
     "SiteInfo",
     "Structure",
@@ -1016,76 +1023,115 @@ class AutoCallable(PyroModule):
         return self._median(*args, **kwargs)
 
 
-# ---- AutoNormalMessenger --------------------------------------------------------------------------------
+# ---- effect-based autoguides (Pyro's pyro.infer.autoguide.effect) -------------------------------------
 
 
-class _PosteriorMessenger(Messenger):
-    """Replace each latent site's distribution by the guide's posterior; hide observed sites."""
-
-    def __init__(self, guide: AutoNormalMessenger) -> None:
-        super().__init__()
-        self.guide = guide
-
-    def _pyro_sample(self, msg: Message) -> None:
-        if msg.is_observed or is_deterministic(msg) or msg.infer.get("is_auxiliary"):
-            msg.stop = True  # observations and deterministic values are the model's, not the guide's
-            return
-        if msg.fn.support.is_discrete:
-            raise ValueError(f"AutoNormalMessenger: latent site '{msg.name}' is discrete ({type(msg.fn).__name__}); it "
-                             f"covers continuous latents only")
-        for f in msg.cond_indep_stack:
-            if f.full_size is not None and f.size < f.full_size:
-                raise ValueError(f"AutoNormalMessenger: latent site '{msg.name}' is in plate '{f.name}', which subsamples "
-                                 f"{f.size} of {f.full_size}; its parameters would follow the minibatch, not the items. "
-                                 f"Use AutoNormal (full-size parameters indexed by the plate)")
-        msg.infer = {**msg.infer, "prior": msg.fn}
-        msg.fn = self.guide.get_posterior(msg.name, msg.fn, msg)
+class _AutoMessengerMeta(type(GuideMessenger), type(PyroModule)):  # type: ignore[misc]
+    """The metaclass of a class that is both a :class:`GuideMessenger` and a :class:`PyroModule`."""
 
 
-class AutoNormalMessenger(PyroModule):
-    """A normal posterior per latent site in unconstrained space, made while the model runs
-    (the model runs as the guide, with each latent drawn from its posterior); parameters
-    ``locs.<site>`` / ``scales.<site>`` (Pyro's names: no prefix; scales ``positive``, exp as
-    in Pyro) are created at a site's first visit from ``init_loc_fn``. Subclass it and override :meth:`get_posterior` for other
-    families. Returns ``{site: value}`` of the latents."""
+class AutoMessenger(GuideMessenger, PyroModule, metaclass=_AutoMessengerMeta):
+    """The base of the effect-based autoguides: a :class:`~ember.poutine.guide.GuideMessenger`
+    (it runs the model, each latent drawn from :meth:`get_posterior`) that is a
+    :class:`~ember.nn.PyroModule` holding its parameters, made at a site's first visit.
 
-    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1) -> None:
-        super().__init__(name="")  # Pyro names its parameters "locs.<site>", without a prefix
-        object.__setattr__(self, "model", model)
-        self.init_loc_fn = resolve_init_strategy(init_loc_fn)
-        self._init_scale = _positive_init_scale(self, init_scale)
-        self.locs = PyroModule()
-        self.scales = PyroModule()
+    Parameters are named as Pyro names them, without a prefix (``locs.<site>``,
+    ``scales.<site>``). ``amortized_plates``: names of plates over which a site's parameters
+    are shared (one value for every item of the plate, e.g. to subsample it); a latent in a
+    subsampled plate not named there is refused. Plates outside the model (the ELBO's
+    vectorized particles) never give parameters a dim.
+    """
+
+    _outer_plates: tuple = ()
+
+    def __init__(self, model: Callable, *, amortized_plates: tuple[str, ...] = ()) -> None:
+        PyroModule.__init__(self, name="")  # Pyro names these parameters "locs.<site>", without a prefix
+        GuideMessenger.__init__(self, model)
+        self.amortized_plates = tuple(amortized_plates)
         self._sites: dict[str, SiteInfo] = {}
 
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Run the model with every latent site replaced by a draw from its posterior (a normal in
-        unconstrained space with the site's own loc and scale, pushed onto its support) and return
-        ``{site: value}``, each value of the site's shape in the model."""
-        with TraceMessenger() as tm, _PosteriorMessenger(self):
-            self.model(*args, **kwargs)
-        return {n: s.value for n, s in tm.trace.nodes.items() if is_latent(s)}
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Run the model under the guide; ``{name: value}`` of every sample site of the run."""
+        with self._pyro_context:  # one read of each parameter per run, as a call of a PyroModule
+            self._outer_plates = tuple(f.name for f in get_plates())
+            try:
+                return GuideMessenger.__call__(self, *args, **kwargs)
+            finally:
+                del self._outer_plates
 
-    def get_posterior(self, name: str, prior: Any, msg: Message | None = None) -> Any:
-        """The posterior of site ``name`` given its ``prior`` (a distribution): a normal in
-        unconstrained space pushed through ``biject_to(prior.support)``."""
-        site = self._sites.get(name)
-        if site is None:
-            with torch.no_grad():
-                init = self.init_loc_fn(msg) if msg is not None else prior.sample()
-            site = SiteInfo(name, tuple(init.shape), len(prior.event_shape), prior.support, (), init.dtype)
-            self._make_site(site, site.transform.inv(init).detach())
-        loc, scale = _deep_getattr(self.locs, name), _deep_getattr(self.scales, name)
-        fn = dist.Normal(loc, scale).to_event(site.u_event_dim)
-        if site.identity:
-            return fn
-        return dist.TransformedDistribution(fn, [site.transform.with_cache()])
+    forward = __call__
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple:
+        """The values of :meth:`__call__` as a tuple, sorted by site name (Pyro's jit-friendly form)."""
+        result = self(*args, **kwargs)
+        return tuple(v for _, v in sorted(result.items()))
+
+    def get_posterior(self, name: str, prior: Any) -> Any:  # (abstract in GuideMessenger)
+        raise NotImplementedError(f"{type(self).__name__} does not define get_posterior")
+
+    # ---- parameters, made at a site's first visit ---------------------------------------------------
+    def _transform(self, name: str, prior: Any) -> Any:
+        support = prior.support
+        if support.is_discrete:
+            raise ValueError(f"{type(self).__name__}: latent site '{name}' is discrete ({type(prior).__name__}); it covers "
+                             f"continuous latents only (enumerate the site in the model, or use a guide of your own)")
+        return lean_biject_to(support)
+
+    def _init_unconstrained(self, name: str, prior: Any, transform: Any) -> torch.Tensor:
+        """The unconstrained initial value of site ``name``, reduced over the particle and amortized
+        plates and without leading size-1 dims."""
+        init_fn = getattr(self, "init_loc_fn", init_to_mean)
+        with torch.no_grad():
+            value = init_fn(Message("sample", name, prior)).detach()
+            return self._adjust_plates(transform.inv(value), transform.domain.event_dim, name)
+
+    @torch.no_grad()
+    def _adjust_plates(self, value: torch.Tensor, event_dim: int, name: str = "") -> torch.Tensor:
+        """``value`` (a site's shape) reduced to a parameter's: the mean over the plates outside the
+        model and the amortized ones, leading size-1 dims dropped."""
+        for f in get_plates():
+            dim = f.dim - event_dim
+            if f.name in self._outer_plates or f.name in self.amortized_plates:
+                if -value.dim() <= dim:
+                    value = value.mean(dim, keepdim=True)
+            elif f.full_size is not None and f.size < f.full_size:
+                raise ValueError(f"{type(self).__name__}: latent site '{name}' is in plate '{f.name}', which subsamples {f.size} of "
+                                 f"{f.full_size}; its parameters would follow the minibatch, not the items. Name the "
+                                 f"plate in amortized_plates= (one value shared by its items), or use AutoNormal "
+                                 f"(full-size parameters indexed by the plate)")
+        while value.dim() > event_dim and value.shape[0] == 1:
+            value = value.squeeze(0)
+        return value
+
+    def _new_site(self, name: str, prior: Any, transform: Any, u: torch.Tensor) -> SiteInfo:
+        shape = tuple(transform.forward_shape(u.shape))
+        return SiteInfo(name, shape, len(prior.event_shape), prior.support, (), u.dtype)
 
     def _make_site(self, site: SiteInfo, u: torch.Tensor) -> None:
-        _deep_setattr(self.locs, site.name, PyroParam(u, constraints.real, site.u_event_dim))
-        _deep_setattr(self.scales, site.name, PyroParam(torch.full_like(u, self._init_scale), constraints.positive, site.u_event_dim))
+        """Create the parameters of ``site`` from its unconstrained initial value ``u``."""
+        raise NotImplementedError
+
+    def _params(self, name: str, prior: Any, transform: Any) -> tuple:
+        site = self._sites.get(name)
+        if site is None:
+            u = self._init_unconstrained(name, prior, transform)
+            site = self._new_site(name, prior, transform, u)
+            self._make_site(site, self._init_from(site, u, prior, transform))
+        return self._read_site(site)
+
+    def _init_from(self, site: SiteInfo, u: torch.Tensor, prior: Any, transform: Any) -> torch.Tensor:
+        return u
+
+    def _read_site(self, site: SiteInfo) -> tuple:
+        return _deep_getattr(self.locs, site.name), _deep_getattr(self.scales, site.name)
+
+    def _set_loc_scale(self, site: SiteInfo, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        event_dim = site.u_event_dim
+        _deep_setattr(self, "locs." + site.name, PyroParam(loc, constraints.real, event_dim))
+        _deep_setattr(self, "scales." + site.name, PyroParam(scale, constraints.positive, event_dim))  # exp, as in Pyro
         self._sites[site.name] = site
 
+    # ---- save / load: the sites seen so far and the parameters, plain data ---------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the sites seen so far and the parameters (plain data, checksummed, no pickle)."""
         structure = Structure(list(self._sites.values()), {})
@@ -1093,7 +1139,7 @@ class AutoNormalMessenger(PyroModule):
         save_digested({"format": _FILE_KIND, "version": 1, "class": type(self).__name__, "name": self._pyro_name, "options": {},
                        "structure": structure.to_plain(), "state": state}, path, _FILE_KIND)
 
-    def load(self, path: str | os.PathLike) -> AutoNormalMessenger:
+    def load(self, path: str | os.PathLike) -> AutoMessenger:
         """Rebuild the guide from a file :meth:`save` wrote, without running the model."""
         where = os.fspath(path)
         obj = load_digested(path, _FILE_KIND, what="autoguide")
@@ -1101,8 +1147,9 @@ class AutoNormalMessenger(PyroModule):
             got = obj.get("class") if isinstance(obj, dict) else type(obj).__name__
             raise CheckpointError(f"{where}: holds a {got}, not a {type(self).__name__}")
         structure = Structure.from_plain(obj.get("structure"), where)
-        self.locs = PyroModule()
-        self.scales = PyroModule()
+        for key in ("locs", "scales", "weights"):
+            if key in self._modules:
+                delattr(self, key)
         self._sites = {}
         for site in structure.sites:
             self._make_site(site, torch.zeros(site.ushape, dtype=site.dtype))
@@ -1113,10 +1160,124 @@ class AutoNormalMessenger(PyroModule):
         AutoGuide._bind_to_store(self)  # type: ignore[arg-type]
         return self
 
+
+def _latents(samples: dict, guide: GuideMessenger) -> dict[str, torch.Tensor]:
+    nodes = guide.trace.nodes
+    return {n: v for n, v in samples.items() if n in nodes and is_latent(nodes[n])}
+
+
+class AutoNormalMessenger(AutoMessenger):
+    """A normal posterior per latent site in unconstrained space, pushed onto the site's support
+    (as :class:`AutoNormal`), made while the model runs. Parameters ``locs.<site>`` and
+    ``scales.<site>`` (``positive``: exp, as in Pyro) are created at a site's first visit from
+    ``init_loc_fn``. Subclass it and override :meth:`get_posterior` at some sites (using
+    ``self.upstream_value(name)`` or the ``prior``), falling back to
+    ``super().get_posterior(name, prior)`` elsewhere."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1,
+                 amortized_plates: tuple[str, ...] = ()) -> None:
+        super().__init__(model, amortized_plates=amortized_plates)
+        self.init_loc_fn = resolve_init_strategy(init_loc_fn)
+        self._init_scale = _positive_init_scale(self, init_scale)
+        self._computing_median = False
+
+    def _make_site(self, site: SiteInfo, u: torch.Tensor) -> None:
+        self._set_loc_scale(site, u, torch.full_like(u, self._init_scale))
+
+    def _loc(self, name: str, prior: Any, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._params(name, prior, transform)[:2]
+
+    def get_posterior(self, name: str, prior: Any) -> Any:
+        """A normal in unconstrained space with the site's ``loc`` and ``scale``, pushed through
+        ``biject_to(prior.support)`` (while :meth:`median` runs: the point ``biject_to(support)(loc)``)."""
+        transform = self._transform(name, prior)
+        loc, scale = self._loc(name, prior, transform)
+        if self._computing_median:
+            return transform(loc)
+        fn = dist.Normal(loc, scale).to_event(transform.domain.event_dim)
+        if self._sites[name].identity:
+            return fn
+        return dist.TransformedDistribution(fn, [transform.with_cache()])
+
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``{site: biject_to(support)(loc)}`` for the sites seen so far (runs the model once if none),
-        each of the site's shape in the model."""
-        if not self._sites:
+        """``{site: value}`` of the latent sites at the posterior median, each of the site's shape in
+        the model: the model runs with each latent at ``biject_to(support)(loc)``. Called without
+        arguments on a guide that has seen its sites (or was loaded), it reads the parameters
+        without running the model."""
+        if not args and not kwargs and self._sites and type(self)._loc is AutoNormalMessenger._loc:
+            return {n: s.transform(_deep_getattr(self.locs, n).detach()) for n, s in self._sites.items()}
+        self._computing_median = True
+        try:
             with torch.no_grad():
-                self(*args, **kwargs)
-        return {n: s.transform(_deep_getattr(self.locs, n).detach()) for n, s in self._sites.items()}
+                return _latents(self(*args, **kwargs), self)
+        finally:
+            self._computing_median = False
+
+
+class AutoHierarchicalNormalMessenger(AutoNormalMessenger):
+    """:class:`AutoNormalMessenger` whose mean follows the prior: in unconstrained space the
+    posterior's loc is ``loc + weight * biject_to(support).inv(prior.mean)``, where ``prior.mean``
+    is the mean given the values drawn upstream (Pyro's hierarchical messenger). ``weight``
+    (``weights.<site>``, positive, starting at ``init_weight``) is element-wise (a class with
+    ``weight_type = "scalar"`` has one per site); ``loc`` starts so that the whole mean is the
+    ``init_loc_fn`` value. ``hierarchical_sites``: the sites that get a weight (all by default);
+    the others are mean-field normal. The prior must have a mean."""
+
+    weight_type = "element-wise"  # or "scalar"
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1,
+                 amortized_plates: tuple[str, ...] = (), init_weight: float = 1.0,
+                 hierarchical_sites: list | None = None) -> None:
+        super().__init__(model, init_loc_fn=init_loc_fn, init_scale=init_scale, amortized_plates=amortized_plates)
+        self._init_weight = float(init_weight)
+        self._hierarchical_sites = hierarchical_sites
+
+    def _hierarchical(self, name: str) -> bool:
+        return self._hierarchical_sites is None or name in self._hierarchical_sites
+
+    def _init_from(self, site: SiteInfo, u: torch.Tensor, prior: Any, transform: Any) -> torch.Tensor:
+        if not self._hierarchical(site.name):
+            return u
+        with torch.no_grad():
+            prior_mean = self._adjust_plates(transform.inv(prior.mean), transform.domain.event_dim, site.name)
+            return u - self._init_weight * prior_mean  # the whole mean starts at the init value
+
+    def _make_site(self, site: SiteInfo, u: torch.Tensor) -> None:
+        super()._make_site(site, u)
+        if self._hierarchical(site.name):
+            if self.weight_type == "scalar":
+                _deep_setattr(self, "weights." + site.name, PyroParam(torch.full((), self._init_weight, dtype=u.dtype),
+                                                                      constraints.positive))
+            else:
+                _deep_setattr(self, "weights." + site.name, PyroParam(torch.full_like(u, self._init_weight),
+                                                                      constraints.positive, site.u_event_dim))
+
+    def _loc(self, name: str, prior: Any, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale = self._params(name, prior, transform)
+        if self._hierarchical(name):
+            loc = loc + transform.inv(prior.mean) * _deep_getattr(self.weights, name)
+        return loc, scale
+
+
+class AutoRegressiveMessenger(AutoMessenger):
+    """A learned affine map of the prior in unconstrained space: the posterior at a site is the
+    distribution of ``T(loc + scale * T^-1(x))``, ``x`` drawn from the prior conditioned on the
+    values drawn upstream, ``T = biject_to(support)`` (Pyro's regressive messenger). ``loc``
+    starts at ``(1 - init_scale)`` times the unconstrained ``init_loc_fn`` value and ``scale`` at
+    ``init_scale``: a mixture, in that sense, of the prior and the init value."""
+
+    def __init__(self, model: Callable, *, init_loc_fn: Any = init_to_mean, init_scale: float = 0.1,
+                 amortized_plates: tuple[str, ...] = ()) -> None:
+        super().__init__(model, amortized_plates=amortized_plates)
+        self.init_loc_fn = resolve_init_strategy(init_loc_fn)
+        self._init_scale = _positive_init_scale(self, init_scale)
+
+    def _make_site(self, site: SiteInfo, u: torch.Tensor) -> None:
+        self._set_loc_scale(site, u * (1 - self._init_scale), torch.full_like(u, self._init_scale))
+
+    def get_posterior(self, name: str, prior: Any) -> Any:
+        """The prior pushed through ``T``, the affine map ``u -> loc + scale * u`` and ``T^-1``."""
+        transform = self._transform(name, prior)
+        loc, scale = self._params(name, prior, transform)
+        affine = AffineTransform(loc, scale, event_dim=transform.domain.event_dim, cache_size=1)
+        return dist.TransformedDistribution(prior, [transform.inv.with_cache(), affine, transform.with_cache()])
