@@ -53,7 +53,7 @@ from ember.distributions.discrete import (
 from ember.distributions.empirical import Empirical
 from ember.distributions.hmm import DiscreteHMM, GaussianHMM
 from ember.distributions.lkj import LKJ, LKJCorrCholesky
-from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable
+from ember.distributions.misc import LogNormalNegativeBinomial, Rejector, Stable, StableWithLogProb
 from ember.distributions.mixture import MaskedMixture, MixtureOfDiagNormals, MixtureOfDiagNormalsSharedCovariance
 from ember.distributions.nanmasked import NanMaskedMultivariateNormal, NanMaskedNormal
 from ember.distributions.relaxed_straight_through import (
@@ -98,7 +98,7 @@ __all__ = [
     "FoldedDistribution", "GammaPoisson", "ImproperUniform", "Logistic", "MaskedMixture", "MixtureOfDiagNormals", "MixtureOfDiagNormalsSharedCovariance",
     "MultivariateStudentT", "OrderedLogistic", "SkewLogistic", "SoftAsymmetricLaplace", "TruncatedNormal",
     "ZeroInflatedDistribution", "ZeroInflatedNegativeBinomial", "ZeroInflatedPoisson", "DiscreteHMM", "GaussianHMM",
-    "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "VonMises3D",
+    "LogNormalNegativeBinomial", "ProjectedNormal", "Rejector", "SineBivariateVonMises", "SineSkewed", "Stable", "StableWithLogProb", "VonMises3D",
     "Delta", "Distribution", "Empirical", "ExpandedDistribution", "MaskedDistribution", "TorchDistribution", "TorchDistributionMixin", "Unit",
     "biject_to", "constraints", "enable_validation", "is_validation_enabled", "kl_divergence", "register_kl",
     "transform_to", "transforms",

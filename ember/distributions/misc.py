@@ -269,5 +269,14 @@ class Stable(TorchDistribution):
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Stable:
         batch_shape = torch.Size(batch_shape)
-        return Stable(self.stability.expand(batch_shape), self.skew.expand(batch_shape), self.scale.expand(batch_shape),
+        return type(self)(self.stability.expand(batch_shape), self.skew.expand(batch_shape), self.scale.expand(batch_shape),
                       self.loc.expand(batch_shape), coords=self.coords, validate_args=self._validate_args)
+
+
+class StableWithLogProb(Stable):
+    """Pyro's ``StableWithLogProb``: a :class:`Stable` that inference scores by its ``log_prob``
+    and never reparameterizes (``MinimalReparam`` and ``AutoReparam`` leave it alone; the stable
+    reparameterizers refuse it). Ember's ``Stable`` has a ``log_prob`` too; this class only says
+    which treatment a site gets. ``batch_shape`` is the broadcast shape of the four parameters;
+    ``event_shape`` is ``()``."""
+

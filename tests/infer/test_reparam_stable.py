@@ -263,3 +263,20 @@ def test_auto_reparam_recurses_into_a_transformed_latents_base_as_pyro():
     # the saved choices, used as a dict config, do the same
     tr2 = poutine.trace(poutine.reparam(model, config=dict(strategy.config))).get_trace()
     assert [n for n in tr2.nodes if tr2.nodes[n]["type"] == "sample"] == [n for n in tr.nodes if tr.nodes[n]["type"] == "sample"]
+
+
+def test_stable_with_log_prob_is_never_reparameterized():
+    import ember as pyro
+    import ember.distributions as dist
+    from ember import poutine
+    from ember.infer.reparam import LatentStableReparam, MinimalReparam
+
+    def model():
+        with pyro.plate("n", 3):
+            return pyro.sample("x", dist.StableWithLogProb(1.5, 0.2))
+
+    assert type(dist.StableWithLogProb(1.5, 0.2).expand([3])) is dist.StableWithLogProb
+    tr = poutine.trace(poutine.reparam(model, config=MinimalReparam())).get_trace()
+    assert [n for n, s in tr.nodes.items() if s["type"] == "sample"] == ["x"]
+    with pytest.raises(ValueError, match=r"site 'x'.*StableWithLogProb.*never reparameterized"):
+        poutine.trace(poutine.reparam(model, config={"x": LatentStableReparam()})).get_trace()

@@ -35,6 +35,9 @@ def _stable_base(name: str, fn: Any, who: str) -> tuple[Any, int, Any]:
     if not isinstance(base, dist.Stable):
         raise ValueError(f"{who} at site '{name}': expected a Stable distribution (possibly .to_event(n) or .mask(m)), "
                          f"got {type(base).__name__}")
+    if isinstance(base, dist.StableWithLogProb):
+        raise ValueError(f"{who} at site '{name}': a StableWithLogProb is scored by its density and never reparameterized "
+                         f"(as in Pyro); use Stable for a site to reparameterize")
     return base, reinterpreted, mask
 
 
