@@ -11,7 +11,7 @@ Differences from Pyro's ``PyroOptim`` (the public names and call protocol are th
 * The state is keyed by parameter *name*, not by position, so it can be restored into
   freshly created optimizers in another process whatever order the parameters are
   met in; state loaded for parameters not yet seen waits until they are, and is
-  kept by :meth:`PyroOptim.get_state` meanwhile. Files are written atomically and
+  kept by :meth:`PyroOptim.get_plain_state` meanwhile. Files are written atomically and
   read without unpickling code.
 """
 
@@ -488,7 +488,31 @@ class PyroOptim:
         return None
 
     def get_state(self) -> dict[str, Any]:
-        """The optimizer state as plain data (tensors, numbers, strings, containers)::
+        """Pyro's optimizer state: ``{param name: state}`` for each parameter this optimizer has
+        met since it was made or loaded, where ``state`` is the ``state_dict()`` of a torch
+        optimizer over that parameter alone (``{"state": {0: {...}}, "param_groups": [{..., "params":
+        [0]}]}``), or, with a learning-rate scheduler, ``{"scheduler": ..., "optimizer": ...}``.
+        Each tensor keeps the parameter's shape. As in Pyro, state loaded by :meth:`set_state` or
+        :meth:`load` for parameters not met since is not included (right after a load the dict
+        is empty); :meth:`get_plain_state` includes it, and :meth:`save` writes that.
+        """
+        out: dict[str, Any] = {}
+        for record in self._records.values():
+            for entry in self._live(record):
+                p = entry.param
+                group = next((g for g in record.optimizer.param_groups if any(q is p for q in g["params"])),
+                             record.optimizer.param_groups[0])
+                hyper = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+                st = record.optimizer.state.get(p)
+                opt_state = {"state": {0: copy.deepcopy(dict(st))} if st else {}, "param_groups": [{**hyper, "params": [0]}]}
+                if record.scheduler is not None:
+                    out[entry.name] = {"scheduler": copy.deepcopy(record.scheduler.state_dict()), "optimizer": opt_state}
+                else:
+                    out[entry.name] = opt_state
+        return out
+
+    def get_plain_state(self) -> dict[str, Any]:
+        """Ember's fuller optimizer state, as plain data (tensors, numbers, strings, containers)::
 
             {"format": "ember.optim", "version": 1, "optimizer": "Adam", "scheduler": None,
              "params": {name: {"group": label, "shape": [...], "state": {"step": ..., "exp_avg": ...}}},
@@ -521,8 +545,11 @@ class PyroOptim:
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Load ``state`` (from :meth:`get_state`). Parameters already attached get
-        their state now; the others when a step first touches them."""
+        """Load ``state``: from :meth:`get_state` (Pyro's form) or :meth:`get_plain_state`.
+        Parameters already attached get their state now; the others when a step first touches
+        them."""
+        if isinstance(state, dict) and "format" not in state:
+            state = self._from_pyro_state(state)
         self._check_state(state)
         self._pending_params.update(copy.deepcopy(state["params"]))
         self._pending_groups.update(copy.deepcopy(state["groups"]))
@@ -533,6 +560,25 @@ class PyroOptim:
                 saved = self._pending_params.pop(entry.name, None)
                 if saved is not None:
                     self._install_param_state(record, entry.param, entry.name, saved)
+
+    def _from_pyro_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`get_state`'s (Pyro's) per-parameter form as :meth:`get_plain_state`'s: each
+        parameter gets a group of its own, holding its hyperparameters and scheduler state."""
+        where = f"{type(self).__name__}.set_state"
+        params: dict[str, Any] = {}
+        groups: dict[str, Any] = {}
+        for name, entry in state.items():
+            opt = entry.get("optimizer", entry) if isinstance(entry, dict) else None
+            if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+                raise TypeError(f"{where}: malformed optimizer state for param '{name}' (expected a torch optimizer "
+                                f"state_dict, as get_state() gives, or the dict of get_plain_state())")
+            per_param = opt["state"].get(0, next(iter(opt["state"].values()), {}))
+            label = f"pyro:{name}"
+            hyper = {k: v for k, v in (opt["param_groups"][0] if opt["param_groups"] else {}).items() if k != "params"}
+            groups[label] = {"hyperparams": hyper, "scheduler": entry.get("scheduler"), "params": [name]}
+            params[name] = {"group": label, "shape": None, "state": dict(per_param)}
+        return {"format": OPTIM_STATE_FORMAT, "version": _STATE_VERSION, "optimizer": None, "scheduler": None,
+                "params": params, "groups": groups}
 
     def _check_state(self, state: Any) -> None:
         where = f"{type(self).__name__}.set_state"
@@ -602,9 +648,9 @@ class PyroOptim:
         record.optimizer.state[p] = {k: _to_param(v, p, k, group) for k, v in saved["state"].items()}
 
     def save(self, filename: str | os.PathLike) -> None:
-        """Write :meth:`get_state` to ``filename`` atomically (temp file, fsync, rename), with a
+        """Write :meth:`get_plain_state` to ``filename`` atomically (temp file, fsync, rename), with a
         SHA-256 checksum over every byte (:func:`ember.params.serialize.save_digested`)."""
-        save_digested(self.get_state(), filename, OPTIM_STATE_FORMAT)
+        save_digested(self.get_plain_state(), filename, OPTIM_STATE_FORMAT)
 
     def load(self, filename: str | os.PathLike, map_location: Any = None) -> None:
         """Load a state written by :meth:`save` (never executes code from the file).

@@ -297,7 +297,7 @@ def test_state_is_plain_data_keyed_by_name_and_set_state_applies_now():
     ember.param("a", torch.tensor([1.0, 2.0]))
     opt = optim.Adam({"lr": 0.1})
     take_step(opt, lambda: (ember.param("a") ** 2).sum())
-    state = opt.get_state()
+    state = opt.get_plain_state()
     assert state["format"] == "ember.optim"
     assert set(state["params"]) == {"a"}
     assert set(state["params"]["a"]["state"]) == {"step", "exp_avg", "exp_avg_sq"}
@@ -320,7 +320,7 @@ def test_loaded_state_of_unseen_params_is_kept(tmp_path):
     opt2 = optim.Adam({"lr": 0.1})
     opt2.load(tmp_path / "o.pt")
     take_step(opt2, lambda: ember.param("a").sum(), names=["a"])  # "b" not met yet
-    state = opt2.get_state()
+    state = opt2.get_plain_state()
     assert set(state["params"]) == {"a", "b"}
     assert state["params"]["b"]["state"]["step"].item() == 1
     assert state["params"]["a"]["state"]["step"].item() == 2
@@ -412,7 +412,7 @@ def test_scheduler_state_round_trip(tmp_path, wrapper, torch_cls, kwargs):
     run(sched, 3)
     ember.get_param_store().save(tmp_path / "p.pt")
     sched.save(tmp_path / "s.pt")
-    state = sched.get_state()
+    state = sched.get_plain_state()
     assert state["scheduler"] == torch_cls.__name__
     assert next(iter(state["groups"].values()))["scheduler"]["last_epoch"] == 3
 
