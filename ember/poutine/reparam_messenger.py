@@ -25,7 +25,9 @@ class ReparamMessenger(Messenger):
 
     :param config: a dict ``{site name: reparameterizer}``, or a callable ``msg -> reparameterizer
         or None`` (e.g. a strategy such as ``ember.infer.reparam.AutoReparam()``). With a dict,
-        every name must be a sample site of the model: leaving the handler after a run in which
+        a name may also be an auxiliary site another reparameterizer draws, which chains the two
+        (``{"x": LocScaleReparam(0.), "x_decentered": LatentStableReparam()}``, as in Pyro); every
+        name must be a sample site of the model or such an auxiliary site: leaving the handler after a run in which
         some name never appeared raises ``ValueError`` naming it and the sites that did appear.
     """
 
@@ -76,17 +78,21 @@ class ReparamMessenger(Messenger):
         return config(msg)
 
     def _pyro_sample(self, msg: Message) -> None:
-        if self._applying or msg.infer.get("_deterministic") or hasattr(msg.fn, "log_factor"):
-            return  # auxiliary sites of this handler, deterministic and factor sites are left as they are
+        if msg.infer.get("_deterministic") or hasattr(msg.fn, "log_factor"):
+            return  # deterministic and factor sites are left as they are
+        if self._applying and not (isinstance(self.config, dict) and msg.name in self.config):
+            # an auxiliary site of a reparameterizer: left alone, unless a dict config names it, which
+            # chains reparameterizers as Pyro's does ({"x": LocScaleReparam(), "x_decentered": ...})
+            return
         r = self._reparameterizer(msg)
         if r is None:
             return
         was_observed = msg.is_observed
-        self._applying = True
+        outer, self._applying = self._applying, True
         try:
             new = r.apply({"name": msg.name, "fn": msg.fn, "value": msg.value, "is_observed": was_observed, "infer": msg.infer})
         finally:
-            self._applying = False
+            self._applying = outer
         msg.fn = new["fn"]
         msg.value = new["value"]
         msg.is_observed = new["is_observed"]

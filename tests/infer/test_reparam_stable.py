@@ -280,3 +280,24 @@ def test_stable_with_log_prob_is_never_reparameterized():
     assert [n for n, s in tr.nodes.items() if s["type"] == "sample"] == ["x"]
     with pytest.raises(ValueError, match=r"site 'x'.*StableWithLogProb.*never reparameterized"):
         poutine.trace(poutine.reparam(model, config={"x": LatentStableReparam()})).get_trace()
+
+
+def test_a_dict_config_chains_reparameterizers_through_auxiliary_sites():
+    # Pyro's way of decentring a stable latent, then reparameterizing its standard part
+    import ember as pyro
+    import ember.distributions as dist
+    from ember import poutine
+    from ember.infer.reparam import LatentStableReparam, LocScaleReparam
+
+    def model():
+        return pyro.sample("x", dist.Stable(1.5, 0.3, 2.0, 1.0))
+
+    pyro.set_rng_seed(0)
+    config = {"x": LocScaleReparam(0.0), "x_decentered": LatentStableReparam()}
+    tr = poutine.trace(poutine.reparam(model, config=config)).get_trace()
+    sites = [(n, s["is_observed"]) for n, s in tr.nodes.items() if s["type"] == "sample"]
+    assert sites == [("x_decentered_uniform", False), ("x_decentered_exponential", False), ("x_decentered", True), ("x", True)]
+    torch.testing.assert_close(tr.nodes["x"]["value"], 1.0 + 2.0 * tr.nodes["x_decentered"]["value"])
+    # an auxiliary site no config entry names is left alone, and a name nothing samples is still an error
+    with pytest.raises(ValueError, match=r"config names site\(s\) \['y'\]"):
+        poutine.trace(poutine.reparam(model, config={"x": LocScaleReparam(0.0), "y": LatentStableReparam()})).get_trace()

@@ -22,6 +22,8 @@ _SHAPE_PARAMS = {
     "AsymmetricLaplace": ("asymmetry",),
     "SoftAsymmetricLaplace": ("asymmetry", "softness"),
     "SkewLogistic": ("asymmetry",),
+    "Stable": ("stability", "skew"),  # a location-scale family in both of its coordinate systems
+    "StableWithLogProb": ("stability", "skew"),
 }
 
 
@@ -37,7 +39,7 @@ class LocScaleReparam(Reparam):
     :param centered: ``None``, a float in ``[0, 1]`` or a tensor broadcasting with the event shape.
     :param shape_params: the distribution's parameters other than ``loc`` and ``scale`` (known for
         Normal, Cauchy, Laplace, Gumbel, Logistic, StudentT (``df``), AsymmetricLaplace,
-        SoftAsymmetricLaplace, SkewLogistic); give them to use another location-scale family.
+        SoftAsymmetricLaplace, SkewLogistic, Stable (``stability``, ``skew``)); give them to use another location-scale family.
 
     An observed site is rewritten too (the auxiliary site observes ``x_dec``, the site keeps the
     Jacobian ``(c - 1) log scale``), so its log-likelihood is unchanged.
