@@ -13,6 +13,23 @@ the sampled ones:
 
     E_{q(z_g | w)} [ log Σ_{z_m} p(x, z_m, z_g, w) - log q(z_g, w) ]
 
+Monte-Carlo enumeration (``infer={"enumerate": "parallel", "num_samples": n}``, or
+``config_enumerate(num_samples=n)``): such a site is drawn ``n`` times along its enumeration dim
+(:mod:`ember.poutine.enum_messenger`) and each draw ``z_i`` enters the sums above with the weight
+``1/n`` in place of its probability: its log-weight is ``log p(z_i) - log p(z_i).detach() - log n``
+(``-log n`` alone for a reparameterised distribution, whose gradient flows through the draws).
+In the guide that makes ``E_q`` an average over the draws, ``(1/n) Σ_i cost(z_i)``, an unbiased
+estimate of the ELBO and of its gradient (the score-function term rides on the weight), as in
+Pyro. In the model it makes ``log Σ_z`` a log-mean-exp, ``log (1/n) Σ_i p(x, ... | z_i)`` with
+``z_i ~ p(z)``: an importance-weighted (IWAE-like) estimate whose exponential is unbiased for the
+marginal likelihood, so the loss is a consistent upper bound of ``-log p(x)`` that tightens as
+``n`` grows. (Pyro 1.9.2's TraceEnum_ELBO gives a model-side draw the weight ``p(z_i)``, a sum no
+estimator converges to, and warns that its gradients are wrong; Ember computes the average.) The
+draws of a sampled site must come from a distribution free of other enumeration dims (it may not
+depend on another enumerated or sampled site: ``ValueError`` naming both); sites downstream of it
+may. ``infer_discrete``, ``compute_marginals``, ``sample_posterior`` and the HMC potential need
+exact enumeration and refuse sampled sites.
+
 ``max_plate_nesting`` (given, or guessed by one run without enumeration) says how many dims on the
 right the plates own; enumeration uses the dims to their left. A model site that is more global
 than a guide-enumerated site it shares a factor with (a product over a plate of a sum over the
