@@ -784,7 +784,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, 
 
     def save(step: int) -> None:
         save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
-            "step": step, "params": pyro.get_param_store().get_plain_state(), "optim": svi.optim.get_state(), "rng": rng_state(),
+            "step": step, "params": pyro.get_param_store().get_plain_state(), "optim": svi.optim.get_plain_state(), "rng": rng_state(),
             "args": {k: cfg[k] for k in (*DEFAULTS, "steps")}, "window": dict(window), "last_eval": dict(last_eval),
             "examples": examples, "example_counts": example_counts, **({"data": ident} if ident is not None else {}),
         })

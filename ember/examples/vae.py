@@ -705,7 +705,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], device: torch.device, ru
         save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
             "epoch": epoch,
             "params": ember.get_param_store().get_plain_state(),
-            "optim": svi.optim.get_state(),
+            "optim": svi.optim.get_plain_state(),
             "rng": rng,
             "args": {**cfg, "device": str(device), "data_dir": args.data_dir},
             "history": {"train": [list(h) for h in train_hist], "test": [list(h) for h in test_hist]},

@@ -124,7 +124,7 @@ def test_one_svi_step_trains_guide_decoder_and_baselines_with_their_learning_rat
         names = [k for k in after if k.startswith(module + "$$$")]
         assert names, module
         assert any(not torch.equal(before[k], after[k]) for k in names), f"{module} did not move"
-    groups = svi.optim.get_state()["groups"]
+    groups = svi.optim.get_plain_state()["groups"]
     lrs = {}
     for g in groups.values():
         for name in g["params"]:

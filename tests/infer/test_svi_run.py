@@ -91,10 +91,10 @@ def test_run_on_vector_params_with_data_and_a_plate():
 def test_optimizer_state_after_run_is_the_step_loops_and_steps_continue(tmp_path):
     make = lambda: optim.Adam({"lr": 0.02})  # noqa: E731
     ref_svi, _, _ = _fit(make, 30, False)
-    ref_state = ref_svi.optim.get_state()
+    ref_state = ref_svi.optim.get_plain_state()
     more_ref = [ref_svi.step(GUESS) for _ in range(5)]
     svi, _, _ = _fit(make, 30, True)
-    state = svi.optim.get_state()
+    state = svi.optim.get_plain_state()
     for name in ("a", "b"):
         for key, value in ref_state["params"][name]["state"].items():
             torch.testing.assert_close(state["params"][name]["state"][key], value, rtol=1e-5, atol=1e-6)
