@@ -66,7 +66,8 @@ class GuideMessenger(TraceMessenger, ABC):
         self.trace = Trace()
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Run the model under the guide; ``{name: value}`` of every sample site of the run."""
+        """Run the model under the guide; ``{name: value}`` of every sample site of the run, each value
+        of the site's shape in the model."""
         self.args_kwargs = args, kwargs
         try:
             with self:
@@ -107,7 +108,8 @@ class GuideMessenger(TraceMessenger, ABC):
         raise NotImplementedError
 
     def upstream_value(self, name: str) -> torch.Tensor:
-        """The value of a sample or deterministic site drawn earlier in this run."""
+        """The value of a sample or deterministic site drawn earlier in this run, of that site's shape
+        (``fn.batch_shape + fn.event_shape``)."""
         site = self.trace.nodes.get(name)
         if site is None:
             raise KeyError(f"{type(self).__name__}.upstream_value('{name}'): no site '{name}' has run yet; the sites so "

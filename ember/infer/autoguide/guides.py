@@ -1051,7 +1051,8 @@ class AutoMessenger(GuideMessenger, PyroModule, metaclass=_AutoMessengerMeta):
         self._sites: dict[str, SiteInfo] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Run the model under the guide; ``{name: value}`` of every sample site of the run."""
+        """Run the model under the guide; ``{name: value}`` of every sample site of the run, each value
+        of the site's shape in the model (with the particle dim on the left inside a particle plate)."""
         with self._pyro_context:  # one read of each parameter per run, as a call of a PyroModule
             self._outer_plates = tuple(f.name for f in get_plates())
             try:
