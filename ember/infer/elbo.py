@@ -134,13 +134,6 @@ def guide_messenger(guide: Any) -> GuideMessenger | None:
             return None
 
 
-def _in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:
-    """:func:`in_plate` that :func:`guide_messenger` (and ``poutine.unwrap``) can see through."""
-    wrapped = in_plate(fn, name, size, dim)
-    wrapped._ember_unwrap = fn  # type: ignore[attr-defined]
-    return wrapped
-
-
 def get_importance_trace(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, validate: bool | None = None, max_plate_nesting: float | None = None
 ) -> tuple[Trace, Trace]:
@@ -323,7 +316,7 @@ class ELBO:
             dim = -int(self.max_plate_nesting) - 1
             name, num = "num_particles_vectorized", self.num_particles
             try:
-                traces = get_importance_trace(in_plate(model, name, num, dim), _in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
+                traces = get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
             except (ValueError, RuntimeError) as e:
                 if not getattr(self, "_guessed_nesting", False):
                     raise

@@ -431,6 +431,7 @@ class TraceEnum_ELBO(ELBO):
         ``who`` cannot do (several particles, enumerated guide sites), as Pyro does."""
         if self.num_particles != 1:
             raise NotImplementedError(f"TraceEnum_ELBO.{who}() works with num_particles=1; this ELBO has {self.num_particles}")
+        self._check_guide(guide)
         with torch.no_grad(), BlockMessenger():
             model_trace, guide_trace = next(iter(self._get_traces(model, guide, args, kwargs)))
         enumerated = [n for n, st in guide_trace.nodes.items() if st.type == "sample" and not st.is_observed

@@ -55,12 +55,14 @@ def guess_max_plate_nesting(*traces: Trace) -> int:
 
 
 def in_plate(fn: Callable, name: str, size: int, dim: int) -> Callable:
-    """``fn`` run inside ``plate(name, size, dim=dim)``."""
+    """``fn`` run inside ``plate(name, size, dim=dim)``; the wrapper keeps ``fn`` as
+    ``_ember_unwrap``, so what looks for a guide's handler (a ``GuideMessenger``) sees through it."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         with PlateMessenger(name, size, dim=dim):
             return fn(*args, **kwargs)
 
+    wrapped._ember_unwrap = fn  # type: ignore[attr-defined]
     return wrapped
 
 

@@ -114,3 +114,18 @@ def test_elbos_take_a_wrapped_guide_messenger_and_trace_enum_refuses_it() -> Non
     assert ember.get_param_store()["loc_b"] > 0.3  # moved towards the data
     with pytest.raises(NotImplementedError, match="TraceEnum_ELBO does not support GuideMessenger"):
         TraceEnum_ELBO(max_plate_nesting=0).loss(two_sites, guide, data)
+
+
+def test_importance_weights_of_a_messenger_guide_are_its_log_p_minus_log_q() -> None:
+    # vectorized importance sampling runs the messenger guide in its plate (in_plate keeps the guide
+    # visible), so each weight is log p(a, b, obs) - log q(a, b) of that draw, by hand
+    from ember.infer.importance import vectorized_importance_weights
+
+    data = torch.tensor(0.7)
+    ember.set_rng_seed(3)
+    log_w, model_trace, _ = vectorized_importance_weights(two_sites, ShiftGuide(two_sites), data, num_samples=5, max_plate_nesting=0)
+    a, b = model_trace.nodes["a"]["value"].reshape(5), model_trace.nodes["b"]["value"].reshape(5)
+    td = torch.distributions
+    by_hand = (td.Normal(0.0, 1.0).log_prob(a) + td.Normal(a, 2.0).log_prob(b) + td.Normal(b, 0.5).log_prob(data)
+               - td.Normal(1.0, 0.5).log_prob(a) - td.Normal(2 * a, 0.3).log_prob(b))  # q(b) loc: prior loc a, plus a
+    torch.testing.assert_close(log_w, by_hand)
