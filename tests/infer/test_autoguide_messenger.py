@@ -165,6 +165,7 @@ def two_level(data):
         ember.sample("obs", dist.Normal(z, 1.0), obs=data)
 
 
+@pytest.mark.slow  # ~11 s of SVI: the fit itself; the one-step ELBO by hand covers this guide in the default run
 def test_the_hierarchical_guide_fits_a_correlated_gaussian_posterior() -> None:
     # mu ~ N(0, 1), z | mu ~ N(mu, 1), x_i | z ~ N(z, 1): a Gaussian posterior with correlated mu, z;
     # q(z | mu) = N(loc + weight * mu, scale) holds it exactly (the mean-field guide cannot: its
