@@ -232,3 +232,58 @@ def plate_log_prob_sum(trace: Trace, plate_name: str) -> torch.Tensor:
         plates = sorted({f.name for s in trace.nodes.values() if s.type == "sample" for f in s.cond_indep_stack})
         raise ValueError(f"plate_log_prob_sum: no sample site of the trace is in a plate named '{plate_name}' (its plates: {plates})")
     return total
+
+
+# ---- the rest of Pyro's pyro.infer.util helpers -------------------------------------------------
+__all__ += ["check_fully_reparametrized", "get_dependent_plate_dims", "get_plate_stacks", "torch_backward", "torch_exp", "torch_sum",
+            "validation_enabled"]
+
+import math  # noqa: E402
+
+from ember.primitives import validation_enabled  # noqa: E402
+
+
+def torch_exp(x: Any) -> Any:
+    """``x.exp()`` for a tensor (same shape), ``math.exp(x)`` for a number."""
+    return torch.exp(x) if isinstance(x, torch.Tensor) else math.exp(x)
+
+
+def torch_sum(tensor: torch.Tensor, dims: Any) -> torch.Tensor:
+    """``tensor`` summed over those of the negative ``dims`` it has (a dim left of its own is
+    skipped): the shape without those dims."""
+    if any(d >= 0 for d in dims):
+        raise ValueError(f"torch_sum: dims must be negative (counted from the right); got {list(dims)}")
+    present = [d for d in dims if d >= -tensor.dim()]
+    return tensor.sum(present) if present else tensor
+
+
+def torch_backward(x: Any, retain_graph: bool | None = None) -> None:
+    """``x.backward()`` for a tensor with a gradient graph (a scalar, shape ``()``, as ``backward``
+    needs without a gradient argument); nothing for a number or a tensor without one."""
+    if isinstance(x, torch.Tensor) and x.grad_fn is not None:
+        x.backward(retain_graph=retain_graph)
+
+
+def check_fully_reparametrized(guide_site: Any) -> None:
+    """Raise ``NotImplementedError`` naming the site unless its distribution draws by ``rsample``
+    (what estimators that differentiate only through the draws need)."""
+    if not guide_site["fn"].has_rsample:
+        raise NotImplementedError(
+            f"guide site '{guide_site['name']}' ({type(guide_site['fn']).__name__}) is not reparameterized: all distributions "
+            f"in the guide must be fully reparameterized for this estimator")
+
+
+def get_plate_stacks(trace: Trace) -> dict[str, list]:
+    """``{sample site: [the vectorized plates (CondIndepStackFrame) it is inside]}`` (plates'
+    own subsample sites left out)."""
+    return {name: [f for f in site.cond_indep_stack if f.vectorized] for name, site in trace.nodes.items()
+            if site.type == "sample"}
+
+
+def get_dependent_plate_dims(sites: Any) -> list[int]:
+    """The dims (sorted) of the vectorized plates that some but not all of the sample ``sites`` are inside."""
+    stacks = [set(site["cond_indep_stack"]) for site in sites if site["type"] == "sample"]
+    if not stacks:
+        return []
+    every = set().union(*stacks)
+    return sorted({f.dim for f in every - set.intersection(*stacks) if f.dim is not None})

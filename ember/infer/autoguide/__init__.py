@@ -28,6 +28,7 @@ from ember.infer.autoguide.initialization import (
     init_to_uniform,
     init_to_value,
 )
+from ember.infer.autoguide.utils import mean_field_entropy
 
 __all__ = [
     "AutoCallable",
@@ -53,4 +54,5 @@ __all__ = [
     "init_to_sample",
     "init_to_uniform",
     "init_to_value",
+    "mean_field_entropy",
 ]
