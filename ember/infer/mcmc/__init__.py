@@ -2,7 +2,7 @@
 :class:`HMCState`, :class:`TransitionInfo`), the MCMC runner, diagnostics and the ArviZ export."""
 
 from ember.infer.mcmc.adaptation import AdaptState
-from ember.infer.mcmc.api import MCMC
+from ember.infer.mcmc.api import MCMC, StreamingMCMC
 from ember.infer.mcmc.arviz import to_inference_data
 from ember.infer.mcmc.hmc import HMC, HMCState, TransitionInfo
 from ember.infer.mcmc.mcmc_kernel import MCMCKernel
@@ -29,6 +29,7 @@ __all__ = [
     "ModelPotential",
     "NUTS",
     "RandomWalkKernel",
+    "StreamingMCMC",
     "TransitionInfo",
     "autocorrelation",
     "autocovariance",

@@ -22,6 +22,7 @@ trajectory). The mean acceptance *statistic* (what step-size adaptation targets)
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -36,7 +37,7 @@ from ember.infer.mcmc.util import format_summary, summary
 from ember.primitives import validation_enabled
 from ember.util import check_kwargs
 
-__all__ = ["MCMC"]
+__all__ = ["MCMC", "StreamingMCMC"]
 
 _STAT_FIELDS = ("accept_prob", "accepted", "diverging", "num_steps", "tree_depth", "step_size", "potential_energy", "energy")
 _BOOL_FIELDS = ("accepted", "diverging")
@@ -87,7 +88,7 @@ class _Recorder:
                 self.divergent.append(it - warmup)
             if (it - warmup) % self.thinning == 0:
                 j = self.j
-                self.draws[j] = state.z
+                self._keep(j, state.z)
                 for k, v in zip(_STAT_FIELDS, (info.accept_prob, info.accepted, info.diverging, info.num_steps,
                                                info.tree_depth, info.step_size, state.potential_energy, info.energy)):
                     self.stats[k][j] = v
@@ -109,6 +110,10 @@ class _Recorder:
         if self.show:
             self.bar.update()
 
+    def _keep(self, j: int, z: np.ndarray) -> None:
+        """Keep the ``j``-th kept draw ``z [D]`` (its unconstrained position)."""
+        self.draws[j] = z
+
     def finish(self, state: Any) -> None:
         self.state = state
         self.wall_time = time.perf_counter() - self.t0
@@ -117,7 +122,8 @@ class _Recorder:
         """Append this chain's results to the MCMC object's (chains in order)."""
         m = self.mcmc
         state = self.state
-        m._z.append(torch.from_numpy(self.draws).to(m._potential.dtype))
+        if self.draws is not None:
+            m._z.append(torch.from_numpy(self.draws).to(m._potential.dtype))
         m._stats.append(self.stats)
         m.states.append(state)
         m.step_sizes.append(state.step_size)
@@ -176,6 +182,8 @@ class MCMC:
     count used and why), ``states`` (each chain's final :class:`~ember.infer.mcmc.HMCState`),
     ``step_sizes``, ``inverse_mass_matrices``, ``wall_times``.
     """
+
+    _recorder = _Recorder  # what records each chain's run (StreamingMCMC folds draws into statistics instead)
 
     def __init__(self, kernel: HMC, num_samples: int, warmup_steps: int | None = None, initial_params: dict | None = None,
                  num_chains: int = 1, hook_fn: Any = None, mp_context: Any = None, disable_progbar: bool = False,
@@ -295,7 +303,7 @@ class MCMC:
             self.compile_status.append(status)
             self._potential = potential
             bar.set_description(desc + "warmup", refresh=False)
-            rec = _Recorder(self, chain, state.z.size, bar, t0)
+            rec = self._recorder(self, chain, state.z.size, bar, t0)
             with validation_enabled(validate):
                 for it in range(total):
                     state, info = kernel.transition(state)
@@ -333,7 +341,7 @@ class MCMC:
         self._threads.choose(lambda z=np.stack([s.z for s in states]): batched.potential_and_grad_numpy(z), batched.dim * C)
         self._potential = batched.single
         bar.set_description(f"{C} chains warmup", refresh=False)
-        recs = [_Recorder(self, c, states[c].z.size, bar, t0, owns_bar=c == 0) for c in range(C)]
+        recs = [self._recorder(self, c, states[c].z.size, bar, t0, owns_bar=c == 0) for c in range(C)]
         with validation_enabled(validate):
             finals = run_chains(kernel, batched, states, warmup, total, recs)
         bar.close()
@@ -494,3 +502,90 @@ class MCMC:
         state = f"{ran} chain(s) run" if ran else "not run"
         return (f"MCMC({type(self.kernel).__name__}, num_samples={self.num_samples}, warmup_steps={self.warmup_steps}, "
                 f"num_chains={self.num_chains}; {state})")
+
+
+class _StreamingRecorder(_Recorder):
+    """A chain's record that folds each kept draw, constrained, into the run's statistics (keyed
+    ``(chain, site)``) instead of keeping it."""
+
+    def __init__(self, mcmc: Any, chain: int, dim: int, bar: Any, t0: float, owns_bar: bool = True) -> None:
+        super().__init__(mcmc, chain, 0, bar, t0, owns_bar)
+        self.draws = None  # no draws are kept
+
+    def _keep(self, j: int, z: np.ndarray) -> None:
+        m = self.mcmc
+        values = m._potential.constrain(torch.from_numpy(z).to(m._potential.dtype))
+        if m.save_params is not None:
+            values = {k: v for k, v in values.items() if k in m.save_params}
+        m._statistics.update({(self.chain, k): v for k, v in values.items()})
+
+
+class StreamingMCMC(MCMC):
+    """MCMC that keeps statistics of the draws instead of the draws (Pyro's ``StreamingMCMC``):
+    for a model whose draws would not fit in memory. Each kept draw, constrained, updates
+    ``statistics`` (a :class:`~ember.ops.streaming.StatsOfDict`, default: count, mean and variance
+    per site) under the key ``(chain, site)``.
+
+    Takes :class:`MCMC`'s arguments (HMC or NUTS; not ``chain_method="parallel"``) and
+    ``statistics``. After :meth:`run`: :meth:`get_statistics` and :meth:`diagnostics`;
+    ``get_samples`` has nothing to return.
+    """
+
+    _recorder = _StreamingRecorder
+
+    def __init__(self, kernel: HMC, num_samples: int, warmup_steps: int | None = None, initial_params: dict | None = None,
+                 statistics: Any = None, num_chains: int = 1, hook_fn: Any = None, disable_progbar: bool = False,
+                 disable_validation: bool = True, transforms: dict | None = None, save_params: Any = None,
+                 chain_method: str = "vectorized", **kwargs: Any) -> None:
+        from ember.ops.streaming import CountMeanVarianceStats, StatsOfDict
+
+        if not isinstance(kernel, HMC):
+            raise TypeError(f"StreamingMCMC: kernel must be Ember's HMC or NUTS, got {type(kernel).__name__}")
+        if chain_method == "parallel":
+            raise ValueError("StreamingMCMC: chain_method='parallel' is not supported (its workers return their draws); use "
+                             "'vectorized' or 'sequential'")
+        super().__init__(kernel, num_samples, warmup_steps, initial_params, num_chains=num_chains, hook_fn=hook_fn,
+                         disable_progbar=disable_progbar, disable_validation=disable_validation, transforms=transforms,
+                         save_params=save_params, chain_method=chain_method, **kwargs)
+        if statistics is None:
+            statistics = StatsOfDict(default=CountMeanVarianceStats)
+        self._prototype_statistics = statistics
+        self._statistics = copy.deepcopy(statistics)
+
+    def run(self, *args: Any, **kwargs: Any) -> StreamingMCMC:
+        """Run every chain on ``model(*args, **kwargs)``, folding the kept draws into the statistics
+        (afresh for each run); returns ``self``."""
+        self._statistics = copy.deepcopy(self._prototype_statistics)
+        super().run(*args, **kwargs)
+        return self
+
+    def _require_run(self) -> None:
+        if not self._divergences:
+            raise RuntimeError("StreamingMCMC: nothing run yet; call run(*model_args) first")
+
+    def get_samples(self, num_samples: int | None = None, group_by_chain: bool = False) -> dict[str, torch.Tensor]:
+        raise RuntimeError("StreamingMCMC keeps statistics, not draws: use get_statistics() (or MCMC for the draws)")
+
+    def get_statistics(self, group_by_chain: bool = True) -> dict:
+        """``{(chain, site): statistic}`` (each a dict such as ``{"count", "mean", "variance"}``; the
+        mean and variance of the site's shape), or with ``group_by_chain=False`` ``{site: statistic}``
+        of every chain's draws together."""
+        self._require_run()
+        if group_by_chain:
+            return self._statistics.get()
+        merged: dict = {}
+        for (_, name), stat in self._statistics.stats.items():
+            merged[name] = merged[name].merge(stat) if name in merged else stat
+        return {k: v.get() for k, v in merged.items()}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{site: {"r_hat": tensor}}`` from each chain's mean and variance (Gelman-Rubin's
+        potential scale reduction, unsplit: the draws are not kept), when the statistics have
+        them; plus ``"divergences"`` and ``"acceptance rate"`` per chain, as :meth:`MCMC.diagnostics`."""
+        from ember.infer.mcmc.util import diagnostics_from_stats
+
+        self._require_run()
+        out: dict[str, Any] = dict(diagnostics_from_stats(self._statistics.get(), self.num_samples, self.num_chains))
+        out["divergences"] = {f"chain {i}": list(d) for i, d in enumerate(self._divergences)}
+        out["acceptance rate"] = {f"chain {i}": a for i, a in enumerate(self._acceptance)}
+        return out

@@ -20,7 +20,7 @@ import torch
 from ember.infer.initialization import init_to_uniform, init_to_value
 from ember.ops import stats
 
-__all__ = ["diagnostics", "format_summary", "initialize_model", "print_summary", "select_samples", "summary"]
+__all__ = ["diagnostics", "diagnostics_from_stats", "format_summary", "initialize_model", "print_summary", "select_samples", "summary"]
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -195,3 +195,29 @@ def initialize_model(model: Callable, model_args: tuple = (), model_kwargs: dict
 
 def _split(mp: Any, z: torch.Tensor) -> dict[str, torch.Tensor]:
     return {s.name: z[s.offset:s.offset + s.size].reshape(s.unconstrained_shape).clone() for s in mp.sites}
+
+
+def diagnostics_from_stats(statistics: dict, num_samples: int, num_chains: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Gelman-Rubin's ``r_hat`` (unsplit) per site from streaming statistics ``{(chain, site):
+    {"mean", "variance", ...}}`` (each of the site's shape; sites without both are skipped):
+    ``{site: {"r_hat": tensor of the site's shape}}``. With one chain it is 1 wherever the variance
+    is positive (there is nothing between chains to compare)."""
+    by_site: dict[str, tuple[list, list]] = {}
+    for key, stat in statistics.items():
+        if not (isinstance(key, tuple) and len(key) == 2) or "mean" not in stat or "variance" not in stat:
+            continue
+        means, variances = by_site.setdefault(key[1], ([], []))
+        means.append(stat["mean"])
+        variances.append(stat["variance"])
+    out = {}
+    n = num_samples
+    for name, (means, variances) in by_site.items():
+        m, v = torch.stack(means), torch.stack(variances)
+        within = v.mean(0)
+        estimate = (n - 1) / n * within
+        if num_chains > 1:
+            estimate = estimate + m.var(0)
+        else:
+            within = estimate
+        out[name] = {"r_hat": (estimate / within).sqrt()}
+    return out
