@@ -67,3 +67,8 @@ __all__ += ["Resampler"]
 from ember.infer.util import enable_validation, is_validation_enabled  # noqa: E402  (pyro.infer.enable_validation)
 
 __all__ += ["enable_validation", "is_validation_enabled"]
+
+# likelihood-free and MMD objectives
+from ember.infer.energy_distance import EnergyDistance  # noqa: E402
+
+__all__ += ["EnergyDistance"]
