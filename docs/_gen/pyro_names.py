@@ -104,6 +104,7 @@ PYRO_API: dict[str, list[str]] = {
                              "convolve", "dct", "haar_transform", "idct", "inverse_haar_transform", "matmul", "matvecmul", "next_fast_len",
                              "periodic_cumsum", "periodic_features", "periodic_repeat", "precision_to_scale_tril", "repeated_matmul",
                              "safe_cholesky", "safe_normalize", "triangular_solve"],
+    "pyro.ops.streaming": ["CountMeanStats", "CountMeanVarianceStats", "CountStats", "StackStats", "StatsOfDict", "StreamingStats"],
     "pyro.util": ["ExperimentalWarning", "check_if_enumerated", "check_model_guide_match", "check_site_shape",
                  "check_traceenum_requirements", "check_traces_match", "get_rng_state", "ignore_experimental_warning",
                  "ignore_jit_warnings", "jit_iter", "optional", "save_visualization", "set_rng_seed", "set_rng_state", "timed",
