@@ -51,6 +51,7 @@ LAYOUT = {
     "ember.infer.abstract_infer": ["TracePosterior", "Marginals", "EmpiricalMarginal"],
     "ember.infer": ["TracePosterior", "EmpiricalMarginal", "SVI", "Trace_ELBO", "Importance", "Predictive", "MCMC", "NUTS", "HMC"],
     "ember.infer.energy_distance": ["EnergyDistance"],
+    "ember.infer.trace_mmd": ["Trace_MMD"],
     "ember.ops.stats": [
         "effective_sample_size", "gelman_rubin", "split_gelman_rubin", "hpdi", "quantile", "pi", "autocorrelation",
         "autocovariance", "waic", "resample",

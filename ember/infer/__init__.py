@@ -72,3 +72,6 @@ __all__ += ["enable_validation", "is_validation_enabled"]
 from ember.infer.energy_distance import EnergyDistance  # noqa: E402
 
 __all__ += ["EnergyDistance"]
+from ember.infer.trace_mmd import Trace_MMD  # noqa: E402
+
+__all__ += ["Trace_MMD"]
