@@ -288,3 +288,40 @@ def test_kernel_inverse_mass_matrix_after_a_run_is_pyros_dict(full_mass):
     ((names, minv),) = kernel.inverse_mass_matrix.items()
     assert names == ("a", "b") and minv.shape == ((3, 3) if full_mass else (3,))
     torch.testing.assert_close(minv, mcmc.inverse_mass_matrices[-1])  # the last chain's, as Pyro's adapter keeps
+
+
+def test_full_mass_blocks_adapt_dense_blocks_and_a_diagonal_for_the_rest():
+    # Pyro's full_mass=[("a", "b")]: a dense block for a and b (strongly correlated here), a
+    # diagonal for c and d; M^-1 as Pyro's dict
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(a, 0.3))
+        pyro.sample("c", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("d", dist.Normal(0.0, 2.0))
+
+    pyro.set_rng_seed(0)
+    kernel = NUTS(model, full_mass=[("a", "b")])
+    mcmc = MCMC(kernel, num_samples=50, warmup_steps=300, num_chains=2, disable_progbar=True)  # vectorized chains
+    mcmc.run()
+    off_block = torch.ones(5, 5, dtype=torch.bool)
+    off_block[:2, :2] = False
+    off_block.fill_diagonal_(False)
+    for minv in mcmc.inverse_mass_matrices:
+        assert minv.shape == (5, 5)
+        assert bool((minv[off_block] == 0).all()) and float(minv[0, 1]) > 0.3  # a and b covary
+    groups = kernel.inverse_mass_matrix
+    assert list(groups) == [("a", "b"), ("c", "d")]
+    torch.testing.assert_close(groups[("a", "b")], minv[:2, :2])
+    torch.testing.assert_close(groups[("c", "d")], minv.diagonal()[2:])
+
+
+def test_full_mass_blocks_are_checked():
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"full_mass names \['z'\], which are not latent sites"):
+        MCMC(NUTS(model, full_mass=[("a", "z")]), num_samples=2, warmup_steps=2, disable_progbar=True).run()
+    with pytest.raises(ValueError, match=r"more than one block"):
+        NUTS(model, full_mass=[("a",), ("a",)])
+    with pytest.raises(ValueError, match="list of tuples of site names"):
+        NUTS(model, full_mass="a")

@@ -188,8 +188,10 @@ class HMC:
         step_size: the initial step size (adapted during warm-up when ``adapt_step_size``).
         trajectory_length: the length ``num_steps * step_size`` of each trajectory (default 2*pi);
             ``num_steps`` fixes the number of leapfrog steps instead.
-        adapt_step_size, adapt_mass_matrix, full_mass: warm-up adaptation switches; ``full_mass``
-            adapts a dense mass matrix instead of a diagonal one.
+        adapt_step_size, adapt_mass_matrix, full_mass: warm-up adaptation switches; ``full_mass=True``
+            adapts a dense mass matrix instead of a diagonal one; a list of tuples of site names
+            (Pyro's ``[("a", "b"), ("c",)]``) adapts a dense block for each tuple's sites together and a
+            diagonal for the other sites.
         transforms: ``{site: Transform}`` from a site's constrained values to unconstrained ones
             (Pyro's direction; default ``biject_to(support).inv``).
         target_accept_prob: the acceptance statistic dual averaging aims at (0.8).
@@ -248,7 +250,17 @@ class HMC:
         self.trajectory_length = (2 * math.pi if num_steps is None else None) if trajectory_length is None else float(trajectory_length)
         self.adapt_step_size = adapt_step_size
         self.adapt_mass_matrix = adapt_mass_matrix
+        if not isinstance(full_mass, bool):
+            blocks = [tuple(b) for b in full_mass] if isinstance(full_mass, (list, tuple)) else None
+            if not blocks or not all(b and all(isinstance(n, str) for n in b) for b in blocks):
+                raise ValueError(f"{type(self).__name__}: full_mass must be True, False or a list of tuples of site names "
+                                 f"(dense blocks, as Pyro's), got {full_mass!r}")
+            twice = sorted({n for b in blocks for n in b if sum(n in c for c in blocks) > 1})
+            if twice:
+                raise ValueError(f"{type(self).__name__}: full_mass names sites {twice} in more than one block")
+            full_mass = blocks
         self.full_mass = full_mass
+        self._mass_mask_for: Any = None  # (potential, mask): which entries of a dense M^-1 the blocks keep
         self.transforms = transforms
         self.target_accept_prob = target_accept_prob
         self.init_strategy = init_strategy
@@ -303,6 +315,7 @@ class HMC:
             self._compile_potential(potential, zt, u, gt, validate_while_sampling)
             self._compiled_for = potential
         self.potential = potential
+        self._mass_groups()  # full_mass blocks naming sites the model lacks fail here, before sampling
         self._pot = potential.potential_and_grad_numpy  # float64 NumPy in, (float, float64 NumPy) out
         if rng_key is None:
             rng_key = int(torch.randint(0, 2**62, ()).item())
@@ -390,6 +403,9 @@ class HMC:
             if it in a.window_ends:
                 in_window = False
                 minv = welford_regularized(welford)
+                mask = self._mass_mask()
+                if mask is not None:
+                    minv = np.where(mask, minv, 0.0)
                 msqrt = _mass_sqrt(minv)
                 if self.adapt_step_size:
                     probe = state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt)
@@ -399,6 +415,41 @@ class HMC:
             eps = self._clamp(dual_averaging_final(da))
         return state._replace(step_size=eps, inverse_mass_matrix=minv, mass_sqrt=msqrt,
                               adapt=a._replace(dual_averaging=da, welford=welford, in_window=in_window))
+
+    def _mass_groups(self) -> list[tuple[tuple[str, ...], np.ndarray, bool]] | None:
+        """With ``full_mass`` a list of blocks: ``[(site names, coordinates, dense)]``, each block
+        dense and the other sites together diagonal, in Pyro's order; None otherwise."""
+        if isinstance(self.full_mass, bool) or self.potential is None:
+            return None
+        sites = {s.name: s for s in self.potential.sites}
+        unknown = sorted({n for b in self.full_mass for n in b} - set(sites))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: full_mass names {unknown}, which are not latent sites of the model "
+                             f"(its latent sites: {sorted(sites)})")
+        groups = []
+        for block in self.full_mass:
+            idx = np.concatenate([np.arange(sites[n].offset, sites[n].offset + sites[n].size) for n in block])
+            groups.append((block, idx, True))
+        rest = tuple(s.name for s in self.potential.sites if not any(s.name in b for b in self.full_mass))
+        if rest:
+            idx = np.concatenate([np.arange(sites[n].offset, sites[n].offset + sites[n].size) for n in rest])
+            groups.append((rest, idx, False))
+        return groups
+
+    def _mass_mask(self) -> np.ndarray | None:
+        """``[D, D]``: True where a block-structured ``M^-1`` may be non-zero (None: no blocks)."""
+        if isinstance(self.full_mass, bool):
+            return None
+        cached = self._mass_mask_for
+        if cached is not None and cached[0] is self.potential:
+            return cached[1]
+        dim = sum(s.size for s in self.potential.sites)
+        mask = np.eye(dim, dtype=bool)
+        for _, idx, dense in self._mass_groups() or ():
+            if dense:
+                mask[np.ix_(idx, idx)] = True
+        self._mass_mask_for = (self.potential, mask)
+        return mask
 
     def _clamp(self, eps: float) -> float:
         return min(max(eps, self.min_step_size), self.max_step_size)
@@ -477,8 +528,15 @@ class HMC:
         state = self._state if self._state is not None else self._last_state
         if state is None or self.potential is None:
             return None
-        names = tuple(s.name for s in getattr(self.potential, "sites", ()))
-        return {names: torch.from_numpy(state.inverse_mass_matrix.copy()).to(self.potential.dtype)}
+        minv = torch.from_numpy(state.inverse_mass_matrix.copy()).to(self.potential.dtype)
+        groups = self._mass_groups()
+        if groups is None:
+            return {tuple(s.name for s in getattr(self.potential, "sites", ())): minv}
+        out = {}
+        for names, idx, dense in groups:
+            i = torch.from_numpy(idx)
+            out[names] = minv[i][:, i] if dense else minv[i, i]
+        return out
 
     def unconstrained_params(self, state: HMCState) -> dict[str, torch.Tensor]:
         """``state``'s position as unconstrained tensors by site name, each of the site's

@@ -73,6 +73,7 @@ def prepare_vectorized(kernel: HMC, args: tuple, kwargs: dict, initial: list[dic
     kernel.compile_status = status
     # what the kernel samples from now on, chain by chain (mcmc.states can be continued with kernel.transition)
     kernel.potential = potential
+    kernel._mass_groups()  # full_mass blocks naming sites the model lacks fail here, before sampling
     kernel._pot = potential.potential_and_grad_numpy
     kernel._compiled_for = None
     how = "a chain plate" if batched.how == "plate" else "torch.func.vmap"
