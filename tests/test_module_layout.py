@@ -49,7 +49,10 @@ LAYOUT = {
     "ember.distributions.transforms": ["ExpTransform", "AffineTransform", "ComposeTransform", "Permute", "SoftplusTransform"],
     "ember.infer.util": [],
     "ember.infer.abstract_infer": ["TracePosterior", "Marginals", "EmpiricalMarginal"],
-    "ember.infer": ["TracePosterior", "EmpiricalMarginal", "SVI", "Trace_ELBO", "Importance", "Predictive", "MCMC", "NUTS", "HMC"],
+    "ember.infer": ["TracePosterior", "EmpiricalMarginal", "SVI", "Trace_ELBO", "Importance", "Predictive", "MCMC", "NUTS", "HMC",
+                    "SVGD", "RBFSteinKernel", "IMQSteinKernel", "WeighedPredictive"],
+    "ember.infer.svgd": ["SVGD", "SteinKernel", "RBFSteinKernel", "IMQSteinKernel"],
+    "ember.infer.predictive": ["Predictive", "WeighedPredictive", "WeighedPredictiveResults"],
     "ember.infer.energy_distance": ["EnergyDistance"],
     "ember.infer.trace_mmd": ["Trace_MMD"],
     "ember.ops.stats": [

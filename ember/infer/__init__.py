@@ -4,13 +4,15 @@ from ember.infer.elbo import ELBO, NonFiniteLossError
 from ember.infer.importance import Empirical, EmpiricalMarginal, Importance
 from ember.infer.initialization import init_to_mean, init_to_median, init_to_sample, init_to_uniform, init_to_value
 from ember.infer.mcmc import HMC, MCMC, NUTS, RandomWalkKernel
-from ember.infer.predictive import Predictive
+from ember.infer.predictive import Predictive, WeighedPredictive
+from ember.infer.svgd import SVGD, IMQSteinKernel, RBFSteinKernel
 from ember.infer.svi import SVI
 from ember.infer.trace_elbo import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from ember.infer.tracegraph_elbo import TraceGraph_ELBO
 
 __all__ = ["ELBO", "JitTrace_ELBO", "NonFiniteLossError", "SVI", "TraceGraph_ELBO", "TraceMeanField_ELBO", "Trace_ELBO"]
-__all__ += ["Empirical", "EmpiricalMarginal", "Importance", "Predictive"]
+__all__ += ["Empirical", "EmpiricalMarginal", "Importance", "Predictive", "WeighedPredictive"]
+__all__ += ["IMQSteinKernel", "RBFSteinKernel", "SVGD"]
 __all__ += ["DataParallelSVI", "HMC", "MCMC", "NUTS", "RandomWalkKernel", "init_to_mean", "init_to_median", "init_to_sample", "init_to_uniform", "init_to_value"]
 
 

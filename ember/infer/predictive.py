@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from ember.infer.importance import _unvectorize
-from ember.infer.util import guess_max_plate_nesting, in_plate
+from ember.infer.util import guess_max_plate_nesting, in_plate, plate_log_prob_sum
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.messenger import Messenger
 from ember.poutine.trace_messenger import TraceMessenger
@@ -25,7 +26,7 @@ from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_deterministic, is_factor, is_observed
 from ember.util import check_kwargs
 
-__all__ = ["Predictive"]
+__all__ = ["Predictive", "WeighedPredictive", "WeighedPredictiveResults"]
 
 _SAMPLE_PLATE = "_num_predictive_samples"
 
@@ -348,3 +349,115 @@ class Predictive(torch.nn.Module):
         with torch.no_grad(), BlockMessenger():
             samples = self._posterior_samples(args, kwargs)
             return _predict(self.model, samples, self.num_samples, (), True, args, kwargs, return_trace=True)
+
+
+# ---- WeighedPredictive (Pyro 1.9) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class WeighedPredictiveResults:
+    """What :class:`WeighedPredictive` returns: ``samples`` (a dict site name -> tensor
+    ``[N, ...]`` as :class:`Predictive` gives, or from ``.call`` a tuple of those tensors sorted
+    by site name), and three tensors of shape ``[N]``: ``log_weights`` ``=
+    model_log_prob - guide_log_prob``, ``guide_log_prob`` ``log q(z_n)`` and ``model_log_prob``
+    ``log p(x_obs, z_n)`` (of ``model_guide``, observations included)."""
+
+    samples: dict | tuple
+    log_weights: torch.Tensor
+    guide_log_prob: torch.Tensor
+    model_log_prob: torch.Tensor
+
+    def get_log_normalizer(self) -> torch.Tensor:
+        """``logsumexp(log_weights) - log N``: the log evidence estimate, a scalar tensor."""
+        n = self.log_weights.numel()
+        return torch.logsumexp(self.log_weights, 0) - math.log(n)
+
+    def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
+        """The self-normalized weights ``[N]`` (their logs with ``log_scale``)."""
+        log_w = self.log_weights - torch.logsumexp(self.log_weights, 0)
+        return log_w if log_scale else log_w.exp()
+
+    def get_ESS(self) -> torch.Tensor:
+        """The effective sample size ``1 / sum(w_n ** 2)`` of the normalized weights: a scalar tensor."""
+        return torch.exp(-torch.logsumexp(2 * self.get_normalized_weights(log_scale=True), 0))
+
+    def clone(self) -> WeighedPredictiveResults:
+        """A copy with every tensor cloned."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                out[f.name] = {k: v.clone() for k, v in value.items()}
+            elif isinstance(value, tuple):
+                out[f.name] = tuple(v.clone() for v in value)
+            else:
+                out[f.name] = value.clone()
+        return type(self)(**out)
+
+
+def _log_prob_per_sample(fn: Callable, samples: dict, n: int, parallel: bool, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``[n]``: the log-density of ``fn``'s trace (every sample site, observations included, with
+    its scale and mask) with the sites in ``samples`` fixed to sample ``i``; the sites not given
+    are drawn afresh."""
+    if parallel:
+        tr = _predict(fn, samples, n, (), True, args, kwargs, resample_observed=False, return_trace=True)
+        return plate_log_prob_sum(tr, _SAMPLE_PLATE)
+    out = []
+    for i in range(n):
+        sample_i = {k: v[i] for k, v in samples.items()}
+        tr = TraceMessenger(_PredictMessenger(fn, sample_i, False)).get_trace(*args, **kwargs)
+        out.append(torch.as_tensor(tr.log_prob_sum()))
+    return torch.stack(out)
+
+
+class WeighedPredictive(Predictive):
+    """:class:`Predictive` with a guide, whose draws also carry importance log-weights
+    ``log p(x_obs, z) - log q(z)`` (Pyro 1.9's ``WeighedPredictive``).
+
+    Same arguments as :class:`Predictive`; a ``guide`` is required. Calling it,
+    ``wp(*args, model_guide=None, **kwargs)``, draws ``N`` latent samples ``z_n`` from the guide,
+    returns the model's samples as ``Predictive(model, guide=guide)`` does (with every site by
+    default; observations drawn afresh, Ember's Predictive rule) and the weights, each ``[N]``:
+    ``guide_log_prob[n] = log q(z_n)`` (every guide site), ``model_log_prob[n] = log p(x_obs,
+    z_n)`` from ``model_guide`` (the model the guide was fitted to, observations fixed; default
+    the model itself) and ``log_weights = model_log_prob - guide_log_prob``, in a
+    :class:`WeighedPredictiveResults` (with ``get_log_normalizer``, ``get_normalized_weights``,
+    ``get_ESS``). ``call`` returns the samples as a tuple sorted by site name.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.guide is None:
+            raise ValueError("WeighedPredictive: a guide is required (guide=...): the weights are log p - log q of its draws")
+
+    def forward(self, *args: Any, **kwargs: Any) -> WeighedPredictiveResults:  # type: ignore[override]
+        """A :class:`WeighedPredictiveResults`: samples ``{site: [N, ...]}`` and three ``[N]`` tensors."""
+        model_guide = kwargs.pop("model_guide", None)
+        if model_guide is None:
+            model_guide = self.model
+        elif not callable(model_guide):
+            raise TypeError(f"WeighedPredictive: model_guide must be callable; got {type(model_guide).__name__}")
+        n = self.num_samples
+        with torch.no_grad(), BlockMessenger():
+            # every sample site of the guide (auxiliary ones too), so that its replay gives log q
+            guide_samples = _predict(self.guide, {}, n, None, self.parallel, args, kwargs, resample_observed=False, latent_only=True)
+            guide_log_prob = _log_prob_per_sample(self.guide, guide_samples, n, self.parallel, args, kwargs)
+            model_log_prob = _log_prob_per_sample(model_guide, guide_samples, n, self.parallel, args, kwargs)
+            return_sites = self.return_sites or None
+            samples = _predict(self.model, guide_samples, n, return_sites, self.parallel, args, kwargs)
+        return WeighedPredictiveResults(
+            samples=samples,
+            log_weights=model_log_prob - guide_log_prob,
+            guide_log_prob=guide_log_prob,
+            model_log_prob=model_log_prob,
+        )
+
+    def call(self, *args: Any, **kwargs: Any) -> WeighedPredictiveResults:
+        """As calling the object, with ``samples`` a tuple of the tensors sorted by site name."""
+        result = self.forward(*args, **kwargs)
+        return WeighedPredictiveResults(
+            samples=tuple(v for _, v in sorted(result.samples.items())),
+            log_weights=result.log_weights,
+            guide_log_prob=result.guide_log_prob,
+            model_log_prob=result.model_log_prob,
+        )
