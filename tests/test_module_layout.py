@@ -70,6 +70,7 @@ LAYOUT = {
     ],
     # and helpful_support_errors, left out here: it catches NotImplementedError, which the stub check below flags
     "ember.infer.autoguide.utils": ["mean_field_entropy", "deep_setattr"],
+    "ember.infer.autoguide": ["AutoNormalizingFlow", "AutoDiscreteParallel", "AutoIAFNormal"],
     "ember.params.param_store": ["StateDict", "normalize_param_name", "ParamStoreDict", "user_param_name"],
     "ember.infer.mcmc.util": ["diagnostics", "summary", "print_summary", "select_samples", "initialize_model"],
     "ember.nn": ["AutoRegressiveNN", "DenseNN", "ConditionalAutoRegressiveNN", "ConditionalDenseNN", "PyroModuleList"],

@@ -17,9 +17,11 @@ Continuous latents live in unconstrained space: a site with support ``S`` is ``T
 - :class:`AutoNormal`: an independent normal per site in unconstrained space (local latents in
   subsampled plates keep full-size parameters and are indexed by the plate's indices);
 - :class:`AutoDiagonalNormal`, :class:`AutoMultivariateNormal`,
-  :class:`AutoLowRankMultivariateNormal`, :class:`AutoIAFNormal`,
-  :class:`AutoLaplaceApproximation`: one joint distribution over all latents laid end to end in
+  :class:`AutoLowRankMultivariateNormal`, :class:`AutoNormalizingFlow` (and its
+  :class:`AutoIAFNormal`), :class:`AutoLaplaceApproximation`: one joint distribution over all latents laid end to end in
   one vector of length ``D`` (one draw per step), unpacked into the sites;
+- :class:`AutoDiscreteParallel`: learned probs per discrete site, enumerated in parallel by
+  ``TraceEnum_ELBO``;
 - :class:`AutoGuideList`, :class:`AutoCallable`: compositions and user guides;
 - :class:`AutoMessenger` and its :class:`AutoNormalMessenger`, :class:`AutoHierarchicalNormalMessenger`,
   :class:`AutoRegressiveMessenger`: effect-based guides (:class:`~ember.poutine.guide.GuideMessenger`)
@@ -28,6 +30,7 @@ Continuous latents live in unconstrained space: a site with support ``S`` is ``T
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -67,6 +70,7 @@ __all__ = [
     "AutoContinuous",
     "AutoDelta",
     "AutoDiagonalNormal",
+    "AutoDiscreteParallel",
     "AutoGuide",
     "AutoGuideList",
     "AutoIAFNormal",
@@ -74,6 +78,7 @@ __all__ = [
     "AutoLowRankMultivariateNormal",
     "AutoMultivariateNormal",
     "AutoNormal",
+    "AutoNormalizingFlow",
     "AutoHierarchicalNormalMessenger",
     "AutoMessenger",
     "AutoNormalMessenger",
@@ -136,6 +141,11 @@ class SiteInfo:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
+        if self.support.is_discrete:  # AutoDiscreteParallel's sites: no unconstrained space
+            self.transform, self.identity = None, True
+            self.ushape, self.u_event_dim = tuple(self.shape), self.event_dim
+            self.numel = math.prod(self.ushape)
+            return
         self.transform = lean_biject_to(self.support)
         self.identity = self.support is constraints.real or (
             isinstance(self.support, constraints.independent) and self.support.base_constraint is constraints.real)
@@ -150,7 +160,7 @@ class SiteInfo:
 
     def to_plain(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "event_dim": self.event_dim,
-                "support": constraint_to_spec(self.support, self.name), "plates": list(self.plates), "dtype": str(self.dtype)}
+                "support": _support_to_spec(self.support, self.name), "plates": list(self.plates), "dtype": str(self.dtype)}
 
     @staticmethod
     def from_plain(d: dict) -> SiteInfo:
@@ -158,7 +168,7 @@ class SiteInfo:
         if not isinstance(dtype, torch.dtype):
             raise CheckpointError(f"autoguide file: site '{d.get('name')}' has an unknown dtype {d['dtype']!r}")
         return SiteInfo(str(d["name"]), tuple(int(s) for s in d["shape"]), int(d["event_dim"]),
-                        constraint_from_spec(d["support"]), tuple(str(p) for p in d["plates"]), dtype)
+                        _support_from_spec(d["support"]), tuple(str(p) for p in d["plates"]), dtype)
 
     def describe(self) -> str:
         return (f"shape {self.shape}, event_dim {self.event_dim}, support {type(self.support).__name__.lstrip('_')}, "
@@ -166,7 +176,23 @@ class SiteInfo:
 
     def same_as(self, other: SiteInfo) -> bool:
         return (self.shape == other.shape and self.event_dim == other.event_dim and self.plates == other.plates
-                and constraint_to_spec(self.support, self.name) == constraint_to_spec(other.support, other.name))
+                and _support_to_spec(self.support, self.name) == _support_to_spec(other.support, other.name))
+
+
+def _support_to_spec(support: Any, name: str) -> Any:
+    """``constraint_to_spec``, plus the ``integer_interval`` support of a Categorical site."""
+    if isinstance(support, constraints.integer_interval):
+        return {"type": "integer_interval", "lower": int(support.lower_bound), "upper": int(support.upper_bound)}
+    return constraint_to_spec(support, name)
+
+
+def _support_from_spec(spec: Any) -> Any:
+    if isinstance(spec, dict) and spec.get("type") == "integer_interval":
+        try:
+            return constraints.integer_interval(int(spec["lower"]), int(spec["upper"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"malformed support spec {spec!r} ({type(e).__name__}: {e})") from None
+    return constraint_from_spec(spec)
 
 
 class Structure:
@@ -855,43 +881,64 @@ class AutoLaplaceApproximation(AutoContinuous):
         return guide
 
 
-class AutoIAFNormal(AutoContinuous):
-    """``z = f(e)``, ``e ~ Normal(0, I_D)``, with ``f`` ``num_transforms`` affine autoregressive
-    flows (``ember.distributions.transforms.affine_autoregressive`` over MADE networks of
-    ``hidden_dim`` units, default ``[3D + 1]``). ``quantiles`` are estimated from 1000 draws."""
+class AutoNormalizingFlow(AutoContinuous):
+    """``z = T(e)``, ``e ~ Normal(0, I_D)`` (``D`` = ``latent_dim``), with ``T = init_transform_fn(D)``
+    a :class:`~torch.distributions.Transform` on vectors ``[..., D]`` (a ``TransformModule`` or
+    ``ComposeTransformModule`` when it has learnable parameters), e.g.
+    ``functools.partial(iterated, 2, block_autoregressive)``; the guide does not depend on the
+    model's arguments. :meth:`get_posterior` is ``TransformedDistribution(base, [T])`` with event
+    shape ``[D]``, so ``log q(z) = log N(e; 0, I) - log|det dT/de|``.
 
-    def __init__(self, model: Callable, hidden_dim: int | list[int] | None = None, init_loc_fn: Any = None,
-                 num_transforms: int = 1, **init_transform_kwargs: Any) -> None:
-        if isinstance(num_transforms, bool) or not isinstance(num_transforms, int) or num_transforms < 1:
-            raise ValueError(f"AutoIAFNormal: num_transforms must be a positive integer; got {num_transforms!r}")
-        if init_transform_kwargs:
-            from ember.util import check_kwargs
+    The transform is built when the guide is set up and held as the submodule ``transform``
+    (state_dict keys ``transform.<path>``); its parameters are registered as Pyro does for a plain
+    ``nn.Module``, under ``"<guide name>.transform$$$<path>"`` in the parameter store. The guide
+    starts where the transform starts (``init_to_feasible`` only shapes the prototype). Pyro has no
+    ``median``/``quantiles`` for flows; here they are estimated from 1000 draws of ``z`` (``[D]``
+    medians; ``[len(quantiles), *site_shape]`` per site). A saved guide is loaded by a guide made
+    with the same ``init_transform_fn``.
 
-            check_kwargs("AutoIAFNormal", init_transform_kwargs,
-                         valid={"log_scale_min_clip", "log_scale_max_clip", "sigmoid_bias", "stable"})
-        super().__init__(model, init_loc_fn=init_to_feasible if init_loc_fn is None else init_loc_fn)
-        self.hidden_dim = [hidden_dim] if isinstance(hidden_dim, int) else (list(hidden_dim) if hidden_dim is not None else None)
-        self.num_transforms = num_transforms
-        self.transform_kwargs = dict(init_transform_kwargs)
+    :param model: the model.
+    :param init_transform_fn: ``init_transform_fn(latent_dim) -> Transform``.
+    :param create_plates: as for :class:`AutoGuide`.
+    """
 
-    def _options(self) -> dict:
-        return {"hidden_dim": self.hidden_dim, "num_transforms": self.num_transforms, **self.transform_kwargs}
+    def __init__(self, model: Callable, init_transform_fn: Callable[[int], Any], *,
+                 create_plates: Callable | None = None) -> None:
+        if not callable(init_transform_fn):
+            raise TypeError(f"{type(self).__name__}: init_transform_fn must be callable (latent_dim -> Transform); got "
+                            f"{type(init_transform_fn).__name__}")
+        super().__init__(model, init_loc_fn=init_to_feasible, create_plates=create_plates)
+        self._init_transform_fn = init_transform_fn
+        self.transform: Any = None
+
+    @property
+    def _transform_name(self) -> str:
+        return f"{self._pyro_name}.transform"
 
     def _build(self, init: dict | None) -> None:
-        from ember.distributions.transforms import ComposeTransformModule, affine_autoregressive
-        from ember.nn.module import to_pyro_module_
-
         d = self.latent_dim
-        if d < 2:
-            raise ValueError(f"AutoIAFNormal needs at least 2 latent dimensions (the model has {d}); use AutoNormal")
-        parts = []
-        for i in range(self.num_transforms):
-            t = affine_autoregressive(d, self.hidden_dim, **self.transform_kwargs)
-            to_pyro_module_(t.arn)
-            # Pyro's names: state_dict "transform.<i>.arn...", parameter store "<guide>.transform$$$<i>.arn..."
-            t.arn._pyro_set_supermodule(f"{self._pyro_name}.transform$$${i}.arn", self._pyro_context)
-            parts.append(t)
-        self.transform = ComposeTransformModule(parts)
+        t = self._init_transform_fn(d)
+        if not isinstance(t, torch.distributions.Transform):
+            raise TypeError(f"{type(self).__name__}: init_transform_fn({d}) returned a {type(t).__name__}, not a "
+                            f"torch.distributions.Transform (a TransformModule when it has parameters)")
+        self.transform = t
+
+    def _register_transform(self) -> None:
+        """Register the transform's parameters (``<guide>.transform$$$<path>``), as ``ember.module`` does."""
+        from ember.primitives import module
+
+        t = self.transform
+        if isinstance(t, torch.nn.Module) and next(t.parameters(), None) is not None:
+            module(self._transform_name, t)
+
+    def _bind_to_store(self) -> None:
+        super()._bind_to_store()
+        if isinstance(self.transform, torch.nn.Module):
+            store = get_param_store()
+            prefix = self._transform_name + "$$$"
+            for n in [n for n in store.keys() if n.startswith(prefix)]:
+                del store[n]  # the loaded values win over whatever the store held
+            self._register_transform()
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """As ``nn.Module.load_state_dict``; Pyro's ``_prototype_tensor`` entry (a dtype/device
@@ -900,23 +947,165 @@ class AutoIAFNormal(AutoContinuous):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        """``TransformedDistribution(Normal(0, 1).expand([D]).to_event(1), [transform])`` (event shape ``[D]``)."""
+        if self.transform is None:
+            self.setup(*args, **kwargs)
+        self._register_transform()
         d = self.latent_dim
-        p = next(self.transform.parameters())
-        base = dist.Normal(torch.zeros(d, dtype=p.dtype, device=p.device), torch.ones(d, dtype=p.dtype, device=p.device)).to_event(1)
-        return dist.TransformedDistribution(base, list(self.transform.parts))
+        like = next(self.transform.parameters(), None) if isinstance(self.transform, torch.nn.Module) else None
+        kw = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+        base = dist.Normal(torch.zeros(d, **kw), torch.ones(d, **kw)).to_event(1)
+        return dist.TransformedDistribution(base, [self.transform])
+
+    def _draws(self) -> torch.Tensor:
+        with self._pyro_context, torch.no_grad():
+            return self.get_posterior().sample(torch.Size([1000]))
 
     def _loc_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._pyro_context, torch.no_grad():
-            z = self.get_posterior().sample(torch.Size([1000]))
+        z = self._draws()
         return z.median(0).values, z.std(0)
 
     def quantiles(self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``{site: tensor [len(quantiles), *site_shape]}`` from 1000 draws of ``z``."""
         if self._structure is None:
             self.setup(*args, **kwargs)
-        with self._pyro_context, torch.no_grad():
-            z = self.get_posterior().sample(torch.Size([1000]))
-            q = torch.as_tensor(quantiles, dtype=z.dtype)
-            return self._constrain(torch.quantile(z, q, dim=0))
+        z = self._draws()
+        q = torch.as_tensor(quantiles, dtype=z.dtype, device=z.device)
+        return self._constrain(torch.quantile(z, q, dim=0))
+
+
+class AutoIAFNormal(AutoNormalizingFlow):
+    """:class:`AutoNormalizingFlow` with ``T`` ``num_transforms`` affine autoregressive flows
+    (``iterated(num_transforms, affine_autoregressive, hidden_dims=hidden_dim, ...)`` over MADE
+    networks of ``hidden_dim`` units, default ``[3D + 1]``), as in Pyro; parameters
+    ``"AutoIAFNormal.transform$$$<i>.arn.layers.<j>.weight"`` etc. ``quantiles`` are estimated
+    from 1000 draws. ``init_loc_fn`` is accepted for Pyro's signature and has no effect."""
+
+    def __init__(self, model: Callable, hidden_dim: int | list[int] | None = None, init_loc_fn: Any = None,
+                 num_transforms: int = 1, **init_transform_kwargs: Any) -> None:
+        from ember.distributions.transforms import affine_autoregressive, iterated
+
+        if isinstance(num_transforms, bool) or not isinstance(num_transforms, int) or num_transforms < 1:
+            raise ValueError(f"AutoIAFNormal: num_transforms must be a positive integer; got {num_transforms!r}")
+        if init_transform_kwargs:
+            from ember.util import check_kwargs
+
+            check_kwargs("AutoIAFNormal", init_transform_kwargs,
+                         valid={"log_scale_min_clip", "log_scale_max_clip", "sigmoid_bias", "stable"})
+        self.hidden_dim = [hidden_dim] if isinstance(hidden_dim, int) else (list(hidden_dim) if hidden_dim is not None else None)
+        self.num_transforms = num_transforms
+        self.transform_kwargs = dict(init_transform_kwargs)
+        super().__init__(model, functools.partial(iterated, num_transforms, affine_autoregressive,
+                                                  hidden_dims=self.hidden_dim, **self.transform_kwargs))
+        if init_loc_fn is not None:
+            self.init_loc_fn = resolve_init_strategy(init_loc_fn)
+
+    def _options(self) -> dict:
+        return {"hidden_dim": self.hidden_dim, "num_transforms": self.num_transforms, **self.transform_kwargs}
+
+    def _build(self, init: dict | None) -> None:
+        d = self.latent_dim
+        if d < 2:
+            raise ValueError(f"AutoIAFNormal needs at least 2 latent dimensions (the model has {d}); use AutoNormal")
+        super()._build(init)
+
+
+# ---- discrete latents, enumerated in parallel ------------------------------------------------------
+
+
+def _discrete_kind(support: Any) -> tuple[Any, int]:
+    """``(distribution class, number of categories or 0)`` of a discrete site from its support."""
+    if support is constraints.boolean:
+        return dist.Bernoulli, 0
+    if isinstance(support, constraints.integer_interval) and support.lower_bound == 0:
+        return dist.Categorical, int(support.upper_bound) + 1
+    if support is constraints.one_hot:
+        return dist.OneHotCategorical, 0
+    return None, 0
+
+
+class AutoDiscreteParallel(AutoGuide):
+    """A mean-field guide over the model's discrete latent sites, for ``TraceEnum_ELBO``: each site
+    gets a learned distribution of its own kind (``Bernoulli``, ``Categorical`` or
+    ``OneHotCategorical``) whose ``probs`` is the parameter ``<site>_probs`` (store name
+    ``"AutoDiscreteParallel.<site>_probs"``; constraint ``unit_interval`` for Bernoulli,
+    ``simplex`` otherwise), started at the model's own probs, of shape ``[*site_shape]`` for a
+    Bernoulli or OneHotCategorical site and ``[*site_shape, K]`` for a Categorical with ``K``
+    categories (plate dims at full size). Each site is sampled inside its plates with
+    ``infer={"enumerate": "parallel"}``, so the ELBO sums over its values exactly.
+
+    As in Pyro, the model is traced under ``config_enumerate`` (parallel), and every latent site
+    must then be marked for parallel enumeration (continuous sites, discrete distributions other
+    than those three, and sites the model marks ``"sequential"`` raise ``NotImplementedError``
+    naming the site), as must sequential ``plate`` loops. Plates that subsample are refused
+    (ValueError). There is no ``median``.
+    """
+
+    _continuous = False
+
+    def __init__(self, model: Callable, *, create_plates: Callable | None = None) -> None:
+        super().__init__(model, create_plates=create_plates)
+
+    def _prototype_trace(self, args: tuple, kwargs: dict) -> Trace:
+        from ember.infer.enum import config_enumerate
+
+        with torch.no_grad(), BlockMessenger():
+            trace = TraceMessenger(config_enumerate(self.model, default="parallel")).get_trace(*args, **kwargs)
+        owner = type(self).__name__
+        for name, site in trace.nodes.items():
+            if not is_latent(site) or is_deterministic(site):
+                continue
+            if site.infer.get("enumerate") != "parallel":
+                raise NotImplementedError(
+                    f'{owner}: expected sample site "{name}" to be discrete and configured for parallel enumeration; it '
+                    f"is a {type(site.fn).__name__} with infer={dict(site.infer)}. Give the other sites their own guide "
+                    f"(AutoGuideList, with {owner}(poutine.block(model, expose=[...])) as one part) or leave them to enumeration")
+            kind, _ = _discrete_kind(site.fn.support)
+            if kind is None or not isinstance(site.fn, (torch.distributions.Bernoulli, torch.distributions.Categorical,
+                                                        torch.distributions.OneHotCategorical)):
+                raise NotImplementedError(f"{owner}: sample site '{name}' is a {type(site.fn).__name__}; this guide "
+                                          f"supports Bernoulli, Categorical and OneHotCategorical sites")
+            if any(f.dim is None for f in site.cond_indep_stack):
+                raise NotImplementedError(f"{owner} does not support sequential pyro.plate (site '{name}' is in a "
+                                          f"sequential plate); use a vectorized plate")
+        return trace
+
+    def _validate(self, structure: Structure) -> None:
+        for s in structure.sites:
+            for p in s.plates:
+                info = structure.plates[p]
+                if info.subsample_size < info.size:
+                    raise ValueError(f"{type(self).__name__}: site '{s.name}' is in plate '{p}', which subsamples "
+                                     f"{info.subsample_size} of {info.size}; this guide needs the whole plate")
+
+    def _probs_shape(self, s: SiteInfo) -> tuple:
+        kind, k = _discrete_kind(s.support)
+        return tuple(s.shape) + ((k,) if kind is dist.Categorical else ())
+
+    def _build(self, init: dict | None) -> None:
+        trace = self.prototype_trace if init is not None else None
+        for s in self.prototype_structure.sites:
+            kind, _ = _discrete_kind(s.support)
+            shape = self._probs_shape(s)
+            if trace is not None:
+                probs = torch.broadcast_to(trace.nodes[s.name].fn.probs.detach(), shape).clone()
+            else:
+                probs = torch.full(shape, 0.5 if kind is dist.Bernoulli else 1.0 / shape[-1])
+            _deep_setattr(self, f"{s.name}_probs", PyroParam(probs, kind.arg_constraints["probs"]))
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run as the guide (same arguments as the model): sample each discrete site from its learned
+        distribution, marked for parallel enumeration, and return ``{site: value}`` (under
+        ``TraceEnum_ELBO`` each value is the enumerated support, shaped ``[K, 1, ..., 1]``)."""
+        structure = self._ensure(args, kwargs)
+        plates = self._plates(args, kwargs)
+        out = {}
+        for s in structure.sites:
+            kind, _ = _discrete_kind(s.support)
+            probs = _deep_getattr(self, f"{s.name}_probs")
+            with _plated(plates, s):
+                out[s.name] = sample(s.name, kind(probs=probs), infer={"enumerate": "parallel"})
+        return out
 
 
 # ---- compositions ---------------------------------------------------------------------------------
