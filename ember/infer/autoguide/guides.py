@@ -607,6 +607,16 @@ class AutoNormal(AutoGuide):
 # ---- AutoContinuous: one joint distribution over all latents ---------------------------------------
 
 
+def _refuse_subsampled(guide: Any, structure: Structure, why: str) -> None:
+    """Raise ``ValueError`` naming the first latent site in a subsampling plate (and ``why`` the guide cannot have one)."""
+    for s in structure.sites:
+        for p in s.plates:
+            info = structure.plates[p]
+            if info.subsample_size < info.size:
+                raise ValueError(f"{type(guide).__name__}: latent site '{s.name}' is in plate '{p}', which subsamples "
+                                 f"{info.subsample_size} of {info.size}; {why}")
+
+
 class AutoContinuous(AutoGuide):
     """A joint distribution (:meth:`get_posterior`) over the vector ``z`` of length ``D`` holding
     every latent's unconstrained value end to end, sampled as one auxiliary site
@@ -622,13 +632,8 @@ class AutoContinuous(AutoGuide):
         return sum(s.numel for s in self.prototype_structure.sites)
 
     def _validate(self, structure: Structure) -> None:
-        for s in structure.sites:
-            for p in s.plates:
-                info = structure.plates[p]
-                if info.subsample_size < info.size:
-                    raise ValueError(f"{type(self).__name__}: latent site '{s.name}' is in plate '{p}', which subsamples "
-                                     f"{info.subsample_size} of {info.size}; a joint guide needs every entry each step. Use "
-                                     f"AutoNormal (full-size parameters indexed by the plate) or drop subsample_size")
+        _refuse_subsampled(self, structure, "a joint guide needs every entry each step. Use AutoNormal (full-size parameters "
+                                            "indexed by the plate) or drop subsample_size")
 
     def _init_latent(self, init: dict | None) -> torch.Tensor:
         parts = [s.transform.inv(self._init_value(s, init)).detach().reshape(-1) for s in self.prototype_structure.sites]
@@ -1071,12 +1076,7 @@ class AutoDiscreteParallel(AutoGuide):
         return trace
 
     def _validate(self, structure: Structure) -> None:
-        for s in structure.sites:
-            for p in s.plates:
-                info = structure.plates[p]
-                if info.subsample_size < info.size:
-                    raise ValueError(f"{type(self).__name__}: site '{s.name}' is in plate '{p}', which subsamples "
-                                     f"{info.subsample_size} of {info.size}; this guide needs the whole plate")
+        _refuse_subsampled(self, structure, "this guide needs the whole plate")
 
     def _probs_shape(self, s: SiteInfo) -> tuple:
         kind, k = _discrete_kind(s.support)
