@@ -7,7 +7,7 @@ be wrapped with ``PyroOptim(torch.optim.Adam, {"lr": 1e-3})``. The LR schedulers
 taking ``{"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.01}, **scheduler_kwargs}``.
 """
 
-from ember.optim import clipped_adam
+from ember.optim import adagrad_rmsprop, clipped_adam
 from ember.optim.lr_scheduler import (
     SCHEDULER_WRAPPERS,
     ConstantLR,
@@ -33,6 +33,7 @@ from ember.optim.optim import (
     SGD,
     Adadelta,
     Adagrad,
+    AdagradRMSProp,
     Adam,
     Adamax,
     AdamW,
@@ -51,6 +52,7 @@ __all__ = [
     "ASGD",
     "LBFGS",
     "SGD",
+    "AdagradRMSProp",
     "Adadelta",
     "Adagrad",
     "Adam",
@@ -80,6 +82,7 @@ __all__ = [
     "Rprop",
     "SparseAdam",
     "StepLR",
+    "adagrad_rmsprop",
     "clipped_adam",
 ]
 

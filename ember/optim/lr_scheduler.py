@@ -148,3 +148,5 @@ for _name, _cls in vars(_sched).items():
     ):
         SCHEDULER_WRAPPERS[_name] = _scheduler_wrapper(_cls, _name)
 del _name, _cls
+# Pyro's name for the base class's wrapper (torch's old name of LRScheduler)
+SCHEDULER_WRAPPERS.setdefault("_LRScheduler", _scheduler_wrapper(_LRScheduler, "_LRScheduler"))

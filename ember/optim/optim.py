@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
+from ember.optim.adagrad_rmsprop import AdagradRMSProp as _TorchAdagradRMSProp
 from ember.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from ember.params.param_store import _MODULE_NAMESPACE_DIVIDER, module_from_param_with_module_name, user_param_name
 from ember.params.serialize import CheckpointError, load_digested, save_digested
@@ -705,10 +706,12 @@ RAdam = _optim_wrapper(torch.optim.RAdam)
 SparseAdam = _optim_wrapper(torch.optim.SparseAdam)
 LBFGS = _optim_wrapper(torch.optim.LBFGS)
 ClippedAdam = _optim_wrapper(_TorchClippedAdam)
+AdagradRMSProp = _optim_wrapper(_TorchAdagradRMSProp)
 
 OPTIMIZER_WRAPPERS: dict[str, type[PyroOptim]] = {
     cls.__name__: cls
-    for cls in (Adam, AdamW, SGD, RMSprop, Rprop, Adagrad, Adadelta, Adamax, ASGD, NAdam, RAdam, SparseAdam, LBFGS, ClippedAdam)
+    for cls in (Adam, AdamW, SGD, RMSprop, Rprop, Adagrad, Adadelta, Adamax, ASGD, NAdam, RAdam, SparseAdam, LBFGS, ClippedAdam,
+                AdagradRMSProp)
 }
 # optimizers of newer torch versions (e.g. Adafactor)
 for _name, _cls in vars(torch.optim).items():
