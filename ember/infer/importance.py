@@ -31,7 +31,7 @@ from ember.poutine.trace_struct import Trace
 from ember.runtime import Message, is_latent, is_observed, is_validation_enabled
 from ember.util import check_kwargs
 
-__all__ = ["Importance", "Empirical", "EmpiricalMarginal", "psis_diagnostic", "vectorized_importance_weights"]
+__all__ = ["Importance", "LogWeightsMixin", "Empirical", "EmpiricalMarginal", "psis_diagnostic", "vectorized_importance_weights"]
 
 _SAMPLE_PLATE = "_importance_samples"
 
@@ -115,7 +115,32 @@ def _index_trace(vec_trace: Trace, i: int, n: int, shapes: dict, nesting: int) -
 
 
 # ----------------------------------------------------------------------------------------
-class Importance(TracePosterior):
+class LogWeightsMixin:
+    """Pyro's ``LogWeightsMixin``: what a set of ``N`` importance log-weights gives, for a class
+    with ``log_weights`` (a list of ``N`` scalar tensors, or a tensor ``[N]``)."""
+
+    def _log_weight_tensor(self) -> torch.Tensor:
+        lw = self.log_weights  # type: ignore[attr-defined]
+        return lw if isinstance(lw, torch.Tensor) else torch.stack(list(lw))
+
+    def get_log_normalizer(self) -> torch.Tensor:
+        """The log evidence estimate ``logsumexp(log_weights) - log N``: a scalar tensor."""
+        lw = self._log_weight_tensor()
+        return torch.logsumexp(lw, 0) - math.log(lw.shape[0])
+
+    def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
+        """The weights normalized to sum to one (their logs with ``log_scale``): ``[N]``."""
+        lw = self._log_weight_tensor()
+        log_w_norm = lw - torch.logsumexp(lw, 0)
+        return log_w_norm if log_scale else log_w_norm.exp()
+
+    def get_ESS(self) -> torch.Tensor:
+        """The effective sample size ``1 / sum(w_i^2)`` of the normalized weights: a scalar
+        tensor between 1 and ``N``."""
+        return torch.exp(-torch.logsumexp(2 * self.get_normalized_weights(log_scale=True), 0))
+
+
+class Importance(LogWeightsMixin, TracePosterior):
     """Importance sampling from ``guide`` (the proposal) for ``model``.
 
     :param model: the model, conditioned on its data (``obs=`` or ``condition``).
@@ -352,27 +377,14 @@ class Importance(TracePosterior):
             shapes = sorted({tuple(v.shape) for v in values})
             raise ValueError(f"site '{name}' has different shapes in different samples: {shapes}; it cannot be stacked") from None
 
-    def get_log_normalizer(self) -> torch.Tensor:
-        """The log evidence estimate ``logsumexp(log_weights) - log N``: a scalar tensor."""
+    def _log_weight_tensor(self) -> torch.Tensor:
         self._require_run()
-        return torch.logsumexp(self._log_w, 0) - math.log(self.num_samples)
+        return self._log_w
 
     @property
     def log_evidence(self) -> torch.Tensor:
         """Same as :meth:`get_log_normalizer`."""
         return self.get_log_normalizer()
-
-    def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
-        """The weights normalized to sum to one (their logs with ``log_scale``): ``[N]``."""
-        self._require_run()
-        log_w_norm = self._log_w - torch.logsumexp(self._log_w, 0)
-        return log_w_norm if log_scale else log_w_norm.exp()
-
-    def get_ESS(self) -> torch.Tensor:
-        """The effective sample size ``1 / sum(w_i^2)`` of the normalized weights: a scalar
-        tensor between 1 and ``N``."""
-        log_w_norm = self.get_normalized_weights(log_scale=True)
-        return torch.exp(-torch.logsumexp(2 * log_w_norm, 0))
 
 
 class _ReplayedTraces(Sequence):

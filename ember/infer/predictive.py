@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ember.infer.importance import _unvectorize
+from ember.infer.importance import LogWeightsMixin, _unvectorize
 from ember.infer.util import guess_max_plate_nesting, in_plate, plate_log_prob_sum
 from ember.poutine.block_messenger import BlockMessenger
 from ember.poutine.messenger import Messenger
@@ -355,31 +355,19 @@ class Predictive(torch.nn.Module):
 
 
 @dataclass(frozen=True, eq=False)
-class WeighedPredictiveResults:
+class WeighedPredictiveResults(LogWeightsMixin):
     """What :class:`WeighedPredictive` returns: ``samples`` (a dict site name -> tensor
     ``[N, ...]`` as :class:`Predictive` gives, or from ``.call`` a tuple of those tensors sorted
     by site name), and three tensors of shape ``[N]``: ``log_weights`` ``=
     model_log_prob - guide_log_prob``, ``guide_log_prob`` ``log q(z_n)`` and ``model_log_prob``
-    ``log p(x_obs, z_n)`` (of ``model_guide``, observations included)."""
+    ``log p(x_obs, z_n)`` (of ``model_guide``, observations included); and, from
+    :class:`~ember.infer.importance.LogWeightsMixin`, ``get_log_normalizer``,
+    ``get_normalized_weights`` and ``get_ESS``."""
 
     samples: dict | tuple
     log_weights: torch.Tensor
     guide_log_prob: torch.Tensor
     model_log_prob: torch.Tensor
-
-    def get_log_normalizer(self) -> torch.Tensor:
-        """``logsumexp(log_weights) - log N``: the log evidence estimate, a scalar tensor."""
-        n = self.log_weights.numel()
-        return torch.logsumexp(self.log_weights, 0) - math.log(n)
-
-    def get_normalized_weights(self, log_scale: bool = False) -> torch.Tensor:
-        """The self-normalized weights ``[N]`` (their logs with ``log_scale``)."""
-        log_w = self.log_weights - torch.logsumexp(self.log_weights, 0)
-        return log_w if log_scale else log_w.exp()
-
-    def get_ESS(self) -> torch.Tensor:
-        """The effective sample size ``1 / sum(w_n ** 2)`` of the normalized weights: a scalar tensor."""
-        return torch.exp(-torch.logsumexp(2 * self.get_normalized_weights(log_scale=True), 0))
 
     def clone(self) -> WeighedPredictiveResults:
         """A copy with every tensor cloned."""

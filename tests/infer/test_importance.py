@@ -420,3 +420,15 @@ def test_importance_is_a_trace_posterior_as_in_pyro():
     assert float(ic["p_waic"]) == pytest.approx(float(expected_p), abs=1e-5)
     tr = imp()  # one trace drawn by weight, observed sites removed
     assert "z" in tr.nodes and "x" not in tr.nodes
+
+
+def test_log_weights_mixin_by_hand():
+    from ember.infer.importance import LogWeightsMixin
+
+    class Weights(LogWeightsMixin):
+        log_weights = [torch.tensor(0.0), torch.tensor(math.log(3.0))]
+
+    w = Weights()
+    torch.testing.assert_close(w.get_log_normalizer(), torch.tensor(math.log(2.0)))  # log((1 + 3) / 2)
+    torch.testing.assert_close(w.get_normalized_weights(), torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(w.get_ESS(), torch.tensor(1 / (0.25**2 + 0.75**2)))
