@@ -287,3 +287,12 @@ def get_dependent_plate_dims(sites: Any) -> list[int]:
         return []
     every = set().union(*stacks)
     return sorted({f.dim for f in every - set.intersection(*stacks) if f.dim is not None})
+
+
+def __getattr__(name: str) -> Any:
+    # Pyro's pyro.infer.util.MultiFrameTensor lives in ember.infer.elbo (which imports this module)
+    if name == "MultiFrameTensor":
+        from ember.infer.elbo import MultiFrameTensor
+
+        return MultiFrameTensor
+    raise AttributeError(f"module 'ember.infer.util' has no attribute {name!r}")

@@ -58,3 +58,10 @@ def test_check_fully_reparametrized_names_the_site():
     check_fully_reparametrized(tr.nodes["b"])
     with pytest.raises(NotImplementedError, match="guide site 'c' \\(Bernoulli\\)"):
         check_fully_reparametrized(tr.nodes["c"])
+
+
+def test_multi_frame_tensor_at_pyros_path():
+    from ember.infer.elbo import MultiFrameTensor
+    from ember.infer.util import MultiFrameTensor as at_pyros_path
+
+    assert at_pyros_path is MultiFrameTensor
