@@ -316,7 +316,10 @@ class ELBO:
             dim = -int(self.max_plate_nesting) - 1
             name, num = "num_particles_vectorized", self.num_particles
             try:
-                traces = get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs, max_plate_nesting=-dim)
+                # the shape check covers every dim: one left of the particle plate is never a plate's, and its
+                # terms would be summed into the loss (a model's keepdim=True turning the particle dim into a new one)
+                traces = get_importance_trace(in_plate(model, name, num, dim), in_plate(guide, name, num, dim), args, kwargs,
+                                              max_plate_nesting=math.inf)
             except (ValueError, RuntimeError) as e:
                 if not getattr(self, "_guessed_nesting", False):
                     raise
@@ -324,7 +327,9 @@ class ELBO:
                     f"{e}\n(vectorize_particles: the particles run in a plate at dim {dim}, left of the "
                     f"max_plate_nesting={int(self.max_plate_nesting)} batch dims guessed from the first step's traces. If "
                     f"the model's plates or batch dims have grown since (other data, dynamic structure), that guess no "
-                    f"longer fits: pass max_plate_nesting= to {type(self).__name__}.)"
+                    f"longer fits: pass max_plate_nesting= to {type(self).__name__}. A dim left of the particles' plate can also come "
+                    f"from the model's own arithmetic on a latent that carries the particle dim, such as keepdim=True on an event "
+                    f"dim or a reshape: write it to broadcast from the right.)"
                 ) from e
             yield traces
         else:

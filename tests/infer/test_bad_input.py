@@ -253,3 +253,27 @@ def test_init_to_value_with_names_the_model_lacks_is_an_error_listing_the_sites(
     kernel = NUTS(model, init_strategy=init_to_value(values={"muu": torch.tensor(0.0)}))
     with pytest.raises(ValueError, match=r"init_to_value names \['muu'\].*latent sites are \['mu'\]"):
         MCMC(kernel, num_samples=2, warmup_steps=2, disable_progbar=True).run()
+
+
+def test_a_dim_left_of_the_particle_plate_is_refused_under_vectorized_particles():
+    # keepdim=True on an event dim turns the particle dim into a new batch dim: the loss would sum
+    # num_particles copies of the likelihood (45 against 7.5 here), so the shape check refuses it
+    import ember as pyro
+    import ember.distributions as dist
+    from ember.infer import Trace_ELBO
+
+    def model(y):
+        a = pyro.sample("a", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("n", 3):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(a.sum(-1, keepdim=True) + b, 1.0), obs=y)
+
+    def guide(y):
+        pyro.sample("a", dist.Normal(pyro.param("am", torch.zeros(2)), 1.0).to_event(1))
+        with pyro.plate("n", 3):
+            pyro.sample("b", dist.Normal(pyro.param("bm", torch.zeros(3)), 1.0))
+
+    y = torch.tensor([0.5, 1.0, -0.3])
+    Trace_ELBO().loss(model, guide, y)  # one particle at a time: fine
+    with pytest.raises(ValueError, match=r"(?s)site 'y'.*shape \(8, 8, 3\).*dim -3.*keepdim=True"):
+        Trace_ELBO(num_particles=8, vectorize_particles=True).loss(model, guide, y)
