@@ -123,13 +123,7 @@ class ParamStoreDict:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """The constrained value of parameter ``name`` (``.unconstrained()`` gives its leaf)."""
-        u = self._params[name]
-        t = self._transforms.get(name)
-        if t is None:
-            return u
-        v = t(u)
-        v.unconstrained = weakref.ref(u)
-        return v
+        return self._constrained(name, self._params[name])
 
     def __setitem__(self, name: str, new_constrained_value: torch.Tensor) -> None:
         """Set parameter ``name`` (constrained value), keeping its constraint."""
@@ -223,12 +217,17 @@ class ParamStoreDict:
             u = self._params[name]
         elif self._unchecked and name in self._unchecked:
             u = self._check_loaded(name, constraint)
+        return self._constrained(name, u)
+
+    def _constrained(self, name: str, u: torch.Tensor) -> torch.Tensor:
+        """The constrained value of ``name``'s leaf ``u``: ``u`` itself for an unconstrained parameter
+        (whose ``.unconstrained()`` is ``u``, set in :func:`_hold`), else its transform of ``u``,
+        answering ``.unconstrained()`` with ``u`` as Pyro's values do (weakly held: the value does not
+        keep a replaced parameter alive)."""
         t = self._transforms.get(name)
         if t is None:
-            return u  # the leaf itself, whose .unconstrained() is itself (set in _hold)
+            return u
         v = t(u)
-        # Pyro's constrained values answer .unconstrained() with their leaf (weakly held: the
-        # value does not keep a replaced parameter alive); weakref.ref(u) returns u's one ref
         v.unconstrained = weakref.ref(u)
         return v
 
