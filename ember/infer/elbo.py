@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from types import FunctionType
 from typing import Any
 
 import torch
 
 from ember.infer.util import guess_max_plate_nesting, in_plate
 from ember.poutine.guide import GuideMessenger
-from ember.poutine.messenger import Messenger
+from ember.poutine.handlers import unwrap
 from ember.poutine.replay_messenger import ReplayMessenger
 from ember.poutine.trace_messenger import TraceMessenger
 from ember.poutine.trace_struct import Trace
@@ -121,17 +120,9 @@ def check_model_guide_match(model_trace: Trace, guide_trace: Trace) -> None:
 
 def guide_messenger(guide: Any) -> GuideMessenger | None:
     """The :class:`~ember.poutine.guide.GuideMessenger` under ``guide``'s handlers (Pyro's
-    ``isinstance(poutine.unwrap(guide), Messenger)``), or None for an ordinary guide. An ordinary
-    guide (a function, an autoguide) costs one or two ``isinstance`` checks."""
-    while True:
-        if isinstance(guide, Messenger):
-            if isinstance(guide, GuideMessenger):
-                return guide
-            guide = guide.fn  # a handler applied as handler(guide, ...)
-        elif isinstance(guide, FunctionType):
-            guide = guide.__dict__.get("_ember_unwrap")  # queue(...), in_plate(...) below
-        else:
-            return None
+    ``isinstance(poutine.unwrap(guide), Messenger)``), or None for an ordinary guide."""
+    inner = unwrap(guide)
+    return inner if isinstance(inner, GuideMessenger) else None
 
 
 def get_importance_trace(
